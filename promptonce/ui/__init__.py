@@ -1,0 +1,1 @@
+"""The Gradio web app. The only package that imports gradio."""
