@@ -177,7 +177,8 @@ class SourceGeometry:
         else:
             from nibabel.orientations import apply_orientation, ornt_transform  # lazy: io-level helper
 
-            inverse = ornt_transform(self.ornt, np.array([[0, 1], [1, 1], [2, 1]], dtype=float))
+            # ornt takes stored -> display, so display -> stored is identity -> ornt.
+            inverse = ornt_transform(np.array([[0, 1], [1, 1], [2, 1]], dtype=float), self.ornt)
             out = apply_orientation(xyz, inverse)
         if out.shape != tuple(self.shape):
             out = out.reshape(self.shape)

@@ -1,1 +1,40 @@
-"""Readers (one per format behind one interface) and atomic writers."""
+"""Readers (one per format behind one interface) and atomic writers.
+
+Entry points: :func:`promptonce.io.readers.load`, :func:`~promptonce.io.readers.load_dataset`,
+:func:`~promptonce.io.readers.load_reference`, :func:`~promptonce.io.readers.pair_references`, and
+the writers in :mod:`promptonce.io.writers`. Importing this package loads only numpy; nibabel,
+pydicom, Pillow and highdicom are imported by the functions that need them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "load",
+    "load_dataset",
+    "load_reference",
+    "pair_references",
+    "SUPPORTED_FORMATS",
+    "DEFAULT_MAX_VOXELS",
+    "ResultWriter",
+    "atomic_path",
+    "write_mask_nifti",
+    "write_png_masks_zip",
+    "write_dicom_seg",
+    "write_metrics_csv",
+    "write_json",
+    "write_overlay_gif",
+]
+
+_READERS = {"load", "load_dataset", "load_reference", "pair_references", "SUPPORTED_FORMATS", "DEFAULT_MAX_VOXELS"}
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _READERS:
+        return getattr(importlib.import_module("promptonce.io.readers"), name)
+    if name in __all__:
+        return getattr(importlib.import_module("promptonce.io.writers"), name)
+    raise AttributeError(f"module 'promptonce.io' has no attribute {name!r}")
