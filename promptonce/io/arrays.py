@@ -101,6 +101,9 @@ def read_numpy_array(
                 _check_shape(shape, dtype, f"{path}[{key}]", time_index, max_voxels)
                 with zf.open(members[key]) as fp:
                     arr = np.lib.format.read_array(fp, allow_pickle=False)
+                four_d = arr.ndim == 4
+                if four_d:
+                    arr = arr[time_index]
                 if "affine" in members:
                     with zf.open(members["affine"]) as fp:
                         affine = np.asarray(np.lib.format.read_array(fp, allow_pickle=False), dtype=np.float64)
@@ -109,7 +112,8 @@ def read_numpy_array(
         else:
             mm = np.load(path, mmap_mode="r", allow_pickle=False)
             _check_shape(tuple(mm.shape), mm.dtype, str(path), time_index, max_voxels)
-            arr = np.array(mm[time_index] if mm.ndim == 4 else mm)
+            four_d = mm.ndim == 4
+            arr = np.array(mm[time_index] if four_d else mm)
             del mm
     except (zipfile.BadZipFile, EOFError) as exc:
         raise CorruptFileError(f"{path}: the archive is damaged ({exc}).") from exc
@@ -119,9 +123,7 @@ def read_numpy_array(
         raise CorruptFileError(f"{path}: not a readable NumPy file ({exc}); it may be truncated.") from exc
     except OSError as exc:
         raise CorruptFileError(f"{path}: cannot read it as NumPy data ({exc}).") from exc
-    if arr.ndim == 4:
-        arr = arr[time_index]
-    elif time_index not in (None, 0):
+    if not four_d and time_index not in (None, 0):
         raise DimensionError(f"{path}: time_index={time_index} was given but the array is {arr.ndim}D, not 4D.")
     if affine is not None and not np.all(np.isfinite(affine)):
         raise InvalidValuesError(f"{path}: the stored affine holds NaN or inf.")

@@ -177,6 +177,16 @@ def _classify(files: Sequence[Path], strict: bool) -> dict[str, list[Path]]:
     return out
 
 
+def _zip_root(folder: Path) -> Path:
+    """The folder a zip's content starts in: descends while it holds a single sub-folder and no files."""
+    while True:
+        entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
+        if len(entries) == 1 and entries[0].is_dir():
+            folder = entries[0]
+        else:
+            return folder
+
+
 def _has_dicom(folder: Path) -> bool:
     for f in folder.rglob("*"):
         if f.is_file() and not f.name.startswith(".") and is_dicom(f):
@@ -354,7 +364,7 @@ def _items_from_files(
     for z in kinds["zip"]:
         tmp = extract_to_temp(z)
         temps.append(tmp)
-        items.extend(_items_from_dir(tmp, images_as, time_index, max_voxels, case_name(z), temps))
+        items.extend(_items_from_dir(_zip_root(tmp), images_as, time_index, max_voxels, case_name(z), temps))
     return items
 
 
@@ -430,7 +440,7 @@ def load_dataset(
                 elif is_zip(p) and not p.name.lower().endswith(".npz"):
                     tmp = extract_to_temp(p)
                     temps.append(tmp)
-                    items.extend(_items_from_dir(tmp, images_as, time_index, max_voxels, case_name(p), temps))
+                    items.extend(_items_from_dir(_zip_root(tmp), images_as, time_index, max_voxels, case_name(p), temps))
                 else:
                     loose.append(p)
             if loose:
