@@ -1,0 +1,305 @@
+"""Per-session storage for the web app: one private folder and one workspace per browser session.
+
+Every browser tab gets its own :class:`Session`, keyed by Gradio's ``session_hash``. A session owns
+
+* a private folder ``<root>/<random 128-bit hex name>/`` (mode 0700) holding the user's uploads,
+  the images the page shows and the files it offers for download. The folder name is random and is
+  never derived from the session id, so one session cannot reach another's files by guessing names;
+* a ``workspace`` object (the loaded dataset, prompts, results; see :mod:`promptonce.ui.handlers`),
+  kept in memory only, never in ``gr.State``;
+* a ``cancel`` event that stops its running segmentation between slices.
+
+Sessions end when the page is closed (``demo.unload``), when they have been idle for longer than the
+time-to-live (a background sweep), or when the store is closed; their folder is then deleted.
+This module does not import gradio, so it can be tested and reused without a server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError, TooLargeError
+
+__all__ = ["Session", "SessionStore", "folder_bytes"]
+
+log = logging.getLogger(__name__)
+
+_TOKEN_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def folder_bytes(path: Path) -> int:
+    """Total size in bytes of the regular files under ``path`` (0 when it does not exist)."""
+    total = 0
+    if not path.exists():
+        return 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+@dataclass(eq=False)
+class Session:
+    """One browser session's private state.
+
+    Attributes:
+        session_id: Gradio's ``session_hash`` (never used in file names).
+        directory: the session's private folder (random name under the store's root).
+        created: ``time.time()`` at creation.
+        last_seen: ``time.time()`` of the last access (refreshed by :meth:`touch`).
+        lock: held while a handler changes the workspace (one change at a time per session).
+        cancel: set to stop the session's running segmentation between slices.
+        running: set while a segmentation runs (the sweep never removes a running session).
+        workspace: the handlers' state object (dataset, prompts, results), or None.
+        max_bytes: the most bytes the session's folder may hold.
+    """
+
+    session_id: str
+    directory: Path
+    max_bytes: int
+    created: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.time)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    running: threading.Event = field(default_factory=threading.Event)
+    workspace: Any = None
+    closed: bool = False
+
+    def touch(self) -> None:
+        """Marks the session as active now (postpones its expiry)."""
+        self.last_seen = time.time()
+
+    def path(self, *parts: str) -> Path:
+        """A path inside the session folder; refuses names that would leave it.
+
+        Args:
+            parts: path components relative to the session folder (e.g. ``"out", "mask.nii.gz"``).
+
+        Raises:
+            InputError: when the joined path would lie outside the session folder.
+        """
+        p = self.directory.joinpath(*parts).resolve()
+        root = self.directory.resolve()
+        if p != root and root not in p.parents:
+            raise InputError("That file name is not allowed; use a plain name without folders.")
+        return p
+
+    def subdir(self, name: str, fresh: bool = False) -> Path:
+        """A folder inside the session folder, created if needed (emptied first when ``fresh``)."""
+        d = self.path(name)
+        if fresh and d.exists():
+            shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return d
+
+    def bytes_used(self) -> int:
+        """Bytes currently stored in the session folder."""
+        return folder_bytes(self.directory)
+
+    def check_quota(self, extra_bytes: int = 0) -> None:
+        """Raises :class:`TooLargeError` when the folder plus ``extra_bytes`` would exceed ``max_bytes``."""
+        used = self.bytes_used()
+        if used + extra_bytes > self.max_bytes:
+            raise TooLargeError(
+                f"This session would hold {(used + extra_bytes) / 2**20:.0f} MB, over its limit of "
+                f"{self.max_bytes / 2**20:.0f} MB. Upload fewer or smaller files, or reload the page to start over."
+            )
+
+
+class SessionStore:
+    """All live sessions of one server process, each with its own private folder under ``root``.
+
+    Args:
+        root: folder that holds one sub-folder per session (created, mode 0700). Give it a folder
+            of its own: leftovers of dead processes older than ``ttl_s`` are removed from it.
+        ttl_s: a session idle for longer than this many seconds is removed by :meth:`sweep`.
+        max_session_bytes: the most bytes one session's folder may hold.
+        max_sessions: the most sessions at once; the least recently seen idle one is evicted beyond that.
+        on_close: called with a session just before its folder is deleted (e.g. to drop caches).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        ttl_s: float = 3600.0,
+        max_session_bytes: int = 2 * 2**30,
+        max_sessions: int = 64,
+        on_close: Callable[[Session], None] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            os.chmod(self.root, 0o700)
+        except OSError:
+            log.debug("could not chmod %s", self.root)
+        self.ttl_s = float(ttl_s)
+        self.max_session_bytes = int(max_session_bytes)
+        self.max_sessions = int(max_sessions)
+        self.on_close = on_close
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+        self._sweeper: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._remove_orphans()
+
+    # ------------------------------------------------------------------ access
+    def get(self, session_id: str | None, create: bool = True) -> Session:
+        """The session for ``session_id``, created on first use.
+
+        Args:
+            session_id: Gradio's ``request.session_hash``.
+            create: create the session when it does not exist yet.
+
+        Raises:
+            InputError: when ``session_id`` is empty, or unknown and ``create`` is False.
+        """
+        if not session_id:
+            raise InputError("This request has no browser session; reload the page.")
+        with self._lock:
+            sess = self._sessions.get(session_id)
+            if sess is None:
+                if not create:
+                    raise InputError("This session has expired; reload the page to start again.")
+                self._evict_for_new()
+                directory = self.root / secrets.token_hex(16)
+                directory.mkdir(mode=0o700)
+                sess = Session(session_id, directory, self.max_session_bytes)
+                self._sessions[session_id] = sess
+                log.info("session opened (%d live)", len(self._sessions))
+        sess.touch()
+        return sess
+
+    def __contains__(self, session_id: object) -> bool:
+        with self._lock:
+            return session_id in self._sessions
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def __iter__(self) -> Iterator[Session]:
+        with self._lock:
+            return iter(list(self._sessions.values()))
+
+    def total_bytes(self) -> int:
+        """Bytes stored under the root by all sessions (and any leftovers)."""
+        return folder_bytes(self.root)
+
+    # ------------------------------------------------------------------ cleanup
+    def close(self, session_id: str | None, wait_s: float = 5.0) -> bool:
+        """Ends a session: stops its run, forgets its workspace and deletes its folder.
+
+        Args:
+            session_id: the session to end (unknown ids are ignored).
+            wait_s: how long to wait for a running segmentation to notice the cancel.
+
+        Returns:
+            True when a session was closed.
+        """
+        if not session_id:
+            return False
+        with self._lock:
+            sess = self._sessions.pop(session_id, None)
+        if sess is None:
+            return False
+        self._dispose(sess, wait_s)
+        return True
+
+    def _dispose(self, sess: Session, wait_s: float) -> None:
+        sess.closed = True
+        sess.cancel.set()
+        deadline = time.time() + wait_s
+        while sess.running.is_set() and time.time() < deadline:
+            time.sleep(0.05)
+        if self.on_close is not None:
+            try:
+                self.on_close(sess)
+            except Exception:  # noqa: BLE001 - cleanup must go on whatever a hook does
+                log.exception("session close hook failed")
+        with sess.lock:
+            sess.workspace = None
+        shutil.rmtree(sess.directory, ignore_errors=True)
+        log.info("session closed (%d live)", len(self))
+
+    def sweep(self, now: float | None = None) -> int:
+        """Closes the sessions idle for longer than the TTL (running ones are kept).
+
+        Returns:
+            How many sessions were closed.
+        """
+        now = time.time() if now is None else now
+        with self._lock:
+            expired = [
+                s for s in self._sessions.values() if now - s.last_seen > self.ttl_s and not s.running.is_set()
+            ]
+            for s in expired:
+                self._sessions.pop(s.session_id, None)
+        for s in expired:
+            self._dispose(s, wait_s=0.0)
+        return len(expired)
+
+    def close_all(self) -> None:
+        """Closes every session and stops the sweeper (server shutdown)."""
+        self._stop.set()
+        with self._lock:
+            ids = list(self._sessions)
+        for sid in ids:
+            self.close(sid, wait_s=1.0)
+
+    def start_sweeper(self, interval_s: float | None = None) -> None:
+        """Starts a daemon thread that calls :meth:`sweep` every ``interval_s`` (default TTL / 4, 5..300 s)."""
+        if self._sweeper is not None and self._sweeper.is_alive():
+            return
+        interval = interval_s if interval_s is not None else min(300.0, max(5.0, self.ttl_s / 4))
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    n = self.sweep()
+                    if n:
+                        log.info("swept %d idle session(s)", n)
+                except Exception:  # noqa: BLE001 - the sweeper must survive one bad pass
+                    log.exception("session sweep failed")
+
+        self._sweeper = threading.Thread(target=loop, name="promptonce-session-sweeper", daemon=True)
+        self._sweeper.start()
+
+    def _evict_for_new(self) -> None:
+        """Makes room for one more session (called with the lock held)."""
+        if len(self._sessions) < self.max_sessions:
+            return
+        idle = sorted(
+            (s for s in self._sessions.values() if not s.running.is_set()), key=lambda s: s.last_seen
+        )
+        if not idle:
+            raise TooLargeError("The server is busy with other users right now; try again in a few minutes.")
+        victim = idle[0]
+        self._sessions.pop(victim.session_id, None)
+        threading.Thread(target=self._dispose, args=(victim, 0.0), daemon=True).start()
+
+    def _remove_orphans(self) -> None:
+        """Deletes session folders left by a dead process (older than the TTL)."""
+        now = time.time()
+        for child in self.root.iterdir():
+            if not (child.is_dir() and _TOKEN_RE.match(child.name)):
+                continue
+            try:
+                age = now - child.stat().st_mtime
+            except OSError:
+                continue
+            if age > self.ttl_s:
+                shutil.rmtree(child, ignore_errors=True)
