@@ -46,7 +46,7 @@ from ..errors import (
     UnsupportedFormatError,
 )
 from ..types import Dataset, SourceGeometry, Volume
-from ._common import DEFAULT_MAX_VOXELS, case_name, natural_sorted, to_display
+from ._common import DEFAULT_MAX_VOXELS, DEFAULT_MAX_ZIP_BYTES, case_name, natural_sorted, to_display
 from .archive import extract_to_temp, extracted, is_zip
 from .dicom import is_dicom, is_projection, read_dicom, read_header
 from .images import IMAGE_SUFFIXES, image_info, read_image, read_image_array, read_image_stack
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "SUPPORTED_FORMATS",
     "DEFAULT_MAX_VOXELS",
+    "DEFAULT_MAX_ZIP_BYTES",
     "ImagesAs",
     "sniff",
     "load",

@@ -200,3 +200,47 @@ def rotation_affine(spacing=(0.9, 1.3, 2.7), origin=(10.0, -20.0, 30.0), perm=(0
     aff[:3, :3] = rz @ m
     aff[:3, 3] = origin
     return aff
+
+
+def write_enhanced(path: Path, stored: np.ndarray, *, iop=AXIAL, ipp0=(-50.0, 20.0, 100.0), pixel_spacing=(0.8, 0.6),
+                   step: float = 2.5, frame_order: Sequence[int] | None = None, intercept: float = -1024.0) -> Path:
+    """Writes ``stored`` ``(slices, rows, cols)`` as ONE enhanced multi-frame CT file; frame f holds slice
+    ``frame_order[f]`` (default: reversed, so that the reader must sort frames by position)."""
+    from pydicom.dataset import Dataset
+
+    n = stored.shape[0]
+    order = list(frame_order) if frame_order is not None else list(range(n))[::-1]
+    ds = make_dataset(stored[0], modality="CT", iop=None, ipp=None, pixel_spacing=None, intercept=0.0)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT Image Storage
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    for tag in ("RescaleSlope", "RescaleIntercept"):
+        if tag in ds:
+            delattr(ds, tag)
+    ds.NumberOfFrames = n
+    row, col, normal = series_geometry(iop, ipp0, pixel_spacing, step)
+    shared = Dataset()
+    pm = Dataset()
+    pm.PixelSpacing = [float(v) for v in pixel_spacing]
+    pm.SliceThickness = step
+    po = Dataset()
+    po.ImageOrientationPatient = [float(v) for v in iop]
+    pvt = Dataset()
+    pvt.RescaleSlope = 1.0
+    pvt.RescaleIntercept = intercept
+    pvt.RescaleType = "HU"
+    shared.PixelMeasuresSequence = [pm]
+    shared.PlaneOrientationSequence = [po]
+    shared.PixelValueTransformationSequence = [pvt]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    per = []
+    for f in range(n):
+        k = order[f]
+        item = Dataset()
+        pp = Dataset()
+        pp.ImagePositionPatient = [float(v) for v in np.asarray(ipp0, float) + k * step * normal]
+        item.PlanePositionSequence = [pp]
+        per.append(item)
+    ds.PerFrameFunctionalGroupsSequence = per
+    ds.PixelData = np.ascontiguousarray(stored[order]).astype(stored.dtype).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -195,12 +195,37 @@ def test_dicom_seg_export(tmp_path):
     assert [d.SegmentLabel for d in seg.SegmentSequence] == ["lesion", "vessel"]
     assert seg.StudyInstanceUID == vol.source.extra["datasets"][0].StudyInstanceUID
     # voxel count per segment survives the export (frames are in source order)
-    arr = seg.get_volume(combine_segments=True).array
+    segvol = seg.get_volume(combine_segments=True)
+    arr = segvol.array
     assert int((arr == 1).sum()) == int((labels == 1).sum())
     assert int((arr == 2).sum()) == int((labels == 2).sum())
+    # and they sit at the same place in the patient: compare the centroids in RAS+ mm
+    for lab_id in (1, 2):
+        ijk = np.argwhere(arr == lab_id).mean(axis=0)  # highdicom: (slice, row, col) -> LPS
+        lps = segvol.affine @ np.append(ijk, 1.0)
+        src = np.argwhere(labels == lab_id).mean(axis=0)  # ours: (slice, row, col) display
+        ras = vol.affine @ np.array([src[2], src[1], src[0], 1.0])
+        np.testing.assert_allclose([-lps[0], -lps[1], lps[2]], ras[:3], atol=1e-3)
 
 
 def test_dicom_seg_needs_dicom_input(tmp_path):
     vol = load(save_nifti(tmp_path / "a.nii", np.ones((3, 3, 2), np.int16), np.eye(4)))
     with pytest.raises(InputError, match="DICOM input"):
         write_dicom_seg(np.ones(vol.shape, np.uint8), vol, tmp_path / "seg.dcm")
+
+
+def test_enhanced_multiframe_sorted_by_position(tmp_path):
+    from iosynth import write_enhanced
+
+    iop = oblique_iop(5, 30)
+    path = write_enhanced(tmp_path / "enh.dcm", _stored(), iop=iop, ipp0=IPP0, pixel_spacing=SPACING, step=STEP)
+    vol = load(path)
+    ref = load(_series(tmp_path, iop))
+    np.testing.assert_array_equal(vol.array, ref.array)
+    np.testing.assert_allclose(vol.affine, ref.affine, atol=1e-5)
+    labels = np.zeros(vol.shape, np.uint8)
+    labels[0, 1:3, 1:3] = 1
+    out = write_dicom_seg(labels, vol, tmp_path / "seg.dcm")
+    import highdicom as hd
+
+    assert int((hd.seg.segread(out).get_volume(combine_segments=True).array == 1).sum()) == 4
