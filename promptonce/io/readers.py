@@ -331,7 +331,7 @@ Item = tuple[str, Callable[[], Volume]]
 
 def _items_from_files(
     files: Sequence[Path], strict: bool, images_as: ImagesAs, time_index: int | None, max_voxels: int,
-    group_name: str, temps: list[Path],
+    group_name: str, temps: list[Path], ignored: list[Path],
 ) -> list[Item]:
     kinds = _classify(files, strict)
     items: list[Item] = []
@@ -365,20 +365,22 @@ def _items_from_files(
     for z in kinds["zip"]:
         tmp = extract_to_temp(z)
         temps.append(tmp)
-        items.extend(_items_from_dir(_zip_root(tmp), images_as, time_index, max_voxels, case_name(z), temps))
+        items.extend(_items_from_dir(_zip_root(tmp), images_as, time_index, max_voxels, case_name(z), temps, ignored))
     return items
 
 
 def _items_from_dir(
-    folder: Path, images_as: ImagesAs, time_index: int | None, max_voxels: int, name: str, temps: list[Path]
+    folder: Path, images_as: ImagesAs, time_index: int | None, max_voxels: int, name: str, temps: list[Path],
+    ignored: list[Path],
 ) -> list[Item]:
     direct = _files_in(folder, recursive=False)
-    items = _items_from_files(direct, False, images_as, time_index, max_voxels, name, temps)
+    items = _items_from_files(direct, False, images_as, time_index, max_voxels, name, temps, ignored)
     for sub in natural_sorted([d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")]):
         if _has_dicom(sub):
             items.append((sub.name, lambda sub=sub: load(sub, time_index=time_index, max_voxels=max_voxels, name=sub.name)))
         else:
             log.info("load_dataset: ignoring sub-folder %s (no DICOM files; give it explicitly to read it)", sub)
+            ignored.append(sub)
     return items
 
 
@@ -431,22 +433,25 @@ def load_dataset(
         raise InputError("No input was given.")
     temps: list[Path] = []
     items: list[Item] = []
+    ignored: list[Path] = []  # sub-folders skipped (named in the error when nothing is found)
     try:
         for s in srcs:
             paths = _expand(s)
             loose: list[Path] = []
             for p in paths:
                 if p.is_dir():
-                    items.extend(_items_from_dir(p, images_as, time_index, max_voxels, p.name, temps))
+                    items.extend(_items_from_dir(p, images_as, time_index, max_voxels, p.name, temps, ignored))
                 elif is_zip(p) and not p.name.lower().endswith(".npz"):
                     tmp = extract_to_temp(p)
                     temps.append(tmp)
-                    items.extend(_items_from_dir(_zip_root(tmp), images_as, time_index, max_voxels, case_name(p), temps))
+                    items.extend(
+                        _items_from_dir(_zip_root(tmp), images_as, time_index, max_voxels, case_name(p), temps, ignored)
+                    )
                 else:
                     loose.append(p)
             if loose:
                 group = loose[0].parent.name if len({f.parent for f in loose}) == 1 else ""
-                items.extend(_items_from_files(loose, True, images_as, time_index, max_voxels, group, temps))
+                items.extend(_items_from_files(loose, True, images_as, time_index, max_voxels, group, temps, ignored))
     except BaseException:
         for t in temps:
             shutil.rmtree(t, ignore_errors=True)
@@ -454,7 +459,13 @@ def load_dataset(
     if not items:
         for t in temps:
             shutil.rmtree(t, ignore_errors=True)
-        raise UnsupportedFormatError(f"No readable image found in {[str(s) for s in srcs]}. PromptOnce reads: {_formats()}.")
+        hint = ""
+        if ignored:
+            shown = ", ".join(str(d) for d in ignored[:3])
+            hint = f" Sub-folders are only read when they hold DICOM files; give the one you mean, e.g. {shown}."
+        raise UnsupportedFormatError(
+            f"No readable image found in {[str(s) for s in srcs]}.{hint} PromptOnce reads: {_formats()}."
+        )
     dataset = Dataset(_dedupe(items))
     for t in temps:
         weakref.finalize(dataset, shutil.rmtree, t, True)

@@ -193,3 +193,11 @@ def test_image_budget_from_header(tmp_path):
     _save(tmp_path / "x.png", np.zeros((100, 100), np.uint8))
     with pytest.raises(TooLargeError, match="10,000 voxels"):
         load(tmp_path / "x.png", max_voxels=9_999)
+
+
+def test_dataset_folder_with_only_image_subfolders_says_which_to_give(tmp_path):
+    (tmp_path / "images").mkdir()
+    _save(tmp_path / "images" / "a.png", np.zeros((4, 5), np.uint8))
+    with pytest.raises(UnsupportedFormatError, match=r"give the one you mean, e\.g\. .*images"):
+        load_dataset(tmp_path)
+    assert load_dataset(tmp_path / "images").names == ["a"]
