@@ -558,11 +558,10 @@ def load_reference(source: str | Path, image: Volume, *, max_voxels: int = DEFAU
         if same_grid:
             display, _, _ = to_display(stored.data, stored.affine, geo.ornt)
         else:
-            from nibabel.orientations import inv_ornt_aff, io_orientation, ornt_transform
+            from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
 
+            # take the reference's voxel axes to the image's display axes through their world directions
             t = ornt_transform(io_orientation(stored.affine), io_orientation(image.affine))
-            from nibabel.orientations import apply_orientation
-
             xyz = apply_orientation(stored.data, t)
             ref_display_aff = stored.affine @ inv_ornt_aff(t, stored.data.shape)
             display = np.ascontiguousarray(np.transpose(xyz, (2, 1, 0)))
