@@ -109,8 +109,8 @@ def xray_image(size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     # ribs: brighter arcs over the lungs
     for i in range(7):
         cy = (62 + 22 * i) * s + dy
-        arc = np.abs(yy - cy - 0.0025 * (xx - 128 * s - dx) ** 2 / s) < 3.0 * s
-        img[arc & body] += 35.0
+        arc = np.abs(yy - cy - 0.0025 * (xx - 128 * s - dx) ** 2 / s) < 2.5 * s
+        img[arc & body] += 14.0
     img[heart] = 205.0
     img += rng.normal(0.0, 4.0, shape)
     img = np.clip(img, 0, 255).astype(np.uint8)

@@ -158,7 +158,7 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
     Returns:
         The Blocks, not launched; ``demo.promptonce_store`` holds the store.
     """
-    store = store or default_store()
+    store = default_store() if store is None else store
     store.start_sweeper()
     if show_fake is None:
         show_fake = os.environ.get("PROMPTONCE_SHOW_FAKE", "") == "1"
@@ -172,7 +172,8 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
     def sess_of(request: gr.Request) -> Session:
         return store.get(request.session_hash)
 
-    with gr.Blocks(title="PromptOnce", fill_width=True) as demo:
+    analytics = os.environ.get("GRADIO_ANALYTICS_ENABLED", "False").lower() in ("1", "true", "yes")
+    with gr.Blocks(title="PromptOnce", fill_width=True, analytics_enabled=analytics) as demo:
         gr.HTML(INTRO)
         with gr.Row(equal_height=False):
             # ------------------------------------------------------------ left: controls
@@ -181,11 +182,11 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
                     gr.Markdown("### 1 · Load", elem_classes="po-step")
                     files = gr.File(
                         label="Images or volumes (NIfTI, DICOM files or zip, PNG/JPG, NPY)",
-                        file_count="multiple", file_types=FILE_TYPES, height=120, elem_id="po-files",
+                        file_count="multiple", file_types=FILE_TYPES, height=150, elem_id="po-files",
                     )  # fmt: skip
                     refs = gr.File(
                         label="Reference masks (optional, same file names)",
-                        file_count="multiple", file_types=FILE_TYPES, height=90, elem_id="po-refs",
+                        file_count="multiple", file_types=FILE_TYPES, height=130, elem_id="po-refs",
                     )  # fmt: skip
                     with gr.Accordion("Loading options", open=False):
                         images_as = gr.Radio(
@@ -206,7 +207,7 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
                     with gr.Row(equal_height=True):
                         obj_dd = gr.Dropdown(
                             choices=_object_choices(None), value=1, label="Active object", scale=2,
-                            elem_id="po-object",
+                            elem_id="po-object", allow_custom_value=True,
                         )  # fmt: skip
                         obj_name = gr.Textbox(label="New object", placeholder="e.g. left lung", scale=2)
                         add_obj = gr.Button("Add", size="sm", scale=1, elem_id="po-add-object")
@@ -238,7 +239,9 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
             # ------------------------------------------------------------ right: the image
             with gr.Column(scale=7, min_width=420):
                 with gr.Row(equal_height=True):
-                    case_dd = gr.Dropdown(choices=[], label="Case", scale=3, elem_id="po-case")
+                    case_dd = gr.Dropdown(
+                        choices=[], label="Case", scale=3, elem_id="po-case", allow_custom_value=True
+                    )  # fmt: skip
                     window_dd = gr.Dropdown(WINDOW_CHOICES, value="auto", label="Window", scale=2, elem_id="po-window")
                     win_w = gr.Number(value=400, label="Width", visible=False, scale=1, elem_id="po-ww")
                     win_l = gr.Number(value=40, label="Level", visible=False, scale=1, elem_id="po-wl")
@@ -253,7 +256,10 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
                     next_btn = gr.Button("▶", size="sm", scale=0, min_width=48, elem_id="po-next")
                 info = gr.Markdown(elem_id="po-info")
                 with gr.Row(equal_height=True):
-                    flagged = gr.Dropdown(choices=[], label="Flagged slices (go to)", scale=3, elem_id="po-flagged")
+                    flagged = gr.Dropdown(
+                        choices=[], label="Flagged slices (go to)", scale=3, elem_id="po-flagged",
+                        allow_custom_value=True,
+                    )  # fmt: skip
                     show_ref = gr.Checkbox(False, label="Show reference outline", scale=1, elem_id="po-show-ref")
                 gr.Markdown(KEYS_HELP, elem_classes="po-note")
         with gr.Accordion("Results: metrics and downloads", open=True, elem_id="po-results"):
@@ -311,17 +317,14 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
 
             ws = sess.workspace
             if ws is None or not ws.has_results():
-                return {
-                    metrics_md: "No result yet.", table: None, downloads: None,
-                    plot: pd.DataFrame({"slice": [], "dice": [], "case": []}),
-                }  # fmt: skip
+                return {metrics_md: "No result yet.", table: None, downloads: None, plot: None}
             summary = H.results_summary(ws)
             files_out = H.write_downloads(ws, summary, window)
             rows = [
                 [c["case"], c["slices"], _fmt(c["dice"]), _fmt(c["jaccard"]), c["flags"]] for c in summary["cases"]
             ]
             per = summary["per_slice"]
-            df = pd.DataFrame(per) if per else pd.DataFrame({"slice": [], "dice": [], "case": []})
+            df = pd.DataFrame(per) if per else None
             if per and len({p["case"] for p in per}) == len(per):
                 # one slice per case (an X-ray set): plot Dice per image instead
                 df = pd.DataFrame([{"slice": i + 1, "dice": p["dice"], "case": "images"} for i, p in enumerate(per)])
@@ -361,10 +364,13 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
             )
             upd[files] = None
             upd[refs] = None
+            # an image set is segmented as a whole by default; a volume slice by slice
+            image_set = ws.n_volumes > 1 and all(m.n_slices == 1 for m in ws.metas)
+            upd[scope] = "dataset" if image_set else "volume"
             notes(ws)
             return upd
 
-        load_outputs = [*view_outputs, *object_outputs, *result_outputs, status, files, refs]
+        load_outputs = [*view_outputs, *object_outputs, *result_outputs, status, files, refs, scope]
 
         @guard
         def on_load(fs, rs, as_, wname, ww, wl, show, request: gr.Request):
@@ -699,7 +705,11 @@ def launch_kwargs() -> dict[str, Any]:
         "server_port": int(port),
         "max_file_size": f"{int(_env_float('PROMPTONCE_MAX_FILE_MB', 512))}mb",
         "show_error": False,
-        "theme": gr.themes.Soft(primary_hue="indigo", neutral_hue="slate"),
+        # system fonts: the page makes no request outside this server (no web fonts, no analytics)
+        "theme": gr.themes.Soft(
+            primary_hue="indigo", neutral_hue="slate",
+            font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"],
+        ),
         "css_paths": [HERE / "style.css"],
         "head": "<script>" + (HERE / "keys.js").read_text(encoding="utf-8") + "</script>",
         "footer_links": ["api", "gradio"],

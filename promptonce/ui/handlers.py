@@ -660,7 +660,19 @@ def render(ws: Workspace, v: int, k: int, window: Any = "auto", show_reference: 
     gray_d = np.asarray(Image.fromarray(gray).resize(size, Image.NEAREST if up and sx == int(sx) else Image.BILINEAR))
     labels = _labels_for_view(ws, v, k)
     lab_d = np.asarray(Image.fromarray(labels).resize(size, Image.NEAREST))
-    rgb = overlay(gray_d, lab_d, alpha=0.4)
+    rgb = overlay(gray_d, lab_d, alpha=0.45, outline=False)
+    if lab_d.any():
+        # an opaque contour of about 1/3 image pixel (at least 1 display pixel), drawn inwards
+        edge = _label_edges(lab_d)
+        for _ in range(max(0, int(round(min(sx, sy) / 3)) - 1)):
+            grown = edge.copy()
+            grown[1:] |= edge[:-1]
+            grown[:-1] |= edge[1:]
+            grown[:, 1:] |= edge[:, :-1]
+            grown[:, :-1] |= edge[:, 1:]
+            edge = grown & (lab_d != 0)
+        for oid in (int(i) for i in np.unique(lab_d[edge])):
+            rgb[edge & (lab_d == oid)] = label_color(oid)
     if show_reference:
         ref = ws.reference(v)
         if ref is not None:
@@ -688,6 +700,14 @@ def render(ws: Workspace, v: int, k: int, window: Any = "auto", show_reference: 
             draw.line([cx, cy - 2 * r, cx, cy + 2 * r], fill=color, width=2)
     del meta
     return np.asarray(im)
+
+
+def _label_edges(labels: np.ndarray) -> np.ndarray:
+    """bool: labelled pixels with a 4-neighbour of another label (the image border counts as 0)."""
+    p = np.pad(labels, 1)
+    c = p[1:-1, 1:-1]
+    diff = (p[:-2, 1:-1] != c) | (p[2:, 1:-1] != c) | (p[1:-1, :-2] != c) | (p[1:-1, 2:] != c)
+    return diff & (c != 0)
 
 
 def _edges(mask: np.ndarray) -> np.ndarray:
@@ -824,12 +844,12 @@ def _predict_draft(ws: Workspace, v: int, k: int, oid: int, model: str, window: 
     res = ws.result(v)
     mask: np.ndarray
     t0 = time.perf_counter()
-    if d.box is None and res is not None and ws.done[v][k] and (res[k] == oid).any():
-        # a correction on a result slice: the clicks refine the current mask's box
-        from ..prompts import box_from_mask
-
-        current = np.asarray(res[k]) == oid
-        box = box_from_mask(current, margin=3, shape=current.shape)
+    box = _result_box(ws, v, k, oid) if d.box is None else None
+    if box is not None and all(
+        box.x0 <= p.x <= box.x1 and box.y0 <= p.y <= box.y1 for p in d.points if p.label == 1
+    ):
+        # a correction on a result slice: the clicks refine the current mask inside its box (a click
+        # outside that box means another place, and is taken as a fresh prompt below)
         corr = ObjectPrompt(points=prompt.points, box=box, object_id=oid, name=obj.name)
         point_engine = _point_engine(ws, model, eng)
         mask, score = point_engine.predict_object(vol, k, corr, window)
@@ -841,6 +861,17 @@ def _predict_draft(ws: Workspace, v: int, k: int, oid: int, model: str, window: 
     if area == 0:
         return f"{obj.name}: the model found nothing there; click inside the object or draw a box around it."
     return f"{obj.name}: preview {area} px, confidence {score:.2f} ({ms:.0f} ms)."
+
+
+def _result_box(ws: Workspace, v: int, k: int, oid: int) -> Box | None:
+    """The box (3 px margin) of object ``oid``'s current result on slice ``k``, or None."""
+    from ..prompts import box_from_mask
+
+    res = ws.result(v)
+    if res is None or not ws.done[v][k]:
+        return None
+    current = np.asarray(res[k]) == oid
+    return box_from_mask(current, margin=3, shape=current.shape) if current.any() else None
 
 
 def _point_engine(ws: Workspace, model: str, eng: Any) -> Any:

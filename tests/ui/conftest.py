@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _load_make_assets():
-    spec = importlib.util.spec_from_file_location("make_assets", REPO / "scripts" / "make_assets.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules.setdefault("make_assets", mod)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-make_assets = _load_make_assets()
+from uihelpers import REPO, make_assets, real_models_available  # noqa: F401  (tests/ui/uihelpers.py)
 
 
 @pytest.fixture
@@ -52,18 +38,6 @@ def fake_models(monkeypatch):
     return "fake"
 
 
-def real_models_available() -> bool:
-    """True when LiteMedSAM and MobileSAM load on this host (checked through the registry)."""
-    if os.environ.get("PROMPTONCE_UI_TEST_MODEL", "") == "fake":
-        return False
-    try:
-        from promptonce.backends.registry import available_backends
-    except ImportError:
-        return False
-    ok = {info.name for info, available, _ in available_backends() if available}
-    return {"litemedsam", "mobilesam"} <= ok
-
-
 def _free_port() -> int:
     import socket
 
@@ -85,9 +59,9 @@ def app_server(tmp_path_factory):
     from types import SimpleNamespace
 
     gradio_tmp = tmp_path_factory.mktemp("gradio")
-    saved = {k: os.environ.get(k) for k in ("GRADIO_TEMP_DIR", "GRADIO_ANALYTICS_ENABLED", "PROMPTONCE_SHOW_FAKE")}
-    os.environ["GRADIO_TEMP_DIR"] = str(gradio_tmp)
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    env = {"GRADIO_TEMP_DIR": str(gradio_tmp), "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_HEARTBEAT_INTERVAL": "0.5"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     from promptonce.ui.app import build_app, launch_kwargs
     from promptonce.ui.session import SessionStore
 
