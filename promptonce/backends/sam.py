@@ -17,13 +17,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from ..errors import DimensionError, ModelError, ModelUnavailableError, PromptError, WeightsError
+from ..errors import ModelUnavailableError, PromptError, WeightsError
+from . import _torchutil as _tu
 from .base import BackendInfo, Embedding, Prediction
 from .weights import find_spec, load_state_dict, resolve_checkpoint, search_dirs
 
@@ -49,48 +49,27 @@ _cpu_warned: set[str] = set()
 
 
 def resolve_device(device: str | None) -> str:
-    """Picks the torch device: ``device`` when given, else ``"cuda"`` when available, else ``"cpu"``.
-
-    On CUDA this also enables TF32 matmuls/convolutions (as SAM 2's own demo does).
+    """Picks the torch device (CUDA when available) and, on CUDA, enables TF32 matmuls/convolutions.
 
     Raises:
-        ModelUnavailableError: torch is missing, or ``"cuda"`` was asked for on a host without it.
+        ModelUnavailableError: torch is missing, or CUDA was asked for on a host without it.
     """
-    try:
-        import torch
-    except ImportError as e:  # pragma: no cover - torch is a hard dependency of the models extra
-        raise ModelUnavailableError("PyTorch is not installed; install the 'models' extra.") from e
-    if device is None or device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ModelUnavailableError(
-                f"Device {device!r} was asked for but CUDA is not available on this host; use device='cpu'."
-            )
+    dev = _tu.resolve_device(None if device == "auto" else device)
+    if dev.startswith("cuda"):
+        torch = _tu.import_torch()
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return device
+    return dev
 
 
-def _warn_cpu(name: str, device: str) -> None:
+def warn_cpu(name: str, device: str) -> None:
+    """Logs once per model that it runs (slowly) on the CPU."""
     if device == "cpu" and name not in _cpu_warned:
         _cpu_warned.add(name)
         logger.warning("%s runs on the CPU in float32: expect seconds per image. A CUDA GPU is much faster.", name)
 
 
-def check_frame(frame: np.ndarray) -> np.ndarray:
-    """Validates a frame and returns it as contiguous uint8 ``(H, W, 3)`` RGB (grey is repeated)."""
-    arr = np.asarray(frame)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise DimensionError(f"A frame must be a uint8 (H, W, 3) RGB image; got shape {arr.shape}.")
-    if arr.dtype != np.uint8:
-        raise DimensionError(
-            f"A frame must be uint8 (0..255); got {arr.dtype}. Window the image to uint8 first "
-            f"(promptonce.preprocess)."
-        )
-    return np.ascontiguousarray(arr)
+check_frame = _tu.check_frame
 
 
 def check_prompts(
@@ -104,39 +83,23 @@ def check_prompts(
     """Validates prompts for one object on a frame of ``(H, W)``.
 
     Returns:
-        ``(points float32 (N, 2) | None, labels int32 (N,) | None, box float32 (4,) | None,
-        mask_logits float32 (1, s, s) | None)`` with ``s = logits_size``.
+        ``(points float32 (N, 2) | None, labels int32 (N,) | None, box float32 (4,) clipped to the
+        frame | None, mask_logits float32 (1, s, s) | None)`` with ``s = logits_size``.
 
     Raises:
         PromptError: nothing given, mismatched shapes, a click outside the frame, a box that misses it.
     """
     h, w = frame_size
-    pts = lbl = bx = ml = None
-    if points is not None and len(np.asarray(points)) > 0:
-        pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
-        if point_labels is None:
-            raise PromptError("Points need labels (1 = object, 0 = background), one per point.")
-        lbl = np.asarray(point_labels, dtype=np.int32).reshape(-1)
-        if len(lbl) != len(pts):
-            raise PromptError(f"Got {len(pts)} points but {len(lbl)} labels; give one label per point.")
-        if not np.all(np.isin(lbl, (0, 1))):
-            raise PromptError(f"Point labels must be 1 (object) or 0 (background), got {sorted(set(lbl.tolist()))}.")
-        if not np.all(np.isfinite(pts)):
-            raise PromptError("A point has a NaN or infinite coordinate.")
+    pts = lbl = ml = None
+    checked = _tu.check_points(points, point_labels)
+    if checked is not None:
+        pts, lbl = checked
         outside = (pts[:, 0] < -0.5) | (pts[:, 0] > w - 0.5) | (pts[:, 1] < -0.5) | (pts[:, 1] > h - 0.5)
         if np.any(outside):
             raise PromptError(
                 f"Point {pts[outside][0].tolist()} (x, y) lies outside the {w}x{h} image; click inside it."
             )
-    if box is not None:
-        bx = np.asarray(box, dtype=np.float32).reshape(-1)
-        if bx.shape != (4,) or not np.all(np.isfinite(bx)):
-            raise PromptError(f"A box is 4 finite numbers x0, y0, x1, y1; got {np.asarray(box).tolist()}.")
-        if bx[2] < bx[0] or bx[3] < bx[1]:
-            raise PromptError(f"Box {bx.tolist()} has x1 < x0 or y1 < y0; give it as x0, y0, x1, y1.")
-        if bx[2] < 0 or bx[3] < 0 or bx[0] > w - 1 or bx[1] > h - 1:
-            raise PromptError(f"Box {bx.tolist()} lies outside the {w}x{h} image.")
-        bx = np.array([max(bx[0], 0), max(bx[1], 0), min(bx[2], w - 1), min(bx[3], h - 1)], np.float32)
+    bx = _tu.clip_box(box, frame_size)
     if mask_logits is not None:
         ml = np.asarray(mask_logits, dtype=np.float32)
         if ml.ndim == 2:
@@ -186,7 +149,7 @@ class SamBackend:
             input_size=self.input_size, medical=False, sequence=False, device=self.device,
         )
         self._torch = torch
-        _warn_cpu(name, self.device)
+        warn_cpu(name, self.device)
 
     def embed(self, frame: np.ndarray) -> Embedding:
         """Encodes one frame.
@@ -224,11 +187,7 @@ class SamBackend:
             scores = SAM's predicted IoU; logits float32 ``(K, 256, 256)``.
         """
         torch = self._torch
-        if embedding.backend != self.info.name:
-            raise ModelError(
-                f"This embedding was made by {embedding.backend!r}, not {self.info.name!r}; embed the frame "
-                f"with this model first."
-            )
+        _tu.check_embedding(embedding, self.info.name)
         frame_size = embedding.frame_size
         pts, lbl, bx, ml = check_prompts(frame_size, points, point_labels, box, mask_logits, self.logits_size)
         with torch.inference_mode():

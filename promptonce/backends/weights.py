@@ -20,7 +20,7 @@ server reports, and the hash of the first download is recorded beside the file i
 
 Command line (used by the Dockerfile to bake weights into an image)::
 
-    python -m promptonce.backends.weights fetch sam2.1_hiera_t sam_vit_b
+    python -m promptonce.backends.weights fetch sam2.1_hiera_tiny sam_vit_b
     python -m promptonce.backends.weights list
     python -m promptonce.backends.weights path sam_vit_b
     python -m promptonce.backends.weights verify sam_vit_b
@@ -144,11 +144,15 @@ def _downloads_allowed(allow_download: bool | None) -> bool:
 
 
 def find_spec(name: str) -> CheckpointSpec | None:
-    """The known checkpoint called ``name`` (model name or file name), or None."""
+    """The known checkpoint called ``name``, or None.
+
+    ``name`` may be the model name (``"sam2.1_hiera_t"``), the file name (``"sam2.1_hiera_tiny.pt"``)
+    or the file name without its suffix (``"sam2.1_hiera_tiny"``, ``"sam_vit_b_01ec64"``).
+    """
     if name in KNOWN_CHECKPOINTS:
         return KNOWN_CHECKPOINTS[name]
     for spec in KNOWN_CHECKPOINTS.values():
-        if spec.filename == name:
+        if name in (spec.filename, spec.filename.rsplit(".", 1)[0]):
             return spec
     return None
 

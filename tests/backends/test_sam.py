@@ -17,7 +17,7 @@ pytest.importorskip("segment_anything")
 
 from promptonce.backends import sam as sam_mod  # noqa: E402
 from promptonce.backends.base import Backend  # noqa: E402
-from promptonce.errors import ModelError, PromptError, WeightsError  # noqa: E402
+from promptonce.errors import InputError, PromptError, WeightsError  # noqa: E402
 
 IMG = 128  # tiny model input size (the real models use 1024)
 
@@ -117,11 +117,9 @@ def test_plumbing_errors(backend: sam_mod.SamBackend) -> None:
     with pytest.raises(PromptError, match="mask_logits"):
         backend.predict(emb, mask_logits=np.zeros((1, 10, 10), np.float32))
     emb.backend = "other"
-    with pytest.raises(ModelError, match="embedding was made by"):
+    with pytest.raises(InputError, match="embedding was made by"):
         backend.predict(emb, box=np.array([1, 1, 9, 9]))
-    from promptonce.errors import DimensionError
-
-    with pytest.raises(DimensionError):
+    with pytest.raises(InputError):
         backend.embed(np.zeros((8, 8, 3), np.float32))
 
 
@@ -142,3 +140,11 @@ def test_build_refuses_a_checkpoint_of_another_architecture(tmp_path: Path) -> N
     torch.save(tiny_sam().state_dict(), path)
     with pytest.raises(WeightsError, match="does not fit sam_vit_b"):
         sam_mod.build_sam_backend("sam_vit_b", checkpoint=path, device="cpu")
+
+
+@pytest.mark.gpu
+def test_gpu_plumbing_shapes() -> None:
+    b = sam_mod.SamBackend(tiny_sam(), name="sam_vit_b", device="cuda")
+    assert b.info.device == "cuda"
+    pred = b.predict(b.embed(_frame(60, 100)), box=np.array([10, 10, 50, 40]), multimask=True)
+    assert pred.masks.shape == (3, 60, 100) and np.all(np.diff(pred.scores) <= 0)

@@ -100,6 +100,10 @@ def test_known_checkpoints_have_official_urls_and_hashes() -> None:
         assert spec.url.startswith("https://dl.fbaipublicfiles.com/segment_anything")
         assert spec.url.endswith("/" + spec.filename)
         assert spec.sha256 is None or (len(spec.sha256) == 64 and int(spec.sha256, 16) >= 0)
+    # Model name, file name and file stem all name the same checkpoint.
+    tiny = weights.KNOWN_CHECKPOINTS["sam2.1_hiera_t"]
+    assert weights.find_spec("sam2.1_hiera_tiny.pt") is tiny and weights.find_spec("sam2.1_hiera_tiny") is tiny
+    assert weights.find_spec("sam2.1_hiera_tinyy") is None
 
 
 def test_download_verifies_and_reports_progress(server: _Server, env: Path,
