@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from promptonce.preprocess import CT_AUTO_WINDOW, FrameMaker, auto_window, looks_like_hu
+from promptonce.preprocess import WINDOW_PRESETS, FrameMaker, auto_window, looks_like_hu, lung_fraction
 from promptonce.prompts import box_from_mask, nmt_prompt, prompt_from_reference, seed_slice
 from promptonce.types import Volume
 
@@ -19,14 +19,21 @@ def _nifti_volume(path, modality="OT") -> Volume:
     return Volume(np.transpose(arr, (2, 1, 0)), modality=modality, name=path.name)
 
 
-def test_ct_in_hu_gets_the_ct_window_even_untagged(shared_data):
+def test_abdominal_ct_in_hu_gets_the_abdomen_window_even_untagged(shared_data):
     vol = _nifti_volume(shared_data / "ct_totalseg_example" / "image.nii.gz")
     assert looks_like_hu(vol)
     fm = FrameMaker(vol)
-    assert fm.window == CT_AUTO_WINDOW
+    assert fm.window == WINDOW_PRESETS["abdomen"]
     frame = fm.frame(vol.n_slices // 2)
     assert frame.dtype == np.uint8 and frame.shape == vol.shape[1:] + (3,)
     assert len(np.unique(frame)) > 100  # organs keep many grey levels
+
+
+def test_chest_ct_slices_in_hu_get_the_lung_window(shared_data):
+    for path in sorted((shared_data / "ct_covid_lung_slices" / "images").glob("coronacases*")):
+        vol = _nifti_volume(path, "CT")
+        assert lung_fraction(vol.array) > 0.2
+        assert auto_window(vol) == WINDOW_PRESETS["lung"], path.name
 
 
 def test_8bit_ct_and_mr_get_percentile_windows(shared_data):

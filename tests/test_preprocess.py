@@ -10,12 +10,14 @@ from hypothesis import strategies as st
 from promptonce import preprocess
 from promptonce.errors import DimensionError, InputError
 from promptonce.preprocess import (
-    CT_AUTO_WINDOW,
+    CT_LUNG_FRACTION,
     WINDOW_PRESETS,
     FrameMaker,
     auto_window,
+    describe_window,
     label_color,
     looks_like_hu,
+    lung_fraction,
     overlay,
     parse_window,
     to_frame,
@@ -75,26 +77,43 @@ def test_to_gray_by_hand():
         to_gray(np.zeros((2, 2)), (0, 0))
 
 
-def _ct_like(seed=0):
+def _ct_like(seed=0, lung_rows=6):
+    """Air around a 24x24 body of soft tissue with a lung region and a bone; float32 HU (4, 32, 32)."""
     rng = np.random.default_rng(seed)
     vol = np.full((4, 32, 32), -1000.0, np.float32)  # air
     vol[:, 4:28, 4:28] = rng.normal(40, 10, (4, 24, 24))  # soft tissue
-    vol[:, 8:14, 8:20] = -850  # lung
-    vol[:, 20:24, 14:18] = 700  # bone
+    vol[:, 6 : 6 + lung_rows, 6:26] = -850  # lung
+    vol[:, 24:27, 14:18] = 700  # bone
     return vol
 
 
-def test_auto_window_ct_by_modality_and_by_values():
-    v = Volume(_ct_like(), modality="CT")
+def test_lung_fraction_by_hand():
+    # Body 24x24 = 576 voxels above -950 HU per slice, of which 6x20 = 120 lung: 120/576 = 0.208.
+    assert lung_fraction(_ct_like(lung_rows=6)) == pytest.approx(120 / 576)
+    assert lung_fraction(np.full((3, 3), -1000.0)) == 0.0
+
+
+def test_auto_window_ct_abdomen_or_lung_by_content():
+    abdomen, lung = WINDOW_PRESETS["abdomen"], WINDOW_PRESETS["lung"]
+    # 2 lung rows: 40/576 = 0.07 < CT_LUNG_FRACTION -> abdomen; 12 rows: 240/576 = 0.42 -> lung.
+    assert 40 / 576 < CT_LUNG_FRACTION < 240 / 576
+    v = Volume(_ct_like(lung_rows=2), modality="CT")
     assert looks_like_hu(v)
-    assert auto_window(v) == CT_AUTO_WINDOW
+    assert auto_window(v) == abdomen
+    assert auto_window(Volume(_ct_like(lung_rows=12), modality="CT")) == lung
     # Same values without the modality tag are still recognised as HU.
-    assert auto_window(Volume(_ct_like(), modality="OT")) == CT_AUTO_WINDOW
+    assert auto_window(Volume(_ct_like(lung_rows=2), modality="OT")) == abdomen
     # A CT without bone in view but tagged CT is HU; untagged it is not (no bone evidence).
-    no_bone = _ct_like()
+    no_bone = _ct_like(lung_rows=2)
     no_bone[no_bone > 300] = 40
-    assert auto_window(Volume(no_bone, modality="CT")) == CT_AUTO_WINDOW
-    assert auto_window(Volume(no_bone, modality="OT")) != CT_AUTO_WINDOW
+    assert auto_window(Volume(no_bone, modality="CT")) == abdomen
+    assert auto_window(Volume(no_bone, modality="OT")) not in (abdomen, lung)
+
+
+def test_describe_window():
+    assert describe_window((1500, -600)) == "lung W1500/L-600"
+    assert describe_window((123.5, 7)) == "W123.5/L7"
+    assert FrameMaker(Volume(np.zeros((1, 2, 2))), "bone").describe() == "bone: bone W1800/L400"
 
 
 def test_auto_window_percentiles_for_mr_and_8bit():
