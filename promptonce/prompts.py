@@ -11,10 +11,12 @@ produce fractional coordinates, always inside ``[0, W-1] x [0, H-1]``.
 Specks
 ------
 A reference mask often holds a few stray pixels (interpolated edges, annotation slips) that no
-person would click. :func:`components` keeps a connected component only when it has at least
-``min_size`` pixels (default :data:`MIN_SIZE` = 5) AND at least ``min_fraction`` (default
-:data:`MIN_FRACTION` = 5%) of the largest component's area. For two lungs (the smaller one is about
-60-90% of the larger) both are kept; a 3-pixel speck beside a 2000-pixel liver is dropped.
+person would click. :func:`components` always keeps the largest component (a tiny object alone on
+its slice is still the object), and any other one only when it has at least ``min_size`` pixels
+(default :data:`MIN_SIZE` = 5) AND at least ``min_fraction`` (default :data:`MIN_FRACTION` = 5%) of
+the largest component's area. For two lungs (the smaller one is about 60-90% of the larger) both are
+kept; a 3-pixel speck beside a 2000-pixel liver is dropped. On the 566 Shenzhen chest X-ray masks
+this gives exactly two objects on 565 (66 masks hold specks) and three real lung parts on one.
 """
 
 from __future__ import annotations
@@ -161,11 +163,13 @@ def components(
 
     Args:
         mask: ``(H, W)`` bool (or non-zero = foreground).
-        min_size: smallest component kept, in pixels (1 keeps everything).
-        min_fraction: smallest component kept, as a fraction of the largest (0 keeps everything).
+        min_size: smallest component kept besides the largest, in pixels (1 keeps everything).
+        min_fraction: smallest component kept besides the largest, as a fraction of the largest
+            (0 keeps everything).
 
     Returns:
-        Full-size bool ``(H, W)`` masks, sorted by area descending (ties: first in row-major order).
+        Full-size bool ``(H, W)`` masks, sorted by area descending (ties: first in row-major order);
+        empty only for an empty mask.
     """
     m = _mask2d(mask)
     lab, n = ndimage.label(m, structure=_EIGHT)
@@ -174,7 +178,7 @@ def components(
     sizes = np.bincount(lab.ravel())[1:]
     keep_min = max(int(min_size), float(min_fraction) * float(sizes.max()))
     order = np.argsort(-sizes, kind="stable")  # labels are numbered in row-major order of first pixel
-    return [lab == (i + 1) for i in order if sizes[i] >= keep_min]
+    return [lab == (i + 1) for rank, i in enumerate(order) if rank == 0 or sizes[i] >= keep_min]
 
 
 def foreground(ref_labels: np.ndarray, labels: Sequence[int] | None = None) -> np.ndarray:

@@ -99,6 +99,10 @@ def test_components_sorted_and_specks_dropped():
     everything = components(m, min_size=1, min_fraction=0)
     assert [int(p.sum()) for p in everything] == [200, 150, 4, 2, 1]
     assert components(np.zeros((3, 3), bool)) == []
+    tiny = np.zeros((9, 9), bool)
+    tiny[4, 4] = tiny[1, 1] = True  # a 1-px object alone on its slice is still prompted
+    assert [int(p.sum()) for p in components(tiny)] == [1]
+    assert nmt_prompt(tiny.astype(np.uint8)).points == (Point(1, 1),)
 
 
 def test_prompt_from_reference_two_lungs():
