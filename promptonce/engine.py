@@ -1,0 +1,662 @@
+"""Propagation engine: one prompt on one slice -> masks for a slice, a volume or a whole dataset.
+
+The engine is a generator of :class:`~promptonce.types.SliceResult`, one slice at a time (the sam2
+video predictor's idiom): the caller collects, streams to disk, reports progress or stops early.
+Nothing here imports torch; models are reached through the backend protocol
+(:mod:`promptonce.backends.base`).
+
+How one prompt travels
+----------------------
+* Inside a volume (image models): the prompted slice is segmented from the user's prompt; each
+  next slice is prompted with a box derived from the previous slice's mask (plus an interior point
+  for models that take points). The box is then *refined from the slice's own mask*: the box of the
+  new mask (with a margin) is fed back once more, so an organ that grows between slices is not
+  clipped by the previous slice's box (clipping made stock chaining shrink and collapse on CT liver).
+  An object ends in a direction when its mask vanishes or the model's confidence drops; slices whose
+  area or confidence jump are flagged, never hidden.
+* Across a dataset: ``strategy="transfer"`` (default) seeds every volume/image from the user's
+  original prompt mapped to its own geometry (the Prompt Once paper's "fake seed" idea for image
+  models), then refines that prompt from the case's own first mask. Cases are independent, so the
+  order does not matter and errors cannot accumulate. ``strategy="chain"`` seeds each case from the
+  previous case's result instead.
+* Memory models (SAM 2, :class:`~promptonce.backends.base.SequenceBackend`) propagate with their own
+  memory; the engine hands them frames lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+
+from .backends.base import Backend, Embedding, Prediction, SequenceBackend
+from .errors import CancelledError, InputError, PromptError
+from .preprocess import FrameMaker
+from .prompts import box_from_mask, interior_point, map_prompt
+from .types import Box, Dataset, ObjectPrompt, Point, Scope, SlicePrompt, SliceResult, Volume
+
+__all__ = ["PropagationConfig", "Engine", "segment", "count_prompts"]
+
+log = logging.getLogger(__name__)
+
+Strategy = Literal["transfer", "chain"]
+
+
+@dataclass(frozen=True)
+class PropagationConfig:
+    """Knobs of image-model propagation. Defaults were chosen by measurement (see benchmarks/README.md).
+
+    Attributes:
+        margin_frac: box margin as a fraction of the mask's box size (each side).
+        margin_px: minimum box margin in pixels.
+        refine: how many times a slice's box is re-derived from its own mask and re-predicted.
+        use_points: add the previous mask's interior point as a positive click (point-capable models).
+        stop_on_vanish: end an object's propagation in a direction once it vanishes.
+        min_area_frac: an object "vanishes" when its area falls below this fraction of its seed area.
+        min_area_px: ... or below this many pixels.
+        min_score: ... or when the model's confidence falls below this.
+        jump_ratio: flag a slice whose area changes by more than this factor from the previous slice.
+        min_consistency: an object "vanishes" when its Dice with the neighbouring slice's mask falls
+            below this (the model jumped to another structure).
+        max_growth: a propagated mask larger than this factor of the previous one is treated as a leak
+            and the unrefined prediction is kept instead.
+        align: dataset scope: register each case's seed slice to the prompted slice (scale +
+            translation, :mod:`promptonce.align`) before carrying the prompt over; else map it by
+            relative position only.
+        transfer_refine: how many times a transferred prompt is re-derived from the case's own mask.
+    """
+
+    margin_frac: float = 0.1
+    margin_px: float = 3.0
+    refine: int = 1
+    use_points: bool = False
+    stop_on_vanish: bool = True
+    min_area_frac: float = 0.02
+    min_area_px: int = 12
+    min_score: float = 0.35
+    jump_ratio: float = 2.0
+    max_growth: float = 3.0
+    min_consistency: float = 0.2
+    align: bool = True
+    transfer_refine: int = 2
+
+
+@dataclass
+class _ObjectState:
+    """What the engine remembers of one object between slices."""
+
+    object_id: int
+    mask: np.ndarray | None
+    seed_area: int
+    score: float = 1.0
+    alive: bool = True
+    name: str = ""
+    last_box: Box | None = None
+
+
+def count_prompts(scope: Scope, dataset: Dataset) -> int:
+    """User interactions a run takes: 1 whatever the scope (PromptOnce's point)."""
+    return 1 if len(dataset) else 0
+
+
+class Engine:
+    """Runs prompts through a backend with an embedding cache ("embed once, prompt many").
+
+    Args:
+        backend: the image model used for propagation (e.g. LiteMedSAM).
+        click_backend: model used to turn a click-only prompt into a first mask when ``backend`` takes
+            only boxes (e.g. MobileSAM); None -> clicks are given to ``backend`` directly.
+        config: propagation knobs.
+        cache_size: how many slice embeddings to keep (LRU).
+    """
+
+    def __init__(
+        self,
+        backend: Backend | SequenceBackend,
+        *,
+        click_backend: Backend | None = None,
+        config: PropagationConfig | None = None,
+        cache_size: int = 32,
+    ) -> None:
+        self.backend = backend
+        self.click_backend = click_backend
+        self.config = config or PropagationConfig()
+        self._cache: OrderedDict[tuple, Embedding] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self._frames: dict[int, FrameMaker] = {}
+
+    # ------------------------------------------------------------------ frames and embeddings
+    def frames(self, volume: Volume, window=None) -> FrameMaker:
+        """The frame maker of a volume (one window for the whole volume), cached per volume object."""
+        key = id(volume)
+        fm = self._frames.get(key)
+        if fm is None or fm.volume is not volume or (window is not None and fm.requested != window):
+            fm = FrameMaker(volume, window)
+            fm.requested = window  # type: ignore[attr-defined]
+            if len(self._frames) > 8:
+                self._frames.clear()
+            self._frames[key] = fm
+        return fm
+
+    def embedding(self, backend: Backend, volume: Volume, k: int, window=None) -> Embedding:
+        """The embedding of slice ``k`` of ``volume`` by ``backend``, from the cache when possible."""
+        fm = self.frames(volume, window)
+        key = (backend.info.name, id(volume), k, tuple(fm.window))
+        with self._lock:
+            emb = self._cache.get(key)
+            if emb is not None:
+                self._cache.move_to_end(key)
+                return emb
+        emb = backend.embed(fm.frame(k))
+        with self._lock:
+            self._cache[key] = emb
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return emb
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+        self._frames.clear()
+
+    # ------------------------------------------------------------------ one slice
+    def _predict(self, backend: Backend, emb: Embedding, obj: ObjectPrompt, multimask: bool = False) -> Prediction:
+        coords, labels = obj.point_arrays()
+        box = obj.box.as_array() if obj.box is not None else None
+        if len(coords) and not backend.info.points:
+            if box is None:
+                raise PromptError(
+                    f"{backend.info.title} takes boxes only; draw a box, or pick a model that takes clicks."
+                )
+            coords, labels = np.zeros((0, 2), np.float32), np.zeros((0,), np.int32)
+        if box is not None and not backend.info.boxes:
+            raise PromptError(f"{backend.info.title} takes clicks only; click on the object instead of a box.")
+        return backend.predict(
+            emb,
+            points=coords if len(coords) else None,
+            point_labels=labels if len(coords) else None,
+            box=box,
+            multimask=multimask,
+        )
+
+    def predict_object(
+        self, volume: Volume, k: int, obj: ObjectPrompt, window=None, refine: bool | int = False
+    ) -> tuple[np.ndarray, float]:
+        """Segments one object on slice ``k`` from a prompt placed there.
+
+        A click-only prompt on a box-only model goes through ``click_backend`` first: click -> its
+        mask -> a box -> the box model (the box model is trained on medical images, the click model
+        resolves what was meant); that derived box is always refined once from its own mask. A box
+        drawn by the user is taken as is unless ``refine`` (set for prompts transferred from another
+        case, which are only approximately placed).
+
+        Returns:
+            ``(mask bool (rows, cols), score)``.
+        """
+        backend = self.backend
+        assert isinstance(backend, Backend)  # noqa: S101 - internal invariant, SequenceBackends never get here
+        shape = volume.shape[1:]
+        if obj.box is None and not backend.info.points:
+            clicker = self.click_backend
+            if clicker is None:
+                raise PromptError(
+                    f"{backend.info.title} takes boxes only and no click model is available here; draw a box."
+                )
+            emb = self.embedding(clicker, volume, k, window)
+            pred = self._predict(clicker, emb, obj, multimask=not _has_negative(obj) and len(obj.points) == 1)
+            mask = _best_containing(pred, obj)
+            box = box_from_mask(mask, margin=self._margin(mask), shape=shape)
+            if box is None:
+                return mask, float(np.max(pred.scores))
+            obj = replace(obj, box=box, points=())
+            refine = True
+        emb = self.embedding(backend, volume, k, window)
+        multimask = obj.box is None and len(obj.points) == 1
+        pred = self._predict(backend, emb, obj, multimask=multimask)
+        mask = _best_containing(pred, obj) if multimask else pred.best
+        score = float(np.max(pred.scores))
+        if refine and obj.box is not None and backend.info.boxes and mask.any():
+            times = refine if isinstance(refine, int) and not isinstance(refine, bool) else self.config.refine
+            mask, score = self._refine(backend, emb, mask, score, obj, shape, times=times)
+        return mask, score
+
+    def _margin(self, mask: np.ndarray) -> float:
+        ys, xs = np.nonzero(mask)
+        if len(xs) == 0:
+            return self.config.margin_px
+        size = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+        return max(self.config.margin_px, self.config.margin_frac * size)
+
+    def _refine(
+        self,
+        backend: Backend,
+        emb: Embedding,
+        mask: np.ndarray,
+        score: float,
+        obj: ObjectPrompt,
+        shape: tuple[int, int],
+        prev_area: int | None = None,
+        times: int | None = None,
+    ) -> tuple[np.ndarray, float]:
+        """Re-derives the box from the slice's own mask and predicts again (``config.refine`` times)."""
+        for _ in range(self.config.refine if times is None else times):
+            box = box_from_mask(mask, margin=self._margin(mask), shape=shape)
+            if box is None:
+                break
+            pts = obj.points if backend.info.points else ()
+            pred = self._predict(backend, emb, ObjectPrompt(points=pts, box=box, object_id=obj.object_id))
+            new = pred.best
+            area = int(new.sum())
+            ref_area = prev_area if prev_area else int(mask.sum())
+            if area == 0 or (ref_area and area > self.config.max_growth * ref_area):
+                break  # a leak or a collapse: keep what we had
+            mask, score = new, float(np.max(pred.scores))
+        return mask, score
+
+    def _propagated_prompt(self, prev: np.ndarray, obj_id: int, backend: Backend) -> ObjectPrompt | None:
+        box = box_from_mask(prev, margin=self._margin(prev), shape=prev.shape)
+        if box is None:
+            return None
+        points: tuple[Point, ...] = ()
+        if backend.info.points and (self.config.use_points or not backend.info.boxes):
+            p = interior_point(prev)
+            if p is not None:
+                points = (p,)
+        return ObjectPrompt(points=points, box=box if backend.info.boxes else None, object_id=obj_id)
+
+    def step(self, volume: Volume, k: int, state: _ObjectState, window=None) -> tuple[np.ndarray | None, float, list[str]]:
+        """Segments ``state``'s object on slice ``k`` from its mask on the neighbouring slice."""
+        backend = self.backend
+        assert isinstance(backend, Backend)  # noqa: S101 - internal invariant
+        cfg = self.config
+        prev = state.mask
+        if prev is None or not prev.any():
+            return None, 0.0, []
+        prompt = self._propagated_prompt(prev, state.object_id, backend)
+        if prompt is None:
+            return None, 0.0, []
+        emb = self.embedding(backend, volume, k, window)
+        pred = self._predict(backend, emb, prompt)
+        mask, score = pred.best, float(np.max(pred.scores))
+        state.last_box = prompt.box
+        prev_area = int(prev.sum())
+        if backend.info.boxes and cfg.refine > 0 and mask.any():
+            mask, score = self._refine(backend, emb, mask, score, prompt, volume.shape[1:], prev_area=prev_area)
+        flags: list[str] = []
+        area = int(mask.sum())
+        if prev_area and area and (area > cfg.jump_ratio * prev_area or area * cfg.jump_ratio < prev_area):
+            flags.append(f"{state.name or f'object {state.object_id}'}: area jump x{area / prev_area:.2f}")
+        if area and score < cfg.min_score:
+            flags.append(f"{state.name or f'object {state.object_id}'}: low confidence {score:.2f}")
+        return mask, score, flags
+
+    def _vanished(self, mask: np.ndarray | None, score: float, state: _ObjectState) -> str | None:
+        """Why the object is taken to have ended on this slice, or None when it goes on.
+
+        A box prompt always gets *some* mask, so an object that ends shows up as a mask that is
+        tiny, unsure, unrelated to the previous slice's mask (the model segmented a neighbour or
+        background inside the box) or suddenly much larger (a leak).
+        """
+        cfg = self.config
+        if mask is None:
+            return "no mask"
+        area = int(mask.sum())
+        if area < max(cfg.min_area_px, cfg.min_area_frac * state.seed_area):
+            return "too small"
+        if score < cfg.min_score * 0.5:
+            return f"confidence {score:.2f}"
+        prev = state.mask
+        if prev is not None and prev.any():
+            prev_area = int(prev.sum())
+            if area > cfg.max_growth * prev_area:
+                return f"area x{area / prev_area:.1f}"
+            if area > cfg.jump_ratio * prev_area and _fills_box(mask, state.last_box):
+                return "the mask fills its prompt box (background, not the object)"
+            inter = int(np.count_nonzero(mask & prev))
+            if 2.0 * inter / (area + prev_area) < cfg.min_consistency:
+                return "no overlap with the neighbouring slice"
+        return None
+
+    def transfer_prompt(self, prompt: SlicePrompt, src: Volume, dst: Volume, window=None) -> SlicePrompt:
+        """Carries the user's prompt from its case to another case (dataset-wide seed transfer).
+
+        The slice keeps its relative position along the volume; in-plane, the prompt follows a
+        scale + translation registration of the two slices (when ``config.align``), falling back to
+        relative position when the registration is not trustworthy.
+        """
+        base = _transfer_prompt(prompt, src, dst)
+        if not self.config.align:
+            return base
+        from .align import Similarity, estimate_similarity
+
+        a = self.frames(src, window).gray(prompt.slice_index)
+        b = self.frames(dst, window).gray(base.slice_index)
+        sim = estimate_similarity(a, b)
+        if sim.score < 0.3:
+            log.info("%s: alignment score %.2f too low; prompt mapped by relative position", dst.name, sim.score)
+            return base
+        objs = tuple(_apply_similarity(o, sim, dst.shape[1:]) for o in prompt.objects)
+        return SlicePrompt(objs, slice_index=base.slice_index, volume_index=0)
+
+    # ------------------------------------------------------------------ a volume
+    def segment_volume(
+        self,
+        volume: Volume,
+        prompt: SlicePrompt,
+        *,
+        volume_index: int = 0,
+        window=None,
+        scope_slices: tuple[int, int] | None = None,
+        cancel: threading.Event | None = None,
+        seed_masks: dict[int, np.ndarray] | None = None,
+        refine_seed: bool = False,
+    ) -> Iterator[SliceResult]:
+        """Propagates one prompt through one volume, yielding the seed slice first, then forward, then backward.
+
+        Args:
+            volume: the volume.
+            prompt: the objects prompted on ``prompt.slice_index``.
+            volume_index: index reported in results.
+            window: display window used for model frames.
+            scope_slices: inclusive ``(lo, hi)`` range to cover (default: the whole volume); used to
+                re-propagate only the range a correction affects.
+            cancel: set it to stop; raises :class:`CancelledError` between slices.
+            seed_masks: optional ready masks for the seed slice per object id (skips its prediction).
+            refine_seed: refine the seed prompt from its own mask (for prompts transferred from another case).
+
+        Yields:
+            One :class:`SliceResult` per covered slice (slices where every object ended get empty labels).
+        """
+        k0 = prompt.slice_index
+        n = volume.n_slices
+        if not 0 <= k0 < n:
+            raise PromptError(f"{volume.name}: slice {k0} does not exist; it has {n} slices (0..{n - 1}).")
+        lo, hi = scope_slices if scope_slices is not None else (0, n - 1)
+        shape = volume.shape[1:]
+        _check_cancel(cancel)
+        if isinstance(self.backend, SequenceBackend) and not isinstance(self.backend, Backend):
+            yield from self._segment_volume_sequence(volume, prompt, volume_index, window, lo, hi, cancel)
+            return
+        states: list[_ObjectState] = []
+        scores: dict[int, float] = {}
+        flags: list[str] = []
+        for obj in prompt.objects:
+            _check_prompt_inside(obj, shape, volume.name)
+            if seed_masks is not None and obj.object_id in seed_masks:
+                mask, score = seed_masks[obj.object_id].astype(bool), 1.0
+            else:
+                refine = self.config.transfer_refine if refine_seed else False
+                mask, score = self.predict_object(volume, k0, obj, window, refine=refine)
+            if not mask.any():
+                flags.append(f"{obj.name or f'object {obj.object_id}'}: empty mask on the prompted slice")
+            states.append(_ObjectState(obj.object_id, mask, int(mask.sum()), score, bool(mask.any()), obj.name))
+            scores[obj.object_id] = score
+        yield SliceResult(
+            volume_index, k0, _paint(states, shape), scores, flags, True, volume.name, n
+        )
+        seed = [(_ObjectState(s.object_id, s.mask, s.seed_area, s.score, s.alive, s.name)) for s in states]
+        for direction in (1, -1):
+            cur = [_ObjectState(s.object_id, s.mask, s.seed_area, s.score, s.alive, s.name) for s in seed]
+            k = k0 + direction
+            while lo <= k <= hi:
+                _check_cancel(cancel)
+                scores, flags = {}, []
+                for st in cur:
+                    if not st.alive:
+                        st.mask = None
+                        continue
+                    mask, score, f = self.step(volume, k, st, window)
+                    why = self._vanished(mask, score, st)
+                    if why is not None and self.config.stop_on_vanish:
+                        log.debug("%s slice %d: object %d ends (%s)", volume.name, k, st.object_id, why)
+                        st.alive = False
+                        st.mask = None
+                        continue
+                    flags.extend(f)
+                    st.mask, st.score = mask, score
+                    scores[st.object_id] = score
+                yield SliceResult(volume_index, k, _paint(cur, shape), scores, flags, False, volume.name, n)
+                k += direction
+
+    def _segment_volume_sequence(
+        self,
+        volume: Volume,
+        prompt: SlicePrompt,
+        volume_index: int,
+        window,
+        lo: int,
+        hi: int,
+        cancel: threading.Event | None,
+    ) -> Iterator[SliceResult]:
+        backend = self.backend
+        fm = self.frames(volume, window)
+        n = volume.n_slices
+        shape = volume.shape[1:]
+        k0 = prompt.slice_index
+        seeds = {k0: list(prompt.objects)}
+        for reverse, end in ((False, hi), (True, lo)):
+            for k, masks, scores in backend.propagate(n, fm.frame, seeds, k0, reverse=reverse, end=end):  # type: ignore[union-attr]
+                _check_cancel(cancel)
+                if reverse and k == k0:
+                    continue
+                labels = np.zeros(shape, np.uint8)
+                for oid, m in masks.items():
+                    labels[m.astype(bool) & (labels == 0)] = oid
+                yield SliceResult(volume_index, k, labels, dict(scores), [], k == k0, volume.name, n)
+
+
+def segment(
+    dataset: Dataset | Volume | Sequence[Volume],
+    prompt: SlicePrompt,
+    *,
+    scope: Scope = "volume",
+    backend: Backend | SequenceBackend | str = "auto",
+    click_backend: Backend | str | None = "auto",
+    window=None,
+    strategy: Strategy = "transfer",
+    config: PropagationConfig | None = None,
+    cancel: threading.Event | None = None,
+    engine: Engine | None = None,
+) -> Iterator[SliceResult]:
+    """Segments from one prompt: a slice, a volume, or every volume of a dataset.
+
+    Args:
+        dataset: the images (a single Volume is a one-volume dataset).
+        prompt: the user's prompt, on ``prompt.volume_index`` / ``prompt.slice_index``.
+        scope: ``"image"`` (the prompted slice only), ``"volume"`` (the prompted volume) or
+            ``"dataset"`` (every volume, one prompt for all).
+        backend: a backend or a registry name (``"auto"`` picks by prompt: see
+            :func:`promptonce.backends.registry.get_backend`).
+        click_backend: model that turns clicks into a first mask for box-only backends.
+        window: display window for model frames (preset name, ``(W, L)``, or None/"auto").
+        strategy: dataset scope only: ``"transfer"`` (each case seeded from the original prompt
+            mapped to it, then refined on its own mask) or ``"chain"`` (each case seeded from the
+            previous case's result).
+        config: propagation knobs.
+        cancel: an Event; when set, the generator raises :class:`CancelledError` between slices
+            (results already yielded stay valid).
+        engine: reuse an Engine (and its embedding cache) instead of building one.
+
+    Yields:
+        :class:`SliceResult` for every slice covered, volume by volume.
+    """
+    if isinstance(dataset, Volume):
+        dataset = Dataset([dataset])
+    elif not isinstance(dataset, Dataset):
+        dataset = Dataset(list(dataset))
+    if len(dataset) == 0:
+        raise InputError("The dataset is empty; load at least one image or volume.")
+    if scope not in ("image", "volume", "dataset"):
+        raise InputError(f"Unknown scope {scope!r}; use image, volume or dataset.")
+    if strategy not in ("transfer", "chain"):
+        raise InputError(f"Unknown dataset strategy {strategy!r}; use transfer or chain.")
+    v0 = prompt.volume_index
+    if not 0 <= v0 < len(dataset):
+        raise PromptError(f"Volume {v0} does not exist; the dataset has {len(dataset)} (0..{len(dataset) - 1}).")
+    if engine is None:
+        engine = make_engine(prompt, backend, click_backend, config)
+    seed_volume = dataset[v0]
+    if scope == "image":
+        lo = hi = prompt.slice_index
+        yield from engine.segment_volume(
+            seed_volume, prompt, volume_index=v0, window=window, scope_slices=(lo, hi), cancel=cancel
+        )
+        return
+    seed_results: list[SliceResult] = []
+    for res in engine.segment_volume(seed_volume, prompt, volume_index=v0, window=window, cancel=cancel):
+        if res.prompted:
+            seed_results.append(res)
+        yield res
+    if scope == "volume":
+        return
+    seed_labels = seed_results[0].labels if seed_results else None
+    order = [i for i in range(len(dataset)) if i != v0]
+    # Chain walks outwards from the prompted case so neighbours seed neighbours.
+    if strategy == "chain":
+        order = [i for i in range(v0 + 1, len(dataset))] + [i for i in range(v0 - 1, -1, -1)]
+    prev_by_dir: dict[int, tuple[Volume, SliceResult]] = {}
+    for i in order:
+        _check_cancel(cancel)
+        vol = dataset[i]
+        if strategy == "chain":
+            direction = 1 if i > v0 else -1
+            src_vol, src_res = prev_by_dir.get(direction, (seed_volume, seed_results[0] if seed_results else None))
+            case_prompt = _prompt_from_result(src_vol, src_res, vol, prompt) if src_res is not None else None
+            if case_prompt is None:
+                case_prompt = engine.transfer_prompt(prompt, seed_volume, vol, window)
+        else:
+            case_prompt = engine.transfer_prompt(prompt, seed_volume, vol, window)
+        last_prompted: SliceResult | None = None
+        for res in engine.segment_volume(
+            vol, case_prompt, volume_index=i, window=window, cancel=cancel, refine_seed=True
+        ):
+            res.prompted = False  # only the user's own slice counts as prompted
+            if res.slice_index == case_prompt.slice_index:
+                last_prompted = res
+            yield res
+        if strategy == "chain" and last_prompted is not None:
+            prev_by_dir[1 if i > v0 else -1] = (vol, last_prompted)
+    del seed_labels
+
+
+def make_engine(
+    prompt: SlicePrompt | None,
+    backend: Backend | SequenceBackend | str = "auto",
+    click_backend: Backend | str | None = "auto",
+    config: PropagationConfig | None = None,
+) -> Engine:
+    """Builds an Engine, resolving backend names through the registry (lazy: loads models on first use)."""
+    from .backends.registry import get_backend
+
+    has_box = prompt is not None and any(o.box is not None for o in prompt.objects)
+    if isinstance(backend, str):
+        name = backend
+        if name == "auto":
+            name = "litemedsam"
+        backend = get_backend(name)
+    clicker: Backend | None = None
+    if isinstance(click_backend, str):
+        needs_clicker = isinstance(backend, Backend) and not backend.info.points
+        if needs_clicker and (prompt is None or not has_box or any(o.box is None for o in prompt.objects)):
+            clicker = get_backend("mobilesam" if click_backend == "auto" else click_backend)  # type: ignore[assignment]
+    elif click_backend is not None:
+        clicker = click_backend
+    return Engine(backend, click_backend=clicker, config=config)
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise CancelledError("The run was cancelled; the slices finished so far are kept.")
+
+
+def _has_negative(obj: ObjectPrompt) -> bool:
+    return any(p.label == 0 for p in obj.points)
+
+
+def _best_containing(pred: Prediction, obj: ObjectPrompt) -> np.ndarray:
+    """Best-scored candidate that contains the positive clicks (SAM's multimask ambiguity resolved)."""
+    pos = [p for p in obj.points if p.label == 1]
+    order = np.argsort(-pred.scores)
+    for j in order:
+        m = pred.masks[j]
+        if all(m[min(max(int(round(p.y)), 0), m.shape[0] - 1), min(max(int(round(p.x)), 0), m.shape[1] - 1)] for p in pos):
+            return m
+    return pred.masks[int(order[0])]
+
+
+def _check_prompt_inside(obj: ObjectPrompt, shape: tuple[int, int], name: str) -> None:
+    h, w = shape
+    for p in obj.points:
+        if not (0 <= p.x <= w - 1 and 0 <= p.y <= h - 1):
+            raise PromptError(f"{name}: click ({p.x:.0f}, {p.y:.0f}) is outside the {w}x{h} image; click on the image.")
+    if obj.box is not None:
+        b = obj.box
+        if b.x1 < 0 or b.y1 < 0 or b.x0 > w - 1 or b.y0 > h - 1:
+            raise PromptError(f"{name}: box ({b.x0:.0f}, {b.y0:.0f}, {b.x1:.0f}, {b.y1:.0f}) lies outside the {w}x{h} image.")
+
+
+def _fills_box(mask: np.ndarray, box: Box | None, tol: float = 1.5) -> bool:
+    """True when the mask reaches at least three sides of the box it was prompted with."""
+    if box is None or not mask.any():
+        return False
+    ys, xs = np.nonzero(mask)
+    touches = (
+        int(xs.min() <= box.x0 + tol) + int(xs.max() >= box.x1 - tol)
+        + int(ys.min() <= box.y0 + tol) + int(ys.max() >= box.y1 - tol)
+    )
+    return touches >= 3
+
+
+def _paint(states: Sequence[_ObjectState], shape: tuple[int, int]) -> np.ndarray:
+    labels = np.zeros(shape, np.uint8)
+    for st in states:
+        if st.mask is not None:
+            labels[st.mask & (labels == 0)] = st.object_id
+    return labels
+
+
+def _transfer_prompt(prompt: SlicePrompt, src: Volume, dst: Volume) -> SlicePrompt:
+    """Maps the user's prompt to another case: same relative slice position and in-plane position."""
+    n_src, n_dst = src.n_slices, dst.n_slices
+    k = int(round(prompt.slice_index * (n_dst - 1) / (n_src - 1))) if n_src > 1 else n_dst // 2
+    k = min(max(k, 0), n_dst - 1)
+    objs = tuple(map_prompt(o, src.shape[1:], dst.shape[1:]) for o in prompt.objects)
+    return SlicePrompt(objs, slice_index=k, volume_index=0)
+
+
+def _apply_similarity(obj: ObjectPrompt, sim, shape: tuple[int, int]) -> ObjectPrompt:
+    h, w = shape
+
+    def clip(x: float, y: float) -> tuple[float, float]:
+        return min(max(x, 0.0), w - 1.0), min(max(y, 0.0), h - 1.0)
+
+    pts = tuple(Point(*clip(*sim.apply(p.x, p.y)), p.label) for p in obj.points)
+    box = None
+    if obj.box is not None:
+        x0, y0 = clip(*sim.apply(obj.box.x0, obj.box.y0))
+        x1, y1 = clip(*sim.apply(obj.box.x1, obj.box.y1))
+        box = Box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+    return ObjectPrompt(points=pts, box=box, object_id=obj.object_id, name=obj.name)
+
+
+def _prompt_from_result(src: Volume, res: SliceResult, dst: Volume, prompt: SlicePrompt) -> SlicePrompt | None:
+    """Chain: the previous case's mask on its prompted slice, as boxes, mapped to the next case."""
+    objs = []
+    for o in prompt.objects:
+        m = res.labels == o.object_id
+        box = box_from_mask(m, margin=0, shape=m.shape)
+        if box is None:
+            continue
+        objs.append(map_prompt(ObjectPrompt(box=box, object_id=o.object_id, name=o.name), src.shape[1:], dst.shape[1:]))
+    if not objs:
+        return None
+    base = _transfer_prompt(prompt, src, dst)
+    return SlicePrompt(tuple(objs), slice_index=base.slice_index, volume_index=0)
