@@ -111,3 +111,100 @@ def estimate_similarity(
     tx = fx1 * (c - s * c + dx)
     ty = fy1 * (c - s * c + dy)
     return Similarity(sx, sy, tx, ty, score)
+
+
+def _ncc_map(image: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """Normalised cross-correlation of ``template`` at every valid position of ``image`` (FFT + box sums)."""
+    th, tw = template.shape
+    ih, iw = image.shape
+    t = template - template.mean()
+    tnorm = float(np.sqrt((t * t).sum())) or 1.0
+    shape = (ih + th - 1, iw + tw - 1)
+    num = np.fft.irfft2(np.fft.rfft2(image, shape) * np.fft.rfft2(t[::-1, ::-1], shape), shape)
+    num = num[th - 1 : ih, tw - 1 : iw]
+    c1 = np.pad(np.cumsum(np.cumsum(image, 0), 1), ((1, 0), (1, 0)))
+    c2 = np.pad(np.cumsum(np.cumsum(image * image, 0), 1), ((1, 0), (1, 0)))
+
+    def box_sum(c: np.ndarray) -> np.ndarray:
+        return c[th:, tw:] - c[:-th, tw:] - c[th:, :-tw] + c[:-th, :-tw]
+
+    n = th * tw
+    s1, s2 = box_sum(c1), box_sum(c2)
+    var = np.maximum(s2 - s1 * s1 / n, 1e-6)
+    return num / (np.sqrt(var) * tnorm)
+
+
+def track_box(
+    src: np.ndarray,
+    dst: np.ndarray,
+    box_src: tuple[float, float, float, float],
+    box_dst: tuple[float, float, float, float],
+    *,
+    context: float = 0.2,
+    search: float = 0.25,
+    scales: np.ndarray | None = None,
+    work: int = 64,
+) -> tuple[tuple[float, float, float, float], float]:
+    """Refines where a box drawn on ``src`` lies on ``dst`` by matching its surroundings.
+
+    The box plus ``context`` (fraction of its size on each side) is the template; it is searched
+    around the initial guess ``box_dst`` over ``scales`` (relative to the guess's size) and shifts
+    up to ``search`` of the box size, by normalised cross-correlation at a working size of ``work``
+    pixels for the template's long side.
+
+    Args:
+        src, dst: 2D images ``(rows, cols)``.
+        box_src: ``(x0, y0, x1, y1)`` on ``src``.
+        box_dst: initial guess ``(x0, y0, x1, y1)`` on ``dst`` (e.g. from :func:`estimate_similarity`).
+
+    Returns:
+        ``(box on dst, correlation score -1..1)``.
+    """
+    if scales is None:
+        scales = np.geomspace(0.85, 1.18, 7)
+    src = np.asarray(src, np.float32)
+    dst = np.asarray(dst, np.float32)
+
+    def expand(b, frac):
+        x0, y0, x1, y1 = b
+        w, h = x1 - x0 + 1, y1 - y0 + 1
+        return x0 - frac * w, y0 - frac * h, x1 + frac * w, y1 + frac * h
+
+    def crop(img, b, out_hw):
+        x0, y0, x1, y1 = b
+        h, w = out_hw
+        zy, zx = (y1 - y0) / max(h - 1, 1), (x1 - x0) / max(w - 1, 1)
+        return ndimage.affine_transform(img, [zy, zx], offset=[y0, x0], output_shape=(h, w), order=1, mode="nearest")
+
+    tb = expand(box_src, context)
+    tw_, th_ = tb[2] - tb[0], tb[3] - tb[1]
+    f = work / max(tw_, th_)
+    t_hw = (max(int(round(th_ * f)), 8), max(int(round(tw_ * f)), 8))
+    template = crop(src, tb, t_hw)
+    gx0, gy0, gx1, gy1 = box_dst
+    gw, gh = gx1 - gx0 + 1, gy1 - gy0 + 1
+    best = (-np.inf, box_dst)
+    for s in scales:
+        # dst region for the template at this scale: the guess's size * s, with the same context.
+        w, h = gw * s, gh * s
+        cx, cy = (gx0 + gx1) / 2, (gy0 + gy1) / 2
+        cand = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+        cb = expand(cand, context)
+        # search window: candidate + search margin on each side, sampled at the template's scale
+        sw = expand(cb, search / (1 + 2 * context))
+        px = t_hw[1] / (cb[2] - cb[0])  # working pixels per dst pixel
+        py = t_hw[0] / (cb[3] - cb[1])
+        s_hw = (int(round((sw[3] - sw[1]) * py)), int(round((sw[2] - sw[0]) * px)))
+        if s_hw[0] <= t_hw[0] or s_hw[1] <= t_hw[1]:
+            continue
+        window = crop(dst, sw, s_hw)
+        ncc = _ncc_map(window, template)
+        iy, ix = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
+        score = float(ncc[iy, ix])
+        if score > best[0]:
+            # top-left of matched template region in dst pixels
+            mx0, my0 = sw[0] + ix / px, sw[1] + iy / py
+            bx0 = mx0 + context * w
+            by0 = my0 + context * h
+            best = (score, (bx0, by0, bx0 + w - 1, by0 + h - 1))
+    return best[1], best[0]

@@ -238,9 +238,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    from .io.writers import write_json
+
+    write_json(
+        {
+            "command": "evaluate",
+            "images": [str(p) for p in args.images],
+            "references": [str(p) for p in args.references],
+            "reference_paths": {name: str(p) for name, p in zip(images.names, ref_paths)},
+            "config": {k: v for k, v in vars(args).items() if k not in ("func",) and _jsonable(v)},
+        },
+        Path(args.out) / "run.json",
+    )
     if not args.quiet:
         print(write_summary_line(result), file=sys.stderr)
     return 0
+
+
+def _jsonable(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool, list))
 
 
 def cmd_report(args: argparse.Namespace) -> int:

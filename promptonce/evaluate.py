@@ -191,6 +191,12 @@ def evaluate(
         fg = _foreground(ref.array, merged_labels)
         row = acc.add(vol.name, pred != 0, fg, spacing=_array_spacing(vol))
         row = dict(row)
+        from .metrics import per_slice
+
+        if vol.n_slices > 1:
+            row["slice_dice"] = [round(float(d), 4) for d in per_slice(pred != 0, fg)]
+        if vol.source is not None and vol.source.extra.get("path"):
+            row["image_path"] = str(vol.source.extra["path"])
         row.update({
             "images": int(vol.n_slices),
             "prompts": prompts,
@@ -319,13 +325,17 @@ def _per_slice_prompts(rows: list[dict[str, Any]]) -> int:
 
 
 def _case_json(r: dict[str, Any]) -> dict[str, Any]:
-    keys = ("name", "dice", "jaccard", "hd95_mm", "images", "prompts", "flags", "slices_with_object")
+    keys = (
+        "name", "dice", "jaccard", "hd95_mm", "images", "prompts", "flags", "slices_with_object", "slice_dice",
+        "image_path", "reference_path",
+    )
     return {k: r[k] for k in keys if k in r}
 
 
 def _case_csv(r: dict[str, Any]) -> dict[str, Any]:
     d = _case_json(r)
     d["flags"] = len(d.get("flags", []))
+    d.pop("slice_dice", None)
     return d
 
 
