@@ -162,9 +162,11 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
     store.start_sweeper()
     if show_fake is None:
         show_fake = os.environ.get("PROMPTONCE_SHOW_FAKE", "") == "1"
-    choices, model_note = H.model_choices(show_fake=show_fake)
-    if not choices:
-        model_note = "No model is available on this host. " + model_note
+    choices, missing = H.model_choices(show_fake=show_fake)
+    model_note = (
+        "" if choices else "**No model is available on this host**; see below why. "
+    ) + (f"{len(missing)} more model(s) are not available here." if missing else "All models are available.")
+    missing_md = "\n".join(f"- **{html.escape(t)}**: {html.escape(w)}" for t, w in missing)
     default_model = choices[0][1] if choices else None
     model_limit = int(_env_float("PROMPTONCE_MODEL_CONCURRENCY", 1))
     guard = _guard(store)
@@ -222,6 +224,9 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
                         interactive=bool(choices),
                     )  # fmt: skip
                     gr.Markdown(model_note, elem_classes="po-note", elem_id="po-model-note")
+                    if missing:
+                        with gr.Accordion("Why some models are missing", open=False):
+                            gr.Markdown(missing_md, elem_classes="po-note")
                     scope = gr.Radio(
                         [("This image", "image"), ("This volume", "volume"), ("Whole dataset", "dataset")],
                         value="volume", label="Segment", elem_id="po-scope",
@@ -261,6 +266,9 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
                         allow_custom_value=True,
                     )  # fmt: skip
                     show_ref = gr.Checkbox(False, label="Show reference outline", scale=1, elem_id="po-show-ref")
+                    ref_labels = gr.Textbox(
+                        label="Reference labels scored", placeholder="all; e.g. 1,2", scale=1, elem_id="po-ref-labels",
+                    )  # fmt: skip
                 gr.Markdown(KEYS_HELP, elem_classes="po-note")
         with gr.Accordion("Results: metrics and downloads", open=True, elem_id="po-results"):
             metrics_md = gr.Markdown("No result yet.", elem_id="po-metrics")
@@ -367,10 +375,11 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
             # an image set is segmented as a whole by default; a volume slice by slice
             image_set = ws.n_volumes > 1 and all(m.n_slices == 1 for m in ws.metas)
             upd[scope] = "dataset" if image_set else "volume"
+            upd[ref_labels] = ""
             notes(ws)
             return upd
 
-        load_outputs = [*view_outputs, *object_outputs, *result_outputs, status, files, refs, scope]
+        load_outputs = [*view_outputs, *object_outputs, *result_outputs, status, files, refs, scope, ref_labels]
 
         @guard
         def on_load(fs, rs, as_, wname, ww, wl, show, request: gr.Request):
@@ -461,6 +470,21 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
             upd = view_updates(sess, v, k + 1, _window(wname, ww, wl), show)
             upd[case_dd] = gr.update(value=v)
             return upd
+
+        @guard
+        def on_ref_labels(text, v, k1, wname, ww, wl, show, request: gr.Request):
+            sess = sess_of(request)
+            ws = H.workspace(sess)
+            H.set_reference_labels(ws, text)
+            window = _window(wname, ww, wl)
+            upd = view_updates(sess, v, k1, window, show)
+            upd.update(result_updates(sess, window))
+            return upd
+
+        ref_labels.submit(on_ref_labels, [ref_labels, *nav_inputs], [*view_outputs, *result_outputs],
+                          api_name="reference_labels", **nav_kw)  # fmt: skip
+        ref_labels.blur(on_ref_labels, [ref_labels, *nav_inputs], [*view_outputs, *result_outputs],
+                        api_visibility="private", **nav_kw)  # fmt: skip
 
         flagged.input(on_flagged, [flagged, window_dd, win_w, win_l, show_ref], view_outputs,
                       api_visibility="private", **nav_kw)  # fmt: skip
@@ -720,6 +744,10 @@ def launch_kwargs() -> dict[str, Any]:
 def launch(**overrides: Any) -> None:
     """Builds and serves the app (blocks): ``0.0.0.0:7860`` unless ``GRADIO_SERVER_NAME`` / ``PORT`` say otherwise."""
     logging.basicConfig(level=os.environ.get("PROMPTONCE_LOG_LEVEL", "INFO"))
+    # a web request must never start a multi-GB weight download: offer only models whose weights are
+    # here (the embedded LiteMedSAM/MobileSAM, or checkpoints baked into the image); opt out with 0
+    os.environ.setdefault("PROMPTONCE_OFFLINE", "1")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     demo = build_app()
     demo.queue(default_concurrency_limit=1, max_size=int(_env_float("PROMPTONCE_QUEUE_SIZE", 64)))
     kwargs = launch_kwargs()

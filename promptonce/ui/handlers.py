@@ -245,6 +245,7 @@ class Workspace:
         self._frames: dict[tuple[int, Any], Any] = {}
         self.view_counter = 0
         self.notes: list[str] = []
+        self.ref_labels: tuple[int, ...] | None = None  # reference labels scored (None = all non-zero)
 
     # ------------------------------------------------------------------ volumes
     @property
@@ -296,6 +297,13 @@ class Workspace:
             while len(self._refs) > 2:
                 self._refs.popitem(last=False)
         return ref
+
+    def reference_mask(self, v: int) -> np.ndarray | None:
+        """bool ``(slices, rows, cols)``: the reference labels chosen for scoring (all non-zero by default)."""
+        ref = self.reference(v)
+        if ref is None:
+            return None
+        return np.isin(ref, self.ref_labels) if self.ref_labels else ref > 0
 
     def frames(self, v: int, window: Any) -> Any:
         """The FrameMaker of volume ``v`` for ``window`` (cached)."""
@@ -428,10 +436,15 @@ def workspace(session: Session) -> Workspace:
     return ws
 
 
+def hide_paths(text: str) -> str:
+    """``text`` with every server file path reduced to its last component (web addresses are kept)."""
+    parts = re.split(r"(\s+)", text)
+    return "".join(p if re.match(r"^[a-z][a-z0-9+.-]*://", p, re.I) else _PATH_RE.sub(lambda m: m.group(1), p) for p in parts)
+
+
 def user_message(exc: BaseException, session: Session | None = None) -> str:
     """A message for the page: the error's text with every server path reduced to its file name."""
-    text = str(exc) or exc.__class__.__name__
-    text = _PATH_RE.sub(lambda m: m.group(1), text)
+    text = hide_paths(str(exc) or exc.__class__.__name__)
     if session is not None:
         text = text.replace(str(session.directory), "")
     if not isinstance(exc, PromptOnceError):
@@ -440,20 +453,20 @@ def user_message(exc: BaseException, session: Session | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- models
-def model_choices(show_fake: bool = False) -> tuple[list[tuple[str, str]], str]:
-    """The models the page offers, and a note on those unavailable here.
+def model_choices(show_fake: bool = False) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The models the page offers, and those unavailable here with the reason.
 
     Args:
         show_fake: also offer the ``fake`` test backend.
 
     Returns:
-        ``(choices as (label, value), markdown note)``; the first choice is ``auto`` when the
-        LiteMedSAM box model is available.
+        ``(choices as (label, value), [(title, why not)])``; the first choice is ``auto`` when the
+        LiteMedSAM box model is available. Reasons have server paths reduced to file names.
     """
     from ..backends.registry import available_backends
 
     choices: list[tuple[str, str]] = []
-    missing: list[str] = []
+    missing: list[tuple[str, str]] = []
     names = set()
     for info, ok, why in available_backends():
         if info.name == "fake" and not show_fake:
@@ -463,12 +476,11 @@ def model_choices(show_fake: bool = False) -> tuple[list[tuple[str, str]], str]:
             choices.append((f"{info.title} ({kinds})", info.name))
             names.add(info.name)
         else:
-            missing.append(f"**{info.title}**: {why}")
+            missing.append((info.title, hide_paths(why)))
     if "litemedsam" in names:
         label = "Auto: LiteMedSAM" + (" (clicks through MobileSAM)" if "mobilesam" in names else " (boxes)")
         choices.insert(0, (label, "auto"))
-    note = "Unavailable here: " + "; ".join(missing) if missing else "All models are available."
-    return choices, note
+    return choices, missing
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -674,9 +686,9 @@ def render(ws: Workspace, v: int, k: int, window: Any = "auto", show_reference: 
         for oid in (int(i) for i in np.unique(lab_d[edge])):
             rgb[edge & (lab_d == oid)] = label_color(oid)
     if show_reference:
-        ref = ws.reference(v)
+        ref = ws.reference_mask(v)
         if ref is not None:
-            ref_d = np.asarray(Image.fromarray((ref[k] > 0).astype(np.uint8)).resize(size, Image.NEAREST))
+            ref_d = np.asarray(Image.fromarray(ref[k].astype(np.uint8)).resize(size, Image.NEAREST))
             rgb[_edges(ref_d)] = (255, 255, 255)
     im = Image.fromarray(rgb)
     draw = ImageDraw.Draw(im)
@@ -1173,7 +1185,7 @@ def results_summary(ws: Workspace) -> dict[str, Any]:
             continue
         pred = np.asarray(ws.results[v]) > 0
         meta = ws.metas[v]
-        ref_arr = ws.reference(v)
+        ref_sel = ws.reference_mask(v)
         row: dict[str, Any] = {
             "case": meta.name,
             "slices": int(covered.sum()),
@@ -1181,9 +1193,9 @@ def results_summary(ws: Workspace) -> dict[str, Any]:
             "jaccard": None,
             "flags": sum(1 for (vv, _k), f in ws.flags.items() if vv == v and f),
         }
-        if ref_arr is not None:
+        if ref_sel is not None:
             has_ref = True
-            ref = ref_arr > 0
+            ref = ref_sel
             row["dice"] = float(dice(pred, ref))
             row["jaccard"] = float(jaccard(pred, ref))
             ps = per_slice_dice(pred, ref)
@@ -1213,7 +1225,28 @@ def results_summary(ws: Workspace) -> dict[str, Any]:
         "scope": info.scope if info else "",
         "strategy": info.strategy if info else "",
         "cancelled": bool(info.cancelled) if info else False,
+        "reference_labels": list(ws.ref_labels) if ws.ref_labels else "all",
     }
+
+
+def set_reference_labels(ws: Workspace, text: str | None) -> tuple[int, ...] | None:
+    """Chooses which reference labels the metrics compare with (``"1,2"``; empty = every non-zero label).
+
+    Raises:
+        InputError: when the text is not a list of integers 1..65535.
+    """
+    text = (text or "").strip()
+    if not text:
+        ws.ref_labels = None
+        return None
+    try:
+        labels = tuple(sorted({int(t) for t in re.split(r"[,\s;]+", text) if t}))
+    except ValueError:
+        raise InputError(f"Reference labels {text!r}: give label numbers separated by commas, e.g. 1,2.") from None
+    if not labels or any(not 1 <= x <= 65535 for x in labels):
+        raise InputError(f"Reference labels {text!r}: give numbers from 1 up, e.g. 1,2 (empty = all).")
+    ws.ref_labels = labels
+    return labels
 
 
 def write_downloads(ws: Workspace, summary: dict[str, Any] | None = None, window: Any = "auto") -> list[Path]:
@@ -1324,9 +1357,11 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"with `{summary['model']}`, scope *{summary['scope']}*{state}."
     )
     if summary["has_reference"] and summary["dice_mean"] is not None:
+        labels = summary.get("reference_labels", "all")
+        which = "all reference labels" if labels == "all" else "reference label(s) " + ", ".join(map(str, labels))
         lines.append(
             f"**Dice {summary['dice_mean']:.3f}** · Jaccard {summary['jaccard_mean']:.3f} "
-            f"(mean over {sum(c['dice'] is not None for c in summary['cases'])} case(s) with a reference)."
+            f"(mean over {sum(c['dice'] is not None for c in summary['cases'])} case(s); all objects vs {which})."
         )
     else:
         lines.append("Upload reference masks to see Dice and Jaccard.")

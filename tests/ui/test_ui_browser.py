@@ -4,8 +4,10 @@ They upload a NIfTI volume and a set of X-rays, click on the image, run dataset 
 overlay and the metrics appear and download the NIfTI; screenshots go to ``test-artifacts/``. Two
 browser profiles at once must never see each other's data, and a closed page's files must go.
 
-The model: the real LiteMedSAM + MobileSAM ("auto") when they are available here (the inputs are
-tiny), else the fake backend; ``PROMPTONCE_UI_TEST_MODEL=fake`` forces the fake one.
+The model: the fake backend (deterministic, milliseconds), so that the page's plumbing is tested
+fast; ``test_real_models_in_the_browser`` (marked slow) runs the same flow with the real LiteMedSAM +
+MobileSAM ("auto") on the tiny phantom: about a minute on a busy 2-core CPU, mostly the encoders.
+``PROMPTONCE_UI_TEST_MODEL=real`` makes every browser test use the real models.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+
+import os
 
 import numpy as np
 import pytest
@@ -67,7 +71,9 @@ def browser(playwright, app_server):
 
 @pytest.fixture(scope="module")
 def model_label() -> str:
-    return "Auto" if real_models_available() else "Fake"
+    if os.environ.get("PROMPTONCE_UI_TEST_MODEL", "") == "real" and real_models_available():
+        return "Auto"
+    return "Fake"
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -141,21 +147,38 @@ def shot(page, name: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- tests
-def test_volume_click_run_metrics_download(browser, app_server, ct_small, model_label, tmp_path):
-    page = browser.page
+def test_volume_click_run_metrics_download(browser, ct_small, model_label, tmp_path):
+    volume_flow(browser.page, ct_small, model_label, tmp_path, "ct")
+
+
+@pytest.mark.slow
+def test_real_models_in_the_browser(browser, ct_small, tmp_path):
+    if not real_models_available():
+        pytest.skip("LiteMedSAM / MobileSAM are not available on this host")
+    dice = volume_flow(browser.page, ct_small, "Auto", tmp_path, "real_ct")
+    # the phantom's right lung (reference label 1) from one click, on every slice
+    assert dice > 0.7, dice
+
+
+def volume_flow(page, ct_small, model_label: str, tmp_path: Path, tag: str) -> float:
+    """Upload a NIfTI volume + reference, click, run dataset scope, check overlay/metrics, download.
+
+    Returns:
+        The mean Dice the page shows (right lung = reference label 1).
+    """
     upload(page, "po-files", [ct_small[0]])
     upload(page, "po-refs", [ct_small[1]])
     page.click("#po-load")
     wait_status(page, "Loaded")
     choose(page, "po-model", model_label)
-    shot(page, "01_ct_loaded")
+    shot(page, f"01_{tag}_loaded")
     before = overlay_pixels(page, tmp_path)
     assert coloured_fraction(before) < 0.001
     click_image(page, 20, 30, scale=8.0)  # the right lung of the 64 px phantom, middle slice
     wait_status(page, "preview", "nothing")
     assert "preview" in status(page), status(page)
     assert coloured_fraction(overlay_pixels(page, tmp_path)) > 0.01, "the preview mask is drawn"
-    shot(page, "02_ct_preview")
+    shot(page, f"02_{tag}_preview")
     page.locator("#po-scope label", has_text="Whole dataset").click()
     page.click("#po-run")
     wait_status(page, "Done", "Stopped", timeout=90)
@@ -163,10 +186,17 @@ def test_volume_click_run_metrics_download(browser, app_server, ct_small, model_
     metrics = page.inner_text("#po-metrics")
     assert "Prompts: 1" in metrics and "fewer" in metrics
     assert "8 image(s)/slice(s) segmented" in metrics
-    # every slice shows the result: step to the first slice and back
-    page.click("#po-prev")
-    page.wait_for_selector("#po-info >> text=result")
-    shot(page, "03_ct_result")
+    # score the right lung only (the one clicked): reference label 1
+    page.fill("#po-ref-labels textarea, #po-ref-labels input", "1")
+    page.press("#po-ref-labels textarea, #po-ref-labels input", "Enter")
+    page.wait_for_selector("#po-metrics >> text=reference label(s) 1")
+    dice = float(page.inner_text("#po-metrics").split("Dice ")[1].split()[0])
+    # keyboard: the left arrow (outside text fields) goes one slice back, and that slice has its result
+    page.click(".po-title h1")
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_selector("#po-info >> text=slice 4 / 8")
+    assert "result" in page.inner_text("#po-info")
+    shot(page, f"03_{tag}_result")
     link = page.locator('#po-downloads a[download="phantom_mask.nii.gz"]')
     with page.expect_download() as dl:
         link.click()
@@ -177,6 +207,7 @@ def test_volume_click_run_metrics_download(browser, app_server, ct_small, model_
     out, inp = nib.load(str(saved)), nib.load(str(ct_small[0]))
     np.testing.assert_allclose(out.affine, inp.affine)
     assert out.shape == inp.shape and np.asarray(out.dataobj).any()
+    return dice
 
 
 def test_xray_set_dataset_scope(browser, xray_small, model_label, tmp_path):

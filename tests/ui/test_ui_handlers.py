@@ -84,6 +84,23 @@ def test_upload_click_preview_run_volume_downloads(store, ct_small):
     np.testing.assert_array_equal(np.transpose(data, (2, 1, 0)), np.asarray(ws.results[0]))
 
 
+def test_reference_labels_choose_what_is_scored(store, ct_small):
+    ws = load_ct(store, ct_small)
+    H.click(ws, 0, 4, *disp(ws, 0, 20, 30), model=MODEL)  # the right lung only (reference label 1)
+    list(H.run(ws, scope="volume", model=MODEL))
+    both = H.results_summary(ws)["dice_mean"]
+    assert H.set_reference_labels(ws, "1") == (1,)
+    right = H.results_summary(ws)
+    assert right["reference_labels"] == [1] and right["dice_mean"] > both + 0.2
+    # scored against the other lung it is (almost) no overlap
+    H.set_reference_labels(ws, " 2 ")
+    assert H.results_summary(ws)["dice_mean"] < 0.1
+    assert H.set_reference_labels(ws, "") is None and H.results_summary(ws)["dice_mean"] == pytest.approx(both)
+    for bad in ("a", "0", "1,,x"):
+        with pytest.raises(InputError):
+            H.set_reference_labels(ws, bad)
+
+
 def test_box_mode_undo_and_reset(store, ct_small):
     ws = load_ct(store, ct_small)
     msg = H.click(ws, 0, 4, *disp(ws, 0, 8, 10), mode="box", model=MODEL)
@@ -288,3 +305,44 @@ def test_examples_load(store):
 def test_assets_are_small():
     total = sum(p.stat().st_size for p in H.ASSETS.rglob("*") if p.is_file())
     assert 0 < total < 2 * 2**20
+
+
+def test_dicom_series_gives_dicom_seg_without_patient_data(store, tmp_path):
+    import importlib.util
+    import sys
+
+    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("highdicom")
+    iosynth_path = Path(__file__).resolve().parents[1] / "io" / "iosynth.py"
+    if not iosynth_path.is_file():
+        pytest.skip("tests/io/iosynth.py (DICOM writer) is not there")
+    spec = importlib.util.spec_from_file_location("iosynth_for_ui", iosynth_path)
+    iosynth = importlib.util.module_from_spec(spec)
+    sys.modules["iosynth_for_ui"] = iosynth
+    spec.loader.exec_module(iosynth)
+    from uihelpers import make_assets
+
+    hu, _ = make_assets.ct_phantom(64, 6)
+    files = iosynth.write_series(tmp_path / "series", (hu.astype(np.int32) + 1024).astype(np.uint16))
+    for f in files:  # put identifying data in, to check that none comes out
+        ds = pydicom.dcmread(f)
+        ds.PatientName, ds.PatientID, ds.InstitutionName = "Doe^Jane", "ID12345", "General Hospital"
+        ds.save_as(f)
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in files:
+            zf.write(f, arcname=f"series/{f.name}")
+    sess = store.get("dcm")
+    ws = H.load_inputs(sess, [archive])
+    assert ws.metas[0].source_format == "dicom" and ws.metas[0].n_slices == 6
+    assert all(sess.directory in p.parents or p.parent == sess.directory for p in (sess.directory / "unzipped").rglob("*"))
+    _, rows, cols = ws.metas[0].shape
+    H.click(ws, 0, 3, *disp(ws, 0, 20, 30), model=MODEL)
+    list(H.run(ws, scope="volume", model=MODEL))
+    files_out = H.write_downloads(ws)
+    seg = next(p for p in files_out if p.name.endswith("_seg.dcm"))
+    ds = pydicom.dcmread(seg)
+    assert ds.Modality == "SEG"
+    text = " ".join(str(ds.get(t, "")) for t in ("PatientName", "PatientID", "InstitutionName"))
+    assert "Doe" not in text and "12345" not in text and "General" not in text
+    assert any(p.name.endswith("_mask.nii.gz") for p in files_out)

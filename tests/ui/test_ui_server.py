@@ -124,3 +124,42 @@ def test_summary_before_loading_is_an_error(app_server, tmp_path):
     c = client(app_server, tmp_path, "empty")
     with pytest.raises(AppError, match="Load images first"):
         summary(c)
+
+
+def test_stop_keeps_what_is_done(app_server, tmp_path, monkeypatch):
+    """Stop during a run: the run ends between slices, the finished slices are kept and shown."""
+    import time
+
+    from promptonce.backends.fake import FakeBackend
+    from uihelpers import make_assets
+
+    img, _ = make_assets.write_ct(tmp_path / "long", size=64, n_slices=120, name="long")
+    slow = FakeBackend.embed
+
+    def slow_embed(self, frame):  # the fake model at a real model's pace (in this process's server)
+        time.sleep(0.05)
+        return slow(self, frame)
+
+    monkeypatch.setattr(FakeBackend, "embed", slow_embed)
+    c = client(app_server, tmp_path, "stop")
+    load(c, [img])
+    click_at(c, 20, 30, slice1=60)
+    job = c.submit(0, 60, "volume", "transfer", MODEL, *WIN, False, api_name="/run")
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        sess = [s for s in app_server.store if s.workspace is not None and s.workspace.metas[0].name == "long"]
+        if sess and sess[0].workspace.done and sess[0].workspace.done[0].sum() >= 5:
+            break
+        time.sleep(0.05)
+    out = c.predict(0, 60, *WIN, False, api_name="/stop")
+    assert "Stopped" in out[-1], out[-1]
+    try:
+        job.result(timeout=30)
+    except Exception:  # noqa: BLE001 - a cancelled job may end with an error on the client side
+        pass
+    s = summary(c)
+    assert s["cancelled"] and 5 <= s["slices"] < 120
+    assert not sess[0].running.is_set(), "the run has ended"
+    # the next run starts normally
+    c.predict(0, 60, "image", "transfer", MODEL, *WIN, False, api_name="/run")
+    assert summary(c)["slices"] == 1
