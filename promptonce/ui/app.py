@@ -333,13 +333,15 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
             ]
             per = summary["per_slice"]
             df = pd.DataFrame(per) if per else None
+            x_title = "slice"
             if per and len({p["case"] for p in per}) == len(per):
-                # one slice per case (an X-ray set): plot Dice per image instead
-                df = pd.DataFrame([{"slice": i + 1, "dice": p["dice"], "case": "images"} for i, p in enumerate(per)])
+                # one slice per case (an X-ray set): Dice per image, images named on the x axis
+                df = pd.DataFrame([{"slice": p["case"], "dice": p["dice"], "case": "images"} for p in per])
+                x_title = "image"
             return {
                 metrics_md: H.summary_markdown(summary),
                 table: pd.DataFrame(rows, columns=["case", "slices", "dice", "jaccard", "flags"]),
-                plot: df,
+                plot: gr.update(value=df, x_title=x_title),
                 downloads: [str(p) for p in files_out] or None,
             }
 

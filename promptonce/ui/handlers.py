@@ -548,6 +548,10 @@ def load_inputs(
             if remove_sources:
                 for p in list(paths) + list(reference_paths):
                     Path(p).unlink(missing_ok=True)
+                    try:
+                        Path(p).parent.rmdir()  # the upload's own folder, when now empty
+                    except OSError:
+                        pass
         _drop_workspace(session)
         for folder in ("results", "out", "view", "unzipped"):
             shutil.rmtree(session.directory / folder, ignore_errors=True)

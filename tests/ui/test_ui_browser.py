@@ -197,6 +197,12 @@ def volume_flow(page, ct_small, model_label: str, tmp_path: Path, tag: str) -> f
     page.wait_for_selector("#po-info >> text=slice 4 / 8")
     assert "result" in page.inner_text("#po-info")
     shot(page, f"03_{tag}_result")
+    if tag == "ct":
+        # a correction on a result slice: a click on the other lung, then re-propagate that range only
+        click_image(page, 44, 30, scale=8.0)
+        wait_status(page, "preview", "nothing")
+        page.click("#po-correct")
+        wait_status(page, "Corrections applied")
     link = page.locator('#po-downloads a[download="phantom_mask.nii.gz"]')
     with page.expect_download() as dl:
         link.click()
@@ -220,6 +226,16 @@ def test_xray_set_dataset_scope(browser, xray_small, model_label, tmp_path):
     choose(page, "po-model", model_label)
     click_image(page, 31, 45, scale=6.0)  # 96 px X-rays are shown at 576 px
     wait_status(page, "preview", "nothing")
+    # a second object, named, prompted with a box (two opposite corners)
+    page.fill("#po-controls textarea[placeholder='e.g. left lung'], #po-controls input[placeholder='e.g. left lung']",
+              "left lung")
+    page.click("#po-add-object")
+    page.wait_for_selector("#po-legend >> text=left lung")
+    page.locator("#po-mode label", has_text="Box").click()
+    click_image(page, 56, 22, scale=6.0)
+    wait_status(page, "first corner")
+    click_image(page, 78, 68, scale=6.0)
+    wait_status(page, "left lung: preview", "left lung: the model found nothing")
     page.locator("#po-scope label", has_text="Whole dataset").click()
     page.click("#po-run")
     wait_status(page, "Done", "Stopped", timeout=90)

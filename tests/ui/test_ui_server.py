@@ -49,6 +49,11 @@ def test_load_click_run_download_over_http(app_server, tmp_path, ct_small):
     assert any("Loaded" in str(o) for o in out)
     view_path = Path(out[0])
     assert view_path.is_file()
+    # the upload itself is not kept in Gradio's shared upload folder: only the session has a copy
+    leftovers = [
+        p for p in app_server.gradio_tmp.rglob("phantom*.nii.gz") if "promptonce-sessions" not in p.parts
+    ]
+    assert leftovers == []
     msg = click_at(c, 20, 30, slice1=5)[-1]
     assert "preview" in msg, msg
     final = c.predict(0, 5, "volume", "transfer", MODEL, *WIN, False, api_name="/run")
