@@ -12,8 +12,9 @@ Options timed (those whose runtime is missing are skipped, with the reason in th
 * ``torch_compile`` - ``torch.compile`` (only with ``--compile``: compiling takes minutes).
 
 Timing: options are interleaved round by round, so that load from other processes on a shared machine
-hits them alike; the JSON gives each option's median seconds per frame and its median ratio to
-``torch_fp32`` in the same round (the figure to trust on a noisy machine).
+hits them alike; the JSON gives each option's median wall seconds per frame, its median process CPU
+seconds per frame, and its median ratio to ``torch_fp32`` in the same round (the figure to trust on a
+noisy machine). ``--threads 1`` measures single-core work, the figure least disturbed by other jobs.
 
 Agreement: each option's embeddings go through the same fp32 decoder with boxes from the reference
 masks of real X-rays (``../shared/data/cxr_shenzhen``; synthetic discs when absent); the JSON gives the
@@ -22,7 +23,7 @@ mean Dice of each option's masks against the fp32 PyTorch masks, and against the
 Usage::
 
     .venv/bin/python benchmarks/encoder_speed.py [--rounds 5] [--images 4] [--models litemedsam,mobilesam]
-        [--compile] [--out benchmarks/results/encoder_speed.json]
+        [--compile] [--threads N] [--out benchmarks/results/encoder_speed.json]
 """
 
 from __future__ import annotations
@@ -244,6 +245,7 @@ def bench_model(model: str, cases: list, rounds: int, with_compile: bool) -> dic
 
     # timing, interleaved
     times: dict[str, list[float]] = {k: [] for k in opts}
+    cpu: dict[str, list[float]] = {k: [] for k in opts}
     ratios: dict[str, list[float]] = {k: [] for k in opts}
     for name, fn in opts.items():  # warm-up
         fn(np.stack([inputs[0]] * batch_of(name)))
@@ -252,9 +254,10 @@ def bench_model(model: str, cases: list, rounds: int, with_compile: bool) -> dic
         for name, fn in opts.items():
             bs = batch_of(name)
             x = np.stack([inputs[(r + j) % len(inputs)] for j in range(bs)])
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn(x)
             per_round[name] = (time.perf_counter() - t0) / bs
+            cpu[name].append((time.process_time() - c0) / bs)
             times[name].append(per_round[name])
         for name in opts:
             ratios[name].append(per_round["torch_fp32"] / per_round[name])
@@ -273,6 +276,7 @@ def bench_model(model: str, cases: list, rounds: int, with_compile: bool) -> dic
         "frames": len(cases),
         "s_per_frame_median": {k: statistics.median(v) for k, v in times.items()},
         "s_per_frame_all": times,
+        "cpu_s_per_frame_median": {k: statistics.median(v) for k, v in cpu.items()},
         "speedup_vs_torch_fp32_median": {k: statistics.median(v) for k, v in ratios.items()},
         "agreement": agree,
         "skipped_or_notes": skipped,
@@ -286,8 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--models", default="litemedsam,mobilesam")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "encoder_speed.json"))
     args = ap.parse_args(argv)
+    if args.threads:
+        os.environ["PROMPTONCE_THREADS"] = str(args.threads)
     tu.configure_torch()
     cases, source = load_cases(args.images)
     result: dict[str, Any] = {"machine": machine_info(), "versions": versions(), "data": source, "models": {}}

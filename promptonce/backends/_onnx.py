@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from . import _torchutil as tu
 
-__all__ = ["OnnxEncoder", "encoder_session", "onnx_available"]
+__all__ = ["OnnxEncoder", "cache_path", "encoder_session", "onnx_available"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,10 @@ def _export(module: Any, input_size: int, target: Path) -> None:
     example = torch.zeros(1, 3, input_size, input_size)
 
     def write(tmp: Path) -> None:
-        with torch.inference_mode(False), torch.no_grad():
+        # the legacy TorchScript exporter is the one that handles TinyViT without onnxscript; its
+        # deprecation and tracer warnings are expected (the graph is checked against PyTorch after export)
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
                 (example,),
@@ -99,6 +103,11 @@ def _matches_torch(module: Any, enc: OnnxEncoder, input_size: int, tol: float = 
     return diff <= tol
 
 
+def cache_path(name: str, key: str, input_size: int) -> Path:
+    """The cache file of an exported encoder (its folder is created if needed)."""
+    return tu.cache_dir("onnx") / f"{name}_{key[:16]}_{input_size}_{EXPORT_TAG}.onnx"
+
+
 def encoder_session(module: Any, name: str, key: str, input_size: int) -> OnnxEncoder | None:
     """Returns an ONNX Runtime session for ``module`` (exporting it once), or None to stay on PyTorch.
 
@@ -112,11 +121,10 @@ def encoder_session(module: Any, name: str, key: str, input_size: int) -> OnnxEn
         logger.info("onnxruntime is not installed; %s runs on PyTorch", name)
         return None
     try:
-        folder = tu.cache_dir("onnx")
+        path = cache_path(name, key, input_size)
     except OSError as exc:
         logger.warning("cannot create the ONNX cache folder (%s); %s runs on PyTorch", exc, name)
         return None
-    path = folder / f"{name}_{key[:16]}_{input_size}_{EXPORT_TAG}.onnx"
     with _EXPORT_LOCK:
         fresh = False
         if not path.exists():

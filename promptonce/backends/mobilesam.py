@@ -13,6 +13,7 @@ upsampled to the frame size; ``logit > 0`` is the mask.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import threading
@@ -100,7 +101,7 @@ class MobileSAMBackend:
         sam.eval().to(self.device)
         self.model = sam
         self.transform = transforms.ResizeLongestSide(INPUT_SIZE)
-        self.info = BackendInfo(**{**INFO.__dict__, "device": self.device})
+        self.info = dataclasses.replace(INFO, device=self.device)
         self.encoder_calls = 0
         self._count_lock = threading.Lock()
         self._onnx: Any = None

@@ -314,9 +314,57 @@ def test_litemedsam_on_shenzhen_xrays(shared_data: Path, lite) -> None:
         boxes.append([np.array([objs[i][1].start, objs[i][0].start, objs[i][1].stop - 1, objs[i][0].stop - 1]) for i in keep])
         frames.append(np.repeat(grey[..., None], 3, axis=2))
         refs.append(ref)
+    preds = []
     for emb, ref, bxs in zip(lite.embed_many(frames), refs, boxes):
         pred = np.zeros_like(ref)
         for b in bxs:
             pred |= lite.predict(emb, box=b).masks[0]
         scores.append(dice(pred, ref))
+        preds.append(pred)
     assert np.mean(scores) > 0.85, scores
+    # the default runtime (ONNX Runtime when installed) must give the PyTorch fp32 masks
+    default = registry.get_backend("litemedsam", device="cpu")
+    for emb, pred, bxs in zip(default.embed_many(frames), preds, boxes):
+        other = np.zeros_like(pred)
+        for b in bxs:
+            other |= default.predict(emb, box=b).masks[0]
+        assert dice(other, pred) >= 0.995, default.runtime
+
+
+# ---------------------------------------------------------------------- ONNX Runtime encoder path
+def test_onnx_session_falls_back_when_missing_or_corrupt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from promptonce.backends import _onnx
+
+    monkeypatch.setenv("PROMPTONCE_CACHE", str(tmp_path))
+    monkeypatch.setattr(_onnx, "onnx_available", lambda export=False: False)
+    assert _onnx.encoder_session(object(), "x_encoder", "ab" * 32, 256) is None
+    monkeypatch.undo()
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("PROMPTONCE_CACHE", str(tmp_path))
+    bad = _onnx.cache_path("x_encoder", "ab" * 32, 256)
+    bad.write_bytes(b"not an onnx file")
+    assert _onnx.encoder_session(object(), "x_encoder", "ab" * 32, 256) is None
+    assert not bad.exists()  # the corrupt cache file is removed, the next run exports again
+
+
+@pytest.mark.slow
+def test_litemedsam_onnx_runtime_gives_the_torch_masks(
+    lite, lite_emb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from promptonce.backends import _onnx
+    from promptonce.backends.litemedsam import LiteMedSAMBackend
+
+    monkeypatch.setenv("PROMPTONCE_CACHE", str(tmp_path))
+    be = LiteMedSAMBackend(device="cpu", runtime="onnx")
+    assert be.runtime == "onnx"
+    path = _onnx.cache_path("litemedsam_encoder", be.checkpoint_sha256, 256)
+    assert path.is_file() and not list(path.parent.glob(".*.tmp"))
+    emb = be.embed(FRAME)
+    np.testing.assert_allclose(emb.data.numpy(), lite_emb.data.numpy(), atol=1e-3)
+    for box in (DISC_BOX, SQUARE_BOX):
+        np.testing.assert_array_equal(be.predict(emb, box=box).masks, lite.predict(lite_emb, box=box).masks)
+    stamp = path.stat().st_mtime_ns
+    again = LiteMedSAMBackend(device="cpu", runtime="auto")
+    assert again.runtime == "onnx" and path.stat().st_mtime_ns == stamp  # reused, not exported again
