@@ -120,10 +120,19 @@ def display_ornt(affine: np.ndarray) -> np.ndarray:
     Returns:
         float array ``(3, 2)``: row ``i`` = ``[display axis of stored axis i, +1 keep / -1 flip]``;
         stored axis 2 always becomes the slice axis unflipped.
+
+    Raises:
+        InvalidValuesError: the affine holds NaN or inf.
     """
     from nibabel.orientations import io_orientation
 
-    ornt = np.asarray(io_orientation(np.asarray(affine, dtype=np.float64)), dtype=float)
+    affine = np.asarray(affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        raise InvalidValuesError(
+            "the voxel-to-world affine holds NaN or inf (broken pixel spacing, orientation or position in the "
+            "header); fix the file's geometry (e.g. re-export or re-convert it) and load it again."
+        )
+    ornt = np.asarray(io_orientation(affine), dtype=float)
     if not np.all(np.isfinite(ornt[:2])):
         log.warning("degenerate affine %s: showing the array as stored", np.round(affine, 3).tolist())
         return _IDENTITY_ORNT.copy()

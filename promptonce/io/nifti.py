@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptFileError, DimensionError, UnsupportedFormatError
+from ..errors import CorruptFileError, DimensionError, InvalidValuesError, UnsupportedFormatError
 from ..types import SourceGeometry, Volume
 from ._common import DEFAULT_MAX_VOXELS, case_name, check_finite, check_voxels, compact_dtype, guess_modality, to_display
 
@@ -68,6 +68,47 @@ def _open(path: Path):
     return img
 
 
+#: Largest expansion of a deflate (gzip) stream: 1032:1 in theory; a little margin on top.
+_MAX_GZIP_RATIO = 1040
+
+
+def _check_stored_size(img: Any, path: Path) -> None:
+    """Refuses a header that declares more voxel bytes than its file can hold, before reading any voxel.
+
+    A truncated file, or a tiny file whose header claims a huge array, would otherwise make nibabel
+    allocate the whole declared array first. Uncompressed files must hold ``vox_offset + voxel bytes``;
+    a gzip file cannot expand more than :data:`_MAX_GZIP_RATIO` times.
+
+    Raises:
+        CorruptFileError: the file is too short for what its header declares.
+    """
+    proxy = getattr(img, "dataobj", None)
+    file_like = getattr(proxy, "file_like", None)
+    offset = getattr(proxy, "offset", None)
+    if not isinstance(file_like, (str, Path)) or offset is None:
+        return
+    data_path = Path(file_like)
+    try:
+        have = data_path.stat().st_size
+        with open(data_path, "rb") as fh:
+            magic = fh.read(4)
+        need = int(offset) + int(np.prod([int(s) for s in proxy.shape], dtype=object)) * np.dtype(proxy.dtype).itemsize
+    except (OSError, TypeError, ValueError):
+        return  # nibabel reports these itself
+    if magic[:2] == b"\x1f\x8b":
+        limit = have * _MAX_GZIP_RATIO
+    elif magic[:3] == b"BZh" or magic == b"\x28\xb5\x2f\xfd":
+        return  # bzip2 / zstd: no useful bound on the ratio
+    else:
+        limit = have
+    if need > limit:
+        raise CorruptFileError(
+            f"{path}: the header declares {need:,} bytes of voxel data (shape {tuple(proxy.shape)}, "
+            f"{np.dtype(proxy.dtype)}) but the file holds {have:,} bytes{' compressed' if limit != have else ''}; "
+            "it is truncated or its header is wrong. Copy or export it again."
+        )
+
+
 def read_nifti_stored(
     path: str | Path, *, time_index: int | None = None, max_voxels: int = DEFAULT_MAX_VOXELS
 ) -> StoredNifti:
@@ -86,7 +127,7 @@ def read_nifti_stored(
         CorruptFileError: empty, truncated or undecodable file.
         DimensionError: 1D, 5D+, or 4D without ``time_index`` / with one out of range.
         TooLargeError: over ``max_voxels``.
-        InvalidValuesError: NaN/inf voxels.
+        InvalidValuesError: NaN/inf voxels, or a NaN/inf affine.
     """
     path = Path(path)
     img = _open(path)
@@ -116,6 +157,7 @@ def read_nifti_stored(
         raise DimensionError(f"{path}: time_index={time_index} was given but the image is {len(shape)}D, not 4D.")
     spatial = shape[:3]
     check_voxels(spatial, max_voxels, str(path))
+    _check_stored_size(img, path)
     try:
         if len(shape) == 4:
             raw = img.dataobj[..., time_index] if len(img.shape) == 4 else np.asanyarray(img.dataobj).reshape(shape)[..., time_index]
@@ -136,7 +178,13 @@ def read_nifti_stored(
     if data.ndim == 2:
         data = data[:, :, None]
     header = img.header.copy()
-    return StoredNifti(data=data, affine=np.asarray(img.affine, dtype=np.float64), header=header, spatial_shape=spatial)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        raise InvalidValuesError(
+            f"{path}: the header's voxel-to-world affine holds NaN or inf (pixdim, qform or sform is broken); "
+            "fix the file's geometry (e.g. re-export it) and load it again."
+        )
+    return StoredNifti(data=data, affine=affine, header=header, spatial_shape=spatial)
 
 
 def read_nifti(
