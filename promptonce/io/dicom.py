@@ -66,6 +66,12 @@ def _invalid_dicom_error() -> type[BaseException]:
     return InvalidDicomError
 
 
+def _bytes_length_error() -> type[BaseException]:
+    from pydicom.errors import BytesLengthException
+
+    return BytesLengthException
+
+
 def is_dicom(path: str | Path) -> bool:
     """True when the file is DICOM: the ``DICM`` marker at byte 128, or (for ``.dcm``/no suffix) a dataset with an image or SOP class."""
     path = Path(path)
@@ -99,8 +105,15 @@ def read_header(path: str | Path):
     if path.stat().st_size == 0:
         raise CorruptFileError(f"{path}: the file is empty (0 bytes). Copy or export it again.")
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    except (_invalid_dicom_error(), *_PARSE_ERRORS) as exc:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        # pydicom decodes element values lazily: decode them all now, so that a damaged element is
+        # reported here as a damaged file instead of failing later wherever the value is first used
+        ds.walk(lambda _ds, _elem: None)
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None:
+            meta.walk(lambda _ds, _elem: None)
+        return ds
+    except (_invalid_dicom_error(), _bytes_length_error(), *_PARSE_ERRORS) as exc:
         raise CorruptFileError(f"{path}: not a readable DICOM file ({exc}).") from exc
 
 
@@ -111,9 +124,17 @@ def _has_image(ds) -> bool:
 def _geometry_of(ds) -> tuple[np.ndarray | None, np.ndarray | None]:
     ipp = ds.get("ImagePositionPatient")
     iop = ds.get("ImageOrientationPatient")
-    if ipp is None or iop is None or len(ipp) != 3 or len(iop) != 6:
+    if ipp is None or iop is None:
         return None, None
-    return np.array([float(v) for v in ipp]), np.array([float(v) for v in iop])
+    try:
+        if len(ipp) != 3 or len(iop) != 6:
+            return None, None
+        return np.array([float(v) for v in ipp]), np.array([float(v) for v in iop])
+    except (TypeError, ValueError) as exc:
+        raise CorruptFileError(
+            f"ImagePositionPatient {ipp!r} / ImageOrientationPatient {iop!r} are malformed ({exc}); the DICOM "
+            "header is damaged. Export the series again."
+        ) from exc
 
 
 def _nframes(ds) -> int:
@@ -271,10 +292,14 @@ def _pixels(path: Path, ds_header) -> np.ndarray:
     try:
         full = pydicom.dcmread(path, force=True)
         arr = full.pixel_array
-    except (_invalid_dicom_error(), *_PARSE_ERRORS, RuntimeError) as exc:
+    except (_invalid_dicom_error(), _bytes_length_error(), *_PARSE_ERRORS, RuntimeError) as exc:
         ts = getattr(getattr(ds_header, "file_meta", None), "TransferSyntaxUID", None)
         hint = ""
-        if ts is not None and getattr(ts, "is_compressed", False):
+        try:
+            compressed = ts is not None and bool(ts.is_compressed)
+        except (ValueError, AttributeError):  # not a transfer syntax UID at all
+            compressed = False
+        if compressed:
             hint = (f" It is compressed ({ts.name}); install a decoder (pip install pylibjpeg pylibjpeg-libjpeg "
                     "pylibjpeg-openjpeg) or decompress it (e.g. gdcmconv --raw).")
         raise CorruptFileError(f"{path}: the DICOM pixel data cannot be decoded ({exc}).{hint}") from exc
@@ -291,6 +316,11 @@ def _pixels(path: Path, ds_header) -> np.ndarray:
         else:
             arr = -arr
     return arr
+
+
+#: What a DICOM header with malformed values (wrong multiplicity, unparsable numbers) raises while it is read.
+_HEADER_VALUE_ERRORS: tuple[type[BaseException], ...] = (TypeError, ValueError, IndexError, KeyError, OverflowError,
+                                                         AttributeError, ZeroDivisionError)
 
 
 def read_dicom(
@@ -320,6 +350,24 @@ def read_dicom(
         DimensionError: 4D series without ``time_index``, or positions repeated unevenly.
         TooLargeError: over ``max_voxels``.
     """
+    try:
+        return _read_dicom(files, time_index=time_index, max_voxels=max_voxels, name=name, headers=headers)
+    except _HEADER_VALUE_ERRORS as exc:
+        where = Path(files[0]).parent.name if len(files) > 1 else Path(files[0]).name
+        raise CorruptFileError(
+            f"{where}: a DICOM header value is malformed ({type(exc).__name__}: {str(exc)[:200]}); the file is damaged. "
+            "Export the series again."
+        ) from exc
+
+
+def _read_dicom(
+    files: Sequence[str | Path],
+    *,
+    time_index: int | None,
+    max_voxels: int,
+    name: str | None,
+    headers: Sequence[Any] | None,
+) -> Volume:
     paths = [Path(f) for f in files]
     if not paths:
         raise UnsupportedFormatError("No DICOM files were given.")
