@@ -16,6 +16,8 @@ the identity. Object (pickled) arrays are refused: loading them could run code.
 from __future__ import annotations
 
 import logging
+import struct
+import tokenize
 import zipfile
 from pathlib import Path
 
@@ -68,6 +70,25 @@ def _check_shape(shape: tuple[int, ...], dtype: np.dtype, what: str, time_index:
         raise DimensionError(f"{what}: the array is empty (shape {shape}).")
 
 
+#: Largest expansion of a deflated zip member (1032:1 in theory, plus a margin).
+_MAX_DEFLATE_RATIO = 1040
+
+
+def _check_member_size(info: zipfile.ZipInfo, header_bytes: int, shape: tuple[int, ...], dtype: np.dtype, what: str) -> None:
+    """Refuses an ``.npz`` member whose header declares more data than the member holds, before allocating it."""
+    need = header_bytes + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    limit = info.file_size
+    if info.compress_type == zipfile.ZIP_DEFLATED:
+        limit = min(limit, info.compress_size * _MAX_DEFLATE_RATIO)
+    elif info.compress_type == zipfile.ZIP_STORED:
+        limit = min(limit, info.compress_size)
+    if need > limit:
+        raise CorruptFileError(
+            f"{what}: the array header declares {need:,} bytes (shape {shape}, {dtype}) but the archive member holds "
+            f"at most {limit:,}; the file is truncated or its header is wrong. Save the array again."
+        )
+
+
 def read_numpy_array(
     path: str | Path, *, time_index: int | None = None, max_voxels: int = DEFAULT_MAX_VOXELS
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -98,7 +119,9 @@ def read_numpy_array(
                         )
                 with zf.open(members[key]) as fp:
                     shape, dtype = _npy_header(fp)
+                    header_bytes = fp.tell()
                 _check_shape(shape, dtype, f"{path}[{key}]", time_index, max_voxels)
+                _check_member_size(zf.getinfo(members[key]), header_bytes, shape, dtype, f"{path}[{key}]")
                 with zf.open(members[key]) as fp:
                     arr = np.lib.format.read_array(fp, allow_pickle=False)
                 four_d = arr.ndim == 4
@@ -117,6 +140,8 @@ def read_numpy_array(
             del mm
     except (zipfile.BadZipFile, EOFError) as exc:
         raise CorruptFileError(f"{path}: the archive is damaged ({exc}).") from exc
+    except (SyntaxError, tokenize.TokenError, TypeError, KeyError, struct.error) as exc:
+        raise CorruptFileError(f"{path}: the NumPy header cannot be parsed ({type(exc).__name__}); the file is damaged.") from exc
     except ValueError as exc:
         if "pickle" in str(exc).lower() or "object" in str(exc).lower():
             raise UnsupportedFormatError(f"{path}: holds pickled Python objects, which PromptOnce does not load; save a numeric array.") from exc
