@@ -14,6 +14,7 @@ geometry) and the modality ``"OT"``: a PNG does not say whether it is an X-ray.
 from __future__ import annotations
 
 import logging
+import struct
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,8 +49,8 @@ def _open(path: Path):
         raise CorruptFileError(
             f"{path}: not a readable image (Pillow cannot identify it). It may be damaged or not an image at all."
         ) from exc
-    except OSError as exc:
-        raise CorruptFileError(f"{path}: cannot open the image ({exc}).") from exc
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
+        raise CorruptFileError(f"{path}: cannot open the image ({exc}); it looks damaged or truncated.") from exc
 
 
 def image_info(path: str | Path) -> tuple[int, int, int]:
