@@ -120,8 +120,8 @@ def safe_extract(
             target = (dest / Path(*rel.parts)).resolve()
             if root not in target.parents:
                 raise InputError(f"{archive}: member {info.filename!r} would land outside the extraction folder.")
-            target.parent.mkdir(parents=True, exist_ok=True)
             try:
+                target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(target, "wb") as dst:
                     member_bytes = 0
                     while chunk := src.read(_CHUNK):
@@ -134,7 +134,11 @@ def safe_extract(
                             )
                         dst.write(chunk)
             except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-                raise CorruptFileError(f"{archive}: member {info.filename!r} cannot be extracted ({exc}); the archive is damaged.") from exc
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise CorruptFileError(
+                    f"{archive}: member {info.filename[:120]!r} cannot be extracted ({why}); the archive is damaged or "
+                    "its member names do not fit a file system (too long, or a file and a folder of the same name)."
+                ) from exc
             out.append(target)
     log.debug("extracted %d files (%d bytes) from %s", len(out), written, archive)
     return out
