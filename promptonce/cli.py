@@ -133,14 +133,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.inputs, images_as=args.images_as, time_index=args.time_index)
     prompt = build_prompt(getattr(args, "prompt_items", None) or [], args.image, dataset)
     out = Path(args.out)
-    refs = None
-    if args.reference:
-        if len(args.reference) != len(dataset):
-            from .io.readers import pair_references
-
-            refs = pair_references(dataset, args.reference)
-        else:
-            refs = [Path(r) for r in args.reference]
+    refs = _pair(dataset, args.reference) if args.reference else None
     if args.scope == "image":
         total = 1
     elif args.scope == "volume":
@@ -211,7 +204,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     images = load_dataset(args.images, images_as=args.images_as, time_index=args.time_index)
     if args.limit:
         images = images[: args.limit]
-    ref_paths = pair_references(images, args.references)
+    ref_paths = _pair(images, args.references)
     refs = [(lambda p=p, i=i: load_reference(p, images[i])) for i, p in enumerate(ref_paths)]
     labels = None
     if args.labels:
@@ -253,6 +246,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(write_summary_line(result), file=sys.stderr)
     return 0
+
+
+def _pair(images: Dataset, references: Sequence[str]) -> list[Path]:
+    """Pairs references with images by file name; falls back to the given order when every
+    reference is a file and the counts match (e.g. ``image.nii.gz`` with ``labels.nii.gz``)."""
+    from .io.readers import pair_references
+
+    try:
+        return pair_references(images, references)
+    except InputError:
+        paths = [Path(r) for r in references]
+        if len(paths) == len(images) and all(p.is_file() for p in paths):
+            log.warning("references paired with images in the order given (their names differ)")
+            return paths
+        raise
 
 
 def _jsonable(v: Any) -> bool:

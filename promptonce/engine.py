@@ -69,7 +69,14 @@ class PropagationConfig:
         align: dataset scope: register each case's seed slice to the prompted slice (scale +
             translation, :mod:`promptonce.align`) before carrying the prompt over; else map it by
             relative position only.
+        track: dataset scope: after the global alignment, refine each transferred box by matching
+            the prompted box's surroundings (template tracking, :func:`promptonce.align.track_box`).
+        transfer_scales: a transferred box is tried at these sizes (relative, about its centre) and
+            the masks vote (pixel majority); box models are sensitive to box size, and a vote over
+            sizes is steadier than any single guess. Centred above 1 because box models were trained
+            with boxes somewhat larger than the object (MedSAM adds 0-20 px).
         transfer_refine: how many times a transferred prompt is re-derived from the case's own mask.
+        transfer_margin_frac: box margin (fraction of the mask size) used in that refinement.
     """
 
     margin_frac: float = 0.1
@@ -84,7 +91,10 @@ class PropagationConfig:
     max_growth: float = 3.0
     min_consistency: float = 0.2
     align: bool = True
+    track: bool = True
+    transfer_scales: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.3)
     transfer_refine: int = 2
+    transfer_margin_frac: float = 0.05
 
 
 @dataclass
@@ -218,6 +228,8 @@ class Engine:
             obj = replace(obj, box=box, points=())
             refine = True
         emb = self.embedding(backend, volume, k, window)
+        if refine and obj.box is not None and backend.info.boxes and self.config.transfer_scales:
+            return self._transferred_mask(backend, emb, obj, shape)
         multimask = obj.box is None and len(obj.points) == 1
         pred = self._predict(backend, emb, obj, multimask=multimask)
         mask = _best_containing(pred, obj) if multimask else pred.best
@@ -225,6 +237,36 @@ class Engine:
         if refine and obj.box is not None and backend.info.boxes and mask.any():
             times = refine if isinstance(refine, int) and not isinstance(refine, bool) else self.config.refine
             mask, score = self._refine(backend, emb, mask, score, obj, shape, times=times)
+        return mask, score
+
+    def _transferred_mask(
+        self, backend: Backend, emb: Embedding, obj: ObjectPrompt, shape: tuple[int, int]
+    ) -> tuple[np.ndarray, float]:
+        """Mask for a box carried over from another case: a vote over box sizes, then self-refinement."""
+        cfg = self.config
+        b = obj.box.as_array()  # type: ignore[union-attr]
+        c, half = (b[:2] + b[2:]) / 2, (b[2:] - b[:2]) / 2
+        h, w = shape
+        votes = np.zeros(shape, np.float32)
+        scores = []
+        for s in cfg.transfer_scales:
+            lo, hi = c - half * s, c + half * s
+            box = Box(max(lo[0], 0), max(lo[1], 0), min(hi[0], w - 1), min(hi[1], h - 1))
+            pred = self._predict(backend, emb, ObjectPrompt(points=obj.points, box=box, object_id=obj.object_id))
+            votes += pred.best
+            scores.append(float(np.max(pred.scores)))
+        mask = votes >= 0.5 * len(cfg.transfer_scales)
+        score = float(np.mean(scores))
+        for _ in range(cfg.transfer_refine):
+            if not mask.any():
+                break
+            ys, xs = np.nonzero(mask)
+            size = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+            box = box_from_mask(mask, margin=cfg.transfer_margin_frac * size, shape=shape)
+            pred = self._predict(backend, emb, ObjectPrompt(points=obj.points, box=box, object_id=obj.object_id))
+            if not pred.best.any():
+                break
+            mask, score = pred.best, float(np.max(pred.scores))
         return mask, score
 
     def _margin(self, mask: np.ndarray) -> float:
@@ -343,6 +385,23 @@ class Engine:
             log.info("%s: alignment score %.2f too low; prompt mapped by relative position", dst.name, sim.score)
             return base
         objs = tuple(_apply_similarity(o, sim, dst.shape[1:]) for o in prompt.objects)
+        if self.config.track:
+            from .align import track_box
+
+            tracked = []
+            for o_src, o in zip(prompt.objects, objs):
+                if o_src.box is not None and o.box is not None:
+                    bt, score = track_box(a, b, tuple(o_src.box.as_array()), tuple(o.box.as_array()))
+                    if score >= 0.5:
+                        h, w = dst.shape[1:]
+                        x0, y0 = min(max(bt[0], 0), w - 1), min(max(bt[1], 0), h - 1)
+                        x1, y1 = min(max(bt[2], x0), w - 1), min(max(bt[3], y0), h - 1)
+                        dx, dy = (x0 + x1 - o.box.x0 - o.box.x1) / 2, (y0 + y1 - o.box.y0 - o.box.y1) / 2
+                        pts = tuple(Point(min(max(p.x + dx, 0), w - 1), min(max(p.y + dy, 0), h - 1), p.label)
+                                    for p in o.points)
+                        o = replace(o, box=Box(x0, y0, x1, y1), points=pts)
+                tracked.append(o)
+            objs = tuple(tracked)
         return SlicePrompt(objs, slice_index=base.slice_index, volume_index=0)
 
     # ------------------------------------------------------------------ a volume
