@@ -175,7 +175,12 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
         return store.get(request.session_hash)
 
     analytics = os.environ.get("GRADIO_ANALYTICS_ENABLED", "False").lower() in ("1", "true", "yes")
-    with gr.Blocks(title="PromptOnce", fill_width=True, analytics_enabled=analytics) as demo:
+    # Gradio's own copies (uploads never loaded, cached files) go after the session TTL, and all at shutdown
+    ttl = int(store.ttl_s)
+    cache_policy = (max(60, min(900, ttl // 2)), max(60, ttl))
+    with gr.Blocks(
+        title="PromptOnce", fill_width=True, analytics_enabled=analytics, delete_cache=cache_policy
+    ) as demo:
         gr.HTML(INTRO)
         with gr.Row(equal_height=False):
             # ------------------------------------------------------------ left: controls
@@ -477,16 +482,20 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
         def on_ref_labels(text, v, k1, wname, ww, wl, show, request: gr.Request):
             sess = sess_of(request)
             ws = H.workspace(sess)
-            H.set_reference_labels(ws, text)
+            before = ws.ref_labels
+            if H.set_reference_labels(ws, text) == before:
+                return {}
             window = _window(wname, ww, wl)
             upd = view_updates(sess, v, k1, window, show)
+            upd = {c: u for c, u in upd.items() if c in (view, info)}  # leave the position as it is now
             upd.update(result_updates(sess, window))
             return upd
 
-        ref_labels.submit(on_ref_labels, [ref_labels, *nav_inputs], [*view_outputs, *result_outputs],
-                          api_name="reference_labels", **nav_kw)  # fmt: skip
-        ref_labels.blur(on_ref_labels, [ref_labels, *nav_inputs], [*view_outputs, *result_outputs],
-                        api_visibility="private", **nav_kw)  # fmt: skip
+        ref_outputs = [view, info, *result_outputs]
+        ref_labels.submit(on_ref_labels, [ref_labels, *nav_inputs], ref_outputs, api_name="reference_labels",
+                          **nav_kw)  # fmt: skip
+        ref_labels.blur(on_ref_labels, [ref_labels, *nav_inputs], ref_outputs, api_visibility="private",
+                        **nav_kw)  # fmt: skip
 
         flagged.input(on_flagged, [flagged, window_dd, win_w, win_l, show_ref], view_outputs,
                       api_visibility="private", **nav_kw)  # fmt: skip

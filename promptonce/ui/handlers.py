@@ -25,7 +25,7 @@ import threading
 import time
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CancelledError, InputError, ModelError, PromptError, PromptOnceError, TooLargeError
+from ..errors import CancelledError, InputError, ModelError, PromptError, PromptOnceError
 from ..types import Box, Dataset, ObjectPrompt, Point, SlicePrompt, SliceResult, Volume
 from .session import Session
 
@@ -65,7 +65,12 @@ __all__ = [
     "apply_corrections",
     "results_summary",
     "write_downloads",
+    "set_reference_labels",
+    "summary_markdown",
+    "progress_text",
+    "write_json_text",
     "user_message",
+    "hide_paths",
     "slice_info",
 ]
 
@@ -1392,5 +1397,3 @@ def progress_text(p: RunProgress) -> str:
     left = f" · {eta:.0f} s left" if eta is not None else ""
     return f"{p.done} / {p.total} slices{left} · {p.message}"
 
-
-Callback = Callable[[RunProgress], None]

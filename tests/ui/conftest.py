@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from uihelpers import REPO, make_assets, real_models_available  # noqa: F401  (tests/ui/uihelpers.py)
+from uihelpers import make_assets  # tests/ui/uihelpers.py
 
 
 @pytest.fixture

@@ -114,6 +114,9 @@ def view_src(page) -> str:
 
 def click_image(page, x_img: float, y_img: float, scale: float) -> None:
     """Clicks the view at image pixel (x, y) (display pixel = (x + 0.5) * scale), as Gradio maps clicks."""
+    page.wait_for_function(
+        "() => { const im = document.querySelector('#po-view img'); return im && im.complete && im.naturalWidth > 0; }"
+    )
     box = page.evaluate(
         """() => { const im = document.querySelector('#po-view img'); const r = im.getBoundingClientRect();
                    return {l: r.left, t: r.top, w: r.width, h: r.height, nw: im.naturalWidth, nh: im.naturalHeight}; }"""
