@@ -142,6 +142,11 @@ class Engine:
         self._lock = threading.Lock()
         self._frames: dict[int, FrameMaker] = {}
 
+    @property
+    def is_sequence(self) -> bool:
+        """True when the backend propagates with its own memory (SAM 2's video predictor)."""
+        return bool(getattr(self.backend.info, "sequence", False)) and hasattr(self.backend, "propagate")
+
     # ------------------------------------------------------------------ frames and embeddings
     def frames(self, volume: Volume, window=None) -> FrameMaker:
         """The frame maker of a volume (one window for the whole volume), cached per volume object."""
@@ -440,7 +445,7 @@ class Engine:
         lo, hi = scope_slices if scope_slices is not None else (0, n - 1)
         shape = volume.shape[1:]
         _check_cancel(cancel)
-        if isinstance(self.backend, SequenceBackend) and not isinstance(self.backend, Backend):
+        if self.is_sequence:
             yield from self._segment_volume_sequence(volume, prompt, volume_index, window, lo, hi, cancel)
             return
         states: list[_ObjectState] = []
@@ -575,7 +580,9 @@ def segment(
         yield res
     if scope == "volume":
         return
-    seed_labels = seed_results[0].labels if seed_results else None
+    if engine.is_sequence:
+        yield from _dataset_sequence(engine, dataset, prompt, v0, window, strategy, cancel)
+        return
     order = [i for i in range(len(dataset)) if i != v0]
     # Chain walks outwards from the prompted case so neighbours seed neighbours.
     if strategy == "chain":
@@ -602,7 +609,53 @@ def segment(
             yield res
         if strategy == "chain" and last_prompted is not None:
             prev_by_dir[1 if i > v0 else -1] = (vol, last_prompted)
-    del seed_labels
+
+
+def _dataset_sequence(
+    engine: Engine,
+    dataset: Dataset,
+    prompt: SlicePrompt,
+    v0: int,
+    window,
+    strategy: Strategy,
+    cancel: threading.Event | None,
+) -> Iterator[SliceResult]:
+    """Dataset scope for memory models, after the seed volume itself was segmented.
+
+    ``transfer``: the Prompt Once paper's "fake seed" - the prompted frame, with its prompt, is put
+    before each other volume's frames and dropped from the output, so volumes are independent.
+    ``chain``: every other volume is one continuation of the sequence, seeded by the last frame of
+    the volume before it (its mask), so memory carries across volume boundaries.
+    """
+    backend = engine.backend
+    seed_frame = engine.frames(dataset[v0], window).frame(prompt.slice_index)
+    prev: tuple[np.ndarray, SliceResult] | None = None
+    for i in [j for j in range(len(dataset)) if j != v0]:
+        _check_cancel(cancel)
+        vol = dataset[i]
+        fm = engine.frames(vol, window)
+        shape = vol.shape[1:]
+        if strategy == "chain" and prev is not None and prev[1].labels.any():
+            frame, res = prev
+            seeds = [(oid, res.labels == oid) for oid in np.unique(res.labels) if oid]
+            it = backend.propagate_with_seed_frame(frame, seeds, vol.n_slices, fm.frame)  # type: ignore[union-attr]
+        else:
+            it = backend.propagate_with_seed_frame(  # type: ignore[union-attr]
+                seed_frame, list(prompt.objects), vol.n_slices, fm.frame
+            )
+        last: SliceResult | None = None
+        for k, masks, scores in it:
+            _check_cancel(cancel)
+            labels = np.zeros(shape, np.uint8)
+            for oid, m in masks.items():
+                m = np.asarray(m, bool)
+                if m.shape != shape:
+                    raise InputError(f"{vol.name}: the model returned masks of shape {m.shape}, expected {shape}.")
+                labels[m & (labels == 0)] = oid
+            last = SliceResult(i, k, labels, dict(scores), [], False, vol.name, vol.n_slices)
+            yield last
+        if last is not None:
+            prev = (fm.frame(last.slice_index), last)
 
 
 def make_engine(
