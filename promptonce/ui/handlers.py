@@ -363,7 +363,7 @@ class Workspace:
         arr = self.results.get(v)
         if arr is None and create:
             path = self.session.subdir("results") / f"{v}.npy"
-            self.session.check_quota(int(np.prod(self.metas[v].shape)))
+            self.session.check_quota(int(np.prod(self.metas[v].shape)), max_age_s=5.0)
             arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=self.metas[v].shape)
             self.results[v] = arr
             self.done[v] = np.zeros(self.metas[v].n_slices, bool)

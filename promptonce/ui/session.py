@@ -77,6 +77,7 @@ class Session:
     running: threading.Event = field(default_factory=threading.Event)
     workspace: Any = None
     closed: bool = False
+    _used: tuple[float, int] | None = field(default=None, repr=False)
 
     def touch(self) -> None:
         """Marks the session as active now (postpones its expiry)."""
@@ -105,18 +106,29 @@ class Session:
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         return d
 
-    def bytes_used(self) -> int:
-        """Bytes currently stored in the session folder."""
-        return folder_bytes(self.directory)
+    def bytes_used(self, max_age_s: float = 0.0) -> int:
+        """Bytes stored in the session folder (a walk of the folder; reused for ``max_age_s`` seconds,
+        plus what :meth:`check_quota` reserved since)."""
+        now = time.monotonic()
+        if self._used is None or now - self._used[0] > max_age_s:
+            self._used = (now, folder_bytes(self.directory))
+        return self._used[1]
 
-    def check_quota(self, extra_bytes: int = 0) -> None:
-        """Raises :class:`TooLargeError` when the folder plus ``extra_bytes`` would exceed ``max_bytes``."""
-        used = self.bytes_used()
+    def check_quota(self, extra_bytes: int = 0, max_age_s: float = 0.0) -> None:
+        """Raises :class:`TooLargeError` when the folder plus ``extra_bytes`` would exceed ``max_bytes``.
+
+        Args:
+            extra_bytes: bytes about to be written (reserved when they fit).
+            max_age_s: reuse a folder walk this recent (for frequent small checks).
+        """
+        used = self.bytes_used(max_age_s)
         if used + extra_bytes > self.max_bytes:
             raise TooLargeError(
                 f"This session would hold {(used + extra_bytes) / 2**20:.0f} MB, over its limit of "
                 f"{self.max_bytes / 2**20:.0f} MB. Upload fewer or smaller files, or reload the page to start over."
             )
+        if self._used is not None:
+            self._used = (self._used[0], used + max(0, int(extra_bytes)))
 
 
 class SessionStore:
