@@ -9,9 +9,11 @@ Label maps are uint8 ``(slices, rows, cols)`` in display order (0 = background, 
 
 DICOM-SEG privacy: :func:`write_dicom_seg` replaces patient-identifying attributes that highdicom
 copies from the source images (PatientName, PatientID, PatientBirthDate, PatientSex, PatientAge,
-OtherPatientIDs, AccessionNumber, ReferringPhysicianName, InstitutionName, StudyID) by empty or
-``ANONYMOUS`` values when ``anonymize=True`` (the default). UIDs are kept, so that viewers can
-still place the segmentation on its series.
+OtherPatientIDs, OtherPatientNames, IssuerOfPatientID, PatientComments, AccessionNumber,
+ReferringPhysicianName, InstitutionName/Address/Department, StationName, StudyID, ...; see
+``_ANON_TAGS``) by empty or ``ANONYMOUS`` values, at every nesting level (highdicom copies the
+source's equipment into ContributingEquipmentSequence), when ``anonymize=True`` (the default).
+UIDs are kept, so that viewers can still place the segmentation on its series.
 """
 
 from __future__ import annotations
@@ -396,8 +398,32 @@ _ANON_TAGS = {
     "ReferringPhysicianName": "",
     "InstitutionName": None,
     "InstitutionAddress": None,
+    "InstitutionalDepartmentName": None,
+    "StationName": None,
     "StudyID": "",
+    "IssuerOfPatientID": None,
+    "OtherPatientNames": None,
+    "PatientComments": None,
+    "PatientAddress": None,
+    "PatientTelephoneNumbers": None,
+    "PatientMotherBirthName": None,
+    "PatientBirthTime": None,
 }
+
+
+def _anonymize(ds: Any) -> None:
+    """Applies :data:`_ANON_TAGS` at every level of ``ds``: highdicom also copies the source's equipment
+    (InstitutionName, StationName, ...) into ``ContributingEquipmentSequence``."""
+    for tag, value in _ANON_TAGS.items():
+        if tag in ds:
+            if value is None:
+                delattr(ds, tag)
+            else:
+                setattr(ds, tag, value)
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _anonymize(item)
 
 
 def write_dicom_seg(
@@ -484,12 +510,7 @@ def write_dicom_seg(
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise InputError(f"{volume.name}: highdicom could not build a DICOM-SEG from these source images ({exc}).") from exc
     if anonymize:
-        for tag, value in _ANON_TAGS.items():
-            if tag in seg:
-                if value is None:
-                    delattr(seg, tag)
-                else:
-                    setattr(seg, tag, value)
+        _anonymize(seg)
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
     return path
