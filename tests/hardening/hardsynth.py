@@ -25,6 +25,16 @@ PHI: dict[str, str] = {
     "ReferringPhysicianName": "Vondrak^Ilse",
     "OtherPatientIDs": "OPIDZ4471",
     "InstitutionAddress": "12 Xylophone Lane",
+    "OtherPatientNames": "Yxorpa^Alias",
+    "PatientAddress": "77 Quokkaville Street",
+    "PatientTelephoneNumbers": "5550199771",
+    "PatientMotherBirthName": "Mothzer^Maiden",
+    "PatientComments": "Comment Wxyzzy",
+    "InstitutionalDepartmentName": "Radiology Qwertzu",
+    "StationName": "STATIONQX9",
+    "OperatorsName": "Opszer^Kiri",
+    "PerformingPhysicianName": "Perfzer^Doc",
+    "IssuerOfPatientID": "ISSUERZQ5",
 }
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
