@@ -25,9 +25,10 @@ How one prompt travels
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
-import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -140,7 +141,18 @@ class Engine:
         self._cache: OrderedDict[tuple, Embedding] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
-        self._frames: dict[int, FrameMaker] = {}
+        # FrameMaker holds its volume, so this cache is keyed by uid and kept small (LRU).
+        self._frames: OrderedDict[int, FrameMaker] = OrderedDict()
+        self._uids: weakref.WeakKeyDictionary[Volume, int] = weakref.WeakKeyDictionary()
+        self._next_uid = itertools.count()
+
+    def _uid(self, volume: Volume) -> int:
+        """A key for a volume that is never reused while this engine lives (``id()`` can be)."""
+        with self._lock:
+            uid = self._uids.get(volume)
+            if uid is None:
+                uid = self._uids[volume] = next(self._next_uid)
+            return uid
 
     @property
     def is_sequence(self) -> bool:
@@ -150,20 +162,21 @@ class Engine:
     # ------------------------------------------------------------------ frames and embeddings
     def frames(self, volume: Volume, window=None) -> FrameMaker:
         """The frame maker of a volume (one window for the whole volume), cached per volume object."""
-        key = id(volume)
+        key = self._uid(volume)
         fm = self._frames.get(key)
-        if fm is None or fm.volume is not volume or (window is not None and fm.requested != window):
+        if fm is None or getattr(fm, "requested", None) != window:
             fm = FrameMaker(volume, window)
             fm.requested = window  # type: ignore[attr-defined]
-            if len(self._frames) > 8:
-                self._frames.clear()
             self._frames[key] = fm
+        self._frames.move_to_end(key)
+        while len(self._frames) > 4:
+            self._frames.popitem(last=False)
         return fm
 
     def embedding(self, backend: Backend, volume: Volume, k: int, window=None) -> Embedding:
         """The embedding of slice ``k`` of ``volume`` by ``backend``, from the cache when possible."""
         fm = self.frames(volume, window)
-        key = (backend.info.name, id(volume), k, tuple(fm.window))
+        key = (backend.info.name, self._uid(volume), k, tuple(fm.window))
         with self._lock:
             emb = self._cache.get(key)
             if emb is not None:
@@ -663,6 +676,7 @@ def make_engine(
     backend: Backend | SequenceBackend | str = "auto",
     click_backend: Backend | str | None = "auto",
     config: PropagationConfig | None = None,
+    cache_size: int = 32,
 ) -> Engine:
     """Builds an Engine, resolving backend names through the registry (lazy: loads models on first use)."""
     from .backends.registry import get_backend
@@ -680,7 +694,7 @@ def make_engine(
             clicker = get_backend("mobilesam" if click_backend == "auto" else click_backend)  # type: ignore[assignment]
     elif click_backend is not None:
         clicker = click_backend
-    return Engine(backend, click_backend=clicker, config=config)
+    return Engine(backend, click_backend=clicker, config=config, cache_size=cache_size)
 
 
 # ---------------------------------------------------------------------- helpers
