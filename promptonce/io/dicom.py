@@ -66,6 +66,14 @@ def _invalid_dicom_error() -> type[BaseException]:
     return InvalidDicomError
 
 
+def _short(exc: BaseException) -> str:
+    """The first line of an exception's message, at most 200 characters (pydicom puts whole tracebacks in
+    some messages; users should see what went wrong, not the library's internals)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def _bytes_length_error() -> type[BaseException]:
     from pydicom.errors import BytesLengthException
 
@@ -114,7 +122,7 @@ def read_header(path: str | Path):
             meta.walk(lambda _ds, _elem: None)
         return ds
     except (_invalid_dicom_error(), _bytes_length_error(), *_PARSE_ERRORS) as exc:
-        raise CorruptFileError(f"{path}: not a readable DICOM file ({exc}).") from exc
+        raise CorruptFileError(f"{path}: not a readable DICOM file ({_short(exc)}).") from exc
 
 
 def _has_image(ds) -> bool:
@@ -132,8 +140,8 @@ def _geometry_of(ds) -> tuple[np.ndarray | None, np.ndarray | None]:
         return np.array([float(v) for v in ipp]), np.array([float(v) for v in iop])
     except (TypeError, ValueError) as exc:
         raise CorruptFileError(
-            f"ImagePositionPatient {ipp!r} / ImageOrientationPatient {iop!r} are malformed ({exc}); the DICOM "
-            "header is damaged. Export the series again."
+            f"ImagePositionPatient {str(ipp)[:60]!r} / ImageOrientationPatient {str(iop)[:60]!r} are malformed "
+            f"({_short(exc)}); the DICOM header is damaged. Export the series again."
         ) from exc
 
 
@@ -302,7 +310,7 @@ def _pixels(path: Path, ds_header) -> np.ndarray:
         if compressed:
             hint = (f" It is compressed ({ts.name}); install a decoder (pip install pylibjpeg pylibjpeg-libjpeg "
                     "pylibjpeg-openjpeg) or decompress it (e.g. gdcmconv --raw).")
-        raise CorruptFileError(f"{path}: the DICOM pixel data cannot be decoded ({exc}).{hint}") from exc
+        raise CorruptFileError(f"{path}: the DICOM pixel data cannot be decoded ({_short(exc)}).{hint}") from exc
     photometric = str(full.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     samples = int(full.get("SamplesPerPixel", 1) or 1)
     if samples > 1:
@@ -355,7 +363,7 @@ def read_dicom(
     except _HEADER_VALUE_ERRORS as exc:
         where = Path(files[0]).parent.name if len(files) > 1 else Path(files[0]).name
         raise CorruptFileError(
-            f"{where}: a DICOM header value is malformed ({type(exc).__name__}: {str(exc)[:200]}); the file is damaged. "
+            f"{where}: a DICOM header value is malformed ({type(exc).__name__}: {_short(exc)}); the file is damaged. "
             "Export the series again."
         ) from exc
 
