@@ -208,7 +208,7 @@ def batch_of(name: str) -> int:
     return 8 if name.endswith("_b8") else 4 if name.endswith("_b4") else 1
 
 
-def bench_model(model: str, cases: list, rounds: int, with_compile: bool) -> dict[str, Any]:
+def bench_model(model: str, cases: list, rounds: int, with_compile: bool, only: set[str]) -> dict[str, Any]:
     if model == "litemedsam":
         be: Any = LiteMedSAMBackend(device="cpu", runtime="torch")
         size = 256
@@ -219,6 +219,8 @@ def bench_model(model: str, cases: list, rounds: int, with_compile: bool) -> dic
         inputs = [be.preprocess(c[0])[0].numpy()[0] for c in cases]
     encoder = be.model.image_encoder
     opts, skipped = make_options(encoder, size, with_compile)
+    if only:
+        opts = {k: v for k, v in opts.items() if k in only or k == "torch_fp32"}
 
     # agreement: embeddings of every option through the same fp32 decoder
     from promptonce.backends.base import Embedding
@@ -290,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--models", default="litemedsam,mobilesam")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated option names (default: all)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "encoder_speed.json"))
     args = ap.parse_args(argv)
@@ -299,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     cases, source = load_cases(args.images)
     result: dict[str, Any] = {"machine": machine_info(), "versions": versions(), "data": source, "models": {}}
     for model in args.models.split(","):
-        result["models"][model] = bench_model(model.strip(), cases, args.rounds, args.compile)
+        result["models"][model] = bench_model(
+            model.strip(), cases, args.rounds, args.compile, {o.strip() for o in args.only.split(",") if o.strip()}
+        )
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

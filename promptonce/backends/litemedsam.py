@@ -215,7 +215,10 @@ class LiteMedSAMBackend:
         runtime: image encoder runtime: ``"torch"`` (fp32 PyTorch), ``"onnx"`` (ONNX Runtime on CPU;
             exported once to ``~/.cache/promptonce/onnx``), or ``"auto"``: ONNX Runtime on CPU when
             ``onnxruntime`` and ``onnx`` are installed (see :data:`DEFAULT_ONNX`), else PyTorch; any
-            failure of the ONNX path falls back to PyTorch. ``self.runtime`` says which one runs.
+            failure of the ONNX path falls back to PyTorch. ``"bf16"`` (opt-in): PyTorch under bfloat16
+            autocast, the fastest on CPUs with native bf16 (2.0x fp32 on one core) but not bit-equal
+            (Dice 0.9985 against fp32 on Shenzhen X-rays); fp32 when the CPU lacks bf16.
+            ``self.runtime`` says which one runs.
         batch_size: frames per encoder call in :meth:`embed_many`.
         verify: check the checkpoint's size and SHA-256 (once per process).
 
@@ -234,8 +237,8 @@ class LiteMedSAMBackend:
         reason = check_available()
         if reason is not None:
             raise ModelUnavailableError(f"LiteMedSAM is unavailable: {reason}.")
-        if runtime not in ("auto", "torch", "onnx"):
-            raise InputError(f"Unknown runtime {runtime!r} for LiteMedSAM; use auto, torch or onnx.")
+        if runtime not in ("auto", "torch", "onnx", "bf16"):
+            raise InputError(f"Unknown runtime {runtime!r} for LiteMedSAM; use auto, torch, onnx or bf16.")
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}.")
         torch = tu.configure_torch()
@@ -262,6 +265,12 @@ class LiteMedSAMBackend:
 
     # ------------------------------------------------------------------ runtime choice
     def _pick_runtime(self, runtime: str) -> str:
+        if runtime == "bf16":
+            torch = self._torch
+            if self.device == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                logger.warning("this CPU has no native bfloat16; LiteMedSAM runs in fp32")
+                return "torch"
+            return "bf16"
         if runtime == "torch" or self.device != "cpu":
             return "torch"
         if runtime == "auto" and not DEFAULT_ONNX:
@@ -293,6 +302,9 @@ class LiteMedSAMBackend:
             return torch.from_numpy(out)
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device)
+            if self.runtime == "bf16":
+                with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                    return self.model.image_encoder(x).float()
             return self.model.image_encoder(x)
 
     def embed(self, frame: np.ndarray) -> Embedding:
@@ -402,8 +414,8 @@ class LiteMedSAMBackend:
 DEFAULT_ONNX = True
 """Whether ``runtime="auto"`` uses ONNX Runtime for the encoder.
 
-Set by measurement (``benchmarks/encoder_speed.py``, 2-core AMD EPYC shared with other jobs): ONNX
-Runtime fp32 ran the encoder 3.4x faster than eager PyTorch fp32 (median of interleaved rounds) and
-gave the same masks (Dice 1.000 against PyTorch on Shenzhen X-rays; max |difference| of the
-embeddings ~3e-6). PyTorch stays the automatic fallback when onnxruntime/onnx are missing or the
-export fails."""
+Set by measurement (``benchmarks/encoder_speed.py`` on a 2-core AMD EPYC shared with other jobs):
+ONNX Runtime fp32 ran the encoder 3.4x faster than eager PyTorch fp32 with 2 threads (median of
+interleaved rounds) and 1.7x faster on one thread (1.09 vs 1.75 CPU s per slice), and gave the same
+masks (Dice 1.000 against PyTorch on Shenzhen X-rays; embeddings differ by ~3e-6). PyTorch stays the
+automatic fallback when onnxruntime/onnx are missing or the export fails."""

@@ -368,3 +368,26 @@ def test_litemedsam_onnx_runtime_gives_the_torch_masks(
     stamp = path.stat().st_mtime_ns
     again = LiteMedSAMBackend(device="cpu", runtime="auto")
     assert again.runtime == "onnx" and path.stat().st_mtime_ns == stamp  # reused, not exported again
+
+
+@pytest.mark.slow
+def test_mobilesam_default_runtime_gives_the_torch_masks(mobile, mobile_emb) -> None:
+    default = registry.get_backend("mobilesam", device="cpu")  # ONNX Runtime when installed
+    emb = default.embed(FRAME)
+    for kwargs in (
+        {"box": SQUARE_BOX},
+        {"points": np.array([[DISC[1], DISC[0]]]), "point_labels": np.array([1]), "multimask": True},
+    ):
+        a = default.predict(emb, **kwargs).masks
+        b = mobile.predict(mobile_emb, **kwargs).masks
+        assert min(dice(x, y) for x, y in zip(a, b)) >= 0.995, default.runtime
+
+
+@pytest.mark.slow
+def test_litemedsam_bf16_runtime_is_close_to_fp32(lite, lite_emb) -> None:
+    from promptonce.backends.litemedsam import LiteMedSAMBackend
+
+    be = LiteMedSAMBackend(device="cpu", runtime="bf16")
+    emb = be.embed(FRAME)
+    for box in (DISC_BOX, SQUARE_BOX):
+        assert dice(be.predict(emb, box=box).masks[0], lite.predict(lite_emb, box=box).masks[0]) >= 0.98
