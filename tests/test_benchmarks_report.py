@@ -1,0 +1,75 @@
+"""The throughput and robustness benchmark scripts run end to end with the fake backend (plumbing, not figures)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    path = REPO / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(path.parent))
+    return mod
+
+
+def test_synthetic_data_has_the_stated_shapes_and_objects():
+    tp = _script("throughput")
+    images, refs = tp.xray_set(3)
+    assert len(images) == 3 and images[0].shape == (1, 256, 256) and images[0].array.dtype == np.uint8
+    vols, vrefs = tp.ct_volume(6)
+    assert vols[0].shape == (6, 256, 256) and vols[0].array.dtype == np.int16
+    areas = vrefs[0].array.reshape(6, -1).sum(axis=1)
+    assert areas.min() > 0 and areas[2] > areas[0]  # lungs on every slice, growing towards the centre
+
+
+def test_throughput_writes_json_with_machine_results_and_skips(tmp_path):
+    tp = _script("throughput")
+    out = tmp_path / "tp.json"
+    code = tp.main(["--models", "fake,no_such_model", "--configs", "volume:volume,dataset:xray", "--slices", "4",
+                    "--images", "3", "--out", str(out)])
+    assert code == 0
+    doc = json.loads(out.read_text())
+    assert {"cpu", "cores_usable", "ram_gb", "loadavg_start", "loadavg_end"} <= set(doc["machine"])
+    assert doc["versions"]["numpy"] == np.__version__ and "torch" in doc["versions"]
+    by = {(r["scope"], r["data"]): r for r in doc["results"]}
+    assert by[("volume", "volume")]["slices"] == 4 and by[("dataset", "xray")]["slices"] == 3
+    for r in doc["results"]:
+        assert "error" not in r, r
+        assert r["slices_per_s"] > 0 and r["peak_rss_mb"] >= r["rss_start_mb"] > 0
+        assert 0 < r["dice_vs_synthetic_reference"] <= 1
+    assert by[("dataset", "xray")]["dice_vs_synthetic_reference"] > 0.9  # the fake follows uniform 2D objects
+    assert doc["skipped"]["no_such_model"] == "unknown backend name"
+
+
+@pytest.mark.realdata
+def test_robustness_on_three_xrays_with_the_fake_backend(tmp_path, shared_data, monkeypatch):
+    monkeypatch.setenv("PROMPTONCE_SHARED_DATA", str(shared_data))
+    rb = _script("robustness")
+    out = tmp_path / "rob.json"
+    assert rb.main(["--model", "fake", "--cases", "3", "--jitters", "0,10", "--seeds", "0,1", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    box = doc["results"]["box"]
+    assert len(box["0"]["runs"]) == 1 and len(box["10"]["runs"]) == 2
+    assert box["10"]["dice_cases_x_seeds"]["n"] == 6 and box["10"]["delta_vs_J0"]["n"] == 6
+    assert doc["cases"] == ["CHNCXR_0001_0", "CHNCXR_0002_0", "CHNCXR_0003_0"] and doc["not_run"] == []
+
+
+def test_robustness_skips_without_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PROMPTONCE_SHARED_DATA", str(tmp_path / "absent"))
+    rb = _script("robustness")
+    out = tmp_path / "rob.json"
+    assert rb.main(["--out", str(out)]) == 0
+    assert not out.exists() and "skipped" in capsys.readouterr().err
