@@ -2,7 +2,9 @@
 
 An encoder is exported once to ``$PROMPTONCE_CACHE/onnx`` (default ``~/.cache/promptonce/onnx``), in a
 file named after the checkpoint's SHA-256, written atomically, checked numerically against the
-PyTorch encoder right after export, and reused by later processes. Whenever something is missing
+PyTorch encoder right after export, and reused by later processes. The file's own SHA-256 is then
+recorded beside it (``.onnx.sha256``); a file whose checksum differs, or that has none, is exported
+again. Whenever something is missing
 (``onnxruntime``, or ``onnx`` for the export) or fails, :func:`encoder_session` returns None and the
 caller keeps its PyTorch encoder.
 
@@ -103,6 +105,25 @@ def _matches_torch(module: Any, enc: OnnxEncoder, input_size: int, tol: float = 
     return diff <= tol
 
 
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _recorded_ok(path: Path) -> bool:
+    """True when ``path`` has the SHA-256 recorded right after its export was checked against PyTorch."""
+    try:
+        recorded = _sidecar(path).read_text().strip()
+        tu.verify_checkpoint(path, None, recorded)
+    except (OSError, tu.WeightsError):
+        return False
+    return True
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    _sidecar(path).unlink(missing_ok=True)
+
+
 def cache_path(name: str, key: str, input_size: int) -> Path:
     """The cache file of an exported encoder (its folder is created if needed)."""
     return tu.cache_dir("onnx") / f"{name}_{key[:16]}_{input_size}_{EXPORT_TAG}.onnx"
@@ -126,6 +147,9 @@ def encoder_session(module: Any, name: str, key: str, input_size: int) -> OnnxEn
         logger.warning("cannot create the ONNX cache folder (%s); %s runs on PyTorch", exc, name)
         return None
     with _EXPORT_LOCK:
+        if path.exists() and not _recorded_ok(path):
+            logger.warning("%s is not the verified export (checksum differs or missing); exporting again", path)
+            _remove(path)
         fresh = False
         if not path.exists():
             if not onnx_available(export=True):
@@ -136,16 +160,20 @@ def encoder_session(module: Any, name: str, key: str, input_size: int) -> OnnxEn
                 _export(module, input_size, path)
             except Exception as exc:  # noqa: BLE001 - any exporter failure means: stay on PyTorch
                 logger.warning("ONNX export of %s failed (%s); it runs on PyTorch", name, exc)
+                _remove(path)
                 return None
             fresh = True
         try:
             enc = OnnxEncoder(path)
         except Exception as exc:  # noqa: BLE001 - a corrupt cache file must not break the backend
             logger.warning("cannot load %s (%s); removing it, %s runs on PyTorch", path, exc, name)
-            path.unlink(missing_ok=True)
+            _remove(path)
             return None
-        if fresh and not _matches_torch(module, enc, input_size):
-            logger.warning("the ONNX export of %s disagrees with PyTorch; removing it", name)
-            path.unlink(missing_ok=True)
-            return None
+        if fresh:
+            if not _matches_torch(module, enc, input_size):
+                logger.warning("the ONNX export of %s disagrees with PyTorch; removing it", name)
+                _remove(path)
+                return None
+            digest = tu.file_sha256(path)
+            tu.atomic_write(_sidecar(path), lambda tmp: tmp.write_text(digest + "\n"))
     return enc

@@ -30,6 +30,7 @@ __all__ = [
     "configure_torch",
     "resolve_device",
     "verify_checkpoint",
+    "file_sha256",
     "load_checkpoint_strict",
     "cache_dir",
     "atomic_write",
@@ -223,6 +224,11 @@ def resolve_device(device: str | None) -> str:
 
 
 # ---------------------------------------------------------------------- checkpoints
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB chunks."""
+    return _sha256(Path(path))
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:

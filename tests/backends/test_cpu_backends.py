@@ -342,9 +342,16 @@ def test_onnx_session_falls_back_when_missing_or_corrupt(tmp_path: Path, monkeyp
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("PROMPTONCE_CACHE", str(tmp_path))
     bad = _onnx.cache_path("x_encoder", "ab" * 32, 256)
+    sidecar = bad.with_name(bad.name + ".sha256")
+    # a recorded but undecodable file: removed, PyTorch is used
     bad.write_bytes(b"not an onnx file")
+    sidecar.write_text(tu.file_sha256(bad))
     assert _onnx.encoder_session(object(), "x_encoder", "ab" * 32, 256) is None
-    assert not bad.exists()  # the corrupt cache file is removed, the next run exports again
+    assert not bad.exists() and not sidecar.exists()
+    # a file whose checksum was never recorded is exported again (here the export fails: no module)
+    bad.write_bytes(b"not an onnx file either")
+    assert _onnx.encoder_session(object(), "x_encoder", "ab" * 32, 256) is None
+    assert not bad.exists()
 
 
 @pytest.mark.slow
@@ -361,6 +368,7 @@ def test_litemedsam_onnx_runtime_gives_the_torch_masks(
     assert be.runtime == "onnx"
     path = _onnx.cache_path("litemedsam_encoder", be.checkpoint_sha256, 256)
     assert path.is_file() and not list(path.parent.glob(".*.tmp"))
+    assert path.with_name(path.name + ".sha256").read_text().strip() == tu.file_sha256(path)
     emb = be.embed(FRAME)
     np.testing.assert_allclose(emb.data.numpy(), lite_emb.data.numpy(), atol=1e-3)
     for box in (DISC_BOX, SQUARE_BOX):
