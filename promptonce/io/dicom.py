@@ -30,7 +30,9 @@ Metadata
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -66,6 +68,33 @@ def _invalid_dicom_error() -> type[BaseException]:
     return InvalidDicomError
 
 
+class _BoundedFile(io.FileIO):
+    """A file whose ``read(n)`` never asks for more than the bytes left in it.
+
+    pydicom reads an element with ``read(declared length)``; a damaged length (up to 4 GiB) would
+    otherwise allocate that much before finding out that the file is shorter.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, "rb")
+        self._size = os.fstat(self.fileno()).st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size > 0:
+            size = min(size, max(0, self._size - self.tell()))
+        return super().read(size)
+
+
+def _dcmread(path: Path, **kwargs: Any):
+    """``pydicom.dcmread`` on a :class:`_BoundedFile` (closed afterwards); same arguments."""
+    import pydicom
+
+    with _BoundedFile(Path(path)) as fh:
+        ds = pydicom.dcmread(fh, **kwargs)
+        ds.filename = str(path)
+    return ds
+
+
 def _short(exc: BaseException) -> str:
     """The first line of an exception's message, at most 200 characters (pydicom puts whole tracebacks in
     some messages; users should see what went wrong, not the library's internals)."""
@@ -92,10 +121,8 @@ def is_dicom(path: str | Path) -> bool:
         return True
     if path.suffix.lower() not in DICOM_SUFFIXES or len(head) < 8:
         return False
-    import pydicom
-
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=["SOPClassUID", "Rows", "Columns"])
+        ds = _dcmread(path, stop_before_pixels=True, force=True, specific_tags=["SOPClassUID", "Rows", "Columns"])
     except (_invalid_dicom_error(), *_PARSE_ERRORS):
         return False
     return "SOPClassUID" in ds or ("Rows" in ds and "Columns" in ds)
@@ -107,13 +134,11 @@ def read_header(path: str | Path):
     Raises:
         CorruptFileError: empty or unparsable file.
     """
-    import pydicom
-
     path = Path(path)
     if path.stat().st_size == 0:
         raise CorruptFileError(f"{path}: the file is empty (0 bytes). Copy or export it again.")
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        ds = _dcmread(path, stop_before_pixels=True, force=True)
         # pydicom decodes element values lazily: decode them all now, so that a damaged element is
         # reported here as a damaged file instead of failing later wherever the value is first used
         ds.walk(lambda _ds, _elem: None)
@@ -295,10 +320,8 @@ def _dtype_for(ds, frames: list[_Frame]) -> np.dtype:
 
 
 def _pixels(path: Path, ds_header) -> np.ndarray:
-    import pydicom
-
     try:
-        full = pydicom.dcmread(path, force=True)
+        full = _dcmread(path, force=True)
         arr = full.pixel_array
     except (_invalid_dicom_error(), _bytes_length_error(), *_PARSE_ERRORS, RuntimeError) as exc:
         ts = getattr(getattr(ds_header, "file_meta", None), "TransferSyntaxUID", None)
