@@ -257,6 +257,12 @@ def _dicom_cases(b: _Builder) -> None:
     for name, raw in (("ct", base), ("xr", xr)):
         for cut in (8, 128, 132, 140, 200, 300, len(raw) // 2, len(raw) - 300, len(raw) - 2):
             b.file(f"dicom_trunc_{name}_{cut}", "dicom", "t.dcm", raw[:cut])
+        # element lengths that promise far more bytes than the file holds (pixel data, an OB value, meta group)
+        pix = raw.find(b"\xe0\x7f\x10\x00OW\x00\x00")
+        for length in (0xFFFFFFF0, 0x7FFFFFFF, len(raw) + 1):
+            b.file(f"dicom_pixlen_{name}_{length:x}", "dicom", "l.dcm", _patch(raw, pix + 8, "<I", length))
+        meta = raw.find(b"\x02\x00\x01\x00OB\x00\x00")  # FileMetaInformationVersion, 4-byte length
+        b.file(f"dicom_oblen_{name}", "dicom", "l.dcm", _patch(raw, meta + 8, "<I", 0xFFFFFF00), expect="any")
         for i in range(20):
             b.file(f"dicom_flip_{name}_{i}", "dicom", "f.dcm", _flip(raw, b.rng, int(b.rng.integers(1, 6)), 128))
 
