@@ -56,7 +56,9 @@ class PropagationConfig:
     Attributes:
         margin_frac: box margin as a fraction of the mask's box size (each side).
         margin_px: minimum box margin in pixels.
-        refine: how many times a slice's box is re-derived from its own mask and re-predicted.
+        refine: how many times a side of a slice's box that the mask reaches is pushed out by the
+            margin and the slice predicted again (lets an object grow without inflating every box:
+            boxes with generous margins made masks leak and snowball slice after slice).
         use_points: add the previous mask's interior point as a positive click (point-capable models).
         stop_on_vanish: end an object's propagation in a direction once it vanishes.
         min_area_frac: an object "vanishes" when its area falls below this fraction of its seed area.
@@ -65,6 +67,12 @@ class PropagationConfig:
         jump_ratio: flag a slice whose area changes by more than this factor from the previous slice.
         min_consistency: an object "vanishes" when its Dice with the neighbouring slice's mask falls
             below this (the model jumped to another structure).
+        max_intensity_z: ... or when the median voxel value under its mask moves more than this many
+            robust standard deviations away from the seed mask's (an organ keeps its intensity; past
+            its end the box lands on a neighbour: on CT liver the last true slices stayed within
+            z 1.3 and the first slices beyond it jumped to z 2.4-2.8).
+        regrow_ratio, regrow_trough: ... or when, after its area has shrunk below ``regrow_trough``
+            of its peak (a tip), the area grows again by ``regrow_ratio`` (a new structure).
         max_growth: a propagated mask larger than this factor of the previous one is treated as a leak
             and the unrefined prediction is kept instead.
         align: dataset scope: register each case's seed slice to the prompted slice (scale +
@@ -80,7 +88,7 @@ class PropagationConfig:
         transfer_margin_frac: box margin (fraction of the mask size) used in that refinement.
     """
 
-    margin_frac: float = 0.1
+    margin_frac: float = 0.02
     margin_px: float = 3.0
     refine: int = 1
     use_points: bool = False
@@ -91,6 +99,9 @@ class PropagationConfig:
     jump_ratio: float = 2.0
     max_growth: float = 3.0
     min_consistency: float = 0.2
+    max_intensity_z: float = 2.0
+    regrow_ratio: float = 1.5
+    regrow_trough: float = 0.3
     align: bool = True
     track: bool = True
     transfer_scales: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.3)
@@ -109,6 +120,19 @@ class _ObjectState:
     alive: bool = True
     name: str = ""
     last_box: Box | None = None
+    peak: int = 0
+    trough: int | None = None
+    values: tuple[float, float] | None = None  # (median, robust scale) of the seed mask's voxels
+
+    def copy(self) -> _ObjectState:
+        return replace(self)
+
+    def update_area(self, area: int) -> None:
+        """Tracks the area profile along the propagation direction (peak, then the lowest since)."""
+        if area >= self.peak:
+            self.peak, self.trough = area, None
+        elif self.trough is None or area < self.trough:
+            self.trough = area
 
 
 def count_prompts(scope: Scope, dataset: Dataset) -> int:
@@ -332,7 +356,11 @@ class Engine:
         return ObjectPrompt(points=points, box=box if backend.info.boxes else None, object_id=obj_id)
 
     def step(self, volume: Volume, k: int, state: _ObjectState, window=None) -> tuple[np.ndarray | None, float, list[str]]:
-        """Segments ``state``'s object on slice ``k`` from its mask on the neighbouring slice."""
+        """Segments ``state``'s object on slice ``k`` from its mask on the neighbouring slice.
+
+        The box is the previous mask's box plus a small margin; where the new mask reaches a side of
+        that box, the side is pushed out and the slice predicted again (``config.refine`` times).
+        """
         backend = self.backend
         assert isinstance(backend, Backend)  # noqa: S101 - internal invariant
         cfg = self.config
@@ -347,8 +375,19 @@ class Engine:
         mask, score = pred.best, float(np.max(pred.scores))
         state.last_box = prompt.box
         prev_area = int(prev.sum())
-        if backend.info.boxes and cfg.refine > 0 and mask.any():
-            mask, score = self._refine(backend, emb, mask, score, prompt, volume.shape[1:], prev_area=prev_area)
+        shape = volume.shape[1:]
+        for _ in range(cfg.refine if backend.info.boxes else 0):
+            if not mask.any() or prompt.box is None:
+                break
+            grown = _push_touching_sides(mask, prompt.box, self._margin(mask), shape)
+            if grown is None:
+                break
+            trial = self._predict(backend, emb, replace(prompt, box=grown))
+            new = trial.best
+            if not new.any() or new.sum() > cfg.jump_ratio * max(prev_area, 1):
+                break
+            mask, score, prompt = new, float(np.max(trial.scores)), replace(prompt, box=grown)
+            state.last_box = grown
         flags: list[str] = []
         area = int(mask.sum())
         if prev_area and area and (area > cfg.jump_ratio * prev_area or area * cfg.jump_ratio < prev_area):
@@ -357,7 +396,9 @@ class Engine:
             flags.append(f"{state.name or f'object {state.object_id}'}: low confidence {score:.2f}")
         return mask, score, flags
 
-    def _vanished(self, mask: np.ndarray | None, score: float, state: _ObjectState) -> str | None:
+    def _vanished(
+        self, mask: np.ndarray | None, score: float, state: _ObjectState, values: np.ndarray | None = None
+    ) -> str | None:
         """Why the object is taken to have ended on this slice, or None when it goes on.
 
         A box prompt always gets *some* mask, so an object that ends shows up as a mask that is
@@ -379,6 +420,14 @@ class Engine:
                 return f"area x{area / prev_area:.1f}"
             if area > cfg.jump_ratio * prev_area and _fills_box(mask, state.last_box):
                 return "the mask fills its prompt box (background, not the object)"
+        if state.trough is not None and state.trough < cfg.regrow_trough * state.peak:
+            if area > cfg.regrow_ratio * state.trough and area - state.trough > cfg.min_area_px:
+                return f"area grows again after a tip ({state.trough} -> {area} px)"
+        if state.values is not None and values is not None and values.size:
+            med0, scale0 = state.values
+            z = abs(float(np.median(values)) - med0) / scale0
+            if z > cfg.max_intensity_z:
+                return f"intensity changed (z {z:.1f})"
             inter = int(np.count_nonzero(mask & prev))
             if 2.0 * inter / (area + prev_area) < cfg.min_consistency:
                 return "no overlap with the neighbouring slice"
@@ -473,14 +522,16 @@ class Engine:
                 mask, score = self.predict_object(volume, k0, obj, window, refine=refine)
             if not mask.any():
                 flags.append(f"{obj.name or f'object {obj.object_id}'}: empty mask on the prompted slice")
-            states.append(_ObjectState(obj.object_id, mask, int(mask.sum()), score, bool(mask.any()), obj.name))
+            st = _ObjectState(obj.object_id, mask, int(mask.sum()), score, bool(mask.any()), obj.name)
+            st.peak = st.seed_area
+            st.values = _robust_stats(volume.array[k0][mask], volume) if mask.any() else None
+            states.append(st)
             scores[obj.object_id] = score
         yield SliceResult(
             volume_index, k0, _paint(states, shape), scores, flags, True, volume.name, n
         )
-        seed = [(_ObjectState(s.object_id, s.mask, s.seed_area, s.score, s.alive, s.name)) for s in states]
         for direction in (1, -1):
-            cur = [_ObjectState(s.object_id, s.mask, s.seed_area, s.score, s.alive, s.name) for s in seed]
+            cur = [st.copy() for st in states]
             k = k0 + direction
             while lo <= k <= hi:
                 _check_cancel(cancel)
@@ -490,7 +541,8 @@ class Engine:
                         st.mask = None
                         continue
                     mask, score, f = self.step(volume, k, st, window)
-                    why = self._vanished(mask, score, st)
+                    values = volume.array[k][mask] if mask is not None and mask.any() else None
+                    why = self._vanished(mask, score, st, values)
                     if why is not None and self.config.stop_on_vanish:
                         log.debug("%s slice %d: object %d ends (%s)", volume.name, k, st.object_id, why)
                         st.alive = False
@@ -498,6 +550,8 @@ class Engine:
                         continue
                     flags.extend(f)
                     st.mask, st.score = mask, score
+                    if mask is not None:
+                        st.update_area(int(mask.sum()))
                     scores[st.object_id] = score
                 yield SliceResult(volume_index, k, _paint(cur, shape), scores, flags, False, volume.name, n)
                 k += direction
@@ -727,6 +781,33 @@ def _check_prompt_inside(obj: ObjectPrompt, shape: tuple[int, int], name: str) -
         b = obj.box
         if b.x1 < 0 or b.y1 < 0 or b.x0 > w - 1 or b.y0 > h - 1:
             raise PromptError(f"{name}: box ({b.x0:.0f}, {b.y0:.0f}, {b.x1:.0f}, {b.y1:.0f}) lies outside the {w}x{h} image.")
+
+
+def _robust_stats(values: np.ndarray, volume: Volume) -> tuple[float, float]:
+    """Median and a robust spread of an object's voxel values, floored at 2% of the volume's range."""
+    v = values.astype(np.float64)
+    q1, med, q3 = np.percentile(v, [25, 50, 75])
+    lo, hi = np.percentile(volume.array[:: max(1, volume.n_slices // 16)], [1, 99])
+    scale = max((q3 - q1) / 1.35, 0.02 * float(hi - lo), 1e-6)
+    return float(med), float(scale)
+
+
+def _push_touching_sides(mask: np.ndarray, box: Box, step: float, shape: tuple[int, int]) -> Box | None:
+    """The box with each side that the mask reaches pushed out by ``step``; None when none is reached."""
+    ys, xs = np.nonzero(mask)
+    h, w = shape
+    x0, y0, x1, y1 = box.x0, box.y0, box.x1, box.y1
+    if xs.min() <= x0 + 1 and x0 > 0:
+        x0 = max(x0 - step, 0)
+    if ys.min() <= y0 + 1 and y0 > 0:
+        y0 = max(y0 - step, 0)
+    if xs.max() >= x1 - 1 and x1 < w - 1:
+        x1 = min(x1 + step, w - 1)
+    if ys.max() >= y1 - 1 and y1 < h - 1:
+        y1 = min(y1 + step, h - 1)
+    if (x0, y0, x1, y1) == (box.x0, box.y0, box.x1, box.y1):
+        return None
+    return Box(x0, y0, x1, y1)
 
 
 def _fills_box(mask: np.ndarray, box: Box | None, tol: float = 1.5) -> bool:
