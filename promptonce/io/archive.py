@@ -14,6 +14,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -133,7 +134,7 @@ def safe_extract(
                                 "byte budget; the archive is not trusted."
                             )
                         dst.write(chunk)
-            except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+            except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error, NotImplementedError) as exc:
                 why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 raise CorruptFileError(
                     f"{archive}: member {info.filename[:120]!r} cannot be extracted ({why}); the archive is damaged or "

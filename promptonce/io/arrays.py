@@ -19,6 +19,7 @@ import logging
 import struct
 import tokenize
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -138,8 +139,8 @@ def read_numpy_array(
             four_d = mm.ndim == 4
             arr = np.array(mm[time_index] if four_d else mm)
             del mm
-    except (zipfile.BadZipFile, EOFError) as exc:
-        raise CorruptFileError(f"{path}: the archive is damaged ({exc}).") from exc
+    except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as exc:
+        raise CorruptFileError(f"{path}: the archive is damaged or uses an unsupported compression ({exc}).") from exc
     except (SyntaxError, tokenize.TokenError, TypeError, KeyError, struct.error) as exc:
         raise CorruptFileError(f"{path}: the NumPy header cannot be parsed ({type(exc).__name__}); the file is damaged.") from exc
     except ValueError as exc:
