@@ -563,6 +563,12 @@ def _numpy_cases(b: _Builder) -> None:
     npz("npz_affine_str", {"image.npy": good, "affine.npy": _npy_bytes(np.array(["a"] * 16).reshape(4, 4))}, "error")
     npz("npz_member_garbage", {"image.npy": b"not numpy at all"}, "error")
     npz("npz_member_trunc", {"image.npy": good[:60]}, "error")
+    for mid, method, payload in (("deflate64", 9, deflate(good)), ("bad_stream", 8, b"\xff" * 64 + deflate(good)[64:])):
+        p = b.path(f"npz_{mid}/a.npz")
+        rz = RawZip(p)
+        rz.add("image.npy", payload, method=method, crc=zlib.crc32(good) & 0xFFFFFFFF, file_size=len(good))
+        rz.close()
+        b.add(f"npz_{mid}", "numpy", [p], expect="error")
     npz("npz_empty", {}, "error")
     npz("npz_f64_within_budget", {"image.npy": _npy_header("<f8", (2000, 512, 512)) + bytes(100)}, "error")
     # a member whose header says 1000 x 512 x 512 float64 (2 GiB) while its stream holds 20 MiB of zeros
@@ -588,7 +594,8 @@ def _zip_cases(b: _Builder) -> None:
         rz = RawZip(p)
         for name, data, kw in members:
             crc = zlib.crc32(data) & 0xFFFFFFFF
-            rz.add(name, deflate(data), crc=kw.pop("crc", crc), file_size=kw.pop("file_size", len(data)), **kw)
+            payload = kw.pop("payload", None) or deflate(data)
+            rz.add(name, payload, crc=kw.pop("crc", crc), file_size=kw.pop("file_size", len(data)), **kw)
         rz.close()
         b.add(cid, "zip", [p], expect=expect, sentinel=sentinel, call=call)
         return p
@@ -617,6 +624,9 @@ def _zip_cases(b: _Builder) -> None:
         z(f"zip_junk_only_{c}", [("readme.txt", b"hello\n" * 10, {}), ("data.bin", bytes(range(256)), {})], "error", call=call)
         z(f"zip_corrupt_member_{c}", [("ct.nii.gz", gz[: len(gz) // 2], {})], "error", call=call)
         z(f"zip_nul_name_{c}", [ok, ("bad\x00name.nii.gz", gz, {})], "any", call=call)
+        z(f"zip_deflate64_{c}", [("ct.nii.gz", gz, {"method": 9})], "error", call=call)
+        z(f"zip_method_99_{c}", [("ct.nii.gz", gz, {"method": 99})], "error", call=call)
+        z(f"zip_bad_stream_{c}", [("ct.nii.gz", gz, {"payload": b"\xff" * 64 + deflate(gz)[64:]})], "error", call=call)
     # zip bombs: one member by ratio, many members by total size, too many members
     payload, crc = zeros_deflated(20 << 20)
     for call in ("load", "load_dataset"):
