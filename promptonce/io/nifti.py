@@ -134,6 +134,11 @@ def read_nifti_stored(
     shape = tuple(int(s) for s in img.shape)
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
+    if any(s < 1 for s in shape):
+        raise DimensionError(
+            f"{path}: the header gives the image shape {tuple(img.shape)}, with a dimension of size 0 or less; the "
+            "header is damaged. Export the file again."
+        )
     if len(shape) < 2:
         raise DimensionError(
             f"{path}: the image has shape {tuple(img.shape)} ({len(shape)}D); PromptOnce needs a 2D image or a "
