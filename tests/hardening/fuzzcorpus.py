@@ -225,7 +225,8 @@ def _nifti_cases(b: _Builder) -> None:
     two = _nifti_bytes(np.ones((6, 5, 4), np.int16), nifti2=True)
     for mid, dims in {
         "1e5_cubed": (3, 100000, 100000, 100000), "neg": (3, -6, 5, 4), "huge_i64": (3, 2**40, 2**40, 1),
-        "zero": (3, 6, 0, 4), "4d_huge": (4, 6, 5, 4, 2**31),
+        "zero": (3, 6, 0, 4), "4d_huge": (4, 6, 5, 4, 2**31), "neg_huge": (3, 6, 5, -(2**63) + 4),
+        "neg_pair": (3, -6, -5, 4),
     }.items():
         m = two
         for i, d in enumerate(dims):

@@ -28,7 +28,7 @@ MEMORY_BOUND = 2 * 2**30
 PER_CASE_S = 10
 TOTAL_S = 240
 
-pytestmark = pytest.mark.timeout(TOTAL_S + 120)
+pytestmark = [pytest.mark.timeout(TOTAL_S + 120), pytest.mark.slow]
 
 
 def _limit_memory() -> None:  # runs in the child before exec
