@@ -250,6 +250,8 @@ def run_config(model: str, scope: str, data: str, args: argparse.Namespace) -> d
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", model, scope, data, "--repeat", str(args.repeat),
            "--slices", str(args.slices), "--images", str(args.images)]
     env = dict(os.environ, PROMPTONCE_OFFLINE="1", PYTHONWARNINGS="ignore")
+    if args.threads:
+        env["PROMPTONCE_THREADS"] = str(args.threads)
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
@@ -273,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slices", type=int, default=8, help="slices of the synthetic CT volume")
     p.add_argument("--images", type=int, default=4, help="images of the synthetic X-ray set")
     p.add_argument("--repeat", type=int, default=1, help="timed runs per configuration (the median is kept)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="PROMPTONCE_THREADS for the workers (0: the library default, every usable core)")
     p.add_argument("--timeout", type=float, default=240.0, help="seconds per configuration before it is abandoned")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "throughput.json"))
     p.add_argument("--worker", nargs=3, metavar=("MODEL", "SCOPE", "DATA"), help=argparse.SUPPRESS)
@@ -320,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "data": {"xray": f"{args.images} synthetic X-ray-like images 256x256 uint8",
                  "volume": f"1 synthetic CT volume {args.slices}x256x256 int16 HU"},
+        "threads": args.threads or "library default (PROMPTONCE_THREADS or every usable core)",
         "method": "promptonce.evaluate with the simulated one-click user (box + interior point), masks not written; "
                   "one subprocess per configuration, one untimed warm-up image, median of --repeat timed runs",
         "results": results,

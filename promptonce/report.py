@@ -328,7 +328,11 @@ def paired_tests(runs: Sequence[Run], min_cases: int = MIN_PAIRED_CASES) -> list
             elif np.all(a == b):
                 out.append(PairedTest(la, lb, n, None, None, med, "identical Dice on every shared case"))
             else:
-                res = wilcoxon(b, a)
+                try:
+                    res = wilcoxon(b, a)
+                except ValueError as exc:  # e.g. too few non-zero differences for the method
+                    out.append(PairedTest(la, lb, n, None, None, med, f"test not computable ({exc})"))
+                    continue
                 out.append(PairedTest(la, lb, n, float(res.statistic), float(res.pvalue), med))
     return out
 
