@@ -73,18 +73,22 @@ def main() -> int:
             continue
         for scope, strategy in scopes:
             row = run(name, images, refs, extra, scope, strategy, args.limit, args.model, Path(args.out_root))
+            row["limit"] = args.limit
             rows.append(row)
             print(json.dumps(row), flush=True)
     import torch  # noqa: PLC0415 - versions for the record only
 
+    path = Path(args.json)
+    if path.exists():  # keep earlier runs of other sets/scopes (e.g. when --only is used)
+        done = {(r["name"], r["scope"], r.get("strategy")) for r in rows}
+        old = json.loads(path.read_text()).get("runs", [])
+        rows = [r for r in old if (r["name"], r["scope"], r.get("strategy")) not in done] + rows
     result = {
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
                     "torch": torch.__version__, "threads": torch.get_num_threads()},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "limit": args.limit,
         "runs": rows,
     }
-    path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
