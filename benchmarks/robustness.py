@@ -25,6 +25,9 @@ Usage::
 
     .venv/bin/python benchmarks/robustness.py                # auto model (LiteMedSAM, MobileSAM for clicks)
     .venv/bin/python benchmarks/robustness.py --cases 20 --seeds 0,1,2,3,4 --jitters 0,5,10,20,40
+    # the click-only figures in results/robustness_click.json (a click costs ~10x a box on CPU here):
+    .venv/bin/python benchmarks/robustness.py --protocols click --cases 5 --jitters 0,10,20 --seeds 0,1 \
+        --budget-s 480 --out benchmarks/results/robustness_click.json
 """
 
 from __future__ import annotations
