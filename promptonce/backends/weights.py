@@ -18,6 +18,13 @@ Checkpoints without a published hash (none of the built-in ones today) are verif
 server reports, and the hash of the first download is recorded beside the file in
 ``<file>.sha256`` (trust on first use); later resolutions compare the file's size with it.
 
+A checkpoint found in ``$PROMPTONCE_WEIGHTS`` or the cache is checked by size and then by sha256
+(the published one, else the recorded one) once per file: a successful check is recorded in
+``<file>.sha256-verified`` (size, modification time in ns and hash, written atomically), and later
+resolutions only compare the size and modification time with it; a changed file is hashed again.
+Where the folder is read-only the result is remembered for the process instead. An explicit path
+is the caller's own file and is not checked.
+
 Command line (used by the Dockerfile to bake weights into an image)::
 
     python -m promptonce.backends.weights fetch sam2.1_hiera_tiny sam_vit_b
@@ -198,6 +205,7 @@ def resolve_checkpoint(
         candidate = d / spec.filename
         if candidate.is_file():
             _check_size(candidate, spec)
+            _check_hash_once(candidate, spec)
             logger.debug("checkpoint %s found at %s", spec.name, candidate)
             return candidate
     if not _downloads_allowed(allow_download):
@@ -226,6 +234,66 @@ def _check_size(path: Path, spec: CheckpointSpec) -> None:
 
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
+
+
+def _verified_sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256-verified")
+
+
+#: (resolved path, size, mtime_ns, sha256) of files verified by this process (for read-only folders).
+_VERIFIED: set[tuple[str, int, int, str]] = set()
+
+
+def _stat_key(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _already_verified(path: Path, expected: str) -> bool:
+    """True when ``path`` was hashed to ``expected`` and its size and mtime have not changed since."""
+    size, mtime_ns = _stat_key(path)
+    if (str(path.resolve()), size, mtime_ns, expected) in _VERIFIED:
+        return True
+    try:
+        parts = _verified_sidecar(path).read_text(encoding="utf-8").split()
+        return len(parts) == 3 and int(parts[0]) == size and int(parts[1]) == mtime_ns and parts[2] == expected
+    except (OSError, ValueError):
+        return False
+
+
+def _record_verified(path: Path, size: int, mtime_ns: int, digest: str) -> None:
+    """Records a successful sha256 check beside the file (atomically), and in this process."""
+    _VERIFIED.add((str(path.resolve()), size, mtime_ns, digest))
+    side = _verified_sidecar(path)
+    tmp = side.with_name(f"{side.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(f"{size} {mtime_ns} {digest}\n", encoding="utf-8")
+        os.replace(tmp, side)
+    except OSError as e:  # a read-only weights folder: the check is remembered for this process only
+        logger.debug("could not record the sha256 check of %s in %s: %s", path, side, e)
+        tmp.unlink(missing_ok=True)
+
+
+def _check_hash_once(path: Path, spec: CheckpointSpec) -> None:
+    """Checks ``path`` against the spec's sha256 (or the recorded one) unless it was already checked.
+
+    Raises:
+        WeightsError: the file's sha256 differs (the message names the file, both hashes and what to do).
+    """
+    expected = spec.sha256 or (rec[0] if (rec := _read_recorded(path)) else None)
+    if expected is None or _already_verified(path, expected):
+        return
+    size, mtime_ns = _stat_key(path)
+    logger.info("checking the sha256 of %s (once per file)", path)
+    digest = sha256_file(path)
+    if digest != expected:
+        raise WeightsError(
+            f"Checkpoint {path} has sha256 {digest}, expected {expected} for {spec.filename}: the file is "
+            f"corrupt or another file of the same size. Delete it and run again to download it from "
+            f"{spec.url} (or put the right file there)."
+        )
+    if _stat_key(path) == (size, mtime_ns):  # not replaced while it was being read
+        _record_verified(path, size, mtime_ns, digest)
 
 
 def _read_recorded(path: Path) -> tuple[str, int] | None:
@@ -412,6 +480,7 @@ def _finish(spec: CheckpointSpec, part: Path, dest: Path, digest: str, done: int
             spec.filename, digest, done, _sidecar(dest),
         )
     _sidecar(dest).write_text(f"{digest} {done}\n", encoding="utf-8")
+    _record_verified(dest, *_stat_key(dest), digest)
     logger.info("saved %s (%d bytes, sha256 %s)", dest, done, digest)
     return dest
 

@@ -190,9 +190,9 @@ def test_resolution_order(server: _Server, env: Path, tmp_path: Path, monkeypatc
     wdir = tmp_path / "weights_dir"
     wdir.mkdir()
     env.mkdir(parents=True)
-    (env / "ckpt.pt").write_bytes(b"cache copy")
+    (env / "ckpt.pt").write_bytes(PAYLOAD)  # found files are hash-checked: same content, other folders
     assert weights.resolve_checkpoint("fake_ckpt") == env / "ckpt.pt"
-    (wdir / "ckpt.pt").write_bytes(b"weights dir copy")
+    (wdir / "ckpt.pt").write_bytes(PAYLOAD)
     monkeypatch.setenv("PROMPTONCE_WEIGHTS", str(wdir))
     assert weights.resolve_checkpoint("fake_ckpt") == wdir / "ckpt.pt"
     explicit = tmp_path / "elsewhere.pt"

@@ -370,11 +370,6 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
     assert not sentinel.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="resolve_checkpoint checks only the size of a checkpoint found in the weights folders or the cache; "
-    "its sha256 is verified on download, not on later loads",
-)
 def test_cached_checkpoint_of_the_right_size_is_hash_checked(tmp_path, monkeypatch):
     from promptonce.backends.weights import KNOWN_CHECKPOINTS, resolve_checkpoint
     from promptonce.errors import WeightsError
@@ -385,6 +380,61 @@ def test_cached_checkpoint_of_the_right_size_is_hash_checked(tmp_path, monkeypat
     with open(folder / spec.filename, "wb") as fh:  # sparse file of the published size, wrong content
         fh.truncate(spec.size)
     monkeypatch.setenv("PROMPTONCE_WEIGHTS", str(folder))
+    monkeypatch.setenv("PROMPTONCE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PROMPTONCE_OFFLINE", "1")
-    with pytest.raises(WeightsError):
+    with pytest.raises(WeightsError) as err:
         resolve_checkpoint("sam_vit_b")
+    msg = str(err.value)
+    assert spec.filename in msg and spec.sha256 in msg and "Delete it" in msg, msg
+    assert not (folder / (spec.filename + ".sha256-verified")).exists()
+
+
+def test_found_checkpoint_is_hashed_once_per_file_version(tmp_path, monkeypatch):
+    """The sha256 check of a found checkpoint is recorded beside it (size, mtime, hash): later resolutions
+    do not hash again until the file changes; a changed file of the same size fails the check."""
+    import hashlib
+
+    from promptonce.backends import weights as W
+    from promptonce.errors import WeightsError
+
+    good = os.urandom(64 * 1024)
+    spec = W.CheckpointSpec("tiny_ckpt", "tiny.pt", "https://example.invalid/tiny.pt",
+                            hashlib.sha256(good).hexdigest(), len(good))  # fmt: skip
+    monkeypatch.setitem(W.KNOWN_CHECKPOINTS, spec.name, spec)
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    f = folder / spec.filename
+    f.write_bytes(good)
+    monkeypatch.setenv("PROMPTONCE_WEIGHTS", str(folder))
+    monkeypatch.setenv("PROMPTONCE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PROMPTONCE_OFFLINE", "1")
+    monkeypatch.setattr(W, "_VERIFIED", set())  # this process remembers nothing yet
+    hashed: list[Path] = []
+    real = W.sha256_file
+
+    def counting(path):
+        hashed.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(W, "sha256_file", counting)
+    assert W.resolve_checkpoint("tiny_ckpt") == f and len(hashed) == 1
+    side = folder / "tiny.pt.sha256-verified"
+    size, mtime_ns, digest = side.read_text().split()
+    assert (int(size), int(mtime_ns), digest) == (len(good), f.stat().st_mtime_ns, spec.sha256)
+    assert W.resolve_checkpoint("tiny_ckpt") == f and len(hashed) == 1
+    monkeypatch.setattr(W, "_VERIFIED", set())  # a new process reads the record beside the file
+    assert W.resolve_checkpoint("tiny_ckpt") == f and len(hashed) == 1
+    # the same size, one byte changed, a later mtime: hashed again and refused
+    bad = bytearray(good)
+    bad[10] ^= 0xFF
+    f.write_bytes(bytes(bad))
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, int(mtime_ns) + 5_000_000_000))
+    with pytest.raises(WeightsError, match="expected " + spec.sha256):
+        W.resolve_checkpoint("tiny_ckpt")
+    assert len(hashed) == 2
+    # a record that claims another hash does not count as verified
+    f.write_bytes(good)
+    st = f.stat()
+    side.write_text(f"{st.st_size} {st.st_mtime_ns} {'0' * 64}\n")
+    assert W.resolve_checkpoint("tiny_ckpt") == f and len(hashed) == 3
