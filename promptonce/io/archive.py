@@ -24,7 +24,7 @@ from ._common import DEFAULT_MAX_ZIP_BYTES, DEFAULT_MAX_ZIP_RATIO
 
 log = logging.getLogger(__name__)
 
-__all__ = ["safe_extract", "extracted", "extract_to_temp", "is_zip"]
+__all__ = ["safe_extract", "extracted", "extract_to_temp", "is_zip", "content_root"]
 
 _RATIO_MIN_BYTES = 16 * 1024**2
 _CHUNK = 1024 * 1024
@@ -38,6 +38,18 @@ def is_zip(path: str | Path) -> bool:
     except OSError:
         return False
     return head in (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def content_root(folder: str | Path) -> Path:
+    """The folder an extracted archive's content starts in: descends while the folder holds a single
+    sub-folder and nothing else (dot-files aside), as "compress folder" tools make them."""
+    folder = Path(folder)
+    while True:
+        entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
+        if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
+            folder = entries[0]
+        else:
+            return folder
 
 
 def _member_path(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath | None:

@@ -47,7 +47,7 @@ from ..errors import (
 )
 from ..types import Dataset, SourceGeometry, Volume
 from ._common import DEFAULT_MAX_VOXELS, DEFAULT_MAX_ZIP_BYTES, case_name, natural_sorted, to_display
-from .archive import extract_to_temp, extracted, is_zip
+from .archive import content_root, extract_to_temp, extracted, is_zip
 from .dicom import is_dicom, is_projection, read_dicom, read_header
 from .images import IMAGE_SUFFIXES, image_info, read_image, read_image_array, read_image_stack
 from .arrays import read_numpy
@@ -180,12 +180,7 @@ def _classify(files: Sequence[Path], strict: bool) -> dict[str, list[Path]]:
 
 def _zip_root(folder: Path) -> Path:
     """The folder a zip's content starts in: descends while it holds a single sub-folder and no files."""
-    while True:
-        entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
-        if len(entries) == 1 and entries[0].is_dir():
-            folder = entries[0]
-        else:
-            return folder
+    return content_root(folder)
 
 
 def _has_dicom(folder: Path) -> bool:

@@ -19,6 +19,7 @@ import copy
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import threading
@@ -26,6 +27,7 @@ import time
 import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -33,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CancelledError, InputError, ModelError, PromptError, PromptOnceError
+from ..errors import CancelledError, InputError, ModelError, PromptError, PromptOnceError, TooLargeError
 from ..types import Box, Dataset, ObjectPrompt, Point, SlicePrompt, SliceResult, Volume
 from .session import Session
 
@@ -52,6 +54,10 @@ __all__ = [
     "workspace",
     "model_choices",
     "load_inputs",
+    "APP_MAX_VOXELS",
+    "MAX_ZIP_DEPTH",
+    "MAX_ZIPS",
+    "app_max_voxels",
     "load_example",
     "render",
     "save_view",
@@ -104,6 +110,13 @@ VOLUME_CACHE_BYTES = 256 * 2**20
 ENGINE_CACHE_SLICES = 12
 #: How often a running segmentation reports progress to the page (seconds).
 PROGRESS_EVERY_S = 0.4
+#: Voxels one image may hold in the app unless ``PROMPTONCE_MAX_VOXELS`` says otherwise: 512 x 512 x 1000
+#: (about 1 GB as float32); the library's own default is twice that.
+APP_MAX_VOXELS = 512 * 512 * 1000
+#: Zips inside an uploaded zip are opened this many levels deep (the upload itself is level 1).
+MAX_ZIP_DEPTH = 3
+#: The most zip archives one load opens (uploads and the zips inside them).
+MAX_ZIPS = 256
 
 _PATH_RE = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\\/\s'\"<>|:]+)+[\\/]([^\\/\s'\"<>|:]+)")
 
@@ -218,6 +231,7 @@ class Workspace:
         dataset: the loaded images.
         references: per volume, the path of its reference mask or None.
         input_paths: the uploaded files (inside the session folder).
+        max_voxels: the voxel budget of every image and reference read for this workspace.
     """
 
     def __init__(
@@ -227,8 +241,10 @@ class Workspace:
         metas: list[VolumeMeta],
         references: list[Path | None],
         input_paths: list[Path],
+        max_voxels: int = APP_MAX_VOXELS,
     ) -> None:
         self.session = session
+        self.max_voxels = int(max_voxels)
         self._dataset = dataset
         self.metas = metas
         self.references = references
@@ -265,7 +281,8 @@ class Workspace:
         if vol is not None:
             self._volumes.move_to_end(v)
             return vol
-        vol = self._dataset[v]
+        with _server_budget(self.max_voxels):
+            vol = self._dataset[v]
         self._volumes[v] = vol
         evicted = False
         while len(self._volumes) > 1 and sum(x.array.nbytes for x in self._volumes.values()) > VOLUME_CACHE_BYTES:
@@ -290,7 +307,9 @@ class Workspace:
         if ref is None:
             from ..io.readers import load_reference
 
-            ref_vol = load_reference(self.references[v], self.volume(v))
+            image = self.volume(v)
+            with _server_budget(self.max_voxels):
+                ref_vol = load_reference(self.references[v], image, max_voxels=self.max_voxels)
             ref = np.asarray(ref_vol.array)
             if ref.shape != self.metas[v].shape:
                 raise InputError(
@@ -489,6 +508,42 @@ def model_choices(show_fake: bool = False) -> tuple[list[tuple[str, str]], list[
 
 
 # ---------------------------------------------------------------------------------------------- loading
+_BUDGET_RE = re.compile(r"^(?P<what>.*): (?P<shape>\([\d, ]*\)) = (?P<n>[\d,]+) voxels exceeds the budget", re.S)
+
+
+def app_max_voxels() -> int:
+    """The app's voxel budget per image: ``PROMPTONCE_MAX_VOXELS`` when it is a positive number, else
+    :data:`APP_MAX_VOXELS`."""
+    raw = os.environ.get("PROMPTONCE_MAX_VOXELS", "").strip()
+    if raw:
+        try:
+            value = int(float(raw))
+        except (ValueError, OverflowError):
+            value = 0
+        if value > 0:
+            return value
+        log.warning("ignoring PROMPTONCE_MAX_VOXELS=%r (not a positive number)", raw)
+    return APP_MAX_VOXELS
+
+
+@contextmanager
+def _server_budget(max_voxels: int) -> Iterator[None]:
+    """Rewrites a reader's voxel-budget error for the page (the reader's own advice names a
+    command-line option that a web user cannot set)."""
+    try:
+        yield
+    except TooLargeError as exc:
+        m = _BUDGET_RE.match(str(exc))
+        if m is None:
+            raise
+        depth = max(1, max_voxels // (512 * 512))
+        raise TooLargeError(
+            f"{m['what']}: {m['shape']} = {m['n']} voxels, more than this server reads ({max_voxels:,} voxels "
+            f"per image, e.g. 512 x 512 x {depth:,}). Crop it to the region you need or downsample it, then "
+            "upload it again; or run PromptOnce on your own computer, where the limit can be raised."
+        ) from None
+
+
 def _copy_into(session: Session, paths: Sequence[str | Path], folder: str) -> list[Path]:
     """Copies uploaded files into a fresh folder of the session (quota checked); returns the copies."""
     srcs = [Path(p) for p in paths if p]
@@ -521,8 +576,13 @@ def load_inputs(
     reference_paths: Sequence[str | Path] = (),
     images_as: str = "auto",
     remove_sources: bool = False,
+    max_voxels: int | None = None,
 ) -> Workspace:
     """Loads uploaded files into a new workspace of the session (the previous one is dropped).
+
+    Zips are extracted inside the session folder, within its quota: a zip holding a single folder
+    is read from that folder, and zips inside zips (up to :data:`MAX_ZIP_DEPTH` levels) are
+    extracted there too, so no reader ever unpacks an upload elsewhere.
 
     Args:
         session: the browser session.
@@ -532,12 +592,15 @@ def load_inputs(
             ``stack`` (slices of one volume).
         remove_sources: delete the uploaded originals once copied (they sit in Gradio's upload
             folder; the copies live in the session folder and go with it).
+        max_voxels: voxel budget per image and reference (default: :func:`app_max_voxels`).
 
     Returns:
         The new workspace (also stored as ``session.workspace``).
 
     Raises:
-        InputError: nothing uploaded, a file no reader understands, references that do not match, ...
+        InputError: nothing uploaded, a file no reader understands, references that do not match,
+            zips nested too deep, ...
+        TooLargeError: over the session's quota, or an image over the voxel budget.
     """
     from ..io.readers import load_dataset, pair_references
 
@@ -558,15 +621,17 @@ def load_inputs(
                     except OSError:
                         pass
         _drop_workspace(session)
-        for folder in ("results", "out", "view", "unzipped"):
+        for folder in ("results", "out", "view", "unzipped", "unzipped-references"):
             shutil.rmtree(session.directory / folder, ignore_errors=True)
-        dataset = load_dataset(_unzip_into(session, inputs), images_as=images_as)
+        budget = app_max_voxels() if max_voxels is None else int(max_voxels)
+        dataset = load_dataset(_unzip_into(session, inputs), images_as=images_as, max_voxels=budget)
         if len(dataset) == 0:
             raise InputError("No image was found in the upload; upload NIfTI, DICOM, PNG or JPG files.")
         metas: list[VolumeMeta] = []
         first: Volume | None = None
         for i in range(len(dataset)):
-            vol = dataset[i]
+            with _server_budget(budget):
+                vol = dataset[i]
             metas.append(
                 VolumeMeta(vol.name, vol.shape, vol.spacing, str(vol.modality), str(vol.source_format))
             )
@@ -577,10 +642,12 @@ def load_inputs(
         ref_note = ""
         if refs:
             try:
-                ref_list = [Path(p) for p in pair_references(dataset, refs)]
+                paired = [Path(p) for p in pair_references(dataset, refs)]
             except InputError as exc:
                 ref_note = f"The reference masks are not used: {exc}"
-        ws = Workspace(session, dataset, metas, ref_list, inputs)
+            else:
+                ref_list[:] = _unzip_references(session, paired)
+        ws = Workspace(session, dataset, metas, ref_list, inputs, max_voxels=budget)
         if ref_note:
             ws.notes.append(ref_note)
         if first is not None:
@@ -593,26 +660,170 @@ def load_inputs(
         return ws
 
 
+def _is_archive(path: Path) -> bool:
+    """True for a file the readers would open as a zip: zip magic, and not a NumPy ``.npz``, a file
+    named as NIfTI or NumPy, or a DICOM file (``DICM`` at byte 128)."""
+    from ..io.archive import is_zip
+
+    low = path.name.lower()
+    if path.name.startswith(".") or low.endswith((".npz", ".npy", ".nii", ".nii.gz", ".hdr", ".img")):
+        return False
+    if not (path.is_file() and not path.is_symlink() and is_zip(path)):
+        return False
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return head[128:132] != b"DICM"
+
+
+def _free_folder(parent: Path, name: str) -> Path:
+    """A new, empty folder (mode 0700) ``parent/<name>`` (or ``<name>_2``, ...) with a safe name."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "archive"
+    dest, n = parent / base, 1
+    while dest.exists():
+        n += 1
+        dest = parent / f"{base}_{n}"
+    dest.mkdir(mode=0o700)
+    return dest
+
+
+def _stem(path: Path) -> str:
+    return path.name[:-4] if path.name.lower().endswith(".zip") else path.stem
+
+
+def _natural(text: str) -> tuple[Any, ...]:
+    return tuple((0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", text.lower()))
+
+
+@dataclass
+class _Unpacking:
+    """The zips of one load: the session's free bytes (walked once, then kept up to date) and how many
+    archives were opened."""
+
+    session: Session
+    free: int
+    opened: int = 0
+
+    @classmethod
+    def start(cls, session: Session) -> _Unpacking:
+        return cls(session, max(0, session.max_bytes - session.bytes_used()))
+
+    def extract(self, archive: Path, dest: Path, depth: int) -> None:
+        """Extracts ``archive`` into the empty folder ``dest``, with the session's free space as the budget.
+
+        Raises:
+            InputError: nested deeper than :data:`MAX_ZIP_DEPTH`, or more than :data:`MAX_ZIPS` archives.
+            TooLargeError: the content does not fit in the session's free space.
+        """
+        from ..io.archive import safe_extract
+
+        if depth > MAX_ZIP_DEPTH:
+            raise InputError(
+                f"{archive.name} is a zip inside a zip more than {MAX_ZIP_DEPTH} levels deep; unzip the inner "
+                "archives and upload their files (or one zip of them)."
+            )
+        self.opened += 1
+        if self.opened > MAX_ZIPS:
+            raise InputError(
+                f"The upload holds more than {MAX_ZIPS} zip archives (counting zips inside zips); upload "
+                "the files themselves, or one zip of them."
+            )
+        try:
+            files = safe_extract(archive, dest, max_bytes=self.free)
+        except TooLargeError as exc:
+            if "exceed the budget" not in str(exc):
+                raise
+            raise TooLargeError(
+                f"{archive.name} does not fit in this session once unpacked: {self.free / 2**20:.0f} MB of "
+                f"its {self.session.max_bytes / 2**20:.0f} MB are free. Upload fewer or smaller files, or "
+                "reload the page to start over."
+            ) from None
+        self.free -= sum(f.stat().st_size for f in files)
+
+    def remove(self, archive: Path) -> None:
+        """Deletes an archive whose content was extracted (its bytes are free again)."""
+        size = archive.stat().st_size
+        archive.unlink()
+        self.free += size
+
+    def open_upload(self, archive: Path, depth: int) -> list[Path]:
+        """Extracts an upload (or a zip found directly in one) into ``unzipped/`` of the session folder.
+
+        Returns:
+            The folders to read, as :func:`~promptonce.io.readers.load_dataset` would have read the
+            zip: the archive's content root (its single top folder, if any), then, for every zip
+            directly in that root (natural order), that zip's own folders; those zips are deleted.
+        """
+        from ..io.archive import content_root
+
+        dest = _free_folder(self.session.subdir("unzipped"), _stem(archive))
+        self.extract(archive, dest, depth)
+        root = content_root(dest)
+        folders = [root]
+        for z in sorted((f for f in root.iterdir() if _is_archive(f)), key=lambda f: _natural(f.name)):
+            folders.extend(self.open_upload(z, depth + 1))
+            self.remove(z)
+        self.open_in_place(root, depth, skip_direct=True)
+        return folders
+
+    def open_in_place(self, folder: Path, depth: int, skip_direct: bool) -> None:
+        """Replaces every zip under ``folder`` (of nesting level ``depth``; not those directly in it when
+        ``skip_direct``) by a folder of the same name holding its content (e.g. a zipped DICOM series
+        inside a folder of series), so that no reader opens a zip later."""
+        found = [
+            Path(d) / f for d, _dirs, files in os.walk(folder) for f in files if not (skip_direct and Path(d) == folder)
+        ]
+        for z in sorted(found, key=lambda f: _natural(str(f))):
+            if not _is_archive(z):
+                continue
+            dest = _free_folder(z.parent, _stem(z))
+            self.extract(z, dest, depth + 1)
+            self.remove(z)
+            self.open_in_place(dest, depth + 1, skip_direct=False)
+
+
 def _unzip_into(session: Session, paths: list[Path]) -> list[Path]:
     """Extracts uploaded zips (not ``.npz``) into the session folder, so that they count against its
-    quota and go with it; returns the inputs with each zip replaced by its folder."""
-    from ..io.archive import is_zip, safe_extract
+    quota and go with it; returns the inputs with each zip replaced by the folders to read (see
+    :meth:`_Unpacking.open_upload`). No zip is left for a reader to extract elsewhere."""
+    from ..io.archive import is_zip
 
+    unpacking = _Unpacking.start(session)
     out: list[Path] = []
-    for p in paths:
-        if p.name.lower().endswith(".npz") or not is_zip(p):
-            out.append(p)
-            continue
-        stem = p.name[:-4] if p.name.lower().endswith(".zip") else p.stem
-        dest = session.subdir("unzipped") / (re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "archive")
-        n = 1
-        while dest.exists():
-            n += 1
-            dest = dest.with_name(f"{dest.name}_{n}")
-        dest.mkdir(mode=0o700)
-        room = max(0, session.max_bytes - session.bytes_used())
-        safe_extract(p, dest, max_bytes=room)
-        out.append(dest)
+    try:
+        for p in paths:
+            if p.name.lower().endswith(".npz") or not is_zip(p):
+                out.append(p)
+                continue
+            out.extend(unpacking.open_upload(p, depth=1))
+    except BaseException:
+        shutil.rmtree(session.directory / "unzipped", ignore_errors=True)
+        raise
+    return out
+
+
+def _unzip_references(session: Session, paired: list[Path]) -> list[Path]:
+    """Paired references that are zips (e.g. a zipped DICOM mask series) are extracted in the session
+    folder like the inputs (quota counted, nested zips opened in place); each is then read from its
+    zip's content folder. Returns ``paired`` with every zip replaced by that folder."""
+    from ..io.archive import content_root, is_zip
+
+    unpacking = _Unpacking.start(session)
+    done: dict[Path, Path] = {}
+    out: list[Path] = []
+    try:
+        for r in paired:
+            if r not in done and not r.name.lower().endswith(".npz") and r.is_file() and is_zip(r):
+                dest = _free_folder(session.subdir("unzipped-references"), _stem(r))
+                unpacking.extract(r, dest, 1)
+                unpacking.open_in_place(dest, 1, skip_direct=False)
+                done[r] = content_root(dest)
+            out.append(done.get(r, r))
+    except BaseException:
+        shutil.rmtree(session.directory / "unzipped-references", ignore_errors=True)
+        raise
     return out
 
 

@@ -198,11 +198,6 @@ def test_session_quota_refuses_big_uploads_and_zip_expansion(tmp_path):
         store.close_all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a zip inside an uploaded zip is extracted by load_dataset into the system temp folder with the default "
-    "4 GiB budget, outside the session folder and its quota (handlers._unzip_into extracts only the outer zip)",
-)
 def test_nested_zip_expansion_counts_against_the_session_quota(tmp_path):
     import zipfile
 
