@@ -761,15 +761,31 @@ def _has_negative(obj: ObjectPrompt) -> bool:
     return any(p.label == 0 for p in obj.points)
 
 
-def _best_containing(pred: Prediction, obj: ObjectPrompt) -> np.ndarray:
-    """Best-scored candidate that contains the positive clicks (SAM's multimask ambiguity resolved)."""
+def _best_containing(pred: Prediction, obj: ObjectPrompt, max_fraction: float = 0.5) -> np.ndarray:
+    """Best-scored candidate that contains the positive clicks (SAM's multimask ambiguity resolved).
+
+    Candidates that cover more than ``max_fraction`` of the frame or reach all four borders are
+    passed over while another candidate contains the clicks: for one click on a lung, MobileSAM's
+    top-scored candidate was the whole radiograph (score 1.0 on ~92% of the frame), which says
+    nothing about the object the user pointed at.
+    """
     pos = [p for p in obj.points if p.label == 1]
-    order = np.argsort(-pred.scores)
-    for j in order:
-        m = pred.masks[j]
-        if all(m[min(max(int(round(p.y)), 0), m.shape[0] - 1), min(max(int(round(p.x)), 0), m.shape[1] - 1)] for p in pos):
-            return m
-    return pred.masks[int(order[0])]
+    order = [int(j) for j in np.argsort(-pred.scores)]
+
+    def contains(m: np.ndarray) -> bool:
+        h, w = m.shape
+        return all(m[min(max(int(round(p.y)), 0), h - 1), min(max(int(round(p.x)), 0), w - 1)] for p in pos)
+
+    def whole_frame(m: np.ndarray) -> bool:
+        if m.mean() > max_fraction:
+            return True
+        return bool(m[0].any() and m[-1].any() and m[:, 0].any() and m[:, -1].any())
+
+    for wanted in (lambda m: contains(m) and not whole_frame(m), contains, lambda m: not whole_frame(m)):
+        for j in order:
+            if wanted(pred.masks[j]):
+                return pred.masks[j]
+    return pred.masks[order[0]]
 
 
 def _check_prompt_inside(obj: ObjectPrompt, shape: tuple[int, int], name: str) -> None:

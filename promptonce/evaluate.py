@@ -172,6 +172,14 @@ def evaluate(
         )
 
     eng = engine
+    load_s = 0.0
+
+    def build(sp: SlicePrompt) -> Engine:
+        nonlocal load_s
+        t = time.perf_counter()
+        e = make_engine(sp, cfg.model, "auto", cfg.config)
+        load_s += time.perf_counter() - t
+        return e
 
     def run_case(i: int, vol: Volume, ref: Volume, results) -> None:
         nonlocal slices_total
@@ -195,8 +203,12 @@ def evaluate(
 
         if vol.n_slices > 1:
             row["slice_dice"] = [round(float(d), 4) for d in per_slice(pred != 0, fg)]
+        if "hd95" in row:
+            row["hd95_mm"] = row.pop("hd95")
         if vol.source is not None and vol.source.extra.get("path"):
             row["image_path"] = str(vol.source.extra["path"])
+        if ref.source is not None and ref.source.extra.get("path"):
+            row["reference_path"] = str(ref.source.extra["path"])
         row.update({
             "images": int(vol.n_slices),
             "prompts": prompts,
@@ -219,7 +231,7 @@ def evaluate(
                 )
                 if sp is not None:
                     if eng is None:
-                        eng = make_engine(sp, cfg.model, "auto", cfg.config)
+                        eng = build(sp)
                     for res in segment(Dataset([vol]), sp, scope="image", engine=eng, window=cfg.window):
                         pred[k] = res.labels
                         res.volume_index = i
@@ -244,7 +256,7 @@ def evaluate(
                 continue
             sp = replace(sp, volume_index=0)
             if eng is None:
-                eng = make_engine(sp, cfg.model, "auto", cfg.config)
+                eng = build(sp)
             prompts_total += 1
             results = segment(Dataset([vol]), sp, scope="volume", engine=eng, window=cfg.window, cancel=cancel)
             run_case(i, vol, ref, (_renumber(r, i) for r in results))
@@ -257,7 +269,7 @@ def evaluate(
         if sp is None:
             raise InputError(f"{images[s].name}: its reference holds no foreground; choose another seed case.")
         if eng is None:
-            eng = make_engine(sp, cfg.model, "auto", cfg.config)
+            eng = build(sp)
         prompts_total = 1
         current: dict[str, Any] = {}
         for res in segment(
@@ -286,7 +298,7 @@ def evaluate(
     else:
         raise InputError(f"Unknown scope {cfg.scope!r}; use image, volume or dataset.")
 
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 - load_s
     if writer is not None:
         writer.close()
     summ = acc.summary()
@@ -306,6 +318,7 @@ def evaluate(
         "dice_slice_mean": summ.get("dice_slice_mean"),
         "hd95_mean_mm": summ.get("hd95_mean"),
         "seconds": round(seconds, 3),
+        "model_load_seconds": round(load_s, 3),
         "images_per_second": round(slices_total / seconds, 4) if seconds > 0 else None,
         "prompts_per_slice_workflow": _per_slice_prompts(case_rows),
     }

@@ -106,3 +106,101 @@ def test_build_prompt_objects():
     assert flat_to_index(ds, None) == (0, 1)
     with pytest.raises(InputError):
         flat_to_index(ds, 4)
+
+
+def _dicom_ball(folder, n=9, size=64):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "io"))
+    from iosynth import write_series  # noqa: PLC0415 - test helper module of tests/io
+
+    zz, yy, xx = np.mgrid[0:n, 0:size, 0:size]
+    ball = ((yy - 30) ** 2 + (xx - 34) ** 2 + ((zz - n // 2) * 4) ** 2) <= 15**2
+    stored = np.where(ball, 1024 + 60, 1024 - 100).astype(np.uint16)  # HU 60 in -100 after intercept -1024
+    write_series(folder, stored, rng=np.random.default_rng(0))
+    return ball
+
+
+@pytest.mark.parametrize("prompt", [["--box", "16,12,52,48"], ["--point", "34,30"]])
+def test_segment_dicom_series_with_box_and_click(tmp_path, prompt):
+    folder = tmp_path / "series"
+    _dicom_ball(folder)
+    from promptonce.io.readers import load
+
+    vol = load(folder)
+    k = vol.n_slices // 2
+    ys, xs = np.nonzero(vol.array[k] > 0)
+    cx, cy = int(xs.mean()), int(ys.mean())
+    if prompt[0] == "--box":
+        prompt = ["--box", f"{xs.min()},{ys.min()},{xs.max()},{ys.max()}"]
+    else:
+        prompt = ["--point", f"{cx},{cy}"]
+    out = tmp_path / "out"
+    assert main(["segment", str(folder), *prompt, "--out", str(out), "--model", "fake", "--quiet"]) == 0
+    written = list((out / "masks").glob("*.nii.gz"))
+    assert len(written) == 1
+    arr = np.asarray(nib.load(written[0]).dataobj)
+    assert arr.shape == (64, 64, 9) and arr.any()
+
+
+def chest_like_set(folder, n=2, h=160, w=176):
+    """Radiograph-like images: a bright body with two dark, smooth 'lungs' (the objects), plus noise.
+
+    Returns the two lung boxes of image 0 as (x0, y0, x1, y1).
+    """
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:h, 0:w]
+    boxes = []
+    for i in range(n):
+        body = ((xx - w / 2) / (0.45 * w)) ** 2 + ((yy - h / 2) / (0.47 * h)) ** 2 <= 1
+        lungs = np.zeros((h, w), bool)
+        for cx in (0.31 * w + i, 0.69 * w + i):
+            lung = ((xx - cx) / (0.13 * w)) ** 2 + ((yy - (0.45 * h + 2 * i)) / (0.3 * h)) ** 2 <= 1
+            lungs |= lung
+            if i == 0:
+                ys, xs = np.nonzero(lung)
+                boxes.append((int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())))
+        img = np.where(body, 170.0, 30.0)
+        img[lungs] = 70.0
+        from scipy import ndimage
+
+        img = ndimage.gaussian_filter(img, 1.5) + rng.normal(0, 6, img.shape)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / "images" / f"cxr{i}.png")
+        Image.fromarray((lungs * 255).astype(np.uint8)).save(folder / "masks" / f"cxr{i}.png")
+    return boxes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prompt_kind", ["box", "click"])
+def test_real_models_segment_an_xray_and_a_volume(tmp_path, prompt_kind):
+    """LiteMedSAM (+ MobileSAM for the click) on synthetic inputs: a real model, not the fake."""
+    boxes = chest_like_set(tmp_path, n=2)
+    out = tmp_path / f"x_{prompt_kind}"
+    if prompt_kind == "box":
+        prompt = [a for b in boxes for a in ("--box", ",".join(str(v) for v in b))]
+    else:
+        prompt = []
+        for i, (x0, y0, x1, y1) in enumerate(boxes, 1):
+            prompt += ["--object", str(i), "--point", f"{(x0 + x1) // 2},{(y0 + y1) // 2}"]
+    code = main(["segment", str(tmp_path / "images"), *prompt, "--image", "0", "--scope", "dataset",
+                 "--out", str(out), "--quiet", "--reference", str(tmp_path / "masks")])
+    assert code == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["summary"]["dice_mean"] > 0.8, m
+    src = tmp_path / "ball.nii.gz"
+    ball_nifti(src)
+    from promptonce.io.readers import load
+
+    vol = load(src)
+    k = vol.n_slices // 2
+    ys, xs = np.nonzero(vol.array[k] > 100)
+    prompt = (["--box", f"{xs.min()},{ys.min()},{xs.max()},{ys.max()}"] if prompt_kind == "box"
+              else ["--point", f"{int(xs.mean())},{int(ys.mean())}"])
+    out2 = tmp_path / f"v_{prompt_kind}"
+    assert main(["segment", str(src), *prompt, "--out", str(out2), "--quiet",
+                 "--reference", str(tmp_path / "ball_ref.nii.gz")]) == 0
+    m = json.loads((out2 / "metrics.json").read_text())
+    assert m["summary"]["dice_mean"] > 0.7, m
