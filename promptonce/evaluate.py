@@ -207,8 +207,6 @@ def evaluate(
             row["hd95_mm"] = row.pop("hd95")
         if vol.source is not None and vol.source.extra.get("path"):
             row["image_path"] = str(vol.source.extra["path"])
-        if ref.source is not None and ref.source.extra.get("path"):
-            row["reference_path"] = str(ref.source.extra["path"])
         row.update({
             "images": int(vol.n_slices),
             "prompts": prompts,
