@@ -9,8 +9,11 @@ Serving model
   limit ``PROMPTONCE_MODEL_CONCURRENCY``, default 1); display events (slider, window, case) run
   beside it. Models are loaded once per process by the backend registry.
 * Uploads are limited by ``max_file_size`` (``PROMPTONCE_MAX_FILE_MB``, default 512) and by a
-  per-session quota (``PROMPTONCE_SESSION_MB``, default 2048); sessions end on page unload or after
-  ``PROMPTONCE_SESSION_TTL_S`` idle seconds (default 3600), and their folder is deleted.
+  per-session quota (``PROMPTONCE_SESSION_MB``, default 2048) that also bounds what zips expand to;
+  every image read is limited to ``PROMPTONCE_MAX_VOXELS`` voxels (default 512 x 512 x 1000);
+  sessions end on page unload or after ``PROMPTONCE_SESSION_TTL_S`` idle seconds (default 3600), and
+  their folder is deleted. The store's sweeper also removes the empty temp files Gradio's ``File``
+  component leaves in the upload folder (one per upload).
 * Errors the user can act on are shown with their message (server paths reduced to file names);
   anything else shows a generic message and is logged.
 """
@@ -33,7 +36,7 @@ from ..errors import PromptOnceError
 from . import handlers as H
 from .session import Session, SessionStore
 
-__all__ = ["build_app", "launch", "launch_kwargs", "default_store"]
+__all__ = ["build_app", "launch", "launch_kwargs", "default_store", "UploadFile"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,32 @@ def _env_float(name: str, default: float) -> float:
         return default
 
 
+class UploadFile(gr.File):
+    """``gr.File`` without Gradio 6.31's stray temp file.
+
+    ``gr.File(type="filepath").preprocess`` (``gradio/components/file.py``) creates an empty
+    ``NamedTemporaryFile(delete=False)`` in the upload folder for every uploaded file, and neither
+    uses nor removes it. This subclass returns the uploaded path with the same file-type check and
+    makes no such file; the session store's sweeper removes any that other components leave
+    (:func:`~promptonce.ui.session.remove_empty_upload_temps`). The page shows it as a plain File.
+    """
+
+    is_template = True  # the frontend renders the parent's component ("file")
+
+    def _process_single_file(self, f: Any) -> Any:
+        if self.type != "filepath":
+            return super()._process_single_file(f)
+        from gradio.utils import NamedString
+        from gradio_client.utils import is_valid_file
+
+        if self.file_types and not is_valid_file(f.path, self.file_types):
+            raise gr.Error(
+                f"Invalid file type. Please upload a file that is one of these formats: {self.file_types}",
+                print_exception=False,
+            )
+        return NamedString(f.path)
+
+
 def default_store() -> SessionStore:
     """The session store for this process: a folder inside Gradio's upload folder, so that the files a
     session offers are served from its own folder (no copy in Gradio's shared cache) and go with it."""
@@ -73,6 +102,7 @@ def default_store() -> SessionStore:
         ttl_s=_env_float("PROMPTONCE_SESSION_TTL_S", 3600.0),
         max_session_bytes=int(_env_float("PROMPTONCE_SESSION_MB", 2048.0) * 2**20),
         max_sessions=int(_env_float("PROMPTONCE_MAX_SESSIONS", 64)),
+        upload_folder=get_upload_folder(),
     )
 
 
@@ -159,6 +189,10 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
         The Blocks, not launched; ``demo.promptonce_store`` holds the store.
     """
     store = default_store() if store is None else store
+    if store.upload_folder is None:
+        from gradio.utils import get_upload_folder
+
+        store.upload_folder = Path(get_upload_folder())  # where gr.File leaves its empty temp files
     store.start_sweeper()
     if show_fake is None:
         show_fake = os.environ.get("PROMPTONCE_SHOW_FAKE", "") == "1"
@@ -187,11 +221,11 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
             with gr.Column(scale=4, min_width=340, elem_id="po-controls"):
                 with gr.Group():
                     gr.Markdown("### 1 · Load", elem_classes="po-step")
-                    files = gr.File(
+                    files = UploadFile(
                         label="Images or volumes (NIfTI, DICOM files or zip, PNG/JPG, NPY)",
                         file_count="multiple", file_types=FILE_TYPES, height=150, elem_id="po-files",
                     )  # fmt: skip
-                    refs = gr.File(
+                    refs = UploadFile(
                         label="Reference masks (optional, same file names)",
                         file_count="multiple", file_types=FILE_TYPES, height=130, elem_id="po-refs",
                     )  # fmt: skip
@@ -395,7 +429,10 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
                 raise gr.Error("A run is in progress; stop it before loading new files.", print_exception=False)
             paths = [f if isinstance(f, str) else getattr(f, "name", f) for f in (fs or [])]
             rpaths = [f if isinstance(f, str) else getattr(f, "name", f) for f in (rs or [])]
-            H.load_inputs(sess, paths, rpaths, images_as=as_ or "auto", remove_sources=_all_uploads(paths + rpaths))
+            try:
+                H.load_inputs(sess, paths, rpaths, images_as=as_ or "auto", remove_sources=_all_uploads(paths + rpaths))
+            finally:
+                store.sweep_upload_temps()  # Gradio's empty temp files of earlier uploads
             return _after_load(sess, _window(wname, ww, wl), show)
 
         def make_example(name: str) -> Callable[..., Any]:

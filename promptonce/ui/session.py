@@ -11,6 +11,8 @@ Every browser tab gets its own :class:`Session`, keyed by Gradio's ``session_has
 
 Sessions end when the page is closed (``demo.unload``), when they have been idle for longer than the
 time-to-live (a background sweep), or when the store is closed; their folder is then deleted.
+The same background thread removes the empty temporary files that Gradio's ``File`` component leaves
+in its upload folder (see :func:`remove_empty_upload_temps`).
 This module does not import gradio, so it can be tested and reused without a server.
 """
 
@@ -30,11 +32,87 @@ from typing import Any
 
 from ..errors import InputError, TooLargeError
 
-__all__ = ["Session", "SessionStore", "folder_bytes"]
+__all__ = ["Session", "SessionStore", "folder_bytes", "remove_empty_upload_temps"]
 
 log = logging.getLogger(__name__)
 
 _TOKEN_RE = re.compile(r"^[0-9a-f]{32}$")
+#: Names of :func:`tempfile.NamedTemporaryFile` files: ``tmp`` + 8 characters of its alphabet.
+_GRADIO_TMP_RE = re.compile(r"^tmp[a-z0-9_]{8}$")
+#: How often the sweeper looks for Gradio's empty upload temp files (seconds).
+UPLOAD_TEMP_SWEEP_S = 5.0
+#: How old (seconds, by modification time) an empty temp file must be before it is removed.
+UPLOAD_TEMP_MIN_AGE_S = 10.0
+
+
+def _open_in_this_process() -> set[str]:
+    """Paths of the files this process holds open (Linux ``/proc/self/fd``; empty elsewhere)."""
+    out: set[str] = set()
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            out.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            continue
+    return out
+
+
+def remove_empty_upload_temps(folder: str | Path, min_age_s: float = UPLOAD_TEMP_MIN_AGE_S,
+                              now: float | None = None) -> int:  # fmt: skip
+    """Removes the empty temporary files Gradio's ``File`` component leaves in its upload folder.
+
+    Gradio 6.31's ``gr.File(type="filepath").preprocess`` creates one
+    ``tempfile.NamedTemporaryFile(delete=False, dir=<upload folder>)`` per uploaded file, never
+    writes to it, never uses it and never removes it; ``delete_cache`` only covers the upload
+    sub-folders. A file is removed only when all of these hold: it lies directly in ``folder``, is a
+    regular file (not a link), is named like such a temp file (``tmp`` + 8 of ``[a-z0-9_]``), holds
+    0 bytes, was last modified at least ``min_age_s`` seconds ago, and is not open in this process
+    (an upload Gradio is still receiving is written through such a file; checked where ``/proc`` exists).
+
+    Args:
+        folder: Gradio's upload folder (``gradio.utils.get_upload_folder()``).
+        min_age_s: the youngest file (seconds since its last modification) that may be removed.
+        now: ``time.time()`` to compare with (tests).
+
+    Returns:
+        How many files were removed (0 when the folder does not exist).
+    """
+    now = time.time() if now is None else now
+    removed = 0
+    candidates: list[tuple[str, os.stat_result]] = []
+    try:
+        with os.scandir(folder) as it:
+            for entry in it:
+                if not _GRADIO_TMP_RE.match(entry.name) or not entry.is_file(follow_symlinks=False):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if st.st_size == 0 and now - st.st_mtime >= min_age_s:
+                    candidates.append((entry.path, st))
+    except OSError:
+        return 0
+    if not candidates:
+        return 0
+    busy = _open_in_this_process()
+    for path, st in candidates:
+        if os.path.realpath(path) in busy:
+            continue
+        try:
+            again = os.lstat(path)
+            if again.st_size != 0 or again.st_ino != st.st_ino or again.st_mtime_ns != st.st_mtime_ns:
+                continue  # written to or replaced since: not a leftover
+            os.unlink(path)
+            removed += 1
+        except OSError:
+            continue
+    if removed:
+        log.debug("removed %d empty Gradio upload temp file(s) from %s", removed, folder)
+    return removed
 
 
 def folder_bytes(path: Path) -> int:
@@ -141,6 +219,8 @@ class SessionStore:
         max_session_bytes: the most bytes one session's folder may hold.
         max_sessions: the most sessions at once; the least recently seen idle one is evicted beyond that.
         on_close: called with a session just before its folder is deleted (e.g. to drop caches).
+        upload_folder: Gradio's upload folder; the sweeper removes the empty temp files Gradio leaves
+            there (see :func:`remove_empty_upload_temps`). None: not swept.
     """
 
     def __init__(
@@ -151,8 +231,10 @@ class SessionStore:
         max_session_bytes: int = 2 * 2**30,
         max_sessions: int = 64,
         on_close: Callable[[Session], None] | None = None,
+        upload_folder: str | Path | None = None,
     ) -> None:
         self.root = Path(root)
+        self.upload_folder = Path(upload_folder) if upload_folder is not None else None
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             os.chmod(self.root, 0o700)
@@ -264,6 +346,12 @@ class SessionStore:
             self._dispose(s, wait_s=0.0)
         return len(expired)
 
+    def sweep_upload_temps(self, min_age_s: float = UPLOAD_TEMP_MIN_AGE_S) -> int:
+        """Removes Gradio's empty upload temp files from :attr:`upload_folder` (when set); returns how many."""
+        if self.upload_folder is None:
+            return 0
+        return remove_empty_upload_temps(self.upload_folder, min_age_s)
+
     def close_all(self) -> None:
         """Closes every session and stops the sweeper (server shutdown)."""
         self._stop.set()
@@ -273,17 +361,23 @@ class SessionStore:
             self.close(sid, wait_s=1.0)
 
     def start_sweeper(self, interval_s: float | None = None) -> None:
-        """Starts a daemon thread that calls :meth:`sweep` every ``interval_s`` (default TTL / 4, 5..300 s)."""
+        """Starts a daemon thread that calls :meth:`sweep` every ``interval_s`` (default TTL / 4, 5..300 s)
+        and :meth:`sweep_upload_temps` every :data:`UPLOAD_TEMP_SWEEP_S` seconds (when an upload folder is set)."""
         if self._sweeper is not None and self._sweeper.is_alive():
             return
         interval = interval_s if interval_s is not None else min(300.0, max(5.0, self.ttl_s / 4))
+        tick = min(interval, UPLOAD_TEMP_SWEEP_S) if self.upload_folder is not None else interval
 
         def loop() -> None:
-            while not self._stop.wait(interval):
+            next_sweep = time.monotonic() + interval
+            while not self._stop.wait(tick):
                 try:
-                    n = self.sweep()
-                    if n:
-                        log.info("swept %d idle session(s)", n)
+                    self.sweep_upload_temps()
+                    if time.monotonic() >= next_sweep:
+                        next_sweep = time.monotonic() + interval
+                        n = self.sweep()
+                        if n:
+                            log.info("swept %d idle session(s)", n)
                 except Exception:  # noqa: BLE001 - the sweeper must survive one bad pass
                     log.exception("session sweep failed")
 

@@ -74,10 +74,8 @@ def test_temp_storage_returns_to_baseline(load_result):
     assert t["after_sessions"] - t["baseline"] == t["gradio_empty_tmp"] <= t["uploads"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Gradio 6.31 gr.File(type='filepath').preprocess leaves one 0-byte NamedTemporaryFile per uploaded file "
-    "in its upload folder (gradio/components/file.py); the app does not sweep them yet",
-)
 def test_no_empty_gradio_temp_files_left(load_result):
+    """Gradio 6.31's gr.File(type='filepath').preprocess leaves one 0-byte NamedTemporaryFile per uploaded
+    file in its upload folder (gradio/components/file.py); the app removes them."""
+    assert load_result["temp_files"]["uploads"] > 0
     assert load_result["temp_files"]["gradio_empty_tmp"] == 0
