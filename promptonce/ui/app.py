@@ -36,7 +36,7 @@ from ..errors import PromptOnceError
 from . import handlers as H
 from .session import Session, SessionStore
 
-__all__ = ["build_app", "launch", "launch_kwargs", "default_store", "UploadFile"]
+__all__ = ["build_app", "launch", "launch_kwargs", "default_store", "upload_file"]
 
 log = logging.getLogger(__name__)
 
@@ -65,30 +65,35 @@ def _env_float(name: str, default: float) -> float:
         return default
 
 
-class UploadFile(gr.File):
-    """``gr.File`` without Gradio 6.31's stray temp file.
+def upload_file(**kwargs: Any) -> gr.File:
+    """A ``gr.File(type="filepath")`` that leaves no stray temp file behind.
 
-    ``gr.File(type="filepath").preprocess`` (``gradio/components/file.py``) creates an empty
+    Gradio 6.31's ``File.preprocess`` (``gradio/components/file.py``) creates an empty
     ``NamedTemporaryFile(delete=False)`` in the upload folder for every uploaded file, and neither
-    uses nor removes it. This subclass returns the uploaded path with the same file-type check and
-    makes no such file; the session store's sweeper removes any that other components leave
-    (:func:`~promptonce.ui.session.remove_empty_upload_temps`). The page shows it as a plain File.
+    uses nor removes it. This component's ``_process_single_file`` returns the uploaded path with
+    the same file-type check and makes no such file. (It is replaced on the instance: a subclass
+    would make Gradio write a ``.pyi`` stub beside this module.) The session store's sweeper removes
+    any such files other components leave (:func:`~promptonce.ui.session.remove_empty_upload_temps`).
+
+    Args:
+        kwargs: ``gr.File`` arguments (``type`` is ``"filepath"``).
     """
+    from gradio.utils import NamedString
+    from gradio_client.utils import is_valid_file
 
-    is_template = True  # the frontend renders the parent's component ("file")
+    comp = gr.File(type="filepath", **kwargs)
 
-    def _process_single_file(self, f: Any) -> Any:
-        if self.type != "filepath":
-            return super()._process_single_file(f)
-        from gradio.utils import NamedString
-        from gradio_client.utils import is_valid_file
-
-        if self.file_types and not is_valid_file(f.path, self.file_types):
+    def process_single_file(f: Any) -> Any:
+        if comp.file_types and not is_valid_file(f.path, comp.file_types):
             raise gr.Error(
-                f"Invalid file type. Please upload a file that is one of these formats: {self.file_types}",
+                f"Invalid file type. Please upload a file that is one of these formats: {comp.file_types}",
                 print_exception=False,
             )
         return NamedString(f.path)
+
+    if callable(getattr(comp, "_process_single_file", None)):  # the Gradio method this replaces
+        comp._process_single_file = process_single_file  # type: ignore[method-assign]  # noqa: SLF001
+    return comp
 
 
 def default_store() -> SessionStore:
@@ -221,11 +226,11 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
             with gr.Column(scale=4, min_width=340, elem_id="po-controls"):
                 with gr.Group():
                     gr.Markdown("### 1 · Load", elem_classes="po-step")
-                    files = UploadFile(
+                    files = upload_file(
                         label="Images or volumes (NIfTI, DICOM files or zip, PNG/JPG, NPY)",
                         file_count="multiple", file_types=FILE_TYPES, height=150, elem_id="po-files",
                     )  # fmt: skip
-                    refs = UploadFile(
+                    refs = upload_file(
                         label="Reference masks (optional, same file names)",
                         file_count="multiple", file_types=FILE_TYPES, height=130, elem_id="po-refs",
                     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""Gradio's empty upload temp files: the app's File component makes none, and the session store's
+"""Gradio's empty upload temp files: the app's upload fields make none, and the session store's
 sweeper removes those other components leave (only empty, old, unopened ``tmpXXXXXXXX`` files directly
 in the upload folder)."""
 
@@ -77,16 +77,18 @@ def test_upload_component_makes_no_temp_file_and_checks_types(tmp_path, monkeypa
     import gradio as gr
     from gradio.data_classes import FileData, ListFiles
 
-    from promptonce.ui.app import FILE_TYPES, UploadFile
+    from promptonce.ui import app
+    from promptonce.ui.app import FILE_TYPES, upload_file
 
     cache = tmp_path / "gradio-cache"
     cache.mkdir()
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
-    comp = UploadFile(file_count="multiple", file_types=FILE_TYPES)
+    comp = upload_file(file_count="multiple", file_types=FILE_TYPES)
     comp.GRADIO_CACHE = str(cache)
     plain = gr.File(file_count="multiple", file_types=FILE_TYPES)
     plain.GRADIO_CACHE = str(cache)
-    assert comp.get_block_name() == plain.get_block_name() == "file"
+    assert type(comp) is gr.File and comp.type == "filepath"
+    assert not Path(app.__file__).with_suffix(".pyi").exists()  # Gradio writes one for component subclasses
     up = tmp_path / "upload"
     up.mkdir()
     files = [_touch(up / "ct.nii.gz", b"data", age_s=0), _touch(up / "x.png", b"data", age_s=0)]
