@@ -32,6 +32,8 @@ CONFIGS = [
      [("image", None), ("volume", None)]),
     ("ct_lung_slices", "ct_covid_lung_slices/images", "ct_covid_lung_slices/masks", [],
      [("image", None), ("dataset", "transfer")]),
+    ("ct_infection", "ct_covid_infection_slices/test/images", "ct_covid_infection_slices/test/masks", [],
+     [("image", None), ("dataset", "transfer")]),
     ("acdc_lv", "mri_acdc/images", "mri_acdc/labels", ["--labels", "3"], [("image", None), ("volume", None)]),
     ("hippocampus", "mri_hippocampus/images", "mri_hippocampus/labels", ["--labels", "1,2"],
      [("image", None), ("volume", None)]),
