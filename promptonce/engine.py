@@ -42,7 +42,7 @@ from .preprocess import FrameMaker
 from .prompts import box_from_mask, interior_point, map_prompt
 from .types import Box, Dataset, ObjectPrompt, Point, Scope, SlicePrompt, SliceResult, Volume
 
-__all__ = ["PropagationConfig", "Engine", "segment", "count_prompts"]
+__all__ = ["PropagationConfig", "Engine", "segment", "make_engine"]
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,6 @@ class _ObjectState:
             self.peak, self.trough = area, None
         elif self.trough is None or area < self.trough:
             self.trough = area
-
-
-def count_prompts(scope: Scope, dataset: Dataset) -> int:
-    """User interactions a run takes: 1 whatever the scope (PromptOnce's point)."""
-    return 1 if len(dataset) else 0
 
 
 class Engine:
