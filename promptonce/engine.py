@@ -30,6 +30,7 @@ import logging
 import threading
 import weakref
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -47,6 +48,18 @@ __all__ = ["PropagationConfig", "Engine", "segment", "make_engine"]
 log = logging.getLogger(__name__)
 
 Strategy = Literal["transfer", "chain"]
+
+_PREFETCH_POOL: ThreadPoolExecutor | None = None
+_PREFETCH_POOL_LOCK = threading.Lock()
+
+
+def _prefetch_pool() -> ThreadPoolExecutor:
+    """One background thread shared by every engine: encodes the slice a propagation needs next."""
+    global _PREFETCH_POOL
+    with _PREFETCH_POOL_LOCK:
+        if _PREFETCH_POOL is None:
+            _PREFETCH_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="promptonce-prefetch")
+        return _PREFETCH_POOL
 
 
 @dataclass(frozen=True)
@@ -144,6 +157,10 @@ class Engine:
             only boxes (e.g. MobileSAM); None -> clicks are given to ``backend`` directly.
         config: propagation knobs.
         cache_size: how many slice embeddings to keep (LRU).
+        prefetch: encode the slice that propagation needs next in a background thread while the
+            current slice is decoded (image models only). Encoding is prompt-free, so the next
+            slice's embedding is known to be needed before the current mask exists; at most one
+            slice per direction is encoded in vain, where the object ends.
     """
 
     def __init__(
@@ -153,12 +170,15 @@ class Engine:
         click_backend: Backend | None = None,
         config: PropagationConfig | None = None,
         cache_size: int = 32,
+        prefetch: bool = True,
     ) -> None:
         self.backend = backend
         self.click_backend = click_backend
         self.config = config or PropagationConfig()
         self._cache: OrderedDict[tuple, Embedding] = OrderedDict()
         self._cache_size = cache_size
+        self._prefetch = bool(prefetch)
+        self._pending: dict[tuple, Future] = {}
         self._lock = threading.Lock()
         # FrameMaker holds its volume, so this cache is keyed by uid and kept small (LRU).
         self._frames: OrderedDict[int, FrameMaker] = OrderedDict()
@@ -193,7 +213,10 @@ class Engine:
         return fm
 
     def embedding(self, backend: Backend, volume: Volume, k: int, window=None) -> Embedding:
-        """The embedding of slice ``k`` of ``volume`` by ``backend``, from the cache when possible."""
+        """The embedding of slice ``k`` of ``volume`` by ``backend``, from the cache when possible.
+
+        A slice being encoded by :meth:`prefetch` is waited for, not encoded twice.
+        """
         fm = self.frames(volume, window)
         key = (backend.info.name, self._uid(volume), k, tuple(fm.window))
         with self._lock:
@@ -201,12 +224,43 @@ class Engine:
             if emb is not None:
                 self._cache.move_to_end(key)
                 return emb
+            pending = self._pending.get(key)
+        if pending is not None:
+            try:
+                return pending.result()
+            except Exception as exc:  # noqa: BLE001 - encode again in this thread, where errors surface
+                log.debug("prefetch of slice %d failed (%s); encoding it now", k, exc)
         emb = backend.embed(fm.frame(k))
+        self._store(key, emb)
+        return emb
+
+    def _store(self, key: tuple, emb: Embedding) -> None:
         with self._lock:
             self._cache[key] = emb
+            self._cache.move_to_end(key)
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
-        return emb
+
+    def prefetch(self, backend: Backend, volume: Volume, k: int, window=None) -> None:
+        """Starts encoding slice ``k`` in the background (no-op when cached, pending, off or out of range)."""
+        if not self._prefetch or not 0 <= k < volume.n_slices or not hasattr(backend, "embed"):
+            return
+        fm = self.frames(volume, window)
+        key = (backend.info.name, self._uid(volume), k, tuple(fm.window))
+        with self._lock:
+            if key in self._cache or key in self._pending:
+                return
+
+            def work() -> Embedding:
+                try:
+                    emb = backend.embed(fm.frame(k))
+                    self._store(key, emb)
+                    return emb
+                finally:
+                    with self._lock:
+                        self._pending.pop(key, None)
+
+            self._pending[key] = _prefetch_pool().submit(work)
 
     def clear_cache(self) -> None:
         with self._lock:
@@ -508,6 +562,12 @@ class Engine:
         states: list[_ObjectState] = []
         scores: dict[int, float] = {}
         flags: list[str] = []
+        backend = self.backend
+        if lo < hi and isinstance(backend, Backend):
+            # the seed slice first (the single worker keeps order), then the first slice after it
+            if not (seed_masks and all(o.object_id in seed_masks for o in prompt.objects)):
+                self.prefetch(backend, volume, k0, window)
+            self.prefetch(backend, volume, k0 + 1 if k0 + 1 <= hi else k0 - 1, window)
         for obj in prompt.objects:
             _check_prompt_inside(obj, shape, volume.name)
             if seed_masks is not None and obj.object_id in seed_masks:
@@ -531,6 +591,12 @@ class Engine:
             while lo <= k <= hi:
                 _check_cancel(cancel)
                 scores, flags = {}, []
+                if isinstance(backend, Backend):
+                    nxt = k + direction
+                    if not any(st.alive for st in cur) or not lo <= nxt <= hi:
+                        nxt = k0 - 1 if direction == 1 else -1  # the backward pass comes next
+                    if lo <= nxt <= hi:
+                        self.prefetch(backend, volume, nxt, window)
                 for st in cur:
                     if not st.alive:
                         st.mask = None

