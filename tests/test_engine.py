@@ -171,11 +171,13 @@ def test_config_is_used():
 class _CountingFake:
     """The fake backend (not a model), counting embed calls and the threads that made them."""
 
-    def __init__(self, fail_in_prefetch: bool = False) -> None:
+    def __init__(self, fail_in_prefetch: bool = False, name: str = "fake") -> None:
+        from dataclasses import replace as dc_replace
+
         from promptonce.backends.fake import FakeBackend
 
         self._be = FakeBackend()
-        self.info = self._be.info
+        self.info = dc_replace(self._be.info, name=name)
         self.threads: list[str] = []
         self.fail_in_prefetch = fail_in_prefetch
         self._lock = threading.Lock()
@@ -232,3 +234,73 @@ def test_image_scope_does_not_prefetch_neighbours():
     prompt = SlicePrompt((ObjectPrompt(box=box_of(ref[10])),), slice_index=10)
     list(Engine(be, prefetch=True).segment_volume(vol, prompt, scope_slices=(10, 10)))
     assert len(be.threads) == 1
+
+
+def test_warm_encodes_the_shown_slice_for_both_models_and_a_click_then_reuses_it():
+    vol, ref = sphere_volume()
+    box_model, click_model = _CountingFake(), _CountingFake(name="fake-click")
+    eng = Engine(box_model, click_backend=click_model)
+    for fut in eng.warm(vol, 10):
+        fut.result(timeout=30)
+    assert len(box_model.threads) == len(click_model.threads) == 1
+    assert all(t.startswith("promptonce-warm") for t in box_model.threads + click_model.threads)
+    eng.predict_object(vol, 10, ObjectPrompt(box=box_of(ref[10])))
+    assert len(box_model.threads) == 1, "the click re-encoded a warmed slice"
+
+
+def test_warm_drops_requests_superseded_before_they_run():
+    vol, _ = sphere_volume()
+    gate, started = threading.Event(), threading.Event()
+
+    class Slow(_CountingFake):
+        def embed(self, frame):
+            started.set()
+            gate.wait(30)
+            return super().embed(frame)
+
+    be = Slow()
+    eng = Engine(be)
+    first = eng.warm(vol, 3)
+    assert started.wait(30)  # slice 3 is being encoded (blocked on the gate)
+    queued = [eng.warm(vol, k) for k in (4, 5, 6)]  # queued behind it; only the last is still wanted
+    gate.set()
+    for fut in first + [f for fs in queued for f in fs]:
+        fut.result(timeout=30)
+    assert len(be.threads) == 2  # slice 3 (already running) and slice 6 (the latest); 4 and 5 dropped
+    assert eng.embedding(be, vol, 6) is not None and len(be.threads) == 2
+    eng.embedding(be, vol, 4)  # a dropped slice is encoded on demand
+    assert len(be.threads) == 3
+
+
+def test_walking_both_ways_at_once_gives_the_same_results_in_the_same_order():
+    vol, ref = sphere_volume()
+    k = vol.n_slices // 2
+    prompt = SlicePrompt((ObjectPrompt(box=box_of(ref[k])),), slice_index=k)
+    plain, both = _CountingFake(), _CountingFake()
+    both.parallel_encodes = 2  # as OpenVINO's throughput streams say
+    a = list(Engine(plain, prefetch=False).segment_volume(vol, prompt))
+    b = list(Engine(both).segment_volume(vol, prompt))
+    assert [r.slice_index for r in a] == [r.slice_index for r in b]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.labels, y.labels)
+    assert any(t == "promptonce-backward" for t in both.threads), "the backward walk did not run in its thread"
+
+
+def test_walking_both_ways_stops_on_cancel_and_on_close():
+    vol, ref = sphere_volume()
+    k = vol.n_slices // 2
+    prompt = SlicePrompt((ObjectPrompt(box=box_of(ref[k])),), slice_index=k)
+    be = _CountingFake()
+    be.parallel_encodes = 2
+    cancel = threading.Event()
+    done = []
+    with pytest.raises(CancelledError):
+        for r in Engine(be).segment_volume(vol, prompt, cancel=cancel):
+            done.append(r.slice_index)
+            if len(done) == 2:
+                cancel.set()
+    assert len(done) == 2
+    gen = Engine(be).segment_volume(vol, prompt)
+    next(gen)
+    next(gen)
+    gen.close()  # the backward thread is told to stop; nothing hangs

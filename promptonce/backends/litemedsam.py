@@ -272,7 +272,8 @@ class LiteMedSAMBackend:
         self._count_lock = threading.Lock()
         self._model: Any = None
         self._torch: Any = None
-        self._onnx: Any = None  # the encoder session
+        self._onnx: Any = None
+        self.encoder_runtime = "torch"  # which library runs the image encoder
         self._onnx_decoder: Any = None
         self._decoder_threads = max(1, int(decoder_threads))
         self.runtime = self._pick_runtime(runtime)
@@ -308,7 +309,13 @@ class LiteMedSAMBackend:
             _ = self.model
             return "torch"
         self._onnx, self._onnx_decoder = graphs
+        self.encoder_runtime = "openvino" if isinstance(self._onnx, _onnx_mod().OpenVinoEncoder) else "onnxruntime"
         return "onnx"
+
+    @property
+    def parallel_encodes(self) -> int:
+        """How many encodings pay off at once (2 on OpenVINO's throughput streams, else 1)."""
+        return int(getattr(self._onnx, "streams", 1))
 
     def _onnx_graphs(self) -> tuple[Any, Any] | None:
         """Encoder and decoder sessions from the cache, exporting them first (child process) if needed."""
@@ -326,7 +333,7 @@ class LiteMedSAMBackend:
             if not _onnx.export_in_subprocess(NAME) and not export_onnx(self.model):
                 return None
         try:
-            enc = _onnx.OnnxEncoder(enc_path)
+            enc = _onnx.encoder_runtime(enc_path)
             dec = _onnx.OnnxGraph(dec_path, threads=self._decoder_threads, spinning=False)
         except Exception as exc:  # noqa: BLE001 - a corrupt cache file must not break the backend
             logger.warning("cannot load the LiteMedSAM ONNX graphs (%s); removing them, using PyTorch", exc)
@@ -473,6 +480,12 @@ class LiteMedSAMBackend:
             scores=np.clip(iou[0].float().cpu().numpy(), 0.0, 1.0).astype(np.float32),
             logits=low_res[0].float().cpu().numpy(),
         )
+
+
+def _onnx_mod() -> Any:
+    from . import _onnx
+
+    return _onnx
 
 
 def onnx_paths() -> tuple[Path, Path]:

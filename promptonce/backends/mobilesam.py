@@ -157,6 +157,7 @@ class MobileSAMBackend:
         self._torch: Any = None
         self._transform: Any = None
         self._onnx: Any = None
+        self.encoder_runtime = "torch"  # which library runs the image encoder
         self._onnx_decoder: Any = None
         self._decoder_threads = decoder_threads
         self.runtime = self._pick_runtime(runtime)
@@ -194,7 +195,13 @@ class MobileSAMBackend:
             _ = self.model
             return "torch"
         self._onnx, self._onnx_decoder = graphs
+        self.encoder_runtime = "openvino" if isinstance(self._onnx, _onnx_mod().OpenVinoEncoder) else "onnxruntime"
         return "onnx"
+
+    @property
+    def parallel_encodes(self) -> int:
+        """How many encodings pay off at once (2 on OpenVINO's throughput streams, else 1)."""
+        return int(getattr(self._onnx, "streams", 1))
 
     def _onnx_graphs(self) -> tuple[Any, Any] | None:
         from . import _onnx
@@ -211,7 +218,7 @@ class MobileSAMBackend:
             if not _onnx.export_in_subprocess(NAME) and not export_onnx(self.model):
                 return None
         try:
-            enc = _onnx.OnnxEncoder(enc_path)
+            enc = _onnx.encoder_runtime(enc_path)
             dec = _onnx.OnnxGraph(dec_path, threads=self._decoder_threads)
         except Exception as exc:  # noqa: BLE001 - a corrupt cache file must not break the backend
             logger.warning("cannot load the MobileSAM ONNX graphs (%s); removing them, using PyTorch", exc)
@@ -384,6 +391,12 @@ class MobileSAMBackend:
             scores = iou[0].float().cpu().numpy()
             logits = low_res[0].float().cpu().numpy()
         return masks, scores, logits
+
+
+def _onnx_mod() -> Any:
+    from . import _onnx
+
+    return _onnx
 
 
 def onnx_paths() -> tuple[Path, Path]:

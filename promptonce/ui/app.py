@@ -345,6 +345,7 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
             k = min(max(k, 0), n - 1)
             rgb = H.render(ws, v, k, window, show)
             path = H.save_view(sess, rgb)
+            H.warm_view(ws, v, k, window)  # encode the shown slice now, so that a click on it is quick
             upd: dict[Any, Any] = {
                 view: str(path),
                 slider: gr.update(minimum=1, maximum=max(n, 2), value=k + 1, visible=n > 1,

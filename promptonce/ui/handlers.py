@@ -261,6 +261,10 @@ class Workspace:
         self.run_info: RunInfo | None = None
         self.correction_seconds = 0.0
         self.engines: dict[str, Any] = {}
+        self._engine_lock = threading.Lock()
+        # the model of the last click or run: shown slices are warmed for it (none before the first use,
+        # so that merely browsing never loads a model)
+        self.last_model: str | None = None
         self._volumes: OrderedDict[int, Volume] = OrderedDict()
         self._refs: OrderedDict[int, np.ndarray] = OrderedDict()
         self._frames: dict[tuple[int, Any], Any] = {}
@@ -426,6 +430,10 @@ class Workspace:
     # ------------------------------------------------------------------ models
     def engine(self, model: str) -> Any:
         """This session's engine for ``model`` (the model itself is loaded once per process)."""
+        with self._engine_lock:  # the page and the warm-up thread may both ask first
+            return self._engine(model)
+
+    def _engine(self, model: str) -> Any:
         eng = self.engines.get(model)
         if eng is None:
             from ..engine import make_engine
@@ -1055,7 +1063,38 @@ def click(
     ws.history.append((key, oid, before))
     _note_order(ws, key)
     ws.pending.add(key)
+    ws.last_model = model or "auto"
     return _predict_draft(ws, v, k, oid, model, window)
+
+
+def warm_enabled() -> bool:
+    """Whether shown slices are encoded ahead of a click (``PROMPTONCE_WARM_VIEW``, default on)."""
+    return os.environ.get("PROMPTONCE_WARM_VIEW", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def warm_view(ws: Workspace, v: int, k: int, window: Any = "auto") -> None:
+    """Starts encoding the shown slice for the session's model in the background (returns at once).
+
+    A click on a slice whose embeddings exist costs only decoding; encoding a slice costs 1-2.5 s on
+    a 2-core CPU (MobileSAM for the click, then LiteMedSAM for the box), which the user spends
+    looking at the slice anyway. Only the latest shown slice is encoded (see
+    :meth:`promptonce.engine.Engine.warm`). Nothing happens before the session's first click or run
+    (browsing alone never loads a model).
+    """
+    model = ws.last_model
+    if model is None or not warm_enabled() or not 0 <= v < ws.n_volumes:
+        return
+    from ..engine import _pool
+
+    def task() -> None:
+        try:
+            eng = ws.engine(model)
+            vol = ws.volume(v)
+            eng.warm(vol, min(max(int(k), 0), vol.n_slices - 1), window)
+        except Exception as exc:  # noqa: BLE001 - a warm-up is an optimisation; the click reports errors
+            log.debug("warming slice %d of case %d failed: %s", k, v, exc)
+
+    _pool("warm").submit(task)
 
 
 def _note_order(ws: Workspace, key: tuple[int, int]) -> None:
@@ -1230,6 +1269,7 @@ def run(
     v0, k0 = _primary(ws, scope, v_current)
     prompt = _slice_prompt(ws, v0, k0)
     eng = ws.engine(model)
+    ws.last_model = model or "auto"
     if scope == "image":
         volumes = sorted({v for v, _ in ws.prompted_slices()})
         total = len(ws.prompted_slices())

@@ -462,3 +462,28 @@ def test_litemedsam_bf16_runtime_is_close_to_fp32(lite, lite_emb) -> None:
     emb = be.embed(FRAME)
     for box in (DISC_BOX, SQUARE_BOX):
         assert dice(be.predict(emb, box=box).masks[0], lite.predict(lite_emb, box=box).masks[0]) >= 0.98
+
+
+@pytest.mark.slow
+def test_openvino_encoder_when_installed_matches_onnx_runtime_alone_and_two_at_once(lite, lite_emb) -> None:
+    pytest.importorskip("openvino", reason="OpenVINO is optional (not in requirements.txt)")
+    pytest.importorskip("onnxruntime")
+    from promptonce.backends import _onnx, litemedsam
+
+    enc_path, _ = litemedsam.onnx_paths()
+    if _onnx.cached_graph(enc_path) is None:
+        assert litemedsam.export_onnx(lite.model)
+    ov_enc = _onnx.OpenVinoEncoder(enc_path, threads=2)
+    ort_enc = _onnx.OnnxEncoder(enc_path)
+    x = np.stack([preprocess_frame(FRAME)[0], preprocess_frame(np.ascontiguousarray(FRAME[::-1]))[0]])
+    want = ort_enc.run(x)
+    np.testing.assert_allclose(ov_enc.run(x), want, atol=1e-4)
+    got: dict[int, np.ndarray] = {}
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, ov_enc.run(x[i : i + 1]))) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):  # two requests at once use the throughput streams, with the same outputs
+        np.testing.assert_allclose(got[i][0], want[i], atol=1e-4)
+    assert ov_enc.streams == 2

@@ -346,3 +346,29 @@ def test_dicom_series_gives_dicom_seg_without_patient_data(store, tmp_path):
     text = " ".join(str(ds.get(t, "")) for t in ("PatientName", "PatientID", "InstitutionName"))
     assert "Doe" not in text and "12345" not in text and "General" not in text
     assert any(p.name.endswith("_mask.nii.gz") for p in files_out)
+
+
+def test_shown_slices_are_encoded_ahead_once_a_model_is_in_use(store, ct_small, monkeypatch):
+    from promptonce.engine import _pool
+
+    def settle() -> None:  # the warm-up task queues the encodings behind itself on the same thread
+        for _ in range(3):
+            _pool("warm").submit(lambda: None).result(timeout=60)
+
+    ws = load_ct(store, ct_small)
+    H.warm_view(ws, 0, 2)
+    settle()
+    assert ws.engines == {}, "browsing before any click must not load a model"
+    H.click(ws, 0, 4, *disp(ws, 0, 20, 30), mode="positive", model=MODEL)
+    eng = ws.engines[MODEL]
+    H.warm_view(ws, 0, 6, "auto")
+    settle()
+    assert any(key[2] == 6 for key in eng._cache), "the shown slice was not encoded ahead"
+    calls = eng.backend.encoder_calls
+    H.click(ws, 0, 6, *disp(ws, 0, 20, 30), mode="positive", model=MODEL)
+    assert eng.backend.encoder_calls == calls, "the click on a warmed slice encoded it again"
+    assert ws.drafts[(0, 6)][1].mask.any()
+    monkeypatch.setenv("PROMPTONCE_WARM_VIEW", "0")
+    H.warm_view(ws, 0, 1, "auto")
+    settle()
+    assert not any(key[2] == 1 for key in eng._cache)
