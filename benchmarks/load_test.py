@@ -19,8 +19,9 @@ downloads the NIfTI masks. Checks:
   folder names and path traversal are refused by the server;
 * temp storage (files under the server's temporary root) returns to its count before the sessions
   once their clients disconnect (Gradio's heartbeat ends the session, the store deletes its folder);
-* at most ``PROMPTONCE_MODEL_CONCURRENCY`` model calls ever ran at once, while requests of several
-  sessions were in flight together.
+* at most ``PROMPTONCE_MODEL_CONCURRENCY`` model calls ever ran at once from request threads, while
+  requests of several sessions were in flight together (the engine's own helper threads, which
+  encode the next slice within a run or a shown slice while no request runs, are counted apart).
 
 Figures: requests, errors, latency p50/p95/p99 per request kind and overall. ``--out`` writes JSON.
 
@@ -71,7 +72,11 @@ def serve(port: int, stats_path: Path, fake_delay: float) -> None:
 
     registry.backend_names()  # built-ins first, then replace "fake" by the counting one
     lock = threading.Lock()
-    stats = {"active": 0, "max_active": 0, "calls": 0, "pid": os.getpid()}
+    # model calls made by request threads (what PROMPTONCE_MODEL_CONCURRENCY limits), and those of the
+    # engine's own helper threads: the next slice encoded ahead within a run, the backward direction,
+    # the shown slice encoded while no request runs (threads named promptonce-*)
+    stats = {"active": 0, "max_active": 0, "calls": 0, "helper_active": 0, "max_helper_active": 0,
+             "helper_calls": 0, "pid": os.getpid()}
 
     def dump() -> None:
         tmp = stats_path.with_suffix(".tmp")
@@ -81,17 +86,23 @@ def serve(port: int, stats_path: Path, fake_delay: float) -> None:
     class CountingFake(fake.FakeBackend):
         """The fake backend, counting simultaneous calls (``fake_delay`` seconds each, to let calls overlap)."""
 
+        @staticmethod
+        def _kind() -> str:
+            return "helper_" if threading.current_thread().name.startswith("promptonce-") else ""
+
         def _enter(self) -> None:
+            k = self._kind()
             with lock:
-                stats["active"] += 1
-                stats["calls"] += 1
-                stats["max_active"] = max(stats["max_active"], stats["active"])
+                stats[f"{k}active"] += 1
+                stats[f"{k}calls"] += 1
+                stats[f"max_{k}active"] = max(stats[f"max_{k}active"], stats[f"{k}active"])
                 dump()
             time.sleep(fake_delay)
 
         def _leave(self) -> None:
+            k = self._kind()
             with lock:
-                stats["active"] -= 1
+                stats[f"{k}active"] -= 1
 
         def embed(self, frame):
             self._enter()
@@ -480,6 +491,8 @@ def run_load(
             "queue": {
                 "model_calls": stats["calls"],
                 "max_simultaneous_model_calls": stats["max_active"],
+                "helper_model_calls": stats.get("helper_calls", 0),
+                "max_simultaneous_helper_calls": stats.get("max_helper_active", 0),
                 "max_simultaneous_model_requests_in_flight": _overlap(logs, ("click", "run")),
                 "max_simultaneous_requests_in_flight": _overlap(logs, tuple(kinds)),
             },

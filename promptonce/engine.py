@@ -281,20 +281,21 @@ class Engine:
             fut = self._pending[key] = _pool(pool).submit(work)
         return fut
 
-    def warm(self, volume: Volume, k: int, window=None) -> list[Future]:
+    def warm(self, volume: Volume, k: int, window=None, idle: Callable[[], bool] | None = None) -> list[Future]:
         """Encodes slice ``k`` in the background for the click model and the propagation model.
 
         The app calls this when it shows a slice: the user looks before clicking, so a click then
         costs only decoding (~0.1 s) instead of encoding first (~1-2.5 s on a 2-core CPU). Only the
         latest slice asked for is encoded: requests still queued when another slice is shown are
         dropped (scrolling through a volume does not queue work). A click that arrives while its
-        slice is being encoded waits for that encoding instead of starting another.
+        slice is being encoded waits for that encoding instead of starting another. ``idle``: when
+        given, an encoding starts only while it says True (the app: no model request running).
         """
         ticket = object()
         self._warm_ticket = ticket
 
         def wanted() -> bool:
-            return self._warm_ticket is ticket
+            return self._warm_ticket is ticket and (idle is None or idle())
 
         futures = []
         for b in (self.click_backend, self.backend):

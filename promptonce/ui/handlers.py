@@ -1064,7 +1064,29 @@ def click(
     _note_order(ws, key)
     ws.pending.add(key)
     ws.last_model = model or "auto"
-    return _predict_draft(ws, v, k, oid, model, window)
+    with _model_busy():
+        return _predict_draft(ws, v, k, oid, model, window)
+
+
+_BUSY_LOCK = threading.Lock()
+_BUSY = [0]  # model requests (clicks, runs, corrections) in progress in this process
+
+
+@contextmanager
+def _model_busy() -> Iterator[None]:
+    with _BUSY_LOCK:
+        _BUSY[0] += 1
+    try:
+        yield
+    finally:
+        with _BUSY_LOCK:
+            _BUSY[0] -= 1
+
+
+def models_idle() -> bool:
+    """True when no click, run or correction is using a model in this process."""
+    with _BUSY_LOCK:
+        return _BUSY[0] == 0
 
 
 def warm_enabled() -> bool:
@@ -1078,8 +1100,10 @@ def warm_view(ws: Workspace, v: int, k: int, window: Any = "auto") -> None:
     A click on a slice whose embeddings exist costs only decoding; encoding a slice costs 1-2.5 s on
     a 2-core CPU (MobileSAM for the click, then LiteMedSAM for the box), which the user spends
     looking at the slice anyway. Only the latest shown slice is encoded (see
-    :meth:`promptonce.engine.Engine.warm`). Nothing happens before the session's first click or run
-    (browsing alone never loads a model).
+    :meth:`promptonce.engine.Engine.warm`), and only while no model request runs in the process (the
+    warm-up is idle-time work: it never takes a core from someone's run; a request that starts while
+    it encodes shares the CPU with that one encoding). Nothing happens before the session's first
+    click or run (browsing alone never loads a model).
     """
     model = ws.last_model
     if model is None or not warm_enabled() or not 0 <= v < ws.n_volumes:
@@ -1090,7 +1114,7 @@ def warm_view(ws: Workspace, v: int, k: int, window: Any = "auto") -> None:
         try:
             eng = ws.engine(model)
             vol = ws.volume(v)
-            eng.warm(vol, min(max(int(k), 0), vol.n_slices - 1), window)
+            eng.warm(vol, min(max(int(k), 0), vol.n_slices - 1), window, idle=models_idle)
         except Exception as exc:  # noqa: BLE001 - a warm-up is an optimisation; the click reports errors
             log.debug("warming slice %d of case %d failed: %s", k, v, exc)
 
@@ -1287,6 +1311,8 @@ def run(
         ws.clear_results(volumes)
     done = 0
     last = 0.0
+    busy = _model_busy()
+    busy.__enter__()
     try:
         if scope == "image":
             for v, k in ws.prompted_slices():
@@ -1324,6 +1350,7 @@ def run(
     except CancelledError:
         info.cancelled = True
     finally:
+        busy.__exit__(None, None, None)
         info.seconds = time.perf_counter() - t0
         info.slices = int(sum(ws.done[v].sum() for v in volumes if v in ws.done))
     yield RunProgress(
@@ -1408,13 +1435,14 @@ def apply_corrections(
     done = 0
     cancelled = False
     try:
-        for key in keys:
-            if not ws.drafts.get(key):
-                ws.pending.discard(key)  # an undone prompt: nothing to re-run from it
-                continue
-            for p in _repropagate(ws, key, model, window, cancel, t0, done, total):
-                done = p.done
-                yield p
+        with _model_busy():
+            for key in keys:
+                if not ws.drafts.get(key):
+                    ws.pending.discard(key)  # an undone prompt: nothing to re-run from it
+                    continue
+                for p in _repropagate(ws, key, model, window, cancel, t0, done, total):
+                    done = p.done
+                    yield p
     except CancelledError:
         cancelled = True
     secs = time.perf_counter() - t0
