@@ -109,9 +109,8 @@ class OnnxGraph:
         opts.log_severity_level = 3
         if not spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # flush denormals to zero: zero-padded, windowed CT frames produced denormals that slowed the
-        # encoder by ~10% on CT slices (outputs unchanged within 1e-5)
-        opts.add_session_config_entry("session.set_denormal_as_zero", "1")
+        # not "session.set_denormal_as_zero": it sets flush-to-zero on the CALLING thread too, a
+        # process-wide numeric side effect on the library's users (it broke hypothesis's float checks)
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -164,7 +163,7 @@ class OpenVinoEncoder:
         n = threads or tu.cpu_threads()
         core = ov.Core()
         model = core.read_model(str(path))
-        common = {"INFERENCE_NUM_THREADS": n, "CPU_DENORMALS_OPTIMIZATION": True}
+        common = {"INFERENCE_NUM_THREADS": n}
         self.path = Path(path)
         self.streams = max(1, min(2, n))
         self._latency = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", **common})
