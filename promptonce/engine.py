@@ -32,8 +32,8 @@ import queue
 import threading
 import weakref
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -166,7 +166,8 @@ class Engine:
         prefetch: encode the slice that propagation needs next in a background thread while the
             current slice is decoded (image models only). Encoding is prompt-free, so the next
             slice's embedding is known to be needed before the current mask exists; at most one
-            slice per direction is encoded in vain, where the object ends.
+            slice per direction is encoded in vain, where the object ends. Off: no background
+            encoding at all (no prefetch, no :meth:`warm`, one direction after the other).
     """
 
     def __init__(

@@ -1110,11 +1110,12 @@ def warm_view(ws: Workspace, v: int, k: int, window: Any = "auto") -> None:
         return
     from ..engine import _pool
 
+    vol = ws.volume(v)  # in the page's thread: the workspace's volume cache is not shared with the task
+    k = min(max(int(k), 0), vol.n_slices - 1)
+
     def task() -> None:
         try:
-            eng = ws.engine(model)
-            vol = ws.volume(v)
-            eng.warm(vol, min(max(int(k), 0), vol.n_slices - 1), window, idle=models_idle)
+            ws.engine(model).warm(vol, k, window, idle=models_idle)
         except Exception as exc:  # noqa: BLE001 - a warm-up is an optimisation; the click reports errors
             log.debug("warming slice %d of case %d failed: %s", k, v, exc)
 
