@@ -341,7 +341,10 @@ class Engine:
         mask -> a box -> the box model (the box model is trained on medical images, the click model
         resolves what was meant); that derived box is always refined once from its own mask. A box
         drawn by the user is taken as is unless ``refine`` (set for prompts transferred from another
-        case, which are only approximately placed).
+        case, which are only approximately placed: those boxes go through the vote over box sizes,
+        ``config.transfer_scales``). A click's own box is not voted on: on 35 slices (Shenzhen
+        X-rays, CT liver/spleen/kidney, ACDC LV) the vote gave Dice 0.856 and the single refinement
+        0.857, with 12 decoder calls instead of 3.
 
         Returns:
             ``(mask bool (rows, cols), score)``.
@@ -349,6 +352,7 @@ class Engine:
         backend = self.backend
         assert isinstance(backend, Backend)  # noqa: S101 - internal invariant, SequenceBackends never get here
         shape = volume.shape[1:]
+        transferred = bool(refine)
         if obj.box is None and not backend.info.points:
             clicker = self.click_backend
             if clicker is None:
@@ -364,7 +368,7 @@ class Engine:
             obj = replace(obj, box=box, points=())
             refine = True
         emb = self.embedding(backend, volume, k, window)
-        if refine and obj.box is not None and backend.info.boxes and self.config.transfer_scales:
+        if transferred and obj.box is not None and backend.info.boxes and self.config.transfer_scales:
             return self._transferred_mask(backend, emb, obj, shape)
         multimask = obj.box is None and len(obj.points) == 1
         pred = self._predict(backend, emb, obj, multimask=multimask)
