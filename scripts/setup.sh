@@ -21,4 +21,10 @@ SAM2_BUILD_CUDA=0 pip install -q --no-build-isolation "sam2==1.1.0"
 pip install -q -r requirements-dev.txt
 pip install -q --no-deps --no-build-isolation -e .
 .venv/bin/python -c "import torch; assert torch.__version__.startswith('2.14.1'), torch.__version__"
+# Export the CPU models to ONNX now (once per machine, ~1-2 min; verified against PyTorch), so that the
+# app's first click does not wait for it. Optional: the app exports on first use, or runs on PyTorch.
+for m in litemedsam mobilesam; do
+  .venv/bin/python -m promptonce.backends._onnx export "$m" >/dev/null 2>&1 \
+    || echo "note: ONNX export of $m failed; it will be retried on first use (PyTorch is the fallback)" >&2
+done
 echo "$want" > "$stamp"
