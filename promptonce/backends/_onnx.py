@@ -65,6 +65,9 @@ __all__ = [
     "cached_graph",
     "encoder_session",
     "export_graph",
+    "export_model",
+    "graph_paths",
+    "load_graphs",
     "export_in_subprocess",
     "onnx_available",
     "resize_matrix",
@@ -125,6 +128,7 @@ class OnnxEncoder(OnnxGraph):
 
     #: encodings worth running at once (ONNX Runtime already spreads one over every core)
     streams = 1
+    runtime_name = "onnxruntime"
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """float32 ``(B, 3, S, S)`` -> float32 ``(B, C, h, w)`` (frame by frame: the graph takes one)."""
@@ -156,6 +160,8 @@ class OpenVinoEncoder:
         path: the ``.onnx`` file (input float32 ``(1, 3, S, S)``).
         threads: cores to use (default: the cores this process may use).
     """
+
+    runtime_name = "openvino"
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         import openvino as ov
@@ -544,6 +550,68 @@ def upsample_logits(
     ry = _axis_map(h, padded, content[0], out[0])
     rx = _axis_map(w, padded, content[1], out[1])
     return np.stack([ry @ logits[i].astype(np.float32) @ rx.T for i in range(k)])
+
+
+# ---------------------------------------------------------------------- a model's two graphs
+def graph_paths(model: str, key: str, input_size: int) -> tuple[Path, Path]:
+    """The cache files of a model's exported encoder and decoder (e.g. ``model="litemedsam"``)."""
+    return cache_path(f"{model}_encoder", key, input_size), cache_path(f"{model}_decoder", key, input_size)
+
+
+def export_model(model: str, key: str, input_size: int, torch_model: Callable[[], Any]) -> bool:
+    """Exports (once) and verifies a SAM-style model's encoder and decoder; True when both are cached.
+
+    ``torch_model`` returns the PyTorch model (``image_encoder``, ``prompt_encoder``,
+    ``mask_decoder``); it is called only when something must be exported.
+    """
+    enc_path, dec_path = graph_paths(model, key, input_size)
+    if cached_graph(enc_path) is not None and cached_graph(dec_path) is not None:
+        return True
+    net = torch_model()
+    torch = tu.import_torch()
+    if cached_graph(enc_path) is None:
+        example = torch.rand(1, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+        if export_graph(net.image_encoder, (example,), enc_path, ["image"], ["embedding"]) is None:
+            return False
+    if cached_graph(dec_path) is None:
+        if export_decoder(net.prompt_encoder, net.mask_decoder, input_size, dec_path) is None:
+            return False
+    return True
+
+
+def load_graphs(
+    model: str,
+    key: str,
+    input_size: int,
+    torch_model: Callable[[], Any],
+    decoder_threads: int | None = None,
+    decoder_spinning: bool = True,
+) -> tuple[Any, OnnxGraph] | None:
+    """A model's encoder session (:func:`encoder_runtime`) and decoder session, or None to stay on PyTorch.
+
+    Missing or unverified graphs are exported first: in a child process, else in-process with
+    ``torch_model()``. A graph that fails to load is removed from the cache.
+    """
+    if not onnx_available():
+        logger.info("onnxruntime is not installed; %s runs on PyTorch", model)
+        return None
+    try:
+        enc_path, dec_path = graph_paths(model, key, input_size)
+    except OSError as exc:
+        logger.warning("cannot create the ONNX cache folder (%s); %s runs on PyTorch", exc, model)
+        return None
+    if cached_graph(enc_path) is None or cached_graph(dec_path) is None:
+        if not export_in_subprocess(model) and not export_model(model, key, input_size, torch_model):
+            return None
+    try:
+        enc = encoder_runtime(enc_path)
+        dec = OnnxGraph(dec_path, threads=decoder_threads, spinning=decoder_spinning)
+    except Exception as exc:  # noqa: BLE001 - a corrupt cache file must not break the backend
+        logger.warning("cannot load the %s ONNX graphs (%s); removing them, using PyTorch", model, exc)
+        for p in (enc_path, dec_path):
+            _remove(p)
+        return None
+    return enc, dec
 
 
 # ---------------------------------------------------------------------- command line (export child)

@@ -309,7 +309,7 @@ class LiteMedSAMBackend:
             _ = self.model
             return "torch"
         self._onnx, self._onnx_decoder = graphs
-        self.encoder_runtime = "openvino" if isinstance(self._onnx, _onnx_mod().OpenVinoEncoder) else "onnxruntime"
+        self.encoder_runtime = self._onnx.runtime_name
         return "onnx"
 
     @property
@@ -321,26 +321,9 @@ class LiteMedSAMBackend:
         """Encoder and decoder sessions from the cache, exporting them first (child process) if needed."""
         from . import _onnx
 
-        if not _onnx.onnx_available():
-            logger.info("onnxruntime is not installed; LiteMedSAM runs on PyTorch")
-            return None
-        try:
-            enc_path, dec_path = onnx_paths()
-        except OSError as exc:
-            logger.warning("cannot create the ONNX cache folder (%s); LiteMedSAM runs on PyTorch", exc)
-            return None
-        if _onnx.cached_graph(enc_path) is None or _onnx.cached_graph(dec_path) is None:
-            if not _onnx.export_in_subprocess(NAME) and not export_onnx(self.model):
-                return None
-        try:
-            enc = _onnx.encoder_runtime(enc_path)
-            dec = _onnx.OnnxGraph(dec_path, threads=self._decoder_threads, spinning=False)
-        except Exception as exc:  # noqa: BLE001 - a corrupt cache file must not break the backend
-            logger.warning("cannot load the LiteMedSAM ONNX graphs (%s); removing them, using PyTorch", exc)
-            for p in (enc_path, dec_path):
-                _onnx._remove(p)
-            return None
-        return enc, dec
+        return _onnx.load_graphs(
+            NAME, CHECKPOINT_SHA256, INPUT_SIZE, lambda: self.model, self._decoder_threads, decoder_spinning=False
+        )
 
     # ------------------------------------------------------------------ encoder
     def _encode(self, batch: np.ndarray) -> list[Any]:
@@ -482,20 +465,11 @@ class LiteMedSAMBackend:
         )
 
 
-def _onnx_mod() -> Any:
-    from . import _onnx
-
-    return _onnx
-
-
 def onnx_paths() -> tuple[Path, Path]:
     """The cache files of the exported LiteMedSAM encoder and decoder."""
     from . import _onnx
 
-    return (
-        _onnx.cache_path("litemedsam_encoder", CHECKPOINT_SHA256, INPUT_SIZE),
-        _onnx.cache_path("litemedsam_decoder", CHECKPOINT_SHA256, INPUT_SIZE),
-    )
+    return _onnx.graph_paths(NAME, CHECKPOINT_SHA256, INPUT_SIZE)
 
 
 def export_onnx(model: Any = None) -> bool:
@@ -506,20 +480,10 @@ def export_onnx(model: Any = None) -> bool:
     """
     from . import _onnx
 
-    enc_path, dec_path = onnx_paths()
-    if _onnx.cached_graph(enc_path) is not None and _onnx.cached_graph(dec_path) is not None:
-        return True
-    if model is None:
-        model = LiteMedSAMBackend(device="cpu", runtime="torch").model
-    torch = tu.import_torch()
-    if _onnx.cached_graph(enc_path) is None:
-        example = torch.rand(1, 3, INPUT_SIZE, INPUT_SIZE, generator=torch.Generator().manual_seed(0))
-        if _onnx.export_graph(model.image_encoder, (example,), enc_path, ["image"], ["embedding"]) is None:
-            return False
-    if _onnx.cached_graph(dec_path) is None:
-        if _onnx.export_decoder(model.prompt_encoder, model.mask_decoder, INPUT_SIZE, dec_path) is None:
-            return False
-    return True
+    def torch_model() -> Any:
+        return model if model is not None else LiteMedSAMBackend(device="cpu", runtime="torch").model
+
+    return _onnx.export_model(NAME, CHECKPOINT_SHA256, INPUT_SIZE, torch_model)
 
 
 DEFAULT_ONNX = True
