@@ -40,12 +40,12 @@ from typing import Literal
 import numpy as np
 
 from .backends.base import Backend, Embedding, Prediction, SequenceBackend
-from .errors import CancelledError, InputError, PromptError
+from .errors import InputError, PromptError, check_cancel
 from .preprocess import FrameMaker
 from .prompts import box_from_mask, interior_point, map_prompt
 from .types import Box, Dataset, ObjectPrompt, Point, Scope, SlicePrompt, SliceResult, Volume
 
-__all__ = ["PropagationConfig", "Engine", "segment", "make_engine"]
+__all__ = ["PropagationConfig", "Engine", "segment", "make_engine", "background_pool"]
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ _POOLS: dict[str, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def _pool(name: str) -> ThreadPoolExecutor:
+def background_pool(name: str) -> ThreadPoolExecutor:
     """One background thread per purpose, shared by every engine of the process.
 
     ``prefetch``: the slice a propagation needs next. ``warm``: the slice the app shows (see
@@ -194,6 +194,18 @@ class Engine:
         self._uids: weakref.WeakKeyDictionary[Volume, int] = weakref.WeakKeyDictionary()
         self._next_uid = itertools.count()
 
+    @property
+    def cache_size(self) -> int:
+        """How many slice embeddings the engine keeps (LRU); settable to bound a session's memory."""
+        return self._cache_size
+
+    @cache_size.setter
+    def cache_size(self, n: int) -> None:
+        with self._lock:
+            self._cache_size = max(1, int(n))
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+
     def _uid(self, volume: Volume) -> int:
         """A key for a volume that is never reused while this engine lives (``id()`` can be)."""
         with self._lock:
@@ -279,7 +291,7 @@ class Engine:
                     with self._lock:
                         self._pending.pop(key, None)
 
-            fut = self._pending[key] = _pool(pool).submit(work)
+            fut = self._pending[key] = background_pool(pool).submit(work)
         return fut
 
     def warm(self, volume: Volume, k: int, window=None, idle: Callable[[], bool] | None = None) -> list[Future]:
@@ -948,9 +960,7 @@ def make_engine(
 
 
 # ---------------------------------------------------------------------- helpers
-def _check_cancel(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise CancelledError("The run was cancelled; the slices finished so far are kept.")
+_check_cancel = check_cancel
 
 
 def _has_negative(obj: ObjectPrompt) -> bool:

@@ -21,6 +21,8 @@ shows any :class:`PromptOnceError` message to the user (never a stack trace)::
 
 from __future__ import annotations
 
+import threading  # noqa: F401 - used in annotations
+
 __all__ = [
     "PromptOnceError",
     "InputError",
@@ -88,3 +90,14 @@ class WeightsError(ModelError):
 
 class CancelledError(PromptOnceError):
     """The caller cancelled a run; the results produced so far remain valid."""
+
+
+def check_cancel(cancel: "threading.Event | None") -> None:
+    """Raises :class:`CancelledError` when ``cancel`` is set (the one cancel check of the package).
+
+    Args:
+        cancel: a ``threading.Event`` (or anything with ``is_set()``), or None for "never cancelled".
+    """
+    if cancel is not None and cancel.is_set():
+        raise CancelledError("The run was cancelled; the results finished so far are kept.")
+

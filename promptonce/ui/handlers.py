@@ -448,8 +448,7 @@ class Workspace:
                 except ModelError:
                     raise exc from None
                 self.notes.append(f"Clicks are unavailable with {name} here ({exc}); draw boxes.")
-            if hasattr(eng, "_cache_size"):
-                eng._cache_size = ENGINE_CACHE_SLICES  # noqa: SLF001 - bound the per-session memory
+            eng.cache_size = ENGINE_CACHE_SLICES  # bound the per-session memory
             self.engines[model] = eng
         return eng
 
@@ -1108,7 +1107,7 @@ def warm_view(ws: Workspace, v: int, k: int, window: Any = "auto") -> None:
     model = ws.last_model
     if model is None or not warm_enabled() or not 0 <= v < ws.n_volumes:
         return
-    from ..engine import _pool
+    from ..engine import background_pool
 
     vol = ws.volume(v)  # in the page's thread: the workspace's volume cache is not shared with the task
     k = min(max(int(k), 0), vol.n_slices - 1)
@@ -1119,7 +1118,7 @@ def warm_view(ws: Workspace, v: int, k: int, window: Any = "auto") -> None:
         except Exception as exc:  # noqa: BLE001 - a warm-up is an optimisation; the click reports errors
             log.debug("warming slice %d of case %d failed: %s", k, v, exc)
 
-    _pool("warm").submit(task)
+    background_pool("warm").submit(task)
 
 
 def _note_order(ws: Workspace, key: tuple[int, int]) -> None:
