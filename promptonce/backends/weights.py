@@ -82,6 +82,8 @@ class CheckpointSpec:
         url: official download URL.
         sha256: published sha256 (lower-case hex), or None when none was found (trust on first use).
         size: size in bytes when known, else None.
+        remedy: what to tell a user whose file fails its check; empty: download it again from ``url``
+            (a file shipped inside a pip package says which package to reinstall instead).
     """
 
     name: str
@@ -89,6 +91,7 @@ class CheckpointSpec:
     url: str
     sha256: str | None = None
     size: int | None = None
+    remedy: str = ""
 
 
 _SAM = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -131,10 +134,26 @@ KNOWN_CHECKPOINTS: dict[str, CheckpointSpec] = {
 }
 
 
-def cache_dir() -> Path:
-    """The download cache: ``$PROMPTONCE_CACHE`` or ``~/.cache/promptonce`` (not created here)."""
+def cache_dir(sub: str | None = None) -> Path:
+    """PromptOnce's cache folder, or its sub-folder ``sub`` (then created if missing).
+
+    The folder is ``$PROMPTONCE_CACHE``, else ``$XDG_CACHE_HOME/promptonce``, else
+    ``~/.cache/promptonce``. Checkpoints live in it directly; ``sub="onnx"`` holds the ONNX exports.
+
+    Raises:
+        OSError: ``sub`` was given and the folder cannot be created.
+    """
     env = os.environ.get("PROMPTONCE_CACHE", "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "promptonce"
+    if env:
+        root = Path(env).expanduser()
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+        root = (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "promptonce"
+    if sub is None:
+        return root
+    d = root / sub
+    d.mkdir(parents=True, exist_ok=True)
+    return d
 
 
 def search_dirs() -> list[Path]:
@@ -315,24 +334,47 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def verify_checkpoint(path: str | os.PathLike[str], spec: CheckpointSpec) -> str:
-    """Checks a file against the spec's sha256 (or the hash recorded on first download).
+    """Checks a file against the spec's size and sha256 (or the hash recorded on first download).
+
+    The one verification routine for every checkpoint: downloaded ones, the ones shipped inside pip
+    packages (LiteMedSAM, MobileSAM) and the ONNX exports. A file is hashed once per process: the
+    result is remembered by ``(path, size, modification time)``, so a replaced file is hashed again.
+
+    Args:
+        path: the file.
+        spec: what it must be; ``spec.size`` (when known) is checked before hashing.
 
     Returns:
         The file's sha256.
 
     Raises:
-        WeightsError: on a mismatch, or when there is nothing to compare with.
+        WeightsError: the file is missing, its size or sha256 differs (the message says what to do:
+            ``spec.remedy`` when given, else download it again from ``spec.url``), or there is nothing
+            to compare with.
     """
     p = Path(path)
-    digest = sha256_file(p)
+    fix = spec.remedy or f"Delete it and download it again from {spec.url}."
+    try:
+        size, mtime_ns = _stat_key(p)
+    except OSError as e:
+        raise WeightsError(f"Checkpoint {p} is missing ({e}). {fix}") from e
+    if spec.size is not None and size != spec.size:
+        raise WeightsError(
+            f"Checkpoint {p} has {size} bytes, expected {spec.size} for {spec.filename}: the file is "
+            f"truncated or replaced. {fix}"
+        )
     expected = spec.sha256 or (rec[0] if (rec := _read_recorded(p)) else None)
     if expected is None:
         raise WeightsError(f"No sha256 is known for {spec.filename}; nothing to verify {p} against.")
+    if (str(p.resolve()), size, mtime_ns, expected) in _VERIFIED:
+        return expected
+    digest = sha256_file(p)
     if digest != expected:
         raise WeightsError(
-            f"{p} has sha256 {digest}, expected {expected}: the file is corrupt or not {spec.filename}. "
-            f"Delete it and download it again from {spec.url}."
+            f"{p} has sha256 {digest}, expected {expected}: the file is corrupt or not {spec.filename}. {fix}"
         )
+    if _stat_key(p) == (size, mtime_ns):  # not replaced while it was being read
+        _VERIFIED.add((str(p.resolve()), size, mtime_ns, digest))
     return digest
 
 
