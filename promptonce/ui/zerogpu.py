@@ -183,9 +183,19 @@ def _run_on_gpu() -> Callable[[_Job], Iterator[SliceResult]]:
 
 
 def prepare() -> bool:
-    """Registers the GPU function with ``spaces`` now (call before the app launches); True on ZeroGPU."""
+    """Registers the GPU function with ``spaces`` now (call before the page is built); True on ZeroGPU.
+
+    Also switches off ``spaces``' automatic wrapping of every Gradio handler (``SPACES_GRADIO_AUTO_WRAP``):
+    the app's handlers keep per-session state in this process, which a forked GPU worker would lose;
+    only :func:`_segment_on_gpu` is meant to run there.
+    """
     _run_on_gpu()
-    return active()
+    if not active():
+        return False
+    disable = getattr(importlib.import_module("spaces"), "disable_gradio_auto_wrap", None)
+    if callable(disable):
+        disable()
+    return True
 
 
 def _names(engine: Any) -> tuple[str, str | None]:

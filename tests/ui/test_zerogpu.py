@@ -54,6 +54,8 @@ class _StandInSpaces:
         self.module = types.ModuleType("spaces")
         self.module.__spec__ = importlib.machinery.ModuleSpec("spaces", None)
         self.module.GPU = self.GPU  # type: ignore[attr-defined]
+        self.auto_wrap = True
+        self.module.disable_gradio_auto_wrap = lambda: setattr(self, "auto_wrap", False)  # type: ignore[attr-defined]
 
     def GPU(self, task: Any = None, *, duration: Any = None) -> Any:  # noqa: N802 - the package's name
         def deco(fn: Any) -> Any:
@@ -133,6 +135,7 @@ def test_chunks_fit_the_slot_and_always_carry_the_prompted_case(monkeypatch: pyt
 def test_on_zerogpu_the_run_happens_inside_spaces_gpu(on_zerogpu: _StandInSpaces, cases: list[Volume]) -> None:
     assert zerogpu.active() and zerogpu.prepare()
     assert on_zerogpu.decorated == ["_segment_on_gpu"]
+    assert not on_zerogpu.auto_wrap  # handlers keep their state in this process: only the model work is wrapped
     got = list(zerogpu.segment(cases, PROMPT, scope="volume", engine=_engine()))
     want = list(engine_segment(cases, PROMPT, scope="volume", engine=_engine()))
     assert len(on_zerogpu.calls) == 1 and on_zerogpu.calls[0] == zerogpu.duration_for("fake", 11)
