@@ -75,11 +75,11 @@ RUN case "${VARIANT}" in gpu|cpu) ;; *) echo "VARIANT must be gpu or cpu, got ${
 # so editing the app does not download the weights again.
 ENV PROMPTONCE_WEIGHTS=/opt/promptonce/weights
 COPY promptonce/__init__.py promptonce/errors.py promptonce/types.py promptonce/py.typed ./promptonce/
-COPY promptonce/backends/__init__.py promptonce/backends/weights.py ./promptonce/backends/
+COPY promptonce/backends/__init__.py promptonce/backends/weights.py promptonce/backends/hub.py ./promptonce/backends/
 RUN mkdir -p "${PROMPTONCE_WEIGHTS}" \
  && if [ -n "${PROMPTONCE_CHECKPOINTS}" ]; then \
       PROMPTONCE_CACHE="${PROMPTONCE_WEIGHTS}" python -m promptonce.backends.weights fetch ${PROMPTONCE_CHECKPOINTS} \
-      && rm -f "${PROMPTONCE_WEIGHTS}"/*.part; \
+      && rm -rf "${PROMPTONCE_WEIGHTS}"/*.part "${PROMPTONCE_WEIGHTS}/.hub-staging"; \
     fi \
  && chmod -R a+rX /opt/promptonce
 

@@ -226,3 +226,26 @@ def test_the_health_check_passes_on_a_serving_port_and_fails_on_a_closed_one() -
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
     assert subprocess.run(_health_command(closed), capture_output=True, timeout=30).returncode != 0  # noqa: S603
+
+
+def test_the_weights_stage_of_the_image_has_every_module_the_fetch_imports(tmp_path: Path) -> None:
+    """The image fetches checkpoints from a few early-copied files (so code edits keep the weights layer)."""
+    import os
+
+    early = [
+        (src, dest) for word, args in _instructions() if word == "COPY" and "--from=" not in args
+        for *srcs, dest in [shlex.split(args)] for src in srcs if src.startswith("promptonce/")
+    ]
+    copied = [src for src, dest in early if dest.startswith("./promptonce")]
+    assert "promptonce/backends/weights.py" in copied
+    for src in copied:
+        (tmp_path / src).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / src, tmp_path / src)
+    done = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", "import sys, promptonce.backends.weights as w; assert w.__file__.startswith(sys.argv[1]);"
+         "sys.exit(w.main(['list']))", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, cwd=str(tmp_path),
+        env={**os.environ, "PYTHONPATH": str(tmp_path), "PROMPTONCE_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "sam2.1_hiera_tiny.pt" in done.stdout
