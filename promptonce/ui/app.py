@@ -34,6 +34,7 @@ import gradio as gr
 
 from ..errors import PromptOnceError
 from . import handlers as H
+from . import startup
 from .session import Session, SessionStore
 
 __all__ = ["build_app", "launch", "launch_kwargs", "default_store", "upload_file"]
@@ -221,6 +222,7 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
         title="PromptOnce", fill_width=True, analytics_enabled=analytics, delete_cache=cache_policy
     ) as demo:
         gr.HTML(INTRO)
+        startup.banner()  # the models' warm-up on a Space (nothing elsewhere)
         with gr.Row(equal_height=False):
             # ------------------------------------------------------------ left: controls
             with gr.Column(scale=4, min_width=340, elem_id="po-controls"):
@@ -802,6 +804,7 @@ def launch(**overrides: Any) -> None:
     # here (the embedded LiteMedSAM/MobileSAM, or checkpoints baked into the image); opt out with 0
     os.environ.setdefault("PROMPTONCE_OFFLINE", "1")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    startup.prepare()  # on a Space: persistent cache, ZeroGPU, models loaded at start (promptonce.ui.startup)
     demo = build_app()
     demo.queue(default_concurrency_limit=1, max_size=int(_env_float("PROMPTONCE_QUEUE_SIZE", 64)))
     kwargs = launch_kwargs()

@@ -1284,7 +1284,7 @@ def run(
     Yields:
         :class:`RunProgress` reports, the last with ``finished=True``.
     """
-    from ..engine import segment
+    from .zerogpu import segment  # the engine's segment; inside spaces.GPU on ZeroGPU
 
     if scope not in SCOPES:
         raise InputError(f"Unknown scope {scope!r}; use {', '.join(SCOPES)}.")
