@@ -617,6 +617,11 @@ def pair_references(images: Dataset, references: Sequence[str | Path]) -> list[P
     ...) equals ``name``, or does after removing a mask suffix (``_mask``, ``_seg``, ``_label(s)``,
     ``_gt``, ...). ``references`` may hold files, folders (their files) and globs.
 
+    Images no name pairs are paired by order with the references no name claims, when there are as
+    many of one as of the other: one image with one reference pairs whatever their names
+    (``image.nii.gz`` with ``labels.nii.gz``), and ``a.png, b.png`` with ``ma.png, mb.png`` pair in the
+    order given. The readers still check that each pair has the same size and geometry.
+
     Returns:
         One reference path per image, in the dataset's order.
 
@@ -639,14 +644,17 @@ def pair_references(images: Dataset, references: Sequence[str | Path]) -> list[P
         exact[keys[0]] = p
         for k in keys[1:]:
             by_key.setdefault(k, p)
-    out: list[Path] = []
-    missing: list[str] = []
-    for nm in images.names:
-        p = exact.get(nm) or by_key.get(nm)
-        if p is None:
-            missing.append(nm)
-        else:
-            out.append(p)
+    found: list[Path | None] = [exact.get(nm) or by_key.get(nm) for nm in images.names]
+    claimed = {str(p) for p in found if p is not None}
+    free = [p for p in refs if not p.name.startswith(".") and str(p) not in claimed]
+    free = list(dict.fromkeys(free))  # a file given twice counts once
+    unpaired = [i for i, p in enumerate(found) if p is None]
+    if unpaired and len(unpaired) == len(free):
+        for i, p in zip(unpaired, free):
+            found[i] = p
+        log.info("pair_references: %d image(s) paired by order with the remaining reference(s)", len(unpaired))
+    out = [p for p in found if p is not None]
+    missing = [nm for nm, p in zip(images.names, found) if p is None]
     if missing:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise InputError(
