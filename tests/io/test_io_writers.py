@@ -92,11 +92,16 @@ def test_png_zip(tmp_path):
     b[0, 0], b[2, 1] = 2, 3
     out = write_png_masks_zip([("CHNCXR_0001_0.png", a), ("case b", b)], tmp_path / "masks.zip")
     with zipfile.ZipFile(out) as zf:
-        assert sorted(zf.namelist()) == ["CHNCXR_0001_0.png", "case_b.png"]
+        assert sorted(zf.namelist()) == ["CHNCXR_0001_0.png", "case_b.png", "labels.csv"]
         ia = np.asarray(Image.open(io.BytesIO(zf.read("CHNCXR_0001_0.png"))))
         ib = np.asarray(Image.open(io.BytesIO(zf.read("case_b.png"))))
-    assert ia.shape == (4, 5) and sorted(np.unique(ia).tolist()) == [0, 255] and ia[1, 1] == 255
+    # several objects in the zip: palette PNGs whose pixel values are the object ids
+    np.testing.assert_array_equal(ia, a)
     np.testing.assert_array_equal(ib, b)
+    out = write_png_masks_zip([("one.png", a)], tmp_path / "one.zip")
+    with zipfile.ZipFile(out) as zf:
+        ia = np.asarray(Image.open(io.BytesIO(zf.read("one.png"))))
+    assert ia.shape == (4, 5) and sorted(np.unique(ia).tolist()) == [0, 255] and ia[1, 1] == 255
     with pytest.raises(InputError, match="both be called"):
         write_png_masks_zip([("x.png", a), ("x", a)], tmp_path / "dup.zip")
     assert not (tmp_path / "dup.zip").exists() and _leftovers(tmp_path) == []
@@ -121,7 +126,7 @@ def test_overlay_gif(tmp_path):
     vol = Volume(array=arr, name="g", modality="MR")
     lab = np.zeros(vol.shape, np.uint8)
     lab[:, 5:10, 5:10] = 1
-    out = write_overlay_gif(vol, lab, tmp_path / "g.gif", max_frames=10, fps=5)
+    out = write_overlay_gif(vol, lab, tmp_path / "g.gif", max_frames=10, fps=5, min_size=24)
     with Image.open(out) as im:
         assert im.n_frames == 10 and im.size == (24, 20)
         im.seek(3)

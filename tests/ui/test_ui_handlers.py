@@ -208,7 +208,7 @@ def test_xray_set_dataset_scope_with_metrics(store, xray_small):
     files = H.write_downloads(ws, s)
     png_zip = next(p for p in files if p.name == "masks_png.zip")
     with zipfile.ZipFile(png_zip) as zf:
-        assert sorted(zf.namelist()) == ["cxr_01.png", "cxr_02.png", "cxr_03.png"]
+        assert sorted(zf.namelist()) == ["cxr_01.png", "cxr_02.png", "cxr_03.png", "labels.csv"]
     assert "masks" not in " ".join(p.name for p in files if p.suffix == ".gz")
 
 
