@@ -49,6 +49,7 @@ from ..types import Dataset, SourceGeometry, Volume
 from ._common import DEFAULT_MAX_VOXELS, DEFAULT_MAX_ZIP_BYTES, case_name, natural_sorted, to_display
 from .archive import content_root, extract_to_temp, extracted, is_zip
 from .dicom import is_dicom, is_projection, read_dicom, read_header
+from .labelnames import is_label_sidecar, read_label_names
 from .images import IMAGE_SUFFIXES, image_info, read_image, read_image_array, read_image_stack
 from .arrays import read_numpy
 from .nifti import read_nifti, read_nifti_stored
@@ -65,6 +66,7 @@ __all__ = [
     "load_dataset",
     "load_reference",
     "pair_references",
+    "label_values",
 ]
 
 ImagesAs = Literal["auto", "stack", "set"]
@@ -535,7 +537,8 @@ def load_reference(source: str | Path, image: Volume, *, max_voxels: int = DEFAU
 
     Returns:
         Volume whose ``array`` is the integer label map ``(slices, rows, cols)`` (uint8 when labels
-        fit), with the image's affine and source geometry.
+        fit), with the image's affine and source geometry, and ``label_names`` when the file or a
+        file beside it names the labels (:func:`promptonce.io.labelnames.read_label_names`).
 
     Raises:
         ReferenceMismatchError: shape or geometry differ (the message says how).
@@ -597,7 +600,16 @@ def load_reference(source: str | Path, image: Volume, *, max_voxels: int = DEFAU
         source_format=kind or "folder",
         modality="OT",
         source=image.source,
+        label_names=read_label_names(src, label_values(labels)) if src.is_file() else {},
     )
+
+
+def label_values(labels: np.ndarray) -> list[int]:
+    """The distinct non-zero values of an integer label map (fast for uint8: one bincount)."""
+    arr = np.asarray(labels)
+    if arr.dtype == np.uint8:
+        return [int(v) for v in np.flatnonzero(np.bincount(arr.ravel(), minlength=256)) if v != 0]
+    return [int(v) for v in np.unique(arr) if v != 0]
 
 
 def _ref_keys(path: Path) -> list[str]:
@@ -615,7 +627,8 @@ def pair_references(images: Dataset, references: Sequence[str | Path]) -> list[P
 
     A reference pairs with image ``name`` when its file name without suffixes (``.nii.gz``, ``.png``,
     ...) equals ``name``, or does after removing a mask suffix (``_mask``, ``_seg``, ``_label(s)``,
-    ``_gt``, ...). ``references`` may hold files, folders (their files) and globs.
+    ``_gt``, ...). ``references`` may hold files, folders (their files) and globs; label-name files
+    (``.json``, ``.csv``, ``.txt``, ...; see :mod:`promptonce.io.labelnames`) are not references.
 
     Images no name pairs are paired by order with the references no name claims, when there are as
     many of one as of the other: one image with one reference pairs whatever their names
@@ -635,9 +648,8 @@ def pair_references(images: Dataset, references: Sequence[str | Path]) -> list[P
             refs.extend(_files_in(p, recursive=False) if p.is_dir() else [p])
     by_key: dict[str, Path] = {}
     exact: dict[str, Path] = {}
+    refs = [p for p in refs if not p.name.startswith(".") and not is_label_sidecar(p)]
     for p in refs:
-        if p.name.startswith("."):
-            continue
         keys = _ref_keys(p)
         if keys[0] in exact and exact[keys[0]] != p:
             raise InputError(f"two references are both named {keys[0]!r}: {exact[keys[0]]} and {p}; keep one.")
@@ -646,7 +658,7 @@ def pair_references(images: Dataset, references: Sequence[str | Path]) -> list[P
             by_key.setdefault(k, p)
     found: list[Path | None] = [exact.get(nm) or by_key.get(nm) for nm in images.names]
     claimed = {str(p) for p in found if p is not None}
-    free = [p for p in refs if not p.name.startswith(".") and str(p) not in claimed]
+    free = [p for p in refs if str(p) not in claimed]
     free = list(dict.fromkeys(free))  # a file given twice counts once
     unpaired = [i for i, p in enumerate(found) if p is None]
     if unpaired and len(unpaired) == len(free):
