@@ -109,3 +109,53 @@ def test_store_keeps_uploads_out_of_the_served_folder(tmp_path):
     finally:
         store.close_all()
     assert not s.directory.exists() and not s.results_directory.exists()
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(170)
+def test_second_browser_context_cannot_edit_a_download_link_into_an_upload(app_server, ct_small):
+    """User A runs in one browser context; user B, in another, opens A's download link (works) and
+    the link edited to ``inputs/<file>`` and ``../inputs/<file>`` (403/404)."""
+    from test_ui_browser import ARGS, CHROMIUM, choose, click_image, shot, upload, wait_status
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            ctx_a = browser.new_context(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
+            ctx_b = browser.new_context(viewport={"width": 1440, "height": 1000})
+            a = ctx_a.new_page()
+            a.set_default_timeout(30_000)
+            a.goto(app_server.url)
+            a.wait_for_selector("#po-run")
+            upload(a, "po-files", [ct_small[0]])
+            a.click("#po-load")
+            wait_status(a, "Loaded")
+            choose(a, "po-model", "Fake")
+            click_image(a, 20, 30, scale=8.0)
+            wait_status(a, "preview", "nothing")
+            a.click("#po-run")
+            wait_status(a, "Done", "Stopped", timeout=90)
+            link = a.locator('#po-downloads a[download="phantom_mask.nii.gz"]')
+            link.wait_for()
+            href = link.get_attribute("href") or ""
+            assert "/file=" in href, href
+            url = href if href.startswith("http") else app_server.url.rstrip("/") + "/" + href.lstrip("/")
+            shot(a, "06_download_link_owner")
+
+            b = ctx_b.new_page()
+            ok = b.request.get(url)
+            assert ok.status == 200 and ok.body()[:2] == b"\x1f\x8b", "the link itself works for whoever holds it"
+            head = url.rsplit("/", 1)[0]
+            upload_name = ct_small[0].name
+            for edited in (f"{head}/inputs/{upload_name}", f"{head}/../inputs/{upload_name}",
+                           f"{head}/../../inputs/{upload_name}", head, head.rsplit("/", 1)[0]):  # fmt: skip
+                r = b.request.get(edited)
+                assert r.status in (403, 404), (edited, r.status)
+                resp = b.goto(edited)
+                assert resp is not None and resp.status in (403, 404), (edited, resp.status if resp else None)
+            shot(b, "06_download_link_edited_other_context")
+        finally:
+            browser.close()
