@@ -34,6 +34,7 @@ import gradio as gr
 
 from ..errors import PromptOnceError
 from . import handlers as H
+from . import fileguard
 from .session import Session, SessionStore, default_roots
 
 __all__ = ["build_app", "launch", "launch_kwargs", "default_store", "upload_file"]
@@ -200,6 +201,7 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
 
         store.upload_folder = Path(get_upload_folder())  # where gr.File leaves its empty temp files
     store.start_sweeper()
+    fileguard.register(store)  # its uploads and private folders are never served, its results are
     if show_fake is None:
         show_fake = os.environ.get("PROMPTONCE_SHOW_FAKE", "") == "1"
     choices, missing = H.model_choices(show_fake=show_fake)
@@ -793,6 +795,7 @@ def launch_kwargs() -> dict[str, Any]:
         "head": "<script>" + (HERE / "keys.js").read_text(encoding="utf-8") + "</script>",
         "footer_links": ["api", "gradio"],
         "run_history": False,
+        "app_kwargs": {"middleware": [fileguard.middleware()]},  # only results are served (ui/fileguard.py)
     }
 
 

@@ -159,3 +159,49 @@ def test_second_browser_context_cannot_edit_a_download_link_into_an_upload(app_s
             shot(b, "06_download_link_edited_other_context")
         finally:
             browser.close()
+
+
+def test_an_upload_is_not_served_even_before_it_is_loaded(app_server, ct_small):
+    """Gradio keeps an upload in its (served) upload folder until the app takes it: the guard refuses it."""
+    import httpx
+
+    with httpx.Client(timeout=20) as http:
+        with open(ct_small[0], "rb") as fh:
+            r = http.post(f"{app_server.url.rstrip('/')}/gradio_api/upload", files={"files": (ct_small[0].name, fh)})
+        assert r.status_code == 200, r.text
+        (server_path,) = r.json()
+        try:
+            assert Path(server_path).is_file() and app_server.gradio_tmp.resolve() in Path(server_path).resolve().parents
+            for url in (_file_url(app_server.url, server_path),
+                        f"{app_server.url.rstrip('/')}/gradio_api/file/{quote(server_path.lstrip('/'))}"):  # fmt: skip
+                got = http.get(url)
+                assert got.status_code in (403, 404), (url, got.status_code)
+                assert ct_small[0].read_bytes()[:64] not in got.content
+        finally:
+            Path(server_path).unlink(missing_ok=True)
+
+
+def test_file_guard_rules(tmp_path):
+    from promptonce.ui import fileguard
+    from promptonce.ui.session import SessionStore
+
+    up = tmp_path / "gradio"
+    store = SessionStore(tmp_path / "private", results_root=up / "promptonce-results", upload_folder=up)
+    try:
+        fileguard.register(store)
+        s = store.get("a")
+        out = s.subdir("out") / "mask.nii.gz"
+        out.write_bytes(b"x")
+        raw = up / "abc123" / "scan.nii.gz"
+        raw.parent.mkdir(parents=True)
+        raw.write_bytes(b"y")
+        assert fileguard.is_served(str(out))
+        assert not fileguard.is_served(str(raw)), "a raw upload in Gradio's folder"
+        assert not fileguard.is_served(str(s.subdir("inputs") / "scan.nii.gz")), "the private folder"
+        assert not fileguard.is_served(f"{out.parent}/../../../abc123/scan.nii.gz"), "traversal out of the results"
+        assert fileguard.is_served("/usr/share/somewhere/else.css"), "other paths are left to Gradio's checks"
+        link = s.subdir("out") / "link.nii.gz"
+        link.symlink_to(raw)
+        assert not fileguard.is_served(str(link)), "a link in the results folder to an upload"
+    finally:
+        store.close_all()
