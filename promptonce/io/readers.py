@@ -49,6 +49,7 @@ from ..types import Dataset, SourceGeometry, Volume
 from ._common import DEFAULT_MAX_VOXELS, DEFAULT_MAX_ZIP_BYTES, case_name, natural_sorted, to_display
 from .archive import content_root, extract_to_temp, extracted, is_zip
 from .dicom import is_dicom, is_projection, read_dicom, read_header
+from .dicomseg import is_dicom_seg, read_dicom_seg
 from .labelnames import is_label_sidecar, read_label_names
 from .images import IMAGE_SUFFIXES, image_info, read_image, read_image_array, read_image_stack
 from .arrays import read_numpy
@@ -526,7 +527,8 @@ def _as_labels(arr: np.ndarray, from_picture: bool, what: str) -> np.ndarray:
 def load_reference(source: str | Path, image: Volume, *, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
     """Reads a reference mask for ``image`` and puts it on the image's display grid.
 
-    Values: NIfTI / NumPy / DICOM integer label maps keep their labels; PNG/JPEG/TIFF/BMP masks
+    Values: NIfTI / NumPy / DICOM integer label maps keep their labels; a DICOM-SEG of a DICOM image
+    gives each segment its number (:mod:`promptonce.io.dicomseg`); PNG/JPEG/TIFF/BMP masks
     are binarised with ``> 127`` (``> 32767`` for 16-bit) unless they hold small labels (max <= 20),
     which are kept. Boolean masks become 0/1; float masks in 0..1 are binarised at 0.5.
 
@@ -548,6 +550,10 @@ def load_reference(source: str | Path, image: Volume, *, max_voxels: int = DEFAU
     what = f"reference {src}"
     kind = sniff(src) if src.is_file() else None
     geo = image.source
+    if kind == "dicom" and is_dicom_seg(src):
+        seg_labels, seg_names = read_dicom_seg(src, image)
+        return Volume(array=seg_labels, affine=image.affine, name=case_name(src), source_format="dicom-seg",
+                      modality="OT", source=image.source, label_names=seg_names)  # fmt: skip
     if kind == "nifti" and geo is not None and geo.ornt is not None:
         stored = read_nifti_stored(src, max_voxels=max_voxels)
         same_grid = tuple(stored.spatial_shape) == tuple(geo.shape) and np.allclose(

@@ -100,3 +100,40 @@ def test_unreadable_or_unrelated_sidecars_give_no_names(tmp_path):
     assert read_label_names(tmp_path / "m.png") == {}
     assert parse_label_table("name,value\nliver,1\n") == {}
     assert parse_label_table("") == {}
+
+
+@pytest.mark.parametrize("oblique", [False, True])
+def test_dicom_seg_reads_back_as_a_named_reference(tmp_path, oblique):
+    from iosynth import AXIAL, oblique_iop
+    from test_io_dicom import _series  # tests/io/test_io_dicom.py
+
+    from promptonce.io.writers import write_dicom_seg
+
+    vol = load(_series(tmp_path, oblique_iop(10, 20) if oblique else AXIAL))
+    labels = np.zeros(vol.shape, np.uint8)
+    labels[1:3, 2:5, 2:7] = 1  # asymmetric, so that a flipped or transposed read would not match
+    labels[2, 0:2, 0:3] = 2
+    seg = write_dicom_seg(labels, vol, tmp_path / "seg.dcm", segment_names={1: "lesion", 2: "vessel"})
+    ref = load_reference(seg, vol)
+    np.testing.assert_array_equal(ref.array, labels)
+    assert ref.label_names == {1: "lesion", 2: "vessel"} and ref.source_format == "dicom-seg"
+
+
+def test_dicom_seg_of_another_series_is_refused(tmp_path):
+    from iosynth import AXIAL
+    from test_io_dicom import _series  # tests/io/test_io_dicom.py
+
+    from promptonce.errors import ReferenceMismatchError
+    from promptonce.io.writers import write_dicom_seg
+
+    a = load(_series(tmp_path, AXIAL, name="a"))
+    b = load(_series(tmp_path, AXIAL, name="b"))  # new UIDs: another series
+    labels = np.zeros(a.shape, np.uint8)
+    labels[2, 2:4, 2:4] = 1
+    seg = write_dicom_seg(labels, a, tmp_path / "seg.dcm")
+    with pytest.raises(ReferenceMismatchError, match="another series"):
+        load_reference(seg, b)
+    png = tmp_path / "img.png"
+    Image.fromarray(np.zeros(a.shape[1:], np.uint8)).save(png)
+    with pytest.raises(ReferenceMismatchError, match="DICOM series"):
+        load_reference(seg, load(png))
