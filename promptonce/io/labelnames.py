@@ -28,13 +28,21 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from ._common import case_name
 
-__all__ = ["SIDECAR_SUFFIXES", "is_label_sidecar", "parse_label_table", "read_label_names"]
+__all__ = [
+    "SIDECAR_SUFFIXES",
+    "format_label_selection",
+    "is_label_sidecar",
+    "parse_label_selection",
+    "parse_label_table",
+    "read_label_names",
+]
 
 log = logging.getLogger(__name__)
 
@@ -219,3 +227,50 @@ def read_label_names(path: str | Path, values: Iterable[int] | None = None) -> d
     if present is not None:
         names = {k: v for k, v in names.items() if k in present}
     return names
+
+
+def parse_label_selection(text: str | None, names: Mapping[int, str] | None = None) -> tuple[int, ...] | None:
+    """The reference labels a user typed, by number or by name: ``"5"``, ``"liver, spleen"``, ``"1;liver"``.
+
+    Args:
+        text: values and/or names separated by commas or semicolons (numbers may also be separated
+            by spaces); a name matches case-insensitively, whole or by a unique beginning.
+        names: ``{value: name}`` of the reference map (:attr:`Volume.label_names`).
+
+    Returns:
+        The sorted label values, or None for an empty text (every non-zero label).
+
+    Raises:
+        InputError: a part is neither a number from 1 to 65535 nor a (unique) name; the message
+            lists the names there are.
+    """
+    text = (text or "").strip()
+    if not text:
+        return None
+    by_name = {v.strip().lower(): k for k, v in (names or {}).items() if v and v.strip()}
+    values: set[int] = set()
+    for part in (t.strip() for t in re.split(r"[,;]+", text)):
+        if not part:
+            continue
+        if re.fullmatch(r"\d+(\s+\d+)*", part):
+            values.update(int(t) for t in part.split())
+            continue
+        key = part.lower()
+        hits = [by_name[key]] if key in by_name else [k for n, k in by_name.items() if n.startswith(key)]
+        if len(hits) != 1:
+            known = ", ".join(f"{k} {v}" for k, v in sorted((names or {}).items())) or "this reference has no names"
+            what = "matches several names" if hits else "is not a label number or name"
+            raise InputError(f"Reference labels: {part!r} {what}. Give numbers or names separated by commas ({known}).")
+        values.add(hits[0])
+    if not values or any(not 1 <= v <= 65535 for v in values):
+        raise InputError(f"Reference labels {text!r}: give numbers from 1 up or names, e.g. 1,2 (empty = all).")
+    return tuple(sorted(values))
+
+
+def format_label_selection(values: Iterable[int] | None, names: Mapping[int, str] | None = None) -> str:
+    """Label values as a user reads them: ``"5 liver, 52 aorta"`` (``"all"`` for None)."""
+    if values is None:
+        return "all"
+    names = names or {}
+    return ", ".join(f"{v} {names[v]}" if v in names else str(v) for v in sorted({int(v) for v in values}))
+

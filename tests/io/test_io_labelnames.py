@@ -137,3 +137,22 @@ def test_dicom_seg_of_another_series_is_refused(tmp_path):
     Image.fromarray(np.zeros(a.shape[1:], np.uint8)).save(png)
     with pytest.raises(ReferenceMismatchError, match="DICOM series"):
         load_reference(seg, load(png))
+
+
+def test_label_selection_by_number_or_name():
+    from promptonce.errors import InputError
+    from promptonce.io.labelnames import format_label_selection, parse_label_selection
+
+    names = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver"}
+    assert parse_label_selection("", names) is None and parse_label_selection(None) is None
+    assert parse_label_selection("5", names) == (5,)
+    assert parse_label_selection("1 2, 3", names) == (1, 2, 3)
+    assert parse_label_selection("Liver; spleen", names) == (1, 5)
+    assert parse_label_selection("liv, 52", names) == (5, 52)
+    with pytest.raises(InputError, match="several names"):
+        parse_label_selection("kidney", names)
+    with pytest.raises(InputError, match="5 liver"):
+        parse_label_selection("heart", names)
+    with pytest.raises(InputError, match="from 1 up"):
+        parse_label_selection("0", names)
+    assert format_label_selection((52, 5), names) == "5 liver, 52" and format_label_selection(None) == "all"
