@@ -636,10 +636,12 @@ def pair_references(images: Dataset, references: Sequence[str | Path]) -> list[P
     ``_gt``, ...). ``references`` may hold files, folders (their files) and globs; label-name files
     (``.json``, ``.csv``, ``.txt``, ...; see :mod:`promptonce.io.labelnames`) are not references.
 
-    Images no name pairs are paired by order with the references no name claims, when there are as
-    many of one as of the other: one image with one reference pairs whatever their names
-    (``image.nii.gz`` with ``labels.nii.gz``), and ``a.png, b.png`` with ``ma.png, mb.png`` pair in the
-    order given. The readers still check that each pair has the same size and geometry.
+    When no name pairs at all and there are as many references as images, they pair in the order
+    given: one image with one reference pairs whatever their names (``image.nii.gz`` with
+    ``labels.nii.gz``), and ``a.png, b.png`` with ``ma.png, mb.png`` pair in that order (logged as a
+    warning when more than one pair is made so). A partial name match never falls back to order (a
+    wrong pair of same-sized files would be scored silently). The readers still check that each pair
+    has the same size and geometry.
 
     Returns:
         One reference path per image, in the dataset's order.
@@ -666,11 +668,11 @@ def pair_references(images: Dataset, references: Sequence[str | Path]) -> list[P
     claimed = {str(p) for p in found if p is not None}
     free = [p for p in refs if str(p) not in claimed]
     free = list(dict.fromkeys(free))  # a file given twice counts once
-    unpaired = [i for i, p in enumerate(found) if p is None]
-    if unpaired and len(unpaired) == len(free):
-        for i, p in zip(unpaired, free):
-            found[i] = p
-        log.info("pair_references: %d image(s) paired by order with the remaining reference(s)", len(unpaired))
+    if all(p is None for p in found) and len(free) == len(found) > 0:
+        found = list(free)
+        if len(found) > 1:
+            log.warning("pair_references: no reference name matches an image name; %d pairs made in the order given",
+                        len(found))  # fmt: skip
     out = [p for p in found if p is not None]
     missing = [nm for nm, p in zip(images.names, found) if p is None]
     if missing:

@@ -25,11 +25,23 @@ def test_unmatched_names_pair_in_the_order_given(tmp_path):
     for n in ("a", "b", "c"):
         Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / f"{n}.png")
     refs = []
-    for n in ("m1", "c_mask", "m2"):  # c pairs by name, a and b take m1 and m2 in order
+    for n in ("m3", "m1", "m2"):  # no name matches: the order given counts, not the names' order
         refs.append(tmp_path / f"{n}.png")
         Image.fromarray(np.zeros((4, 4), np.uint8)).save(refs[-1])
     images = load_dataset([tmp_path / f"{n}.png" for n in ("a", "b", "c")], images_as="set")
-    assert [p.name for p in pair_references(images, refs)] == ["m1.png", "m2.png", "c_mask.png"]
+    assert [p.name for p in pair_references(images, refs)] == ["m3.png", "m1.png", "m2.png"]
+
+
+def test_a_partial_name_match_never_falls_back_to_order(tmp_path):
+    for n in ("a", "b", "c"):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / f"{n}.png")
+    refs = []
+    for n in ("m1", "c_mask", "m2"):  # c pairs by name; a and b are not guessed
+        refs.append(tmp_path / f"{n}.png")
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(refs[-1])
+    images = load_dataset([tmp_path / f"{n}.png" for n in ("a", "b", "c")], images_as="set")
+    with pytest.raises(InputError, match="2 of 3 images have no reference mask: a, b"):
+        pair_references(images, refs)
 
 
 def test_counts_that_do_not_match_are_still_refused(tmp_path):
