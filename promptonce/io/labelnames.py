@@ -7,7 +7,7 @@
 
    * JSON: ``{"1": "liver", "2": "spleen"}``, the same under a ``"labels"`` key, the nnU-Net v2 form
      ``{"labels": {"background": 0, "liver": 1}}``, or a list of ``{"value"|"label"|"id": 1, "name": "liver"}``;
-   * CSV / TSV / text: one label per line, ``value,name`` (a header line is skipped), an ITK-SNAP
+   * CSV / TSV / text: one label per line, ``value,name`` or ``name,value`` (a header is skipped), an ITK-SNAP
      label description file (``1  255 0 0  1 1 1  "liver"``) or a 3D Slicer colour table
      (``1 liver 255 0 0 255``); ``#`` starts a comment;
 
@@ -109,6 +109,9 @@ def parse_label_table(text: str) -> dict[int, str]:
             continue
         cells = next(csv.reader(io.StringIO(ln), delimiter=delim)) if delim else ln.split()
         cells = [c.strip() for c in cells]
+        if len(cells) >= 2 and not _is_number(cells[0]) and cells[1].isdigit():
+            out[int(cells[1])] = cells[0]  # name,value
+            continue
         if not cells or not cells[0].isdigit():
             continue  # a header or something else
         name = next((c for c in cells[1:] if c and not _is_number(c)), None)

@@ -98,7 +98,8 @@ def test_unreadable_or_unrelated_sidecars_give_no_names(tmp_path):
     assert read_label_names(tmp_path / "m.png") == {}
     (tmp_path / "m.json").write_text(json.dumps({"foo": [1, 2]}))
     assert read_label_names(tmp_path / "m.png") == {}
-    assert parse_label_table("name,value\nliver,1\n") == {}
+    assert parse_label_table("name,value\nliver,1\n") == {1: "liver"}
+    assert parse_label_table("structure;colour\nliver;red\n") == {}
     assert parse_label_table("") == {}
 
 
