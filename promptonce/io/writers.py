@@ -605,12 +605,16 @@ class ResultWriter:
     Each volume's slices are buffered (uint8 ``(slices, rows, cols)``); when the last missing
     slice arrives the volume is written and its buffer freed, so memory holds only the volumes in
     progress. NIfTI, DICOM and NumPy volumes go to ``<out_dir>/masks/<name>.nii.gz`` (on the
-    input's grid); 2D image volumes to ``<out_dir>/masks/<slice name>.png`` (0/255 for binary masks,
-    label values otherwise), named after each input image.
+    input's grid); 2D image volumes to ``<out_dir>/masks/<slice name>.png``, named after each input
+    image: 0/255 for one object, palette PNGs of the object ids for several (see
+    :func:`write_png_masks_zip`), with ``labels.csv`` (:data:`LABEL_TABLE_NAME`) beside them on close.
 
     Args:
         out_dir: output folder (created).
         subdir: sub-folder for the masks.
+        objects: the object ids of the run; with them every PNG of a dataset is written the same way
+            (0/255 only when the only id is 1). None: decided per volume from its labels.
+        label_names: ``{object id: name}`` for the label table.
 
     Example::
 
@@ -622,7 +626,11 @@ class ResultWriter:
 
     out_dir: Path
     subdir: str = "masks"
+    objects: Sequence[int] | None = None
+    label_names: Mapping[int, str] | None = None
     written: list[Path] = field(default_factory=list)
+    _png_ids: set[int] = field(default_factory=set, repr=False)
+    _png_binary: bool | None = field(default=None, repr=False)
     _pending: dict[int, _Pending] = field(default_factory=dict, repr=False)
     _done: set[int] = field(default_factory=set, repr=False)
 
@@ -677,7 +685,12 @@ class ResultWriter:
         marker = ".partial" if partial else ""
         out: list[Path] = []
         if vol.source_format == "image":
-            binary = int(p.labels.max()) <= 1 if p.labels.size else True
+            if self.objects is not None:
+                binary = max((int(i) for i in self.objects), default=1) <= 1
+            else:
+                binary = int(p.labels.max()) <= 1 if p.labels.size else True
+            self._png_ids.update(int(i) for i in np.unique(p.labels) if i != 0)
+            self._png_binary = binary if self._png_binary is None else (self._png_binary and binary)
             for k in range(vol.n_slices):
                 if partial and not p.received[k]:
                     continue
@@ -702,6 +715,13 @@ class ResultWriter:
             else:
                 log.warning("%s: %d of %d slices missing; not written", p.name, missing, p.volume.n_slices)
         self._pending.clear()
+        if self._png_binary is not None:
+            ids = self._png_ids | {int(i) for i in (self.objects or ())}
+            path = self.mask_dir / LABEL_TABLE_NAME
+            write_metrics_csv(label_table_rows(ids, self.label_names, self._png_binary), path)
+            if path not in self.written:
+                self.written.append(path)
+            self._png_binary = None
         return list(self.written)
 
     def __enter__(self) -> ResultWriter:

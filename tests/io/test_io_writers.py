@@ -172,9 +172,28 @@ def test_result_writer_pngs_keep_image_names(tmp_path):
         for res in _results(vol, vi, [0]):
             w.add(res, vol)
     paths = w.close()
-    assert sorted(p.name for p in paths) == ["CHNCXR_0001_1.png", "CHNCXR_0002_0.png"]
+    assert sorted(p.name for p in paths) == ["CHNCXR_0001_1.png", "CHNCXR_0002_0.png", "labels.csv"]
     m = np.asarray(Image.open(paths[0]))
     assert m.shape == (4, 6) and m.max() == 255
+
+
+def test_result_writer_writes_a_dataset_of_pngs_one_way(tmp_path):
+    """Two objects in the run: every image is a palette PNG of the ids, even one holding only object 1."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for n in ("a", "b"):
+        Image.fromarray(np.zeros((4, 6), np.uint8)).save(imgs / f"{n}.png")
+    dset = load_dataset(imgs)
+    w = ResultWriter(tmp_path / "run", objects=[1, 2], label_names={1: "left lung", 2: "right lung"})
+    for vi, vol in enumerate(dset):
+        for res in _results(vol, vi, [0], value=vi + 1):  # image a holds object 1 only, b object 2
+            w.add(res, vol)
+    paths = {p.name: p for p in w.close()}
+    a, b = (np.asarray(Image.open(paths[f"{n}.png"])) for n in ("a", "b"))
+    assert Image.open(paths["a.png"]).mode == "P" and a.max() == 1 and b.max() == 2
+    table = paths["labels.csv"].read_text().splitlines()
+    assert table[0] == "value,object,name,color" and table[1] == "0,0,background,#000000"
+    assert table[2].startswith("1,1,left lung,#") and table[3].startswith("2,2,right lung,#")
 
 
 def test_result_writer_partial_runs(tmp_path):
