@@ -27,6 +27,7 @@ from scipy import ndimage
 
 __all__ = [
     "ObjectCheck",
+    "QualityReport",
     "SequenceMonitor",
     "check_against_prior",
     "neighbour_agreement",
@@ -258,3 +259,43 @@ class SequenceMonitor:
             self.prev[oid] = m
             self.peak[oid] = max(self.peak.get(oid, 0), area)
         return (min(confs) if confs else None), flags
+
+
+class QualityReport:
+    """Collects the quality estimate of a run, slice by slice: per case confidence, flags, review order.
+
+    Holds one float and the flags per slice (no masks), so it stays small for large datasets.
+    ``to_dict()`` is what ``promptonce segment`` writes as ``quality.json``.
+    """
+
+    def __init__(self) -> None:
+        self._cases: dict[int, dict] = {}
+
+    def add(self, res) -> None:
+        """Records one :class:`~promptonce.types.SliceResult`."""
+        c = self._cases.setdefault(
+            res.volume_index, {"case": res.volume_name, "volume_index": res.volume_index, "slices": {}}
+        )
+        c["slices"][int(res.slice_index)] = (res.confidence, list(res.flags))
+
+    def cases(self) -> list[dict]:
+        """One dict per case: name, confidence, flags (with their slice), slices to review."""
+        out = []
+        for c in self._cases.values():
+            slices = c["slices"]
+            conf = case_confidence(v[0] for v in slices.values())
+            flags = [f"slice {k}: {f}" if len(slices) > 1 else f for k, v in sorted(slices.items()) for f in v[1]]
+            review = [k for k, v in sorted(slices.items()) if v[1] or (v[0] is not None and v[0] < 0.5)]
+            out.append({"case": c["case"], "volume_index": c["volume_index"],
+                        "confidence": None if conf is None else round(conf, 4), "flags": flags,
+                        "slices_to_review": review, "slices": len(slices)})
+        return out
+
+    def review_order(self) -> list[str]:
+        """Case names, "review these first" (:func:`rank_for_review`)."""
+        return rank_for_review([(c["case"], c["confidence"], len(c["flags"])) for c in self.cases()])
+
+    def to_dict(self) -> dict:
+        cases = self.cases()
+        return {"review_first": self.review_order(), "flagged_cases": sum(bool(c["flags"]) for c in cases),
+                "cases": cases}
