@@ -142,3 +142,20 @@ def test_an_object_lost_mid_volume_is_flagged():
     assert any("object lost mid-volume" in f for f in res[10].flags), res[10].flags
     assert res[10].confidence is not None and res[10].confidence < 0.5
     assert all(res[k].confidence is not None and res[k].confidence > 0.8 for k in (6, 7, 8, 9))
+
+
+def test_walk_with_registration_follows_a_moving_object():
+    from promptonce.engine import PropagationConfig
+
+    n, size = 13, 64
+    zz, yy, xx = np.mgrid[0:n, 0:size, 0:size]
+    cx = 20 + 2.5 * zz  # moves 2.5 px per slice
+    ref = (xx - cx) ** 2 + (yy - 32) ** 2 <= 64
+    arr = np.where(ref, 200.0, 20.0) + 15 * np.sin(xx / 4.0 - zz * 2.5 / 4.0)
+    vol = Volume(arr.astype(np.float32), name="mover")
+    prompt = SlicePrompt((ObjectPrompt(box=box_of(ref[6])),), slice_index=6)
+    eng = Engine(FakeBackend(), config=PropagationConfig(walk_registration=True), prefetch=False)
+    pred = np.zeros(ref.shape, bool)
+    for r in segment(vol, prompt, scope="volume", engine=eng):
+        pred[r.slice_index] = r.labels == 1
+    assert dice(pred, ref) > 0.9

@@ -18,6 +18,7 @@ import numpy as np
 from ..backends.base import Backend
 from ..errors import PromptError, check_cancel
 from ..prompts import box_from_mask, interior_point
+from ..registration import register, warp
 from ..types import Box, ObjectPrompt, Point, SlicePrompt, SliceResult, Volume
 from .predict import check_prompt_inside, margin, predict, predict_object
 from .quality import MIN_NEIGHBOUR_AGREEMENT, SequenceMonitor, lost_flag, neighbour_agreement, slice_confidence
@@ -66,12 +67,15 @@ def propagated_prompt(eng: Engine, prev: np.ndarray, obj_id: int, backend: Backe
 
 
 def step(
-    eng: Engine, volume: Volume, k: int, state: ObjectState, window=None
+    eng: Engine, volume: Volume, k: int, state: ObjectState, window=None, from_slice: int | None = None
 ) -> tuple[np.ndarray | None, float, list[str]]:
     """Segments ``state``'s object on slice ``k`` from its mask on the neighbouring slice.
 
     The box is the previous mask's box plus a small margin; where the new mask reaches a side of
-    that box, the side is pushed out and the slice predicted again (``config.refine`` times).
+    that box, the side is pushed out and the slice predicted again (``config.refine`` times). With
+    ``config.walk_registration`` (and ``from_slice``, the neighbour's index), the neighbour's mask is
+    first carried onto slice ``k`` by 2D registration (:mod:`promptonce.registration`), so the box
+    follows anatomy that moves between slices.
     """
     backend = eng.backend
     assert isinstance(backend, Backend)  # noqa: S101 - internal invariant
@@ -79,7 +83,15 @@ def step(
     prev = state.mask
     if prev is None or not prev.any():
         return None, 0.0, []
-    prompt = propagated_prompt(eng, prev, state.object_id, backend)
+    carried = prev
+    if cfg.walk_registration and from_slice is not None:
+        fm = eng.frames(volume, window)
+        reg = register(fm.gray(k), fm.gray(from_slice), size=cfg.walk_registration_size)
+        if reg.trusted:
+            warped = warp(prev.astype(np.float32), reg) >= 0.5
+            if warped.any():
+                carried = warped
+    prompt = propagated_prompt(eng, carried, state.object_id, backend)
     if prompt is None:
         return None, 0.0, []
     emb = eng.embedding(backend, volume, k, window)
@@ -279,7 +291,7 @@ def walk(
                 continue
             name = st.name or f"object {st.object_id}"
             prev_mask = st.mask
-            mask, score, f = step(eng, volume, k, st, window)
+            mask, score, f = step(eng, volume, k, st, window, from_slice=k - direction)
             values = volume.array[k][mask] if mask is not None and mask.any() else None
             why = vanished(eng, mask, score, st, values)
             if why is not None and eng.config.stop_on_vanish:
