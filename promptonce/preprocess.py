@@ -66,6 +66,7 @@ __all__ = [
     "to_frame",
     "FrameMaker",
     "label_color",
+    "label_edges",
     "overlay",
 ]
 
@@ -358,8 +359,12 @@ def label_color(i: int) -> tuple[int, int, int]:
     return (int(round(r * 255)), int(round(g * 255)), int(round(b * 255)))
 
 
-def _boundary(labels: np.ndarray) -> np.ndarray:
-    """bool ``(H, W)``: labelled pixels with a 4-neighbour of another label (image edge counts as 0)."""
+def label_edges(labels: np.ndarray) -> np.ndarray:
+    """bool ``(H, W)``: labelled pixels with a 4-neighbour of another label (image edge counts as 0).
+
+    Args:
+        labels: integer or bool label map ``(H, W)``; for a bool mask this is its inner outline.
+    """
     padded = np.pad(labels, 1, mode="constant", constant_values=0)
     centre = padded[1:-1, 1:-1]
     diff = (
@@ -418,6 +423,6 @@ def overlay(
     blended = (1.0 - alpha) * rgb[fg].astype(np.float32) + alpha * lut[idx]
     rgb[fg] = np.rint(blended).astype(np.uint8)
     if outline:
-        edge = _boundary(lab)
+        edge = label_edges(lab)
         rgb[edge] = lut[np.searchsorted(lut_ids, lab[edge])].astype(np.uint8)
     return rgb

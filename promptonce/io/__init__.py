@@ -25,6 +25,7 @@ __all__ = [
     "write_metrics_csv",
     "write_json",
     "write_overlay_gif",
+    "natural_key",
 ]
 
 _READERS = {"load", "load_dataset", "load_reference", "pair_references", "SUPPORTED_FORMATS", "DEFAULT_MAX_VOXELS"}
@@ -33,6 +34,8 @@ _READERS = {"load", "load_dataset", "load_reference", "pair_references", "SUPPOR
 def __getattr__(name: str) -> Any:
     import importlib
 
+    if name == "natural_key":  # the package's one natural sort (img2 before img10)
+        return importlib.import_module("promptonce.io._common").natural_key
     if name in _READERS:
         return getattr(importlib.import_module("promptonce.io.readers"), name)
     if name in __all__:
