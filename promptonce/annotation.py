@@ -100,20 +100,23 @@ def correction_range(slice_index: int, prompted: Sequence[int], n_slices: int) -
     return lo, hi
 
 
-def slices_in_scope(scope: str, n_slices: Sequence[int], volume_index: int = 0, images: int = 1) -> int:
+def slices_in_scope(
+    scope: str, n_slices: Callable[[int], int], n_cases: int, volume_index: int = 0, images: int = 1
+) -> int:
     """How many slices a run of ``scope`` yields (for progress): the one per-scope slice total.
 
     Args:
         scope: ``image`` / ``volume`` / ``dataset``.
-        n_slices: slices of each case, in dataset order.
+        n_slices: the slice count of case ``i`` (called only for the cases the scope covers).
+        n_cases: cases in the dataset.
         volume_index: the prompted case (volume scope).
         images: prompted images (image scope).
     """
     if scope == "image":
         return int(images)
     if scope == "volume":
-        return int(n_slices[volume_index])
-    return int(sum(n_slices))
+        return int(n_slices(volume_index))
+    return int(sum(n_slices(i) for i in range(n_cases)))
 
 
 # ---------------------------------------------------------------------------------------------- state
@@ -843,8 +846,7 @@ class AnnotationSession:
         eng = self.engine(model)
         self.last_model = model
         prompted = self.prompted_slices()
-        n_slices = [c.n_slices for c in self.cases]
-        total = slices_in_scope(scope, n_slices, v0, len(prompted))
+        total = slices_in_scope(scope, lambda i: self.cases[i].n_slices, self.n_cases, v0, len(prompted))
         if scope == "image":
             volumes = sorted({v for v, _ in prompted})
         elif scope == "volume":

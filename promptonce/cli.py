@@ -125,6 +125,7 @@ def _progress(quiet: bool, total: int, desc: str):
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from .annotation import slices_in_scope
     from .engine import make_engine, segment
     from .io.readers import load_dataset, load_reference
     from .io.writers import ResultWriter, write_json, write_metrics_csv
@@ -134,12 +135,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     prompt = build_prompt(getattr(args, "prompt_items", None) or [], args.image, dataset)
     out = Path(args.out)
     refs = _pair(dataset, args.reference) if args.reference else None
-    if args.scope == "image":
-        total = 1
-    elif args.scope == "volume":
-        total = dataset[prompt.volume_index].n_slices
-    else:
-        total = sum(dataset[i].n_slices for i in range(len(dataset)))
+    total = slices_in_scope(args.scope, lambda i: dataset[i].n_slices, len(dataset), prompt.volume_index)
     engine = make_engine(prompt, args.model, "auto")
     writer = ResultWriter(out)
     bar = _progress(args.quiet, total, "segment")
