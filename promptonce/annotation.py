@@ -35,12 +35,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from .errors import CancelledError, InputError, ModelError, PromptError, PromptOnceError, check_cancel
 from .types import Box, Dataset, ObjectPrompt, Point, SlicePrompt, SliceResult, Volume
+
+if TYPE_CHECKING:  # the engine (and through it the backends) loads on first use
+    from .engine import Engine
 
 __all__ = [
     "SCOPES",
@@ -350,7 +353,7 @@ class AnnotationSession:
         self.flags: dict[tuple[int, int], list[str]] = {}
         self.run_info: RunInfo | None = None
         self.correction_seconds = 0.0
-        self.engines: dict[str, Any] = {}
+        self.engines: dict[str, Engine] = {}
         self._engine_lock = threading.Lock()
         #: the model of the last prompt or run (None before the first use: nothing loads a model before)
         self.last_model: str | None = None
@@ -683,12 +686,12 @@ class AnnotationSession:
         return box_from_mask(current, margin=3, shape=current.shape) if current.any() else None
 
     # ------------------------------------------------------------------ models
-    def engine(self, model: str | None = None) -> Any:
+    def engine(self, model: str | None = None) -> Engine:
         """This session's :class:`~promptonce.engine.Engine` for ``model`` (the model itself loads once per process)."""
         with self._engine_lock:  # a front end's warm-up thread may ask at the same time
             return self._engine(model or self.model)
 
-    def _engine(self, model: str) -> Any:
+    def _engine(self, model: str) -> Engine:
         eng = self.engines.get(model)
         if eng is None:
             from .engine import make_engine
@@ -706,7 +709,7 @@ class AnnotationSession:
             self.engines[model] = eng
         return eng
 
-    def _point_engine(self, model: str, eng: Any) -> Any:
+    def _point_engine(self, model: str, eng: Engine) -> Engine:
         """An engine whose model takes clicks and boxes together (for corrections), or ``eng`` itself."""
         if eng.backend.info.points and eng.backend.info.boxes:
             return eng
