@@ -294,6 +294,8 @@ class AnnotationSession:
         images_as: how several 2D image files are read when ``images`` are paths: ``auto`` / ``set`` / ``stack``.
         engine_cache: slice embeddings each engine keeps (about 4 MB each).
         cases: the cases' :class:`CaseInfo` when the caller has them (skips reading every case once).
+        segmenter: what runs the volume and dataset scopes, with :func:`promptonce.engine.segment`'s
+            signature (default: that function; the web app passes one that runs it on a ZeroGPU slot).
 
     Raises:
         InputError: no image, references not one per case.
@@ -312,6 +314,7 @@ class AnnotationSession:
         images_as: str = "auto",
         engine_cache: int = 12,
         cases: Sequence[CaseInfo] | None = None,
+        segmenter: Callable[..., Iterator[SliceResult]] | None = None,
     ) -> None:
         from .io.readers import DEFAULT_MAX_VOXELS
 
@@ -324,6 +327,7 @@ class AnnotationSession:
         self.workdir = Path(workdir) if workdir is not None else None
         self.quota = quota
         self.engine_cache = int(engine_cache)
+        self.segmenter = segmenter
         self._volumes: OrderedDict[int, Volume] = OrderedDict()
         self._refs: OrderedDict[int, np.ndarray] = OrderedDict()
         if cases is None:
@@ -836,8 +840,9 @@ class AnnotationSession:
             InputError: unknown scope or strategy.
             PromptError: nothing usable to run from.
         """
-        from .engine import segment
+        from .engine import segment as engine_segment
 
+        segment = self.segmenter or engine_segment
         if scope not in SCOPES:
             raise InputError(f"Unknown scope {scope!r}; use {', '.join(SCOPES)}.")
         if strategy not in STRATEGIES:
@@ -907,8 +912,9 @@ class AnnotationSession:
             if d.usable and d.mask is None:
                 self._predict(case, k, oid, model, window)
         sp = self._slice_prompt(case, k)
-        seeds = {o.object_id: self.drafts[(case, k)][o.object_id].mask for o in sp.objects}
-        seeds = {oid: m for oid, m in seeds.items() if m is not None}
+        drafts = self.drafts[(case, k)]
+        seeds = {o.object_id: (drafts[o.object_id].mask, drafts[o.object_id].score) for o in sp.objects}
+        seeds = {oid: ms for oid, ms in seeds.items() if ms[0] is not None}
         yield from self.engine(model).segment_volume(
             self.volume(case), sp, volume_index=case, window=window, scope_slices=(k, k), cancel=cancel,
             seed_masks=seeds,

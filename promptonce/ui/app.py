@@ -32,6 +32,7 @@ from typing import Any
 import gradio as gr
 
 from . import handlers as H
+from . import startup
 from .events import Events
 from .layout import FILE_TYPES, WINDOW_CHOICES, build_page, upload_file
 from .session import SessionStore
@@ -125,6 +126,7 @@ def launch(**overrides: Any) -> None:
     # here (the embedded LiteMedSAM/MobileSAM, or checkpoints baked into the image); opt out with 0
     os.environ.setdefault("PROMPTONCE_OFFLINE", "1")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    startup.prepare()  # on a Space: persistent cache, ZeroGPU, models loaded at start (promptonce.ui.startup)
     demo = build_app()
     demo.queue(default_concurrency_limit=1, max_size=int(_env_float("PROMPTONCE_QUEUE_SIZE", 64)))
     kwargs = launch_kwargs()

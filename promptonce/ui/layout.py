@@ -13,6 +13,8 @@ from typing import Any
 
 import gradio as gr
 
+from . import startup
+
 __all__ = ["FILE_TYPES", "WINDOW_CHOICES", "INTRO", "KEYS_HELP", "Page", "build_page", "upload_file"]
 
 FILE_TYPES = [
@@ -135,6 +137,7 @@ def build_page(choices: list[tuple[str, str]], missing: list[tuple[str, str]]) -
     """
     p = Page()
     gr.HTML(INTRO)
+    startup.banner()  # the models' warm-up on a Space (nothing elsewhere)
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=340, elem_id="po-controls"):
             _load_panel(p)

@@ -22,6 +22,7 @@ from ..annotation import AnnotationSession, CaseInfo, Reference
 from ..errors import InputError, TooLargeError
 from ..types import Dataset, Volume
 from .session import Session
+from .zerogpu import segment as zerogpu_segment
 
 __all__ = [
     "APP_MAX_VOXELS",
@@ -138,6 +139,7 @@ class Workspace(AnnotationSession):
             max_voxels=max_voxels,
             engine_cache=ENGINE_CACHE_SLICES,
             cases=metas,
+            segmenter=zerogpu_segment,  # the engine's segment; inside spaces.GPU on ZeroGPU
         )
         self.session = session
         self.input_paths = input_paths

@@ -363,7 +363,7 @@ def test_shown_slices_are_encoded_ahead_once_a_model_is_in_use(store, ct_small, 
     eng = ws.engines[MODEL]
     H.warm_view(ws, 0, 6, "auto")
     settle()
-    assert any(key[2] == 6 for key in eng._cache), "the shown slice was not encoded ahead"
+    assert any(key[2] == 6 for key in eng.cache.keys()), "the shown slice was not encoded ahead"
     calls = eng.backend.encoder_calls
     H.click(ws, 0, 6, *disp(ws, 0, 20, 30), mode="positive", model=MODEL)
     assert eng.backend.encoder_calls == calls, "the click on a warmed slice encoded it again"
@@ -371,4 +371,4 @@ def test_shown_slices_are_encoded_ahead_once_a_model_is_in_use(store, ct_small, 
     monkeypatch.setenv("PROMPTONCE_WARM_VIEW", "0")
     H.warm_view(ws, 0, 1, "auto")
     settle()
-    assert not any(key[2] == 1 for key in eng._cache)
+    assert not any(key[2] == 1 for key in eng.cache.keys())

@@ -1,0 +1,66 @@
+"""Knobs of image-model propagation (one frozen dataclass)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["PropagationConfig", "Strategy"]
+
+Strategy = Literal["transfer", "chain"]
+
+
+@dataclass(frozen=True)
+class PropagationConfig:
+    """Knobs of image-model propagation. Defaults were chosen by measurement (see benchmarks/README.md).
+
+    Attributes:
+        margin_frac: box margin as a fraction of the mask's box size (each side).
+        margin_px: minimum box margin in pixels.
+        refine: how many times a side of a slice's box that the mask reaches is pushed out by the
+            margin and the slice predicted again (lets an object grow without inflating every box:
+            boxes with generous margins made masks leak and snowball slice after slice).
+        use_points: add the previous mask's interior point as a positive click (point-capable models).
+        stop_on_vanish: end an object's propagation in a direction once it vanishes.
+        min_area_frac: an object "vanishes" when its area falls below this fraction of its seed area.
+        min_area_px: ... or below this many pixels.
+        min_score: ... or when the model's confidence falls below this.
+        jump_ratio: flag a slice whose area changes by more than this factor from the previous slice.
+        min_consistency: an object "vanishes" when its Dice with the neighbouring slice's mask falls
+            below this (the model jumped to another structure).
+        max_intensity_z: ... or when the median voxel value under its mask moves more than this many
+            robust standard deviations away from the seed mask's (an organ keeps its intensity; past
+            its end the box lands on a neighbour: on CT liver the last true slices stayed within
+            z 1.3 and the first slices beyond it jumped to z 2.4-2.8).
+        regrow_ratio, regrow_trough: ... or when, after its area has shrunk below ``regrow_trough``
+            of its peak (a tip), the area grows again by ``regrow_ratio`` (a new structure).
+        max_growth: a propagated mask larger than this factor of the previous one is treated as a leak
+            and the unrefined prediction is kept instead.
+        prior_margins: dataset scope: box margins (fraction of the prior's size) tried around each
+            object's registration prior; the candidate agreeing best with the prior wins.
+        transfer_scales: (no usable prior) a transferred box is tried at these sizes (relative, about its centre) and
+            the masks vote (pixel majority); box models are sensitive to box size, and a vote over
+            sizes is steadier than any single guess. Centred above 1 because box models were trained
+            with boxes somewhat larger than the object (MedSAM adds 0-20 px).
+        transfer_refine: how many times a transferred prompt is re-derived from the case's own mask.
+        transfer_margin_frac: box margin (fraction of the mask size) used in that refinement.
+    """
+
+    margin_frac: float = 0.02
+    margin_px: float = 3.0
+    refine: int = 1
+    use_points: bool = False
+    stop_on_vanish: bool = True
+    min_area_frac: float = 0.02
+    min_area_px: int = 12
+    min_score: float = 0.35
+    jump_ratio: float = 2.0
+    max_growth: float = 3.0
+    min_consistency: float = 0.2
+    max_intensity_z: float = 2.0
+    regrow_ratio: float = 1.5
+    regrow_trough: float = 0.3
+    prior_margins: tuple[float, ...] = (0.0, 0.05, 0.10)
+    transfer_scales: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.3)
+    transfer_refine: int = 2
+    transfer_margin_frac: float = 0.05

@@ -1,0 +1,204 @@
+"""One slice: a prompt through a backend, the click path, and box refinement from the slice's own mask."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .core import Engine
+
+import numpy as np
+
+from ..backends.base import Backend, Embedding, Prediction
+from ..errors import PromptError
+from ..prompts import box_from_mask
+from ..types import Box, ObjectPrompt, Volume
+
+__all__ = [
+    "predict",
+    "predict_object",
+    "transferred_mask",
+    "margin",
+    "refine_mask",
+    "has_negative",
+    "best_containing",
+    "check_prompt_inside",
+]
+
+
+# ------------------------------------------------------------------ one slice
+def predict(eng: Engine, backend: Backend, emb: Embedding, obj: ObjectPrompt, multimask: bool = False) -> Prediction:
+    coords, labels = obj.point_arrays()
+    box = obj.box.as_array() if obj.box is not None else None
+    if len(coords) and not backend.info.points:
+        if box is None:
+            raise PromptError(f"{backend.info.title} takes boxes only; draw a box, or pick a model that takes clicks.")
+        coords, labels = np.zeros((0, 2), np.float32), np.zeros((0,), np.int32)
+    if box is not None and not backend.info.boxes:
+        raise PromptError(f"{backend.info.title} takes clicks only; click on the object instead of a box.")
+    return backend.predict(
+        emb,
+        points=coords if len(coords) else None,
+        point_labels=labels if len(coords) else None,
+        box=box,
+        multimask=multimask,
+    )
+
+
+def predict_object(
+    eng: Engine, volume: Volume, k: int, obj: ObjectPrompt, window=None, refine: bool | int = False
+) -> tuple[np.ndarray, float]:
+    """Segments one object on slice ``k`` from a prompt placed there.
+
+    A click-only prompt on a box-only model goes through ``click_backend`` first: click -> its
+    mask -> a box -> the box model (the box model is trained on medical images, the click model
+    resolves what was meant); that derived box is always refined once from its own mask. A box
+    drawn by the user is taken as is unless ``refine`` (set for prompts transferred from another
+    case, which are only approximately placed: those boxes go through the vote over box sizes,
+    ``config.transfer_scales``). A click's own box is not voted on: on 35 slices (Shenzhen
+    X-rays, CT liver/spleen/kidney, ACDC LV) the vote gave Dice 0.856 and the single refinement
+    0.857, with 12 decoder calls instead of 3.
+
+    Returns:
+        ``(mask bool (rows, cols), score)``.
+    """
+    backend = eng.backend
+    assert isinstance(backend, Backend)  # noqa: S101 - internal invariant, SequenceBackends never get here
+    shape = volume.shape[1:]
+    transferred = bool(refine)
+    if obj.box is None and not backend.info.points:
+        clicker = eng.click_backend
+        if clicker is None:
+            raise PromptError(
+                f"{backend.info.title} takes boxes only and no click model is available here; draw a box."
+            )
+        emb = eng.embedding(clicker, volume, k, window)
+        pred = predict(eng, clicker, emb, obj, multimask=not has_negative(obj) and len(obj.points) == 1)
+        mask = best_containing(pred, obj)
+        box = box_from_mask(mask, margin=margin(eng, mask), shape=shape)
+        if box is None:
+            return mask, float(np.max(pred.scores))
+        obj = replace(obj, box=box, points=())
+        refine = True
+    emb = eng.embedding(backend, volume, k, window)
+    if transferred and obj.box is not None and backend.info.boxes and eng.config.transfer_scales:
+        return transferred_mask(eng, backend, emb, obj, shape)
+    multimask = obj.box is None and len(obj.points) == 1
+    pred = predict(eng, backend, emb, obj, multimask=multimask)
+    mask = best_containing(pred, obj) if multimask else pred.best
+    score = float(np.max(pred.scores))
+    if refine and obj.box is not None and backend.info.boxes and mask.any():
+        times = refine if isinstance(refine, int) and not isinstance(refine, bool) else eng.config.refine
+        mask, score = refine_mask(eng, backend, emb, mask, score, obj, shape, times=times)
+    return mask, score
+
+
+def transferred_mask(
+    eng: Engine, backend: Backend, emb: Embedding, obj: ObjectPrompt, shape: tuple[int, int]
+) -> tuple[np.ndarray, float]:
+    """Mask for a box carried over from another case: a vote over box sizes, then eng-refinement."""
+    cfg = eng.config
+    b = obj.box.as_array()  # type: ignore[union-attr]
+    c, half = (b[:2] + b[2:]) / 2, (b[2:] - b[:2]) / 2
+    h, w = shape
+    votes = np.zeros(shape, np.float32)
+    scores = []
+    for s in cfg.transfer_scales:
+        lo, hi = c - half * s, c + half * s
+        box = Box(max(lo[0], 0), max(lo[1], 0), min(hi[0], w - 1), min(hi[1], h - 1))
+        pred = predict(eng, backend, emb, ObjectPrompt(points=obj.points, box=box, object_id=obj.object_id))
+        votes += pred.best
+        scores.append(float(np.max(pred.scores)))
+    mask = votes >= 0.5 * len(cfg.transfer_scales)
+    score = float(np.mean(scores))
+    for _ in range(cfg.transfer_refine):
+        if not mask.any():
+            break
+        ys, xs = np.nonzero(mask)
+        size = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+        box = box_from_mask(mask, margin=cfg.transfer_margin_frac * size, shape=shape)
+        pred = predict(eng, backend, emb, ObjectPrompt(points=obj.points, box=box, object_id=obj.object_id))
+        if not pred.best.any():
+            break
+        mask, score = pred.best, float(np.max(pred.scores))
+    return mask, score
+
+
+def margin(eng: Engine, mask: np.ndarray) -> float:
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return eng.config.margin_px
+    size = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+    return max(eng.config.margin_px, eng.config.margin_frac * size)
+
+
+def refine_mask(
+    eng: Engine,
+    backend: Backend,
+    emb: Embedding,
+    mask: np.ndarray,
+    score: float,
+    obj: ObjectPrompt,
+    shape: tuple[int, int],
+    prev_area: int | None = None,
+    times: int | None = None,
+) -> tuple[np.ndarray, float]:
+    """Re-derives the box from the slice's own mask and predicts again (``config.refine`` times)."""
+    for _ in range(eng.config.refine if times is None else times):
+        box = box_from_mask(mask, margin=margin(eng, mask), shape=shape)
+        if box is None:
+            break
+        pts = obj.points if backend.info.points else ()
+        pred = predict(eng, backend, emb, ObjectPrompt(points=pts, box=box, object_id=obj.object_id))
+        new = pred.best
+        area = int(new.sum())
+        ref_area = prev_area if prev_area else int(mask.sum())
+        if area == 0 or (ref_area and area > eng.config.max_growth * ref_area):
+            break  # a leak or a collapse: keep what we had
+        mask, score = new, float(np.max(pred.scores))
+    return mask, score
+
+
+def has_negative(obj: ObjectPrompt) -> bool:
+    return any(p.label == 0 for p in obj.points)
+
+
+def best_containing(pred: Prediction, obj: ObjectPrompt, max_fraction: float = 0.5) -> np.ndarray:
+    """Best-scored candidate that contains the positive clicks (SAM's multimask ambiguity resolved).
+
+    Candidates that cover more than ``max_fraction`` of the frame or reach all four borders are
+    passed over while another candidate contains the clicks: for one click on a lung, MobileSAM's
+    top-scored candidate was the whole radiograph (score 1.0 on ~92% of the frame), which says
+    nothing about the object the user pointed at.
+    """
+    pos = [p for p in obj.points if p.label == 1]
+    order = [int(j) for j in np.argsort(-pred.scores)]
+
+    def contains(m: np.ndarray) -> bool:
+        h, w = m.shape
+        return all(m[min(max(int(round(p.y)), 0), h - 1), min(max(int(round(p.x)), 0), w - 1)] for p in pos)
+
+    def whole_frame(m: np.ndarray) -> bool:
+        if m.mean() > max_fraction:
+            return True
+        return bool(m[0].any() and m[-1].any() and m[:, 0].any() and m[:, -1].any())
+
+    for wanted in (lambda m: contains(m) and not whole_frame(m), contains, lambda m: not whole_frame(m)):
+        for j in order:
+            if wanted(pred.masks[j]):
+                return pred.masks[j]
+    return pred.masks[order[0]]
+
+
+def check_prompt_inside(obj: ObjectPrompt, shape: tuple[int, int], name: str) -> None:
+    h, w = shape
+    for p in obj.points:
+        if not (0 <= p.x <= w - 1 and 0 <= p.y <= h - 1):
+            raise PromptError(f"{name}: click ({p.x:.0f}, {p.y:.0f}) is outside the {w}x{h} image; click on the image.")
+    if obj.box is not None:
+        b = obj.box
+        if b.x1 < 0 or b.y1 < 0 or b.x0 > w - 1 or b.y0 > h - 1:
+            raise PromptError(
+                f"{name}: box ({b.x0:.0f}, {b.y0:.0f}, {b.x1:.0f}, {b.y1:.0f}) lies outside the {w}x{h} image."
+            )

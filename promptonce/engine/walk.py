@@ -1,0 +1,429 @@
+"""Inside a volume: the prompted slice, then slice by slice both ways, with the rules that end an object."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .core import Engine
+
+import numpy as np
+
+from ..backends.base import Backend
+from ..errors import PromptError, check_cancel
+from ..prompts import box_from_mask, interior_point
+from ..types import Box, ObjectPrompt, Point, SlicePrompt, SliceResult, Volume
+from .predict import check_prompt_inside, margin, predict, predict_object
+from .quality import MIN_NEIGHBOUR_AGREEMENT, lost_flag, neighbour_agreement, slice_confidence
+
+__all__ = ["ObjectState", "segment_volume", "step", "vanished", "walk", "walk_both_ways", "paint"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ObjectState:
+    """What the engine remembers of one object between slices."""
+
+    object_id: int
+    mask: np.ndarray | None
+    seed_area: int
+    score: float = 1.0
+    alive: bool = True
+    name: str = ""
+    last_box: Box | None = None
+    peak: int = 0
+    trough: int | None = None
+    values: tuple[float, float] | None = None  # (median, robust scale) of the seed mask's voxels
+
+    def copy(self) -> ObjectState:
+        return replace(self)
+
+    def update_area(self, area: int) -> None:
+        """Tracks the area profile along the propagation direction (peak, then the lowest since)."""
+        if area >= self.peak:
+            self.peak, self.trough = area, None
+        elif self.trough is None or area < self.trough:
+            self.trough = area
+
+
+def propagated_prompt(eng: Engine, prev: np.ndarray, obj_id: int, backend: Backend) -> ObjectPrompt | None:
+    box = box_from_mask(prev, margin=margin(eng, prev), shape=prev.shape)
+    if box is None:
+        return None
+    points: tuple[Point, ...] = ()
+    if backend.info.points and (eng.config.use_points or not backend.info.boxes):
+        p = interior_point(prev)
+        if p is not None:
+            points = (p,)
+    return ObjectPrompt(points=points, box=box if backend.info.boxes else None, object_id=obj_id)
+
+
+def step(
+    eng: Engine, volume: Volume, k: int, state: ObjectState, window=None
+) -> tuple[np.ndarray | None, float, list[str]]:
+    """Segments ``state``'s object on slice ``k`` from its mask on the neighbouring slice.
+
+    The box is the previous mask's box plus a small margin; where the new mask reaches a side of
+    that box, the side is pushed out and the slice predicted again (``config.refine`` times).
+    """
+    backend = eng.backend
+    assert isinstance(backend, Backend)  # noqa: S101 - internal invariant
+    cfg = eng.config
+    prev = state.mask
+    if prev is None or not prev.any():
+        return None, 0.0, []
+    prompt = propagated_prompt(eng, prev, state.object_id, backend)
+    if prompt is None:
+        return None, 0.0, []
+    emb = eng.embedding(backend, volume, k, window)
+    pred = predict(eng, backend, emb, prompt)
+    mask, score = pred.best, float(np.max(pred.scores))
+    state.last_box = prompt.box
+    prev_area = int(prev.sum())
+    shape = volume.shape[1:]
+    for _ in range(cfg.refine if backend.info.boxes else 0):
+        if not mask.any() or prompt.box is None:
+            break
+        grown = _push_touching_sides(mask, prompt.box, margin(eng, mask), shape)
+        if grown is None:
+            break
+        trial = predict(eng, backend, emb, replace(prompt, box=grown))
+        new = trial.best
+        if not new.any() or new.sum() > cfg.jump_ratio * max(prev_area, 1):
+            break
+        mask, score, prompt = new, float(np.max(trial.scores)), replace(prompt, box=grown)
+        state.last_box = grown
+    flags: list[str] = []
+    area = int(mask.sum())
+    if prev_area and area and (area > cfg.jump_ratio * prev_area or area * cfg.jump_ratio < prev_area):
+        flags.append(f"{state.name or f'object {state.object_id}'}: area jump x{area / prev_area:.2f}")
+    if area and score < cfg.min_score:
+        flags.append(f"{state.name or f'object {state.object_id}'}: low confidence {score:.2f}")
+    return mask, score, flags
+
+
+def vanished(
+    eng: Engine, mask: np.ndarray | None, score: float, state: ObjectState, values: np.ndarray | None = None
+) -> str | None:
+    """Why the object is taken to have ended on this slice, or None when it goes on.
+
+    A box prompt always gets *some* mask, so an object that ends shows up as a mask that is
+    tiny, unsure, unrelated to the previous slice's mask (the model segmented a neighbour or
+    background inside the box) or suddenly much larger (a leak).
+    """
+    cfg = eng.config
+    if mask is None:
+        return "no mask"
+    area = int(mask.sum())
+    if area < max(cfg.min_area_px, cfg.min_area_frac * state.seed_area):
+        return "too small"
+    if score < cfg.min_score * 0.5:
+        return f"confidence {score:.2f}"
+    prev = state.mask
+    if prev is not None and prev.any():
+        prev_area = int(prev.sum())
+        if area > cfg.max_growth * prev_area:
+            return f"area x{area / prev_area:.1f}"
+        if area > cfg.jump_ratio * prev_area and _fills_box(mask, state.last_box):
+            return "the mask fills its prompt box (background, not the object)"
+    if state.trough is not None and state.trough < cfg.regrow_trough * state.peak:
+        if area > cfg.regrow_ratio * state.trough and area - state.trough > cfg.min_area_px:
+            return f"area grows again after a tip ({state.trough} -> {area} px)"
+    if state.values is not None and values is not None and values.size:
+        med0, scale0 = state.values
+        z = abs(float(np.median(values)) - med0) / scale0
+        if z > cfg.max_intensity_z:
+            return f"intensity changed (z {z:.1f})"
+        inter = int(np.count_nonzero(mask & prev))
+        if 2.0 * inter / (area + prev_area) < cfg.min_consistency:
+            return "no overlap with the neighbouring slice"
+    return None
+
+
+# ------------------------------------------------------------------ a volume
+def segment_volume(
+    eng: Engine,
+    volume: Volume,
+    prompt: SlicePrompt,
+    *,
+    volume_index: int = 0,
+    window=None,
+    scope_slices: tuple[int, int] | None = None,
+    cancel: threading.Event | None = None,
+    seed_masks: dict[int, np.ndarray | tuple[np.ndarray, float]] | None = None,
+    refine_seed: bool = False,
+) -> Iterator[SliceResult]:
+    """Propagates one prompt through one volume, yielding the seed slice first, then forward, then backward.
+
+    Args:
+        volume: the volume.
+        prompt: the objects prompted on ``prompt.slice_index``.
+        volume_index: index reported in results.
+        window: display window used for model frames.
+        scope_slices: inclusive ``(lo, hi)`` range to cover (default: the whole volume); used to
+            re-propagate only the range a correction affects.
+        cancel: set it to stop; raises :class:`CancelledError` between slices.
+        seed_masks: optional ready masks for the seed slice per object id (skips its prediction):
+            a bool mask, or ``(mask, model score)``.
+        refine_seed: refine the seed prompt from its own mask (for prompts transferred from another case).
+
+    Yields:
+        One :class:`SliceResult` per covered slice (slices where every object ended get empty labels).
+    """
+    k0 = prompt.slice_index
+    n = volume.n_slices
+    if not 0 <= k0 < n:
+        raise PromptError(f"{volume.name}: slice {k0} does not exist; it has {n} slices (0..{n - 1}).")
+    lo, hi = scope_slices if scope_slices is not None else (0, n - 1)
+    shape = volume.shape[1:]
+    check_cancel(cancel)
+    if eng.is_sequence:
+        yield from segment_volume_sequence(eng, volume, prompt, volume_index, window, lo, hi, cancel)
+        return
+    states: list[ObjectState] = []
+    scores: dict[int, float] = {}
+    flags: list[str] = []
+    backend = eng.backend
+    if lo < hi and isinstance(backend, Backend):
+        # the seed slice first (the single worker keeps order), then the first slice after it
+        if not (seed_masks and all(o.object_id in seed_masks for o in prompt.objects)):
+            eng.prefetch(backend, volume, k0, window)
+        eng.prefetch(backend, volume, k0 + 1 if k0 + 1 <= hi else k0 - 1, window)
+    for obj in prompt.objects:
+        check_prompt_inside(obj, shape, volume.name)
+        if seed_masks is not None and obj.object_id in seed_masks:
+            given = seed_masks[obj.object_id]
+            mask, score = (given[0], float(given[1])) if isinstance(given, tuple) else (given, 1.0)
+            mask = np.asarray(mask, bool)
+        else:
+            refine = eng.config.transfer_refine if refine_seed else False
+            mask, score = predict_object(eng, volume, k0, obj, window, refine=refine)
+        if not mask.any():
+            flags.append(f"{obj.name or f'object {obj.object_id}'}: empty mask on the prompted slice")
+        st = ObjectState(obj.object_id, mask, int(mask.sum()), score, bool(mask.any()), obj.name)
+        st.peak = st.seed_area
+        st.values = _robust_stats(volume.array[k0][mask], volume) if mask.any() else None
+        states.append(st)
+        scores[obj.object_id] = score
+    seed_conf = [float(np.clip(st.score, 0, 1)) for st in states if st.mask is not None and st.mask.any()]
+    yield SliceResult(
+        volume_index, k0, paint(states, shape), scores, flags, True, volume.name, n,
+        confidence=min(seed_conf) if seed_conf else None,
+    )
+    walker = functools.partial(walk, eng, volume, states, k0, lo, hi, window, cancel, volume_index)
+    parallel = (
+        isinstance(backend, Backend)
+        and eng.cache.background
+        and int(getattr(backend, "parallel_encodes", 1)) > 1
+        and lo < k0 < hi
+    )
+    if parallel:
+        yield from walk_both_ways(walker)
+    else:
+        yield from walker(1)
+        yield from walker(-1)
+
+
+def walk(
+    eng: Engine,
+    volume: Volume,
+    states: list[ObjectState],
+    k0: int,
+    lo: int,
+    hi: int,
+    window,
+    cancel: threading.Event | None,
+    volume_index: int,
+    direction: int,
+    others_running: Callable[[], bool] | None = None,
+    stop: threading.Event | None = None,
+) -> Iterator[SliceResult]:
+    """Propagates the seed states from ``k0`` one way, slice by slice.
+
+    ``others_running`` (walking both ways at once): while it says the other direction is still
+    encoding, nothing is prefetched (both cores are busy already); ``stop`` ends the walk early.
+    """
+    backend = eng.backend
+    shape = volume.shape[1:]
+    n = volume.n_slices
+    cur = [st.copy() for st in states]
+    k = k0 + direction
+    while lo <= k <= hi:
+        check_cancel(cancel)
+        if stop is not None and stop.is_set():
+            return
+        scores, flags = {}, []
+        if isinstance(backend, Backend) and (others_running is None or not others_running()):
+            nxt = k + direction
+            if not any(st.alive for st in cur) or not lo <= nxt <= hi:
+                # walking one way after the other: the backward pass comes next
+                nxt = k0 - 1 if direction == 1 and others_running is None else -1
+            if lo <= nxt <= hi:
+                eng.prefetch(backend, volume, nxt, window)
+        confidences: list[float] = []
+        for st in cur:
+            if not st.alive:
+                st.mask = None
+                continue
+            name = st.name or f"object {st.object_id}"
+            prev_mask = st.mask
+            mask, score, f = step(eng, volume, k, st, window)
+            values = volume.array[k][mask] if mask is not None and mask.any() else None
+            why = vanished(eng, mask, score, st, values)
+            if why is not None and eng.config.stop_on_vanish:
+                log.debug("%s slice %d: object %d ends (%s)", volume.name, k, st.object_id, why)
+                lost = lost_flag(name, int(prev_mask.sum()) if prev_mask is not None else 0, st.peak, why)
+                if lost is not None:
+                    flags.append(lost)
+                    confidences.append(0.3)
+                st.alive = False
+                st.mask = None
+                continue
+            flags.extend(f)
+            if mask is not None:
+                agree = neighbour_agreement(mask, prev_mask)
+                if agree is not None and agree < MIN_NEIGHBOUR_AGREEMENT:
+                    flags.append(f"{name}: disagrees with its neighbours (Dice {agree:.2f} with the slice before)")
+                confidences.append(slice_confidence(score, agree))
+            st.mask, st.score = mask, score
+            if mask is not None:
+                st.update_area(int(mask.sum()))
+            scores[st.object_id] = score
+        yield SliceResult(
+            volume_index, k, paint(cur, shape), scores, flags, False, volume.name, n,
+            confidence=min(confidences) if confidences else None,
+        )
+        k += direction
+
+
+def walk_both_ways(walk: Callable[..., Iterator[SliceResult]]) -> Iterator[SliceResult]:
+    """Walks forward here and backward in a second thread at once; yields forward, then backward.
+
+    For backends that encode two slices at once faster than one after the other (OpenVINO's
+    throughput streams: ~20% on 2 cores). Each direction depends only on the seed, so the masks
+    are those of walking one way after the other; the backward results wait in a queue
+    (labels only) until the forward ones are out. Stopping the generator stops the other thread
+    after its current slice; its errors (a cancel included) are raised here.
+    """
+    results: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    lock = threading.Lock()
+    running = [2]
+
+    def others() -> bool:
+        with lock:
+            return running[0] > 1
+
+    def done() -> None:
+        with lock:
+            running[0] -= 1
+
+    def backward() -> None:
+        try:
+            for res in walk(-1, others, stop):
+                results.put(("result", res))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer's thread
+            results.put(("error", exc))
+        finally:
+            done()
+            results.put(("end", None))
+
+    worker = threading.Thread(target=backward, name="promptonce-backward", daemon=True)
+    worker.start()
+    try:
+        try:
+            yield from walk(1, others, stop)
+        finally:
+            done()
+        while True:
+            kind, item = results.get()
+            if kind == "end":
+                break
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def segment_volume_sequence(
+    eng: Engine,
+    volume: Volume,
+    prompt: SlicePrompt,
+    volume_index: int,
+    window,
+    lo: int,
+    hi: int,
+    cancel: threading.Event | None,
+) -> Iterator[SliceResult]:
+    backend = eng.backend
+    fm = eng.frames(volume, window)
+    n = volume.n_slices
+    shape = volume.shape[1:]
+    k0 = prompt.slice_index
+    seeds = {k0: list(prompt.objects)}
+    for reverse, end in ((False, hi), (True, lo)):
+        for k, masks, scores in backend.propagate(n, fm.frame, seeds, k0, reverse=reverse, end=end):  # type: ignore[union-attr]
+            check_cancel(cancel)
+            if reverse and k == k0:
+                continue
+            labels = np.zeros(shape, np.uint8)
+            for oid, m in masks.items():
+                labels[m.astype(bool) & (labels == 0)] = oid
+            yield SliceResult(volume_index, k, labels, dict(scores), [], k == k0, volume.name, n)
+
+
+def _robust_stats(values: np.ndarray, volume: Volume) -> tuple[float, float]:
+    """Median and a robust spread of an object's voxel values, floored at 2% of the volume's range."""
+    v = values.astype(np.float64)
+    q1, med, q3 = np.percentile(v, [25, 50, 75])
+    lo, hi = np.percentile(volume.array[:: max(1, volume.n_slices // 16)], [1, 99])
+    scale = max((q3 - q1) / 1.35, 0.02 * float(hi - lo), 1e-6)
+    return float(med), float(scale)
+
+
+def _push_touching_sides(mask: np.ndarray, box: Box, step: float, shape: tuple[int, int]) -> Box | None:
+    """The box with each side that the mask reaches pushed out by ``step``; None when none is reached."""
+    ys, xs = np.nonzero(mask)
+    h, w = shape
+    x0, y0, x1, y1 = box.x0, box.y0, box.x1, box.y1
+    if xs.min() <= x0 + 1 and x0 > 0:
+        x0 = max(x0 - step, 0)
+    if ys.min() <= y0 + 1 and y0 > 0:
+        y0 = max(y0 - step, 0)
+    if xs.max() >= x1 - 1 and x1 < w - 1:
+        x1 = min(x1 + step, w - 1)
+    if ys.max() >= y1 - 1 and y1 < h - 1:
+        y1 = min(y1 + step, h - 1)
+    if (x0, y0, x1, y1) == (box.x0, box.y0, box.x1, box.y1):
+        return None
+    return Box(x0, y0, x1, y1)
+
+
+def _fills_box(mask: np.ndarray, box: Box | None, tol: float = 1.5) -> bool:
+    """True when the mask reaches at least three sides of the box it was prompted with."""
+    if box is None or not mask.any():
+        return False
+    ys, xs = np.nonzero(mask)
+    touches = (
+        int(xs.min() <= box.x0 + tol)
+        + int(xs.max() >= box.x1 - tol)
+        + int(ys.min() <= box.y0 + tol)
+        + int(ys.max() >= box.y1 - tol)
+    )
+    return touches >= 3
+
+
+def paint(states: Sequence[ObjectState], shape: tuple[int, int]) -> np.ndarray:
+    labels = np.zeros(shape, np.uint8)
+    for st in states:
+        if st.mask is not None:
+            labels[st.mask & (labels == 0)] = st.object_id
+    return labels
