@@ -1,282 +1,51 @@
-"""An interactive annotation session: objects, prompts, undo, preview, run, correct, score, export.
-
-:class:`AnnotationSession` is the library object any front end drives (the web app in
-:mod:`promptonce.ui`, a notebook, a napari or 3D Slicer plugin, a REST server), in the manner of
-SAM 2's video predictor and nnInteractive's ``InferenceSession``::
-
-    import promptonce as po
-
-    s = po.AnnotationSession(["ct.nii.gz"], references=["ct_mask.nii.gz"], model="auto")
-    s.add_point(0, 40, x=120, y=88)              # image pixels of case 0, slice 40 -> Preview (mask at once)
-    s.add_object("spleen"); s.add_box(0, 40, po.Box(60, 70, 110, 130))
-    for p in s.run(scope="volume"):              # RunProgress reports; pass cancel=threading.Event()
-        print(p.done, "/", p.total)
-    s.add_point(0, 55, x=118, y=90, positive=False)   # a correction on a result slice ...
-    list(s.correct())                            # ... re-runs only the range it affects
-    s.score()["dice_mean"], s.export("out/")
-
-State is typed (dataclasses), in image pixels only: no display coordinates, no GUI types, no
-session folder. Results live in memory, or as memory-mapped ``.npy`` files in ``workdir`` when one
-is given; ``quota(n_bytes)`` is called before such a file is created (raise to refuse it).
-
-Coordinates: points are ``(x, y)`` = (column, row) image pixels of the slice, boxes XYXY inclusive
-pixels, as in SAM; ``case`` indexes the dataset, ``slice_index`` the case's slices (0-based).
-"""
+"""The :class:`AnnotationSession` (see :mod:`promptonce.annotation`)."""
 
 from __future__ import annotations
 
 import copy
 import logging
+import re
 import threading
 import time
-import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import CancelledError, InputError, ModelError, PromptError, PromptOnceError, check_cancel
-from .types import Box, Dataset, ObjectPrompt, Point, SlicePrompt, SliceResult, Volume
+from ..errors import CancelledError, InputError, ModelError, PromptError, check_cancel
+from ..types import Box, Dataset, ObjectPrompt, Point, SlicePrompt, SliceResult, Volume
+from . import results
+from .state import (
+    MODES,
+    SCOPES,
+    STRATEGIES,
+    VOLUME_CACHE_BYTES,
+    Action,
+    CaseInfo,
+    Draft,
+    Images,
+    Mode,
+    ObjectInfo,
+    Preview,
+    Reference,
+    RunInfo,
+    RunProgress,
+    Scope,
+    correction_range,
+    slices_in_scope,
+)
 
 if TYPE_CHECKING:  # the engine (and through it the backends) loads on first use
-    from .engine import Engine
+    from ..engine import Engine
 
-__all__ = [
-    "SCOPES",
-    "STRATEGIES",
-    "MODES",
-    "ObjectInfo",
-    "Draft",
-    "CaseInfo",
-    "Action",
-    "Preview",
-    "RunProgress",
-    "RunInfo",
-    "AnnotationSession",
-    "correction_range",
-    "slices_in_scope",
-]
+__all__ = ["AnnotationSession"]
 
 log = logging.getLogger(__name__)
 
-#: Run scopes: the prompted image(s) only, the prompted volume, every volume of the dataset.
-SCOPES = ("image", "volume", "dataset")
-#: Dataset strategies (see :func:`promptonce.engine.segment`).
-STRATEGIES = ("transfer", "chain")
-#: What a click adds: an object click, a background click, or a box corner (two make a box).
-MODES = ("positive", "negative", "box")
-#: Bytes of loaded volumes kept in memory (at least one volume is always kept).
-VOLUME_CACHE_BYTES = 256 * 2**20
 
-Scope = Literal["image", "volume", "dataset"]
-Mode = Literal["positive", "negative", "box"]
-
-
-# ---------------------------------------------------------------------------------------------- rules
-def correction_range(slice_index: int, prompted: Sequence[int], n_slices: int) -> tuple[int, int]:
-    """The slices a new prompt on ``slice_index`` affects: the one correction-range rule.
-
-    From ``slice_index`` forward to the slice before the next prompted slice (or the last slice), and
-    backward to the slice after the previous prompted slice (or slice 0). Slices beyond the
-    neighbouring prompted slices keep their results: propagation past them is anchored on them.
-
-    Args:
-        slice_index: the slice that got the prompt.
-        prompted: the other prompted slices (``slice_index`` may be among them; out-of-range ones are ignored).
-        n_slices: slices in the volume.
-
-    Returns:
-        Inclusive ``(lo, hi)`` with ``lo <= slice_index <= hi``.
-
-    Raises:
-        PromptError: ``slice_index`` is not a slice of the volume.
-    """
-    if not 0 <= slice_index < n_slices:
-        raise PromptError(f"Slice {slice_index} does not exist; the volume has {n_slices} slices (0..{n_slices - 1}).")
-    others = [p for p in prompted if p != slice_index and 0 <= p < n_slices]
-    lo = max((p + 1 for p in others if p < slice_index), default=0)
-    hi = min((p - 1 for p in others if p > slice_index), default=n_slices - 1)
-    return lo, hi
-
-
-def slices_in_scope(
-    scope: str, n_slices: Callable[[int], int], n_cases: int, volume_index: int = 0, images: int = 1
-) -> int:
-    """How many slices a run of ``scope`` yields (for progress): the one per-scope slice total.
-
-    Args:
-        scope: ``image`` / ``volume`` / ``dataset``.
-        n_slices: the slice count of case ``i`` (called only for the cases the scope covers).
-        n_cases: cases in the dataset.
-        volume_index: the prompted case (volume scope).
-        images: prompted images (image scope).
-    """
-    if scope == "image":
-        return int(images)
-    if scope == "volume":
-        return int(n_slices(volume_index))
-    return int(sum(n_slices(i) for i in range(n_cases)))
-
-
-# ---------------------------------------------------------------------------------------------- state
-@dataclass
-class ObjectInfo:
-    """One object being segmented: its label id in outputs (1..255) and its name."""
-
-    object_id: int
-    name: str
-
-
-@dataclass
-class Draft:
-    """What was put on one slice for one object, and the preview mask it gives.
-
-    Attributes:
-        points: clicks in image pixels, in the order given.
-        box: a box in image pixels, or None.
-        corner: first corner ``(x, y)`` of a box being drawn (the pending state of two-click boxes), or None.
-        mask: bool ``(rows, cols)`` preview, or None when not predicted (yet).
-        score: the model's confidence for ``mask``.
-    """
-
-    points: list[Point] = field(default_factory=list)
-    box: Box | None = None
-    corner: tuple[float, float] | None = None
-    mask: np.ndarray | None = None
-    score: float = 0.0
-
-    @property
-    def usable(self) -> bool:
-        """True when the draft can seed a segmentation (a positive click or a box)."""
-        return self.box is not None or any(p.label == 1 for p in self.points)
-
-    def prompt(self, obj: ObjectInfo) -> ObjectPrompt:
-        """The draft as an :class:`ObjectPrompt` for object ``obj``."""
-        return ObjectPrompt(points=tuple(self.points), box=self.box, object_id=obj.object_id, name=obj.name)
-
-
-@dataclass
-class CaseInfo:
-    """What a session knows about a case without holding its voxels.
-
-    Attributes:
-        name: case name.
-        shape: ``(slices, rows, cols)``.
-        spacing: ``(col, row, slice)`` mm.
-        modality: ``CT | MR | XR | OT``.
-        source_format: ``nifti | dicom | image | numpy | ...``.
-    """
-
-    name: str
-    shape: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    modality: str
-    source_format: str
-
-    @property
-    def n_slices(self) -> int:
-        return self.shape[0]
-
-    @classmethod
-    def of(cls, vol: Volume) -> CaseInfo:
-        return cls(vol.name, vol.shape, vol.spacing, str(vol.modality), str(vol.source_format))
-
-
-@dataclass
-class Action:
-    """One undoable step: a point, a box corner or a finished box of one object on one slice.
-
-    Attributes:
-        kind: ``point`` / ``corner`` (first corner of a box) / ``box`` (second corner) / ``same_corner``
-            (a second corner on the first one's pixel: the box was dropped).
-        case, slice_index, object_id: where it happened.
-        before: the object's draft on that slice before the step (None: it had none).
-    """
-
-    kind: str
-    case: int
-    slice_index: int
-    object_id: int
-    before: Draft | None
-
-    @property
-    def key(self) -> tuple[int, int]:
-        return self.case, self.slice_index
-
-
-@dataclass
-class Preview:
-    """The answer to a prompt: the object's mask on that slice, at once.
-
-    Attributes:
-        case, slice_index, object_id: where.
-        mask: bool ``(rows, cols)``, or None when the prompt cannot give one yet (a box's first
-            corner, background clicks only).
-        score: model confidence (0..1).
-        seconds: time the prediction took.
-        message: one line for a person: what happened, or what to do next.
-    """
-
-    case: int
-    slice_index: int
-    object_id: int
-    mask: np.ndarray | None
-    score: float = 0.0
-    seconds: float = 0.0
-    message: str = ""
-
-
-@dataclass
-class RunProgress:
-    """One progress report of a running segmentation.
-
-    Attributes:
-        done: slices finished.
-        total: slices the run covers.
-        seconds: time since the run started.
-        volume_index, slice_index: the slice just finished (or -1).
-        message: what the run is doing.
-        finished: True for the last report.
-    """
-
-    done: int
-    total: int
-    seconds: float
-    volume_index: int = -1
-    slice_index: int = -1
-    message: str = ""
-    finished: bool = False
-
-    @property
-    def eta_s(self) -> float | None:
-        """Seconds left at the current pace, or None before the first slice."""
-        if self.done <= 0 or self.total <= self.done:
-            return None if self.done <= 0 else 0.0
-        return self.seconds / self.done * (self.total - self.done)
-
-
-@dataclass
-class RunInfo:
-    """The last run's figures (for a metrics panel and ``metrics.json``)."""
-
-    model: str
-    scope: str
-    strategy: str
-    seconds: float = 0.0
-    slices: int = 0
-    cancelled: bool = False
-    volumes: list[int] = field(default_factory=list)
-
-
-Images = Dataset | Volume | Sequence[Volume] | str | Path | Sequence[str | Path]
-Reference = str | Path | np.ndarray | Volume | None
-
-
-# ---------------------------------------------------------------------------------------------- session
 class AnnotationSession:
     """One person's interactive segmentation of a dataset (see the module docstring).
 
@@ -316,7 +85,7 @@ class AnnotationSession:
         cases: Sequence[CaseInfo] | None = None,
         segmenter: Callable[..., Iterator[SliceResult]] | None = None,
     ) -> None:
-        from .io.readers import DEFAULT_MAX_VOXELS
+        from ..io.readers import DEFAULT_MAX_VOXELS
 
         self.max_voxels = int(max_voxels) if max_voxels is not None else DEFAULT_MAX_VOXELS
         self._dataset = _as_dataset(images, images_as, self.max_voxels)
@@ -377,7 +146,7 @@ class AnnotationSession:
 
     def read_reference(self, source: str | Path, image: Volume) -> Volume:
         """Reads a reference file for ``image`` (uncached). Front ends may override it to reword errors."""
-        from .io.readers import load_reference
+        from ..io.readers import load_reference
 
         return load_reference(source, image, max_voxels=self.max_voxels)
 
@@ -480,8 +249,6 @@ class AnnotationSession:
         Raises:
             PromptError: 255 objects exist already.
         """
-        import re
-
         used = {o.object_id for o in self.objects}
         if len(used) >= 255:
             raise PromptError("255 objects is the most a label map can hold; remove some first.")
@@ -681,7 +448,7 @@ class AnnotationSession:
 
     def _result_box(self, case: int, k: int, oid: int) -> Box | None:
         """The box (3 px margin) of object ``oid``'s current result on slice ``k``, or None."""
-        from .prompts import box_from_mask
+        from ..prompts import box_from_mask
 
         res = self.results.get(case)
         if res is None or not self.done[case][k]:
@@ -698,7 +465,7 @@ class AnnotationSession:
     def _engine(self, model: str) -> Engine:
         eng = self.engines.get(model)
         if eng is None:
-            from .engine import make_engine
+            from ..engine import make_engine
 
             try:
                 eng = make_engine(None, model, "auto")
@@ -723,7 +490,7 @@ class AnnotationSession:
         key = f"{model}#points"
         pe = self.engines.get(key)
         if pe is None:
-            from .engine import Engine
+            from ..engine import Engine
 
             pe = Engine(clicker, cache_size=self.engine_cache)
             self.engines[key] = pe
@@ -840,7 +607,7 @@ class AnnotationSession:
             InputError: unknown scope or strategy.
             PromptError: nothing usable to run from.
         """
-        from .engine import segment as engine_segment
+        from ..engine import segment as engine_segment
 
         segment = self.segmenter or engine_segment
         if scope not in SCOPES:
@@ -935,7 +702,7 @@ class AnnotationSession:
         The range of each object is bounded by the other slices where that object was prompted;
         other objects' labels are left as they are.
         """
-        from .prompts import box_from_mask
+        from ..prompts import box_from_mask
 
         v, c = key
         eng = self.engine(model)
@@ -1005,139 +772,16 @@ class AnnotationSession:
 
     # ------------------------------------------------------------------ scoring and export
     def score(self) -> dict[str, Any]:
-        """Figures of the current result, scored through :class:`~promptonce.metrics.MetricAccumulator`.
-
-        Dice and Jaccard compare the union of all objects with the union of the reference labels
-        chosen (:meth:`set_reference_labels`), in 3D per case; the per-slice Dice lists slices with
-        foreground in either.
-
-        Returns:
-            ``{"cases": [{"case", "slices", "dice", "jaccard", "flags"}...], "per_slice": [{"case",
-            "slice" (1-based), "dice"}...], "dice_mean", "jaccard_mean", "prompts" (prompted slices),
-            "per_slice_prompts" (slices a per-slice workflow would prompt), "saved_percent", "seconds",
-            "slices", "has_reference", "model", "scope", "strategy", "cancelled", "reference_labels"}``.
-        """
-        from .metrics import MetricAccumulator
-
-        info = self.run_info
-        acc = MetricAccumulator(keep_slices=True)
-        cases: list[dict[str, Any]] = []
-        per_slice: list[dict[str, Any]] = []
-        needed = 0
-        for v in sorted(self.done):
-            covered = self.done[v]
-            if not covered.any():
-                continue
-            pred = np.asarray(self.results[v]) > 0
-            name = self.cases[v].name
-            ref = self.reference_mask(v)
-            row: dict[str, Any] = {
-                "case": name,
-                "slices": int(covered.sum()),
-                "dice": None,
-                "jaccard": None,
-                "flags": sum(1 for (vv, _k), f in self.flags.items() if vv == v and f),
-            }
-            if ref is not None:
-                scored = acc.add(str(v), pred, ref)
-                row["dice"], row["jaccard"] = float(scored["dice"]), float(scored["jaccard"])
-                ps = acc.slice_dice[str(v)]
-                present = ref.any(axis=(1, 2)) | pred.any(axis=(1, 2))
-                for k in np.flatnonzero(present & covered):
-                    per_slice.append({"case": name, "slice": int(k) + 1, "dice": float(ps[k])})
-                needed += int(sum(1 for k in np.flatnonzero(covered) if ref[k].any()))
-            else:
-                needed += int(sum(1 for k in np.flatnonzero(covered) if pred[k].any()))
-            cases.append(row)
-        overall = acc.summary()
-        prompts = len(self.prompted_slices())
-        return {
-            "cases": cases,
-            "per_slice": per_slice,
-            "dice_mean": overall["dice_mean"],
-            "jaccard_mean": overall["jaccard_mean"],
-            "prompts": prompts,
-            "per_slice_prompts": needed,
-            "saved_percent": 100.0 * (1.0 - prompts / needed) if needed > 0 else None,
-            "seconds": (info.seconds if info else 0.0) + self.correction_seconds,
-            "slices": int(sum(d.sum() for d in self.done.values())),
-            "has_reference": len(acc) > 0,
-            "model": info.model if info else "",
-            "scope": info.scope if info else "",
-            "strategy": info.strategy if info else "",
-            "cancelled": bool(info.cancelled) if info else False,
-            "reference_labels": list(self.ref_labels) if self.ref_labels else "all",
-        }
+        """Figures of the current result, scored through :class:`~promptonce.metrics.MetricAccumulator`
+        (see :func:`promptonce.annotation.results.score`: Dice/Jaccard per case and per slice, prompts used
+        and saved, time)."""
+        return results.score(self)
 
     def export(self, folder: str | Path, summary: dict[str, Any] | None = None, window: Any = None) -> list[Path]:
-        """Writes the result files into ``folder`` (created) and returns their paths.
-
-        Files: the masks as NIfTI on the input's own grid and affine (one file, or a zip of one per
-        case), PNG masks in a zip for 2D images, DICOM-SEG for DICOM input, ``metrics.json`` always
-        and ``metrics.csv`` with references, and an overlay GIF of the first segmented volume (or of
-        the images when they share a size).
-
-        Args:
-            folder: where to write (existing files of the same names are replaced).
-            summary: :meth:`score`'s figures (computed when not given).
-            window: the window of the overlay GIF (default: the session's).
-        """
-        from .io import writers
-
-        summary = summary if summary is not None else self.score()
-        window = self.window if window is None else window
-        out = Path(folder)
-        out.mkdir(parents=True, exist_ok=True)
-        files: list[Path] = []
-        segmented = [v for v in sorted(self.done) if self.done[v].any()]
-        if not segmented:
-            return files
-        info = self.cases
-        vols3d = [v for v in segmented if info[v].n_slices > 1 or info[v].source_format in ("nifti", "dicom")]
-        imgs2d = [v for v in segmented if v not in vols3d]
-        nifti_paths = []
-        for v in vols3d:
-            p = out / f"{writers.safe_name(info[v].name)}_mask.nii.gz"
-            writers.write_mask_nifti(np.asarray(self.results[v]), self.volume(v), p)
-            nifti_paths.append(p)
-        if len(nifti_paths) == 1:
-            files.append(nifti_paths[0])
-        elif nifti_paths:
-            files.append(_zip(out / "masks_nifti.zip", nifti_paths))
-        if imgs2d:
-            items = [(self.volume(v).slice_name(0), np.asarray(self.results[v][0])) for v in imgs2d]
-            files.append(writers.write_png_masks_zip(items, out / "masks_png.zip"))
-        seg_paths = []
-        for v in [v for v in segmented if info[v].source_format == "dicom" and info[v].n_slices > 1]:
-            p = out / f"{writers.safe_name(info[v].name)}_seg.dcm"
-            try:
-                names = {o.object_id: o.name for o in self.objects}
-                writers.write_dicom_seg(np.asarray(self.results[v]), self.volume(v), p, segment_names=names)
-                seg_paths.append(p)
-            except PromptOnceError as exc:
-                self.notes.append(f"DICOM-SEG for {info[v].name} was not written: {exc}")
-        if len(seg_paths) == 1:
-            files.append(seg_paths[0])
-        elif seg_paths:
-            files.append(_zip(out / "masks_dicom_seg.zip", seg_paths))
-        files.append(writers.write_json(_metrics_json(summary), out / "metrics.json"))
-        if summary["has_reference"]:
-            files.append(writers.write_metrics_csv(summary["cases"], out / "metrics.csv"))
-        if vols3d:
-            v = vols3d[0]
-            p = out / f"{writers.safe_name(info[v].name)}_overlay.gif"
-            writers.write_overlay_gif(self.volume(v), np.asarray(self.results[v]), p, window=window)
-            files.append(p)
-        elif imgs2d and len({info[v].shape for v in imgs2d}) == 1:
-            stack = Volume(np.concatenate([self.volume(v).array for v in imgs2d]), name="images")
-            labels = np.concatenate([np.asarray(self.results[v]) for v in imgs2d])
-            p = out / "images_overlay.gif"
-            writers.write_overlay_gif(stack, labels, p, window=window)
-            files.append(p)
-        return files
+        """Writes masks and metrics into ``folder``; returns the files (see :func:`promptonce.annotation.results.export`)."""
+        return results.export(self, folder, summary, window)
 
 
-# ---------------------------------------------------------------------------------------------- helpers
 def _as_dataset(images: Images, images_as: str, max_voxels: int) -> Dataset:
     if isinstance(images, Dataset):
         return images
@@ -1150,34 +794,6 @@ def _as_dataset(images: Images, images_as: str, max_voxels: int) -> Dataset:
         return Dataset(items)  # type: ignore[arg-type]
     if not all(isinstance(x, str | Path) for x in items):
         raise InputError("Give images as a Dataset, a Volume, a list of Volumes, or file/folder paths.")
-    from .io.readers import load_dataset
+    from ..io.readers import load_dataset
 
     return load_dataset(items, images_as=images_as, max_voxels=max_voxels)  # type: ignore[arg-type]
-
-
-def _metrics_json(summary: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "summary": {
-            "model": summary["model"],
-            "scope": summary["scope"],
-            "strategy": summary["strategy"],
-            "prompts": summary["prompts"],
-            "images": summary["slices"],
-            "per_slice_prompts": summary["per_slice_prompts"],
-            "prompts_saved_percent": summary["saved_percent"],
-            "dice_mean": summary["dice_mean"],
-            "jaccard_mean": summary["jaccard_mean"],
-            "seconds": round(summary["seconds"], 3),
-            "cancelled": summary["cancelled"],
-        },
-        "cases": summary["cases"],
-    }
-
-
-def _zip(path: Path, members: Sequence[Path]) -> Path:
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-        for m in members:
-            zf.write(m, arcname=m.name)
-    for m in members:
-        m.unlink(missing_ok=True)
-    return path
