@@ -137,7 +137,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     refs = _pair(dataset, args.reference) if args.reference else None
     total = slices_in_scope(args.scope, lambda i: dataset[i].n_slices, len(dataset), prompt.volume_index)
     engine = make_engine(prompt, args.model, "auto")
-    writer = ResultWriter(out)
+    writer = ResultWriter(out, objects=[o.object_id for o in prompt.objects],
+                          label_names={o.object_id: o.name for o in prompt.objects if o.name})  # fmt: skip
     bar = _progress(args.quiet, total, "segment")
     t0 = time.perf_counter()
     n_images = 0

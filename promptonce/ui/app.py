@@ -32,10 +32,10 @@ from typing import Any
 import gradio as gr
 
 from . import handlers as H
-from . import startup
+from . import fileguard, startup
 from .events import Events
 from .layout import FILE_TYPES, WINDOW_CHOICES, build_page, upload_file
-from .session import SessionStore
+from .session import SessionStore, default_roots
 
 __all__ = ["build_app", "launch", "launch_kwargs", "default_store", "upload_file", "FILE_TYPES", "WINDOW_CHOICES"]
 
@@ -53,13 +53,14 @@ def _env_float(name: str, default: float) -> float:
 
 
 def default_store() -> SessionStore:
-    """The session store for this process: a folder inside Gradio's upload folder, so that the files a
-    session offers are served from its own folder (no copy in Gradio's shared cache) and go with it."""
+    """The session store for this process: private folders outside Gradio's upload folder (never served),
+    results folders inside it (served from there, no copy in Gradio's cache); see :func:`default_roots`."""
     from gradio.utils import get_upload_folder
 
-    root = Path(os.environ.get("PROMPTONCE_SESSION_ROOT") or Path(get_upload_folder()) / "promptonce-sessions")
+    root, results = default_roots(get_upload_folder(), os.environ.get("PROMPTONCE_SESSION_ROOT"))
     return SessionStore(
         root,
+        results_root=results,
         ttl_s=_env_float("PROMPTONCE_SESSION_TTL_S", 3600.0),
         max_session_bytes=int(_env_float("PROMPTONCE_SESSION_MB", 2048.0) * 2**20),
         max_sessions=int(_env_float("PROMPTONCE_MAX_SESSIONS", 64)),
@@ -83,6 +84,7 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
 
         store.upload_folder = Path(get_upload_folder())  # where gr.File leaves its empty temp files
     store.start_sweeper()
+    fileguard.register(store)  # its uploads and private folders are never served, its results are
     if show_fake is None:
         show_fake = os.environ.get("PROMPTONCE_SHOW_FAKE", "") == "1"
     choices, missing = H.model_choices(show_fake=show_fake)
@@ -116,6 +118,7 @@ def launch_kwargs() -> dict[str, Any]:
         "head": "<script>" + (HERE / "keys.js").read_text(encoding="utf-8") + "</script>",
         "footer_links": ["api", "gradio"],
         "run_history": False,
+        "app_kwargs": {"middleware": [fileguard.middleware()]},  # only results are served (ui/fileguard.py)
     }
 
 

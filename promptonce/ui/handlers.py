@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -224,7 +223,7 @@ def undo(ws: Workspace, model: str = "auto", window: Any = "auto") -> tuple[int,
 def reset_prompts(ws: Workspace) -> None:
     """Removes every prompt, preview and result (the loaded images and objects stay), and the downloads."""
     ws.reset()
-    shutil.rmtree(ws.session.directory / "out", ignore_errors=True)
+    ws.session.clear("out")
 
 
 # ---------------------------------------------------------------------------------------------- running

@@ -119,8 +119,7 @@ def load_inputs(
                     except OSError:
                         pass
         drop_workspace(session)
-        for folder in ("results", "out", "view", "unzipped", "unzipped-references"):
-            shutil.rmtree(session.directory / folder, ignore_errors=True)
+        session.clear("results", "out", "view", "unzipped", "unzipped-references")
         budget = app_max_voxels() if max_voxels is None else int(max_voxels)
         dataset = load_dataset(_unzip_into(session, inputs), images_as=images_as, max_voxels=budget)
         if len(dataset) == 0:

@@ -80,7 +80,7 @@ def render(ws: Workspace, v: int, k: int, window: Any = "auto", show_reference: 
     """
     from PIL import Image
 
-    from ..preprocess import label_color, label_edges, overlay
+    from ..preprocess import draw_outline, outline_edges, overlay
 
     k = clamp_slice(ws, v, k)
     gray = ws.frames(v, window).gray(k)
@@ -93,21 +93,12 @@ def render(ws: Workspace, v: int, k: int, window: Any = "auto", show_reference: 
     rgb = overlay(gray_d, lab_d, alpha=0.45, outline=False)
     if lab_d.any():
         # an opaque contour of about 1/3 image pixel (at least 1 display pixel), drawn inwards
-        edge = label_edges(lab_d)
-        for _ in range(max(0, int(round(min(sx, sy) / 3)) - 1)):
-            grown = edge.copy()
-            grown[1:] |= edge[:-1]
-            grown[:-1] |= edge[1:]
-            grown[:, 1:] |= edge[:, :-1]
-            grown[:, :-1] |= edge[:, 1:]
-            edge = grown & (lab_d != 0)
-        for oid in (int(i) for i in np.unique(lab_d[edge])):
-            rgb[edge & (lab_d == oid)] = label_color(oid)
+        rgb = draw_outline(rgb, lab_d, thickness=max(1, int(round(min(sx, sy) / 3))))
     if show_reference:
         ref = ws.reference_mask(v)
         if ref is not None:
             ref_d = np.asarray(Image.fromarray(ref[k].astype(np.uint8)).resize(size, Image.NEAREST))
-            rgb[label_edges(ref_d)] = (255, 255, 255)
+            rgb[outline_edges(ref_d)] = (255, 255, 255)
     return _draw_prompts(ws, v, k, rgb, (sx, sy))
 
 

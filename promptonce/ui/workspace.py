@@ -134,7 +134,7 @@ class Workspace(AnnotationSession):
         super().__init__(
             dataset,
             references,
-            workdir=session.directory / "results",
+            workdir=session.path("results"),
             quota=lambda n: session.check_quota(n, max_age_s=5.0),
             max_voxels=max_voxels,
             engine_cache=ENGINE_CACHE_SLICES,
