@@ -7,6 +7,7 @@ Public API (importing this package loads neither torch nor gradio)::
     prompt = po.SlicePrompt((po.ObjectPrompt(box=po.Box(10, 20, 80, 90)),), slice_index=40)
     for result in po.segment(po.Dataset([vol]), prompt, scope="volume"):
         ...                                                   # SliceResult, one slice at a time
+    s = po.AnnotationSession([vol])                           # interactive: clicks, undo, objects, run, correct
 
 See ``promptonce.types`` for the axis and coordinate conventions.
 """
@@ -36,6 +37,7 @@ _LAZY = {
     "load_dataset": ("promptonce.io.readers", "load_dataset"),
     "segment": ("promptonce.engine", "segment"),
     "Engine": ("promptonce.engine", "Engine"),
+    "AnnotationSession": ("promptonce.annotation", "AnnotationSession"),
     "get_backend": ("promptonce.backends.registry", "get_backend"),
     "available_backends": ("promptonce.backends.registry", "available_backends"),
     "metrics": ("promptonce.metrics", None),
