@@ -185,7 +185,7 @@ class DatasetTransfer:
     # ------------------------------------------------------------------ passes
     def first_pass(self, volume: Volume, volume_index: int, cancel: threading.Event | None = None) -> CaseOutcome:
         """Segments a case from the seed alone (its masks warped onto the case as priors)."""
-        return self._segment_case(volume, volume_index, [self.seed], cancel, passes=1)
+        return self.segment_case(volume, volume_index, [self.seed], cancel, passes=1)
 
     def needs_second_pass(self, outcome: CaseOutcome) -> bool:
         """True when a case's confidence is low enough to try its most similar exemplars."""
@@ -213,7 +213,7 @@ class DatasetTransfer:
             return first
         ranked = sorted(pool, key=lambda e: (-round(image_similarity(gray, e.image), 6), e.key))
         sources = [self.seed, *ranked[:EXEMPLARS_PER_CASE]]
-        second = self._segment_case(volume, volume_index, sources, cancel, passes=2)
+        second = self.segment_case(volume, volume_index, sources, cancel, passes=2)
         if (second.confidence or 0.0) > (first.confidence or 0.0):
             log.info("%s: second pass from %s raised confidence %.2f -> %.2f", volume.name,
                      ", ".join(second.sources), first.confidence or 0.0, second.confidence or 0.0)
@@ -247,7 +247,7 @@ class DatasetTransfer:
             out[oid] = (p / wsum).astype(np.float32) if p is not None and wsum > 0 else None
         return out, notes
 
-    def _segment_case(
+    def segment_case(
         self,
         volume: Volume,
         volume_index: int,
@@ -255,6 +255,7 @@ class DatasetTransfer:
         cancel: threading.Event | None,
         passes: int,
     ) -> CaseOutcome:
+        """Segments one case from the fused priors of ``sources`` (the seed, exemplars, or a neighbour)."""
         eng = self.engine
         check_cancel(cancel)
         k = _slice_at(sources[0].position, volume.n_slices)
@@ -279,15 +280,14 @@ class DatasetTransfer:
                                       cancel=cancel, seed_masks=seeds):
             res.prompted = False  # only the user's own slice counts as prompted
             if res.slice_index == k:
-                conf = min((c.confidence for c in checks.values()), default=None)
-                res.confidence = conf
+                res.confidence = min((c.confidence for c in checks.values()), default=None)
                 for c in checks.values():
                     res.flags.extend(c.flags)
+                if len(notes) == len(sources):  # no source registered better than relative position
+                    res.flags.append("registration fell back to the relative position: check this case")
                 case_flags = list(res.flags)
             results.append(res)
         conf = case_confidence(r.confidence for r in results)
-        if notes and conf is not None and all(n.startswith("registration") for n in notes) and len(notes) == len(sources):
-            case_flags.append("registration fell back to the relative position: check this case")
         labels = next((r.labels for r in results if r.slice_index == k), None)
         exemplar = None
         if labels is not None and conf is not None and conf >= EXEMPLAR_MIN_CONFIDENCE:
@@ -419,7 +419,7 @@ def _chain(transfer: DatasetTransfer, dataset: Dataset, v0: int, cancel: threadi
         prev = transfer.seed
         for i in order:
             check_cancel(cancel)
-            out = transfer._segment_case(dataset[i], i, [prev], cancel, passes=1)  # noqa: SLF001 - same class family
+            out = transfer.segment_case(dataset[i], i, [prev], cancel, passes=1)
             yield from out.results
             labels = next((r.labels for r in out.results if r.slice_index == _slice_at(prev.position, dataset[i].n_slices)), None)
             if labels is not None and labels.any():
