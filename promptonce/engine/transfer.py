@@ -442,28 +442,24 @@ def dataset_sequence(
 
     ``transfer``: the Prompt Once paper's "fake seed" - the prompted frame, with its prompt, is put
     before each other volume's frames and dropped from the output, so volumes are independent.
+    Then the exemplar pass: a volume whose confidence stays below ``SECOND_PASS_BELOW`` is run again
+    with the key frame (and masks) of its most similar confident volume as the seed frame, and the
+    more confident of the two runs is kept (those volumes come out after the others).
     ``chain``: every other volume is one continuation of the sequence, seeded by the last frame of
     the volume before it (its mask), so memory carries across volume boundaries.
     """
     backend = engine.backend
     seed_frame = engine.frames(dataset[v0], window).frame(prompt.slice_index)
-    prev: tuple[np.ndarray, SliceResult] | None = None
-    for i in [j for j in range(len(dataset)) if j != v0]:
-        check_cancel(cancel)
+    names = {o.object_id: o.name or f"object {o.object_id}" for o in prompt.objects}
+    position = _relative_position(prompt.slice_index, dataset[v0].n_slices)
+
+    def run(i: int, frame: np.ndarray, seeds: list) -> list[SliceResult]:
         vol = dataset[i]
         fm = engine.frames(vol, window)
         shape = vol.shape[1:]
-        if strategy == "chain" and prev is not None and prev[1].labels.any():
-            frame, res = prev
-            seeds = [(oid, res.labels == oid) for oid in np.unique(res.labels) if oid]
-            it = backend.propagate_with_seed_frame(frame, seeds, vol.n_slices, fm.frame)  # type: ignore[union-attr]
-        else:
-            it = backend.propagate_with_seed_frame(  # type: ignore[union-attr]
-                seed_frame, list(prompt.objects), vol.n_slices, fm.frame
-            )
-        last: SliceResult | None = None
-        monitor = SequenceMonitor({o.object_id: o.name or f"object {o.object_id}" for o in prompt.objects})
-        for k, masks, scores in it:
+        monitor = SequenceMonitor(names)
+        out = []
+        for k, masks, scores in backend.propagate_with_seed_frame(frame, seeds, vol.n_slices, fm.frame):  # type: ignore[union-attr]
             check_cancel(cancel)
             labels = np.zeros(shape, np.uint8)
             for oid, m in masks.items():
@@ -472,7 +468,54 @@ def dataset_sequence(
                     raise InputError(f"{vol.name}: the model returned masks of shape {m.shape}, expected {shape}.")
                 labels[m & (labels == 0)] = oid
             conf, flags = monitor.observe({oid: np.asarray(m, bool) for oid, m in masks.items()}, scores)
-            last = SliceResult(i, k, labels, dict(scores), flags, False, vol.name, vol.n_slices, confidence=conf)
-            yield last
-        if last is not None:
-            prev = (fm.frame(last.slice_index), last)
+            out.append(SliceResult(i, k, labels, dict(scores), flags, False, vol.name, vol.n_slices, confidence=conf))
+        return out
+
+    others = [j for j in range(len(dataset)) if j != v0]
+    if strategy == "chain":
+        prev: tuple[np.ndarray, SliceResult] | None = None
+        for i in others:
+            check_cancel(cancel)
+            if prev is not None and prev[1].labels.any():
+                frame, res = prev
+                results = run(i, frame, [(oid, res.labels == oid) for oid in np.unique(res.labels) if oid])
+            else:
+                results = run(i, seed_frame, list(prompt.objects))
+            yield from results
+            if results:
+                prev = (engine.frames(dataset[i], window).frame(results[-1].slice_index), results[-1])
+        return
+    # exemplar candidates: (confidence, key, name, frame, labels at the key slice, gray thumbnail)
+    candidates: list[tuple[float, str, str, np.ndarray, np.ndarray, np.ndarray]] = []
+    weak: list[tuple[int, list[SliceResult], float]] = []
+    for i in others:
+        check_cancel(cancel)
+        results = run(i, seed_frame, list(prompt.objects))
+        conf = case_confidence(r.confidence for r in results)
+        if conf is not None and conf < SECOND_PASS_BELOW:
+            weak.append((i, results, conf))
+            continue
+        yield from results
+        vol = dataset[i]
+        k = _slice_at(position, vol.n_slices)
+        key = next((r for r in results if r.slice_index == k), None)
+        if conf is not None and conf >= EXEMPLAR_MIN_CONFIDENCE and key is not None and key.labels.any():
+            fm = engine.frames(vol, window)
+            thumb = thumbnail(fm.gray(k), EXEMPLAR_SIZE)
+            digest = hashlib.sha1(np.ascontiguousarray(thumb).tobytes()).hexdigest()[:12]
+            candidates.append((conf, f"{vol.name}:{digest}", vol.name, fm.frame(k), key.labels.copy(), thumb))
+            candidates = sorted(candidates, key=lambda c: (-round(c[0], 6), c[1]))[:MAX_EXEMPLARS]
+    for i, results, conf in weak:
+        check_cancel(cancel)
+        vol = dataset[i]
+        if candidates:
+            gray = engine.frames(vol, window).gray(_slice_at(position, vol.n_slices))
+            best = max(candidates, key=lambda c: (round(image_similarity(gray, c[5]), 6), c[1]))
+            seeds = [(oid, best[4] == oid) for oid in names if (best[4] == oid).any()]
+            if seeds:
+                again = run(i, best[3], seeds)
+                conf2 = case_confidence(r.confidence for r in again)
+                if conf2 is not None and conf2 > conf:
+                    log.info("%s: exemplar seed frame from %s raised confidence %.2f -> %.2f", vol.name, best[2], conf, conf2)
+                    results = again
+        yield from results
