@@ -1,0 +1,835 @@
+"""Executors for dataset runs: one prompt over every case, in this process or on a Ray cluster.
+
+Because the dataset strategy ``transfer`` carries the user's prompt to each case independently, a
+dataset run is a map over cases. :func:`run_dataset` drives it:
+
+1. **First pass**: every case is segmented from the prompt mapped to it (``first_pass``), by
+   *workers* that each hold one model, loaded once (a Ray actor each, or one object in this
+   process for the local executor). Cases are streamed: at most ``max_in_flight`` are out at a time
+   (``ray.wait``), and each case's masks are written on the driver with the atomic
+   :class:`~promptonce.io.writers.ResultWriter` as soon as they arrive, then dropped. The driver
+   keeps only a short record per case (:class:`~promptonce.runstore.CaseRecord`) and writes each
+   case's small exemplar to the run folder, so its memory does not grow with the dataset's masks.
+2. **Quality pass**: the exemplars are read back and selected (``select_exemplars``: deterministic
+   and order-independent), sent once to every worker, and the cases that need it are redone with
+   them (``second_pass``) and rewritten.
+
+Every written case is appended to the run folder's log (:mod:`promptonce.runstore`), so a rerun of
+the same command skips the cases already written and verified and does only the rest; a run with
+another prompt or model in the same folder is refused. A case that fails is retried (``retries``
+times; errors in the input itself - a corrupt file - are not retried: they would fail the same way)
+and then recorded with its reason and skipped. A worker that dies is replaced and its cases re-sent.
+
+Ray is optional (``pip install promptonce[ray]``) and imported only by :class:`RayExecutor`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .engine import PropagationConfig, make_engine
+from .errors import InputError, PromptOnceError, check_cancel
+from .runstore import CaseRecord, RunStore, file_entry, input_fingerprints
+from .types import Dataset, SlicePrompt, SliceResult, SourceGeometry, Volume
+
+__all__ = [
+    "run_dataset",
+    "RunSummary",
+    "ExecutorUnavailableError",
+    "CaseWorker",
+    "WorkerSpec",
+    "LocalExecutor",
+    "RayExecutor",
+    "make_executor",
+]
+
+log = logging.getLogger(__name__)
+
+ExecutorName = Literal["local", "ray"]
+RAY_EXTRA = "pip install 'promptonce[ray]'"
+
+
+class ExecutorUnavailableError(PromptOnceError):
+    """The executor asked for cannot run here (Ray not installed, or the cluster unreachable)."""
+
+
+# ============================================================================ the per-case work
+
+
+@dataclass
+class _Outcome:
+    """Stand-in for ``promptonce.engine.CaseOutcome`` while the engine does not provide it."""
+
+    results: list[SliceResult]
+    confidence: float
+    flags: list[str]
+    exemplar: Any = None
+    name: str = ""
+
+
+class _IndependentTransfer:
+    """Stand-in for ``promptonce.engine.DatasetTransfer`` (same methods) built on the public Engine.
+
+    The first pass is the engine's ``transfer`` strategy for one case (the prompt mapped to the case,
+    then refined on the case's own mask); there is no quality pass (no case needs one).
+    """
+
+    def __init__(self, engine, seed_volume: Volume, prompt: SlicePrompt, window=None) -> None:
+        self.engine, self.seed_volume, self.prompt, self.window = engine, seed_volume, prompt, window
+        results = list(engine.segment_volume(seed_volume, prompt, volume_index=prompt.volume_index, window=window))
+        self.seed_outcome = _Outcome(results, _confidence(results), _flags(results), None, seed_volume.name)
+
+    def first_pass(self, volume: Volume, volume_index: int, cancel=None) -> _Outcome:
+        case_prompt = self.engine.transfer_prompt(self.prompt, self.seed_volume, volume, self.window)
+        results = []
+        for res in self.engine.segment_volume(
+            volume, case_prompt, volume_index=volume_index, window=self.window, cancel=cancel, refine_seed=True
+        ):
+            res.prompted = False
+            results.append(res)
+        return _Outcome(results, _confidence(results), _flags(results), None, volume.name)
+
+    def needs_second_pass(self, out: _Outcome) -> bool:
+        return False
+
+    @staticmethod
+    def select_exemplars(candidates) -> list:
+        return []
+
+    def second_pass(self, volume, volume_index, exemplars, first=None, cancel=None) -> _Outcome:
+        return first if first is not None else self.first_pass(volume, volume_index, cancel)
+
+
+def _confidence(results: Sequence[SliceResult]) -> float:
+    vals = [float(v) for r in results for v in r.scores.values()]
+    return float(np.mean(vals)) if vals else 0.0
+
+
+def _flags(results: Sequence[SliceResult]) -> list[str]:
+    return [f"slice {r.slice_index}: {f}" for r in results for f in r.flags]
+
+
+def _transfer_api():
+    """``(DatasetTransfer, select_exemplars)`` from the engine, or the stand-in when it has none."""
+    from . import engine as eng
+
+    cls = getattr(eng, "DatasetTransfer", None)
+    if cls is None:
+        return _IndependentTransfer, _IndependentTransfer.select_exemplars
+    return cls, cls.select_exemplars
+
+
+@dataclass
+class WorkerSpec:
+    """What every worker needs to build its model and its dataset transfer (pickled once per worker).
+
+    Attributes:
+        dataset: the cases (lazy items are loaded on the worker: inputs must be readable there).
+        prompt: the user's prompt on ``prompt.volume_index`` / ``prompt.slice_index``.
+        model: backend registry name (``auto``, ``litemedsam``, ``fake``...).
+        window: display window for model frames.
+        config: propagation knobs.
+        threads: CPU threads of the worker's model (``PROMPTONCE_THREADS``); None = the default.
+        keep_first_mb: memory budget (MiB of masks) for first-pass outcomes kept on the worker for
+            the quality pass; a case not kept is segmented again there (same result: deterministic).
+    """
+
+    dataset: Dataset
+    prompt: SlicePrompt
+    model: str = "auto"
+    window: Any = None
+    config: PropagationConfig | None = None
+    threads: int | None = None
+    keep_first_mb: float = 256.0
+
+
+@dataclass
+class CaseReply:
+    """A worker's answer for one case: small, except ``results`` (the masks, written then dropped).
+
+    Attributes:
+        index: the case's position in the dataset.
+        name: the case's name ('' when it could not be read).
+        ok: False when the case failed (``error`` says why).
+        results: every slice's result, or None.
+        geometry: the case's geometry without its voxels (to write masks on its grid).
+        confidence, flags, needs_second, exemplar: from the engine's case outcome.
+        error_type: the exception's class name; ``retryable`` is False for errors in the input itself.
+        seconds: time spent in the engine for this case (load excluded).
+        load_seconds: time spent reading the case.
+        worker: the worker's id (for sending the quality pass to the worker that kept the first pass).
+    """
+
+    index: int
+    name: str = ""
+    ok: bool = True
+    results: list[SliceResult] | None = None
+    geometry: dict[str, Any] | None = None
+    confidence: float | None = None
+    flags: list[str] = field(default_factory=list)
+    needs_second: bool = False
+    exemplar: Any = None
+    error_type: str = ""
+    error: str = ""
+    retryable: bool = True
+    seconds: float = 0.0
+    load_seconds: float = 0.0
+    worker: str = ""
+
+
+def _geometry(vol: Volume) -> dict[str, Any]:
+    src = vol.source
+    if src is not None and "datasets" in src.extra:  # DICOM headers of every slice: not needed to write masks
+        src = dataclasses.replace(src, extra={k: v for k, v in src.extra.items() if k != "datasets"})
+    return {"shape": vol.shape, "affine": vol.affine, "name": vol.name, "source_format": vol.source_format,
+            "modality": vol.modality, "window": vol.window, "source": src}
+
+
+def geometry_volume(geom: dict[str, Any]) -> Volume:
+    """A Volume with a case's geometry and no voxels (a zero-stride array), for the mask writers."""
+    shape = tuple(geom["shape"])
+    return Volume(np.broadcast_to(np.uint8(0), shape), affine=geom["affine"], name=geom["name"],
+                  source_format=geom["source_format"], modality=geom["modality"], window=geom["window"],
+                  source=geom["source"])
+
+
+class CaseWorker:
+    """One model and one dataset transfer; segments the cases it is given, one at a time.
+
+    The local executor uses it directly; the Ray executor runs one per actor. Failures of a case are
+    returned as a :class:`CaseReply` with ``ok=False``, never raised (a worker survives a bad case).
+    """
+
+    def __init__(self, spec: WorkerSpec, worker_id: str = "local") -> None:
+        if spec.threads:
+            os.environ["PROMPTONCE_THREADS"] = str(int(spec.threads))
+        self.spec = spec
+        self.worker_id = worker_id
+        t = time.perf_counter()
+        seed = spec.dataset[spec.prompt.volume_index]
+        engine = make_engine(spec.prompt, spec.model, "auto", spec.config)
+        cls, _ = _transfer_api()
+        self.transfer = cls(engine, seed, spec.prompt, window=spec.window)
+        self.seed_index = spec.prompt.volume_index
+        self._seed_geometry = _geometry(seed)
+        self.init_seconds = time.perf_counter() - t
+        self._kept: OrderedDict[int, Any] = OrderedDict()  # first-pass outcomes waiting for the quality pass
+        self._kept_bytes = 0
+        self._exemplars: Any = None
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def ready(self) -> float:
+        """Seconds spent building the model and segmenting the seed case."""
+        return self.init_seconds
+
+    def set_exemplars(self, exemplars: Any) -> None:
+        self._exemplars = exemplars
+
+    def first(self, index: int) -> CaseReply:
+        """Runs the first pass on case ``index`` (the seed case: its own segmentation)."""
+        t0 = time.perf_counter()
+        try:
+            if index == self.seed_index:
+                out, geom, load_s = self.transfer.seed_outcome, self._seed_geometry, 0.0
+                needs = False
+            else:
+                vol = self.spec.dataset[index]
+                load_s = time.perf_counter() - t0
+                geom = _geometry(vol)
+                out = self.transfer.first_pass(vol, index)
+                needs = bool(self.transfer.needs_second_pass(out))
+                if needs:
+                    self._keep(index, out)
+                del vol
+        except Exception as exc:  # noqa: BLE001 - reported per case; the worker goes on
+            return self._failed(index, exc, t0)
+        return CaseReply(index, out.name or geom["name"], True, list(out.results), geom, float(out.confidence),
+                         list(out.flags), needs, getattr(out, "exemplar", None), seconds=time.perf_counter() - t0 - load_s,
+                         load_seconds=load_s, worker=self.worker_id)
+
+    def second(self, index: int, exemplars: Any = None) -> CaseReply:
+        """Runs the quality pass on case ``index`` with ``exemplars`` (or those set before)."""
+        t0 = time.perf_counter()
+        ex = exemplars if exemplars is not None else self._exemplars
+        try:
+            vol = self.spec.dataset[index]
+            load_s = time.perf_counter() - t0
+            first = self._kept.pop(index, None)
+            if first is not None:
+                self._kept_bytes -= _outcome_bytes(first)
+            else:
+                first = self.transfer.first_pass(vol, index)
+            out = self.transfer.second_pass(vol, index, ex, first=first)
+            geom = _geometry(vol)
+        except Exception as exc:  # noqa: BLE001
+            return self._failed(index, exc, t0)
+        return CaseReply(index, out.name or geom["name"], True, list(out.results), geom, float(out.confidence),
+                         list(out.flags), False, None, seconds=time.perf_counter() - t0 - load_s, load_seconds=load_s,
+                         worker=self.worker_id)
+
+    def _keep(self, index: int, out: Any) -> None:
+        self._kept[index] = out
+        self._kept_bytes += _outcome_bytes(out)
+        budget = self.spec.keep_first_mb * 2**20
+        while self._kept_bytes > budget and self._kept:
+            _, old = self._kept.popitem(last=False)
+            self._kept_bytes -= _outcome_bytes(old)
+
+    def _failed(self, index: int, exc: Exception, t0: float) -> CaseReply:
+        log.warning("case %d failed: %s: %s", index, type(exc).__name__, exc)
+        return CaseReply(index, _safe_name(self.spec.dataset, index), False, error_type=type(exc).__name__,
+                         error=str(exc) or repr(exc), retryable=not isinstance(exc, InputError),
+                         seconds=time.perf_counter() - t0, worker=self.worker_id)
+
+
+def _outcome_bytes(out: Any) -> int:
+    return int(sum(np.asarray(r.labels).nbytes for r in out.results))
+
+
+def _safe_name(dataset: Dataset, index: int) -> str:
+    try:
+        return dataset.names[index]
+    except (IndexError, AttributeError):
+        return f"case {index}"
+
+
+# ============================================================================ executors
+
+
+@dataclass
+class _Task:
+    kind: Literal["first", "second"]
+    index: int
+    attempt: int = 1
+    prefer: str = ""  # worker id that holds the first pass (quality pass only)
+
+
+class LocalExecutor:
+    """Runs the cases in this process with one :class:`CaseWorker` (the model uses every core)."""
+
+    name = "local"
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads
+        self.workers = 1
+        self._worker: CaseWorker | None = None
+        self._queue: deque[_Task] = deque()
+        self.info: dict[str, Any] = {}
+
+    def start(self, spec: WorkerSpec) -> None:
+        if self.threads:
+            spec = dataclasses.replace(spec, threads=self.threads)
+        self._worker = CaseWorker(spec)
+        self.info = {"executor": "local", "workers": 1, "threads_per_worker": self.threads,
+                     "worker_init_seconds": [round(self._worker.ready(), 3)]}
+
+    def capacity(self) -> int:
+        return 1 - len(self._queue)
+
+    def set_exemplars(self, exemplars: Any) -> None:
+        if self._worker is None:
+            raise PromptOnceError("LocalExecutor.set_exemplars before start.")
+        self._worker.set_exemplars(exemplars)
+
+    def submit(self, task: _Task) -> None:
+        self._queue.append(task)
+
+    def in_flight(self) -> int:
+        return len(self._queue)
+
+    def poll(self) -> list[tuple[_Task, CaseReply]]:
+        if self._worker is None:
+            raise PromptOnceError("LocalExecutor.poll before start.")
+        task = self._queue.popleft()
+        w = self._worker
+        reply = w.first(task.index) if task.kind == "first" else w.second(task.index)
+        return [(task, reply)]
+
+    def close(self) -> None:
+        self._worker = None
+        self._queue.clear()
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ExecutorUnavailableError(
+            f"The Ray executor needs Ray, which is not installed here. Install the extra: {RAY_EXTRA} "
+            "(or run without --executor ray to use this machine only)."
+        ) from None
+    return ray
+
+
+class RayExecutor:
+    """Runs the cases on a Ray cluster: a pool of actors, one model each, loaded once.
+
+    Args:
+        address: the cluster (``"auto"``, ``"ray://host:10001"``); None starts a local Ray instance
+            (or uses the one this process already started with ``ray.init``).
+        workers: number of actors; None = the cluster's CPUs / ``threads`` (GPUs when ``num_gpus``).
+        threads: CPU threads per worker (its ``num_cpus`` and the model's intra-op threads).
+        num_gpus: GPUs per worker (e.g. 1 for SAM on GPU nodes; fractions share a GPU).
+        per_worker: cases queued per actor (2: the next case is already there when one finishes).
+        max_restarts: how many dead actors are replaced in one run before giving up.
+        init_kwargs: extra arguments of ``ray.init`` when this executor starts Ray.
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        workers: int | None = None,
+        threads: int | None = 1,
+        num_gpus: float = 0.0,
+        per_worker: int = 2,
+        max_restarts: int | None = None,
+        init_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.ray = _import_ray()
+        if workers is not None and workers < 1:
+            raise InputError(f"--workers {workers} must be >= 1.")
+        if threads is not None and threads < 1:
+            raise InputError(f"threads per worker {threads} must be >= 1.")
+        self.address, self.workers, self.threads, self.num_gpus = address, workers, threads, num_gpus
+        self.per_worker = max(1, int(per_worker))
+        self.max_restarts = max_restarts
+        self.init_kwargs = dict(init_kwargs or {})
+        self._started_ray = False
+        self._actors: dict[str, Any] = {}
+        self._load: dict[str, int] = {}
+        self._refs: dict[Any, tuple[_Task, str]] = {}
+        self._dead: set[str] = set()
+        self._restarts = 0
+        self._n = 0
+        self._spec_ref = None
+        self._exemplars_ref = None
+        self._actor_cls = None
+        self.info: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, spec: WorkerSpec) -> None:
+        ray = self.ray
+        if not ray.is_initialized():
+            kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+            kwargs.update(self.init_kwargs)
+            try:
+                ray.init(address=self.address, **kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ExecutorUnavailableError(
+                    f"Could not reach the Ray cluster at {self.address or 'a new local instance'}: {exc}. "
+                    "Start it with `ray start --head` (see the README, 'Running on a cluster') or check --address."
+                ) from None
+            self._started_ray = True
+        if self.workers is None:
+            res = ray.cluster_resources()
+            if self.num_gpus:
+                self.workers = max(1, int(res.get("GPU", 0) // self.num_gpus))
+            else:
+                self.workers = max(1, int(res.get("CPU", 1) // (self.threads or 1)))
+        spec = dataclasses.replace(spec, threads=self.threads)
+        self._spec_ref = ray.put(spec)
+        if self.max_restarts is None:
+            self.max_restarts = 2 * self.workers + 2
+        for _ in range(self.workers):
+            self._new_actor()
+        t = time.perf_counter()
+        try:
+            init = ray.get([a.ready.remote() for a in self._actors.values()])
+        except ray.exceptions.RayError as exc:
+            raise PromptOnceError(f"The Ray workers could not start: {_cause(exc)}") from None
+        self.info = {"executor": "ray", "address": self.address, "workers": self.workers,
+                     "threads_per_worker": self.threads, "num_gpus_per_worker": self.num_gpus,
+                     "worker_init_seconds": [round(float(s), 3) for s in init],
+                     "startup_wait_seconds": round(time.perf_counter() - t, 3)}
+
+    def _new_actor(self) -> str:
+        ray = self.ray
+        self._n += 1
+        wid = f"w{self._n}"
+        if self._actor_cls is None:
+            self._actor_cls = ray.remote(CaseWorker)
+        actor = self._actor_cls.options(num_cpus=self.threads or 1, num_gpus=self.num_gpus or 0, max_restarts=0,
+                            max_concurrency=1).remote(self._spec_ref, wid)
+        self._actors[wid] = actor
+        self._load[wid] = 0
+        if self._exemplars_ref is not None:
+            actor.set_exemplars.remote(self._exemplars_ref)
+        return wid
+
+    def close(self) -> None:
+        ray = self.ray
+        for a in self._actors.values():
+            try:
+                ray.kill(a)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self._actors.clear()
+        self._refs.clear()
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False
+
+    # ------------------------------------------------------------------ work
+    def actor_pids(self) -> dict[str, int]:
+        """The process id of every live worker (for tests that kill one)."""
+        return {w: int(self.ray.get(a.pid.remote())) for w, a in self._actors.items()}
+
+    def capacity(self) -> int:
+        return self.per_worker * len(self._actors) - len(self._refs)
+
+    def in_flight(self) -> int:
+        return len(self._refs)
+
+    def set_exemplars(self, exemplars: Any) -> None:
+        self._exemplars_ref = self.ray.put(exemplars)
+        self.ray.get([a.set_exemplars.remote(self._exemplars_ref) for a in self._actors.values()])
+
+    def submit(self, task: _Task) -> None:
+        wid = task.prefer if task.prefer in self._actors and self._load[task.prefer] < self.per_worker else ""
+        if not wid:
+            wid = min(self._actors, key=lambda w: self._load[w])
+        actor = self._actors[wid]
+        ref = actor.first.remote(task.index) if task.kind == "first" else actor.second.remote(task.index)
+        self._refs[ref] = (task, wid)
+        self._load[wid] += 1
+
+    def poll(self) -> list[tuple[_Task, CaseReply]]:
+        ray = self.ray
+        ready, _ = ray.wait(list(self._refs), num_returns=1, timeout=None)
+        out = []
+        for ref in ready:
+            task, wid = self._refs.pop(ref)
+            if wid in self._load:
+                self._load[wid] -= 1
+            try:
+                reply = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                reply = CaseReply(task.index, "", False, error_type="WorkerDied",
+                                  error=f"worker {wid} died ({_first_line(exc)})", retryable=True, worker=wid)
+                self._replace(wid)
+            except ray.exceptions.RayError as exc:
+                reply = CaseReply(task.index, "", False, error_type=type(exc).__name__, error=_first_line(exc),
+                                  retryable=True, worker=wid)
+            out.append((task, reply))
+        return out
+
+    def _replace(self, wid: str) -> None:
+        if wid in self._dead:
+            return
+        self._dead.add(wid)
+        self._actors.pop(wid, None)
+        self._load.pop(wid, None)
+        if self._restarts >= (self.max_restarts or 0):
+            if not self._actors:
+                raise PromptOnceError(
+                    f"Every Ray worker died and {self._restarts} were already replaced; see the Ray logs "
+                    "(/tmp/ray/session_latest/logs) for the cause (often memory). Rerun the same command to resume."
+                )
+            log.warning("worker %s died; not replaced (%d replaced already)", wid, self._restarts)
+            return
+        self._restarts += 1
+        new = self._new_actor()
+        log.warning("worker %s died; replaced by %s", wid, new)
+
+
+def _cause(exc: BaseException) -> str:
+    """The message of the error raised inside a worker (Ray wraps it), else the first line."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}"
+    return _first_line(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    s = str(exc).strip().splitlines()
+    return s[0] if s else type(exc).__name__
+
+
+def make_executor(
+    executor: ExecutorName | LocalExecutor | RayExecutor = "local",
+    *,
+    address: str | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+    num_gpus: float = 0.0,
+) -> LocalExecutor | RayExecutor:
+    """An executor by name (``local`` or ``ray``), or the one given."""
+    if isinstance(executor, (LocalExecutor, RayExecutor)):
+        return executor
+    if executor == "local":
+        if address or (workers and workers > 1):
+            raise InputError("--address and --workers need --executor ray.")
+        return LocalExecutor(threads=threads)
+    if executor == "ray":
+        return RayExecutor(address=address, workers=workers, threads=threads or 1, num_gpus=num_gpus)
+    raise InputError(f"Unknown executor {executor!r}; use local or ray.")
+
+
+# ============================================================================ the driver
+
+
+@dataclass
+class RunSummary:
+    """How a dataset run ended.
+
+    Attributes:
+        cases: cases in the dataset.
+        done: cases written (this run or an earlier one).
+        resumed: of ``done``, cases found written and verified from an earlier run (not redone).
+        skipped: ``(name, reason)`` of every case that failed after its retries.
+        second_pass: cases redone by the quality pass in this run.
+        images: slices written in this run.
+        seconds: wall time of this run (workers' start included).
+        images_per_second: ``images / seconds`` (None when nothing was done).
+        engine_seconds: time the workers spent in the engine (all workers summed).
+        load_seconds: time the workers spent reading cases (summed).
+        executor: how the run was executed (executor, workers, threads per worker...).
+        out_dir: the output folder.
+    """
+
+    cases: int
+    done: int
+    resumed: int
+    skipped: list[tuple[str, str]]
+    second_pass: int
+    images: int
+    seconds: float
+    images_per_second: float | None
+    engine_seconds: float
+    load_seconds: float
+    executor: dict[str, Any]
+    out_dir: str
+
+    @property
+    def ok(self) -> bool:
+        """True when every case was written."""
+        return not self.skipped
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["skipped"] = [{"name": n, "reason": r} for n, r in self.skipped]
+        return d
+
+    def lines(self) -> list[str]:
+        """A short human summary (the CLI prints it)."""
+        out = [
+            f"{self.done}/{self.cases} cases done ({self.resumed} from an earlier run, {self.second_pass} redone by "
+            f"the quality pass), {self.images} images in {self.seconds:.1f} s"
+            + (f" ({self.images_per_second:.2f} img/s)" if self.images_per_second else "")
+        ]
+        if self.skipped:
+            out.append(f"{len(self.skipped)} cases skipped:")
+            out.extend(f"  {n}: {r}" for n, r in self.skipped[:20])
+            if len(self.skipped) > 20:
+                out.append(f"  ... and {len(self.skipped) - 20} more (see {self.out_dir}/run/summary.json)")
+        return out
+
+
+def _prompt_json(prompt: SlicePrompt) -> dict[str, Any]:
+    return dataclasses.asdict(prompt)
+
+
+def run_dataset(
+    dataset: Dataset | Sequence[Volume],
+    prompt: SlicePrompt,
+    out_dir: str | Path,
+    *,
+    model: str = "auto",
+    window: Any = None,
+    config: PropagationConfig | None = None,
+    executor: ExecutorName | LocalExecutor | RayExecutor = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+    num_gpus: float = 0.0,
+    retries: int = 2,
+    inputs: Sequence[str | Path] | None = None,
+    options: dict[str, Any] | None = None,
+    restart: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> RunSummary:
+    """Segments every case of ``dataset`` from one prompt (dataset scope, ``transfer`` strategy),
+    resumably, in this process or on a Ray cluster.
+
+    Args:
+        dataset: the cases (lazy :func:`~promptonce.io.readers.load_dataset` datasets stay lazy: each
+            worker reads the cases it is given, so on a cluster the inputs must be on storage every
+            node can read at the same path).
+        prompt: the user's prompt, on case ``prompt.volume_index``, slice ``prompt.slice_index``.
+        out_dir: output folder: masks go to ``out_dir/masks``, the run folder to ``out_dir/run``.
+        model: backend registry name; a name, not an object, since every worker builds its own.
+        window: display window for model frames.
+        config: propagation knobs.
+        executor: ``"local"`` (this process), ``"ray"``, or an executor object.
+        address: Ray cluster address (``auto``, ``ray://host:10001``); None = a local Ray instance.
+        workers: Ray workers (actors); None = as many as the cluster's CPUs / ``threads``.
+        threads: CPU threads per worker (Ray default 1; local default: every core).
+        num_gpus: GPUs per Ray worker.
+        retries: how many times a failed case is tried again (input errors are not retried).
+        inputs: the input paths, recorded in the manifest with their size and mtime (a rerun over
+            changed inputs is refused).
+        options: other settings that must be equal for a rerun to reuse results (recorded).
+        restart: forget an earlier run in ``out_dir`` instead of resuming it.
+        progress: called as ``progress(cases_done, cases_total, case_name)`` after each case.
+        cancel: an Event; when set the run stops after the cases in flight (the rerun resumes).
+
+    Returns:
+        :class:`RunSummary` (also written to ``out_dir/run/summary.json``).
+
+    Raises:
+        RunMismatchError: ``out_dir`` holds a run with another prompt, model, options or inputs.
+        ExecutorUnavailableError: Ray asked for but not installed, or the cluster unreachable.
+        CancelledError: ``cancel`` was set (the cases written so far are kept and recorded).
+    """
+    from . import __version__
+    from .io.writers import ResultWriter
+
+    if not isinstance(dataset, Dataset):
+        dataset = Dataset(list(dataset))
+    n = len(dataset)
+    if n == 0:
+        raise InputError("The dataset is empty; load at least one image or volume.")
+    if not 0 <= prompt.volume_index < n:
+        raise InputError(f"The prompt is on case {prompt.volume_index}, but the dataset has {n} (0..{n - 1}).")
+    if not isinstance(model, str):
+        raise InputError("run_dataset takes a model name (every worker builds its own model), not a backend object.")
+    if retries < 0:
+        raise InputError(f"retries {retries} must be >= 0.")
+    out = Path(out_dir)
+    manifest = {
+        "kind": "segment-dataset",
+        "version": __version__,
+        "prompt": _prompt_json(prompt),
+        "model": model,
+        "options": {"scope": "dataset", "strategy": "transfer", "window": window,
+                    "config": dataclasses.asdict(config) if config is not None else None, **(options or {})},
+        "inputs": input_fingerprints(inputs) if inputs else [],
+        "cases": list(dataset.names),
+    }
+    store = RunStore(out)
+    previous = store.open(manifest, restart=restart)
+    names = dataset.names
+
+    resumed = 0
+    todo: list[int] = []
+    for i in range(n):
+        rec = previous.get(i)
+        if rec is not None and rec.status in ("first", "done") and store.verified(rec):
+            resumed += 1
+        else:
+            if rec is not None and rec.status in ("first", "done"):
+                log.warning("%s: its recorded masks are missing or changed; it is done again", rec.name)
+            todo.append(i)
+    log.info("%d of %d cases to do (%d already written)", len(todo), n, resumed)
+
+    ex = make_executor(executor, address=address, workers=workers, threads=threads, num_gpus=num_gpus)
+    t0 = time.perf_counter()
+    stats = {"images": 0, "engine": 0.0, "load": 0.0, "done": resumed, "second": 0}
+    prefer: dict[int, str] = {}
+
+    def write(reply: CaseReply, pass_: int, attempts: int) -> None:
+        vol = geometry_volume(reply.geometry)  # type: ignore[arg-type]
+        writer = ResultWriter(out)
+        files: list[Path] = []
+        for res in reply.results or []:
+            files.extend(writer.add(res, vol))
+        missing = writer.pending
+        writer.close()
+        if missing or not files:
+            raise PromptOnceError(f"{reply.name}: the worker returned an incomplete case ({missing}); not recorded.")
+        if pass_ == 1:
+            store.save_exemplar(reply.index, reply.exemplar)
+        status = "first" if reply.needs_second else "done"
+        store.record(CaseRecord(reply.index, reply.name, status, [file_entry(f, out) for f in files],
+                                len(reply.results or []), reply.confidence, reply.flags[:50], reply.needs_second,
+                                attempts, "", pass_))
+        stats["images"] += len(reply.results or [])
+
+    def run_pass(kind: Literal["first", "second"], indices: list[int]) -> None:
+        queue = deque(_Task(kind, i, 1, prefer.get(i, "")) for i in indices)
+        total = n if kind == "first" else len(indices)
+        done_in_pass = [resumed if kind == "first" else 0]
+        while queue or ex.in_flight():
+            check_cancel(cancel)
+            while queue and ex.capacity() > 0:
+                ex.submit(queue.popleft())
+            for task, reply in ex.poll():
+                stats["engine"] += reply.seconds
+                stats["load"] += reply.load_seconds
+                if reply.ok:
+                    try:
+                        write(reply, 1 if kind == "first" else 2, task.attempt)
+                    except PromptOnceError as exc:
+                        reply = dataclasses.replace(reply, ok=False, error_type=type(exc).__name__, error=str(exc),
+                                                    retryable=not isinstance(exc, InputError), results=None)
+                    else:
+                        if kind == "first" and reply.needs_second:
+                            prefer[reply.index] = reply.worker
+                        if kind == "first" and not reply.needs_second:
+                            stats["done"] += 1
+                        if kind == "second":
+                            stats["second"] += 1
+                            stats["done"] += 1
+                if not reply.ok:
+                    if reply.retryable and task.attempt <= retries:
+                        log.warning("case %d (%s) failed on attempt %d: %s; retrying", task.index,
+                                    names[task.index], task.attempt, reply.error)
+                        queue.append(_Task(kind, task.index, task.attempt + 1, ""))
+                        continue
+                    reason = f"{reply.error_type}: {reply.error}"
+                    prev = store.records.get(task.index)
+                    if kind == "second" and prev is not None:  # the first pass's masks stay: still a result
+                        store.record(dataclasses.replace(prev, status="done", needs_second=False,
+                                                         flags=[*prev.flags, f"quality pass failed: {reason}"]))
+                        stats["done"] += 1
+                    else:
+                        store.record(CaseRecord(task.index, names[task.index], "failed", attempts=task.attempt,
+                                                reason=reason, pass_=1 if kind == "first" else 2))
+                done_in_pass[0] += 1
+                if progress is not None:
+                    progress(done_in_pass[0], total, names[task.index])
+                reply.results = None  # drop the masks now
+
+    try:
+        ex.start(WorkerSpec(dataset, prompt, model, window, config))
+        run_pass("first", todo)
+        recs = store.records
+        second = sorted(i for i, r in recs.items() if r.status == "first" and r.needs_second)
+        if second:
+            _, select = _transfer_api()
+            written = sorted(i for i, r in recs.items() if r.status in ("first", "done"))
+            exemplars = select(store.exemplars(written))
+            log.info("quality pass: %d cases, %d exemplars", len(second), len(exemplars) if exemplars else 0)
+            ex.set_exemplars(exemplars)
+            run_pass("second", second)
+    finally:
+        info = dict(ex.info)
+        ex.close()
+    seconds = time.perf_counter() - t0
+    recs = store.records
+    skipped = [(r.name, r.reason) for i, r in sorted(recs.items()) if r.status == "failed"]
+    summary = RunSummary(
+        cases=n, done=sum(1 for r in recs.values() if r.status == "done"), resumed=resumed, skipped=skipped,
+        second_pass=stats["second"], images=stats["images"], seconds=round(seconds, 3),
+        images_per_second=round(stats["images"] / seconds, 4) if stats["images"] and seconds > 0 else None,
+        engine_seconds=round(stats["engine"], 3), load_seconds=round(stats["load"], 3), executor=info,
+        out_dir=str(out),
+    )
+    store.write_summary(summary.to_json())
+    return summary
