@@ -761,7 +761,14 @@ def run_dataset(
                                 attempts, "", pass_))
         stats["images"] += len(reply.results or [])
 
+    started = [False]
+
     def run_pass(kind: Literal["first", "second"], indices: list[int]) -> None:
+        if not indices:
+            return
+        if not started[0]:  # nothing to do (a finished run resumed): no workers, no model
+            ex.start(WorkerSpec(dataset, prompt, model, window, config))
+            started[0] = True
         queue = deque(_Task(kind, i, 1, prefer.get(i, "")) for i in indices)
         total = n if kind == "first" else len(indices)
         done_in_pass = [resumed if kind == "first" else 0]
@@ -807,7 +814,6 @@ def run_dataset(
                 reply.results = None  # drop the masks now
 
     try:
-        ex.start(WorkerSpec(dataset, prompt, model, window, config))
         run_pass("first", todo)
         recs = store.records
         second = sorted(i for i, r in recs.items() if r.status == "first" and r.needs_second)

@@ -180,13 +180,24 @@ class RunStore:
             self._records = {}
         return dict(self._records)
 
+    def open_existing(self) -> dict[int, CaseRecord]:
+        """Reads the run in the folder without starting one (e.g. to score it).
+
+        Raises:
+            InputError: the folder holds no run.
+        """
+        if not (self.dir / "manifest.json").exists():
+            raise InputError(f"{self.out_dir} holds no run (no {RUN_DIR}/manifest.json).")
+        self._records = self._read_log()
+        return dict(self._records)
+
     def _check_same(self, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
         where = f"{self.out_dir} holds a run"
         fix = "Use another --out folder, or delete that folder's run/ and masks/ to start over."
         for key in IDENTITY_KEYS:
             if _canon(old.get(key)) != _canon(new.get(key)):
                 raise RunMismatchError(
-                    f"{where} made with another {key} ({_short(old.get(key))}; now {_short(new.get(key))}); "
+                    f"{where} made with another {key} ({_diff(old.get(key), new.get(key))}); "
                     f"its results are not mixed with this run's. {fix}"
                 )
         if old.get("cases") != new.get("cases"):
@@ -271,6 +282,14 @@ class RunStore:
 
 def _canon(v: Any) -> str:
     return json.dumps(v, sort_keys=True, default=str)
+
+
+def _diff(old: Any, new: Any) -> str:
+    """What differs: for dicts, the keys whose values differ (``key: old -> new``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(k for k in set(old) | set(new) if _canon(old.get(k)) != _canon(new.get(k)))
+        return "; ".join(f"{k}: {_short(old.get(k), 60)} -> {_short(new.get(k), 60)}" for k in keys[:4])
+    return f"{_short(old)} -> {_short(new)}"
 
 
 def _short(v: Any, n: int = 120) -> str:
