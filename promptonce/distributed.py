@@ -763,12 +763,14 @@ def run_dataset(
 
     started = [False]
 
-    def run_pass(kind: Literal["first", "second"], indices: list[int]) -> None:
+    def run_pass(kind: Literal["first", "second"], indices: list[int], exemplars: Any = None) -> None:
         if not indices:
             return
         if not started[0]:  # nothing to do (a finished run resumed): no workers, no model
             ex.start(WorkerSpec(dataset, prompt, model, window, config))
             started[0] = True
+        if kind == "second":
+            ex.set_exemplars(exemplars)  # once per worker, not once per case
         queue = deque(_Task(kind, i, 1, prefer.get(i, "")) for i in indices)
         total = n if kind == "first" else len(indices)
         done_in_pass = [resumed if kind == "first" else 0]
@@ -822,8 +824,7 @@ def run_dataset(
             written = sorted(i for i, r in recs.items() if r.status in ("first", "done"))
             exemplars = select(store.exemplars(written))
             log.info("quality pass: %d cases, %d exemplars", len(second), len(exemplars) if exemplars else 0)
-            ex.set_exemplars(exemplars)
-            run_pass("second", second)
+            run_pass("second", second, exemplars)
     finally:
         info = dict(ex.info)
         ex.close()
