@@ -425,7 +425,9 @@ class RayExecutor:
     def start(self, spec: WorkerSpec) -> None:
         ray = self.ray
         if not ray.is_initialized():
-            kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+            kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+            if self.address is None:  # a new local instance: no dashboard (no port opened beyond Ray's own)
+                kwargs["include_dashboard"] = False
             kwargs.update(self.init_kwargs)
             try:
                 ray.init(address=self.address, **kwargs)
