@@ -220,6 +220,11 @@ class CaseWorker:
         seed = spec.dataset[spec.prompt.volume_index]
         engine = make_engine(spec.prompt, spec.model, "auto", spec.config)
         cls, _ = _transfer_api()
+        if cls is _IndependentTransfer and engine.is_sequence:
+            raise InputError(
+                f"{spec.model} propagates with its own memory (SAM 2); dataset runs on an executor take image "
+                "models (litemedsam, mobilesam, sam_vit_*) for now. Run SAM 2 without --executor."
+            )
         self.transfer = cls(engine, seed, spec.prompt, window=spec.window)
         self.seed_index = spec.prompt.volume_index
         self._seed_geometry = _geometry(seed)

@@ -164,22 +164,30 @@ def test_torn_log_line_ignored(tmp_path):
     assert s.resumed == 3 and s.images == 0
 
 
+class _Outcome:
+    def __init__(self, results, name):
+        self.results, self.name, self.flags, self.exemplar = results, name, [], None
+        self.confidence = float(np.mean([v for r in results for v in r.scores.values()] or [0.0]))
+
+
 class _QualityTransfer:
-    """A DatasetTransfer with a quality pass, for the driver's map-gather-map: cases with an odd
-    index 'need' a second pass, which erodes their mask by the number of exemplars (so the test sees
-    both that the pass ran and which exemplars it got)."""
+    """A DatasetTransfer with a quality pass, for the driver's map-gather-map: its first pass is the
+    engine's transfer of the prompt; cases with an odd index 'need' a second pass, which erodes their
+    mask by the number of exemplars (so the test sees both that the pass ran and which exemplars it got)."""
 
     calls: list[tuple[str, int]] = []
 
     def __init__(self, engine, seed_volume, prompt, window=None):
-        from promptonce.distributed import _IndependentTransfer  # noqa: PLC2701 - test of the stand-in
-
-        self.inner = _IndependentTransfer(engine, seed_volume, prompt, window)
-        self.seed_outcome = self.inner.seed_outcome
+        self.engine, self.seed, self.prompt = engine, seed_volume, prompt
+        self.seed_outcome = _Outcome(list(engine.segment_volume(seed_volume, prompt, volume_index=0)), seed_volume.name)
 
     def first_pass(self, volume, volume_index, cancel=None):
         _QualityTransfer.calls.append(("first", volume_index))
-        out = self.inner.first_pass(volume, volume_index, cancel)
+        p = self.engine.transfer_prompt(self.prompt, self.seed, volume)
+        res = list(self.engine.segment_volume(volume, p, volume_index=volume_index, refine_seed=True))
+        for r in res:
+            r.prompted = False
+        out = _Outcome(res, volume.name)
         out.exemplar = ("exemplar", volume.name, int(out.results[0].labels.sum()))
         return out
 
@@ -218,10 +226,9 @@ def test_quality_pass_runs_on_weak_cases_and_resumes(tmp_path, monkeypatch, refe
         assert np.array_equal(got[name], want), name
     assert len(list((tmp_path / "run" / "exemplars").glob("*.pkl"))) == N - 1  # the seed case has none
     # interrupted between the passes: the rerun redoes the quality pass only, with the same exemplars
-    recs = RunStore(tmp_path).open_existing()
     store = RunStore(tmp_path)
-    store._records = recs  # noqa: SLF001 - rewind the log as if the driver died after the first pass
-    for i in range(1, N, 2):
+    recs = store.open_existing()
+    for i in range(1, N, 2):  # rewind the log as if the driver died after the first pass
         store.record(recs[i].__class__(**{**recs[i].__dict__, "status": "first", "needs_second": True, "pass_": 1}))
     _QualityTransfer.calls = []
     again = run_dataset(lazy(), PROMPT, tmp_path, model="fake")
