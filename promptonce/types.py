@@ -306,6 +306,8 @@ class SliceResult:
         prompted: True when this slice got the user's own prompt (not a propagated one).
         volume_name: name of the volume.
         n_slices: number of slices in the volume (for progress and writers).
+        confidence: the engine's quality estimate for this slice, 0..1 (higher is better; see
+            :mod:`promptonce.engine.quality`); None when not estimated (e.g. an empty slice).
     """
 
     volume_index: int
@@ -316,3 +318,4 @@ class SliceResult:
     prompted: bool = False
     volume_name: str = ""
     n_slices: int = 1
+    confidence: float | None = None

@@ -32,5 +32,17 @@ from __future__ import annotations
 from .cache import EmbeddingCache, background_pool
 from .config import PropagationConfig, Strategy
 from .core import Engine, make_engine, segment
+from .transfer import CaseOutcome, DatasetTransfer, Exemplar
 
-__all__ = ["PropagationConfig", "Strategy", "Engine", "EmbeddingCache", "segment", "make_engine", "background_pool"]
+__all__ = [
+    "PropagationConfig",
+    "Strategy",
+    "Engine",
+    "EmbeddingCache",
+    "segment",
+    "make_engine",
+    "background_pool",
+    "DatasetTransfer",
+    "CaseOutcome",
+    "Exemplar",
+]

@@ -36,12 +36,9 @@ class PropagationConfig:
             of its peak (a tip), the area grows again by ``regrow_ratio`` (a new structure).
         max_growth: a propagated mask larger than this factor of the previous one is treated as a leak
             and the unrefined prediction is kept instead.
-        align: dataset scope: register each case's seed slice to the prompted slice (scale +
-            translation, :mod:`promptonce.align`) before carrying the prompt over; else map it by
-            relative position only.
-        track: dataset scope: after the global alignment, refine each transferred box by matching
-            the prompted box's surroundings (template tracking, :func:`promptonce.align.track_box`).
-        transfer_scales: a transferred box is tried at these sizes (relative, about its centre) and
+        prior_margins: dataset scope: box margins (fraction of the prior's size) tried around each
+            object's registration prior; the candidate agreeing best with the prior wins.
+        transfer_scales: (no usable prior) a transferred box is tried at these sizes (relative, about its centre) and
             the masks vote (pixel majority); box models are sensitive to box size, and a vote over
             sizes is steadier than any single guess. Centred above 1 because box models were trained
             with boxes somewhat larger than the object (MedSAM adds 0-20 px).
@@ -63,8 +60,7 @@ class PropagationConfig:
     max_intensity_z: float = 2.0
     regrow_ratio: float = 1.5
     regrow_trough: float = 0.3
-    align: bool = True
-    track: bool = True
+    prior_margins: tuple[float, ...] = (0.0, 0.05, 0.10)
     transfer_scales: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.3)
     transfer_refine: int = 2
     transfer_margin_frac: float = 0.05

@@ -99,10 +99,6 @@ class Engine:
         """Segments one object on slice ``k`` (see :func:`.predict.predict_object`)."""
         return _predict_mod.predict_object(self, volume, k, obj, window, refine)
 
-    def transfer_prompt(self, prompt: SlicePrompt, src: Volume, dst: Volume, window=None) -> SlicePrompt:
-        """Carries the user's prompt from its case to another case (see :func:`.transfer.transfer_prompt`)."""
-        return _transfer_mod.transfer_prompt(self, prompt, src, dst, window)
-
     def segment_volume(self, volume: Volume, prompt: SlicePrompt, **kwargs) -> Iterator[SliceResult]:
         """Propagates one prompt through one volume (see :func:`.walk.segment_volume` for the arguments)."""
         return _walk_mod.segment_volume(self, volume, prompt, **kwargs)

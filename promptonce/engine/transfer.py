@@ -2,68 +2,43 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .core import Engine
 
 import numpy as np
+from scipy import ndimage
 
+from ..backends.base import Backend
 from ..errors import InputError, check_cancel
-from ..prompts import box_from_mask, map_prompt
-from ..types import Box, Dataset, ObjectPrompt, Point, SlicePrompt, SliceResult, Volume
+from ..prompts import box_from_mask, interior_point, map_prompt
+from ..registration import image_similarity, register, thumbnail, warp
+from ..types import Dataset, ObjectPrompt, SlicePrompt, SliceResult, Volume
 from .config import Strategy
+from .predict import predict
+from .quality import ObjectCheck, case_confidence, check_against_prior
 
-__all__ = ["transfer_prompt", "segment_dataset", "dataset_sequence"]
+__all__ = [
+    "DatasetTransfer",
+    "CaseOutcome",
+    "Exemplar",
+    "make_exemplar",
+    "prior_guided_mask",
+    "relative_prompt",
+    "segment_dataset",
+    "dataset_sequence",
+]
 
 log = logging.getLogger(__name__)
 
 
-def transfer_prompt(eng: Engine, prompt: SlicePrompt, src: Volume, dst: Volume, window=None) -> SlicePrompt:
-    """Carries the user's prompt from its case to another case (dataset-wide seed transfer).
-
-    The slice keeps its relative position along the volume; in-plane, the prompt follows a
-    scale + translation registration of the two slices (when ``config.align``), falling back to
-    relative position when the registration is not trustworthy.
-    """
-    base = _transfer_prompt(prompt, src, dst)
-    if not eng.config.align:
-        return base
-    from ..align import estimate_similarity
-
-    a = eng.frames(src, window).gray(prompt.slice_index)
-    b = eng.frames(dst, window).gray(base.slice_index)
-    sim = estimate_similarity(a, b)
-    if sim.score < 0.3:
-        log.info("%s: alignment score %.2f too low; prompt mapped by relative position", dst.name, sim.score)
-        return base
-    objs = tuple(_apply_similarity(o, sim, dst.shape[1:]) for o in prompt.objects)
-    if eng.config.track:
-        from ..align import track_box
-
-        tracked = []
-        for o_src, o in zip(prompt.objects, objs):
-            if o_src.box is not None and o.box is not None:
-                bt, score = track_box(a, b, tuple(o_src.box.as_array()), tuple(o.box.as_array()))
-                if score >= 0.5:
-                    h, w = dst.shape[1:]
-                    x0, y0 = min(max(bt[0], 0), w - 1), min(max(bt[1], 0), h - 1)
-                    x1, y1 = min(max(bt[2], x0), w - 1), min(max(bt[3], y0), h - 1)
-                    dx, dy = (x0 + x1 - o.box.x0 - o.box.x1) / 2, (y0 + y1 - o.box.y0 - o.box.y1) / 2
-                    pts = tuple(
-                        Point(min(max(p.x + dx, 0), w - 1), min(max(p.y + dy, 0), h - 1), p.label) for p in o.points
-                    )
-                    o = replace(o, box=Box(x0, y0, x1, y1), points=pts)
-            tracked.append(o)
-        objs = tuple(tracked)
-    return SlicePrompt(objs, slice_index=base.slice_index, volume_index=0)
-
-
-def _transfer_prompt(prompt: SlicePrompt, src: Volume, dst: Volume) -> SlicePrompt:
+def relative_prompt(prompt: SlicePrompt, src: Volume, dst: Volume) -> SlicePrompt:
     """Maps the user's prompt to another case: same relative slice position and in-plane position."""
     n_src, n_dst = src.n_slices, dst.n_slices
     k = int(round(prompt.slice_index * (n_dst - 1) / (n_src - 1))) if n_src > 1 else n_dst // 2
@@ -72,34 +47,313 @@ def _transfer_prompt(prompt: SlicePrompt, src: Volume, dst: Volume) -> SliceProm
     return SlicePrompt(objs, slice_index=k, volume_index=0)
 
 
-def _apply_similarity(obj: ObjectPrompt, sim, shape: tuple[int, int]) -> ObjectPrompt:
-    h, w = shape
-
-    def clip(x: float, y: float) -> tuple[float, float]:
-        return min(max(x, 0.0), w - 1.0), min(max(y, 0.0), h - 1.0)
-
-    pts = tuple(Point(*clip(*sim.apply(p.x, p.y)), p.label) for p in obj.points)
-    box = None
-    if obj.box is not None:
-        x0, y0 = clip(*sim.apply(obj.box.x0, obj.box.y0))
-        x1, y1 = clip(*sim.apply(obj.box.x1, obj.box.y1))
-        box = Box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-    return ObjectPrompt(points=pts, box=box, object_id=obj.object_id, name=obj.name)
+#: A case whose confidence reaches this may serve as an exemplar for the second pass.
+EXEMPLAR_MIN_CONFIDENCE = 0.85
+#: Cases below this confidence are segmented again from their most similar exemplars.
+SECOND_PASS_BELOW = 0.85
+#: How many exemplars are fused for one case, and how many are kept for a dataset.
+EXEMPLARS_PER_CASE = 3
+MAX_EXEMPLARS = 24
+#: Longer side of an exemplar's stored image and masks (pixels; registration works at 128).
+EXEMPLAR_SIZE = 256
 
 
-def _prompt_from_result(src: Volume, res: SliceResult, dst: Volume, prompt: SlicePrompt) -> SlicePrompt | None:
-    """Chain: the previous case's mask on its prompted slice, as boxes, mapped to the next case."""
-    objs = []
-    for o in prompt.objects:
-        m = res.labels == o.object_id
-        box = box_from_mask(m, margin=0, shape=m.shape)
+@dataclass(frozen=True)
+class Exemplar:
+    """A segmented image kept as an atlas for other cases (small: a thumbnail and its masks).
+
+    Attributes:
+        name: the case's name.
+        image: float32 ``(rows, cols)`` intensity-normalised thumbnail of the case's key slice.
+        masks: object id -> bool ``(rows, cols)`` mask on that thumbnail.
+        position: relative position of the key slice in its volume (0..1; 0.5 for single images).
+        confidence: the case's confidence when it became an exemplar.
+        key: an order-free tie-breaker (name and a digest of the image), so exemplar choice never
+            depends on the order of the cases.
+    """
+
+    name: str
+    image: np.ndarray
+    masks: dict[int, np.ndarray]
+    position: float
+    confidence: float
+    key: str
+
+
+@dataclass
+class CaseOutcome:
+    """One case's results from one pass.
+
+    Attributes:
+        volume_index: index of the case in its dataset.
+        name: the case's name.
+        results: every slice's :class:`SliceResult`, in the order the engine yielded them.
+        confidence: case confidence 0..1 (:func:`.quality.case_confidence`), None if not estimated.
+        flags: case-level flags (the key slice's, plus any registration fallback).
+        exemplar: the case as an :class:`Exemplar` when its confidence allows, else None.
+        passes: 1 from the user's seed alone, 2 when re-segmented from exemplars.
+        sources: names of the exemplars the case was segmented from.
+    """
+
+    volume_index: int
+    name: str
+    results: list[SliceResult]
+    confidence: float | None
+    flags: list[str] = field(default_factory=list)
+    exemplar: Exemplar | None = None
+    passes: int = 1
+    sources: tuple[str, ...] = ()
+
+
+def _relative_position(k: int, n: int) -> float:
+    return k / (n - 1) if n > 1 else 0.5
+
+
+def _slice_at(position: float, n: int) -> int:
+    return min(max(int(round(position * (n - 1))), 0), n - 1) if n > 1 else 0
+
+
+def _shrink_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    zoom = (shape[0] / mask.shape[0], shape[1] / mask.shape[1])
+    out = ndimage.zoom(mask.astype(np.float32), zoom, order=1, prefilter=False)
+    out = out[: shape[0], : shape[1]]
+    if out.shape != shape:
+        out = np.pad(out, ((0, shape[0] - out.shape[0]), (0, shape[1] - out.shape[1])))
+    return out >= 0.5
+
+
+def make_exemplar(name: str, gray: np.ndarray, labels: np.ndarray, object_ids, position: float, confidence: float) -> Exemplar:
+    """An :class:`Exemplar` from a case's key slice (``gray`` ``(rows, cols)``) and its label map."""
+    image = thumbnail(gray, EXEMPLAR_SIZE)
+    masks = {int(o): _shrink_mask(labels == o, image.shape) for o in object_ids}
+    digest = hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()[:12]
+    return Exemplar(name, image, masks, float(position), float(confidence), f"{name}:{digest}")
+
+
+class DatasetTransfer:
+    """Carries one prompt to every case of a dataset, with exemplar memory.
+
+    * First pass (:meth:`first_pass`): the seed case's masks on the prompted slice are warped onto
+      the case's slice at the same relative position by registration (:mod:`promptonce.registration`:
+      affine + demons); each warped mask is a *prior*: boxes are derived from it, the model's
+      candidates are judged by agreement with it (:mod:`.quality`), and inside a volume the chosen
+      masks seed the slice walk.
+    * Exemplars: cases whose confidence reaches ``EXEMPLAR_MIN_CONFIDENCE`` (plus the seed).
+    * Second pass (:meth:`second_pass`): a case below ``SECOND_PASS_BELOW`` is segmented again from
+      its ``EXEMPLARS_PER_CASE`` most similar exemplars, their warped masks fused (weighted by how
+      well each registered: multi-atlas label fusion); the better of the two passes is kept.
+
+    Each case depends only on the seed and on the exemplar *set* (chosen by confidence with an
+    order-free tie-break), never on the order of the cases: the work can be spread over workers.
+
+    Args:
+        engine: the engine (image-model backend; memory models use :func:`dataset_sequence`).
+        seed_volume: the prompted case.
+        prompt: the user's prompt on ``prompt.slice_index`` of ``seed_volume``.
+        window: display window of the model frames.
+        seed_labels: the seed slice's label map when already segmented (else it is predicted here).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        seed_volume: Volume,
+        prompt: SlicePrompt,
+        window=None,
+        seed_labels: np.ndarray | None = None,
+    ) -> None:
+        self.engine = engine
+        self.prompt = prompt
+        self.window = window
+        self.seed_volume = seed_volume
+        k0 = prompt.slice_index
+        if seed_labels is None:
+            seed_labels = np.zeros(seed_volume.shape[1:], np.uint8)
+            for obj in prompt.objects:
+                mask, _ = engine.predict_object(seed_volume, k0, obj, window)
+                seed_labels[mask & (seed_labels == 0)] = obj.object_id
+        self.seed = make_exemplar(
+            seed_volume.name,
+            engine.frames(seed_volume, window).gray(k0),
+            np.asarray(seed_labels),
+            [o.object_id for o in prompt.objects],
+            _relative_position(k0, seed_volume.n_slices),
+            1.0,
+        )
+        self.names = {o.object_id: o.name or f"object {o.object_id}" for o in prompt.objects}
+
+    # ------------------------------------------------------------------ passes
+    def first_pass(self, volume: Volume, volume_index: int, cancel: threading.Event | None = None) -> CaseOutcome:
+        """Segments a case from the seed alone (its masks warped onto the case as priors)."""
+        return self._segment_case(volume, volume_index, [self.seed], cancel, passes=1)
+
+    def needs_second_pass(self, outcome: CaseOutcome) -> bool:
+        """True when a case's confidence is low enough to try its most similar exemplars."""
+        return outcome.confidence is None or outcome.confidence < SECOND_PASS_BELOW
+
+    @staticmethod
+    def select_exemplars(candidates: Iterable[Exemplar | None], limit: int = MAX_EXEMPLARS) -> list[Exemplar]:
+        """The exemplar set: the most confident candidates (ties broken by key), at most ``limit``."""
+        good = [e for e in candidates if e is not None and e.confidence >= EXEMPLAR_MIN_CONFIDENCE]
+        return sorted(good, key=lambda e: (-round(e.confidence, 6), e.key))[:limit]
+
+    def second_pass(
+        self,
+        volume: Volume,
+        volume_index: int,
+        exemplars: Sequence[Exemplar],
+        first: CaseOutcome,
+        cancel: threading.Event | None = None,
+    ) -> CaseOutcome:
+        """Segments a weak case again from its most similar exemplars; returns the better outcome."""
+        k = _slice_at(self.seed.position, volume.n_slices)
+        gray = self.engine.frames(volume, self.window).gray(k)
+        pool = [e for e in exemplars if e.name != volume.name]
+        if not pool:
+            return first
+        ranked = sorted(pool, key=lambda e: (-round(image_similarity(gray, e.image), 6), e.key))
+        sources = [self.seed, *ranked[:EXEMPLARS_PER_CASE]]
+        second = self._segment_case(volume, volume_index, sources, cancel, passes=2)
+        if (second.confidence or 0.0) > (first.confidence or 0.0):
+            log.info("%s: second pass from %s raised confidence %.2f -> %.2f", volume.name,
+                     ", ".join(second.sources), first.confidence or 0.0, second.confidence or 0.0)
+            return second
+        return first
+
+    # ------------------------------------------------------------------ one case
+    def priors(self, gray: np.ndarray, sources: Sequence[Exemplar]) -> tuple[dict[int, np.ndarray | None], list[str]]:
+        """Each object's prior on ``gray``: the sources' masks warped onto it and fused.
+
+        Returns:
+            ``({object_id: float32 (rows, cols) prior or None}, notes)``; fusion weights are each
+            registration's correlation (floored at 0.05); a registration that did not beat the
+            relative-position mapping still contributes (identity), and is noted.
+        """
+        notes: list[str] = []
+        acc: dict[int, np.ndarray] = {}
+        wsum = 0.0
+        for src in sources:
+            reg = register(gray, src.image)
+            if not reg.trusted:
+                notes.append(f"registration to {src.name} kept the relative position ({reg.reason or 'no gain'})")
+            w = max(reg.similarity, 0.05)
+            wsum += w
+            for oid, m in src.masks.items():
+                warped = warp(m.astype(np.float32), reg)
+                acc[oid] = acc.get(oid, 0.0) + w * warped
+        out: dict[int, np.ndarray | None] = {}
+        for oid in self.names:
+            p = acc.get(oid)
+            out[oid] = (p / wsum).astype(np.float32) if p is not None and wsum > 0 else None
+        return out, notes
+
+    def _segment_case(
+        self,
+        volume: Volume,
+        volume_index: int,
+        sources: Sequence[Exemplar],
+        cancel: threading.Event | None,
+        passes: int,
+    ) -> CaseOutcome:
+        eng = self.engine
+        check_cancel(cancel)
+        k = _slice_at(sources[0].position, volume.n_slices)
+        gray = eng.frames(volume, self.window).gray(k)
+        priors, notes = self.priors(gray, sources)
+        seeds: dict[int, tuple[np.ndarray, float]] = {}
+        checks = {}
+        objs = []
+        base = relative_prompt(self.prompt, self.seed_volume, volume)
+        for obj_src, obj_rel in zip(self.prompt.objects, base.objects):
+            oid = obj_src.object_id
+            mask, score, check = prior_guided_mask(eng, volume, k, priors.get(oid), obj_rel, self.names[oid], self.window)
+            seeds[oid] = (mask, score)
+            checks[oid] = check
+            box = box_from_mask(mask, margin=0, shape=mask.shape) or obj_rel.box
+            objs.append(ObjectPrompt(box=box, points=() if box is not None else obj_rel.points,
+                                     object_id=oid, name=obj_src.name))
+        case_prompt = SlicePrompt(tuple(objs), slice_index=k, volume_index=0)
+        results: list[SliceResult] = []
+        case_flags: list[str] = []
+        for res in eng.segment_volume(volume, case_prompt, volume_index=volume_index, window=self.window,
+                                      cancel=cancel, seed_masks=seeds):
+            res.prompted = False  # only the user's own slice counts as prompted
+            if res.slice_index == k:
+                conf = min((c.confidence for c in checks.values()), default=None)
+                res.confidence = conf
+                for c in checks.values():
+                    res.flags.extend(c.flags)
+                case_flags = list(res.flags)
+            results.append(res)
+        conf = case_confidence(r.confidence for r in results)
+        if notes and conf is not None and all(n.startswith("registration") for n in notes) and len(notes) == len(sources):
+            case_flags.append("registration fell back to the relative position: check this case")
+        labels = next((r.labels for r in results if r.slice_index == k), None)
+        exemplar = None
+        if labels is not None and conf is not None and conf >= EXEMPLAR_MIN_CONFIDENCE:
+            exemplar = make_exemplar(volume.name, gray, labels, list(self.names), sources[0].position, conf)
+        return CaseOutcome(volume_index, volume.name, results, conf, case_flags, exemplar, passes,
+                           tuple(s.name for s in sources))
+
+
+def prior_guided_mask(
+    eng: Engine,
+    volume: Volume,
+    k: int,
+    prior: np.ndarray | None,
+    fallback: ObjectPrompt,
+    name: str,
+    window=None,
+) -> tuple[np.ndarray, float, ObjectCheck]:
+    """One object's mask on slice ``k`` from its registration prior.
+
+    Boxes are derived from the prior's core (``prior >= 0.5``) with margins of 0, 5 and 10% of its
+    size (plus its interior point for point-capable models); each candidate is refined once from its
+    own mask, and the candidate that agrees best with the prior (:func:`.quality.check_against_prior`,
+    which also weighs the model's score) wins. Without a usable prior, ``fallback`` (the prompt
+    mapped by relative position) goes through :func:`.predict.predict_object`.
+
+    Returns:
+        ``(mask bool (rows, cols), model score, ObjectCheck)``.
+    """
+    backend = eng.backend
+    shape = volume.shape[1:]
+    core = prior >= 0.5 if prior is not None else None
+    if core is None or not core.any() or not isinstance(backend, Backend) or not backend.info.boxes:
+        mask, score = eng.predict_object(volume, k, fallback, window, refine=True)
+        return mask, score, check_against_prior(mask, prior, score, name)
+    emb = eng.embedding(backend, volume, k, window)
+    ys, xs = np.nonzero(core)
+    size = float(max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1))
+    point = interior_point(core) if backend.info.points else None
+    best: tuple[float, np.ndarray, float, ObjectCheck] | None = None
+    cfg = eng.config
+    for frac in cfg.prior_margins:
+        box = box_from_mask(core, margin=frac * size, shape=shape)
         if box is None:
             continue
-        objs.append(map_prompt(ObjectPrompt(box=box, object_id=o.object_id, name=o.name), src.shape[1:], dst.shape[1:]))
-    if not objs:
-        return None
-    base = _transfer_prompt(prompt, src, dst)
-    return SlicePrompt(tuple(objs), slice_index=base.slice_index, volume_index=0)
+        obj = ObjectPrompt(points=(point,) if point is not None else (), box=box, object_id=fallback.object_id)
+        pred = predict(eng, backend, emb, obj)
+        mask, score = pred.best, float(np.max(pred.scores))
+        if mask.any():
+            m = float(max(cfg.transfer_margin_frac * _extent(mask), cfg.margin_px))
+            rbox = box_from_mask(mask, margin=m, shape=shape)
+            if rbox is not None:
+                again = predict(eng, backend, emb, replace(obj, box=rbox))
+                if again.best.any() and again.best.sum() <= cfg.max_growth * mask.sum():
+                    mask, score = again.best, float(np.max(again.scores))
+        check = check_against_prior(mask, prior, score, name)
+        if best is None or check.confidence > best[0]:
+            best = (check.confidence, mask, score, check)
+    if best is None:
+        mask, score = eng.predict_object(volume, k, fallback, window, refine=True)
+        return mask, score, check_against_prior(mask, prior, score, name)
+    return best[1], best[2], best[3]
+
+
+def _extent(mask: np.ndarray) -> float:
+    ys, xs = np.nonzero(mask)
+    return float(max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)) if len(xs) else 0.0
 
 
 def segment_dataset(
@@ -113,39 +367,57 @@ def segment_dataset(
 ) -> Iterator[SliceResult]:
     """Every case of ``dataset`` except the prompted one (``prompt.volume_index``), from one prompt.
 
-    ``seed_results``: the prompted case's results on its prompted slice (for ``chain``).
+    ``transfer``: :class:`DatasetTransfer`'s first pass on every case; confident cases are yielded at
+    once, weak ones after the second pass (so the cases come out in dataset order except the weak
+    ones, which follow, each case's slices together). ``chain``: each case from the one before it
+    (outwards from the prompted case), its previous neighbour as the only exemplar.
+
+    ``seed_results``: the prompted case's results on its prompted slice.
     """
     v0 = prompt.volume_index
     seed_volume = dataset[v0]
     if engine.is_sequence:
         yield from dataset_sequence(engine, dataset, prompt, v0, window, strategy, cancel)
         return
-    order = [i for i in range(len(dataset)) if i != v0]
-    # Chain walks outwards from the prompted case so neighbours seed neighbours.
+    seed_labels = seed_results[0].labels if seed_results else None
+    transfer = DatasetTransfer(engine, seed_volume, prompt, window, seed_labels=seed_labels)
     if strategy == "chain":
-        order = [i for i in range(v0 + 1, len(dataset))] + [i for i in range(v0 - 1, -1, -1)]
-    prev_by_dir: dict[int, tuple[Volume, SliceResult]] = {}
-    for i in order:
+        yield from _chain(transfer, dataset, v0, cancel)
+        return
+    weak: list[CaseOutcome] = []
+    candidates: list[Exemplar] = []
+    for i in range(len(dataset)):
+        if i == v0:
+            continue
         check_cancel(cancel)
-        vol = dataset[i]
-        if strategy == "chain":
-            direction = 1 if i > v0 else -1
-            src_vol, src_res = prev_by_dir.get(direction, (seed_volume, seed_results[0] if seed_results else None))
-            case_prompt = _prompt_from_result(src_vol, src_res, vol, prompt) if src_res is not None else None
-            if case_prompt is None:
-                case_prompt = transfer_prompt(engine, prompt, seed_volume, vol, window)
-        else:
-            case_prompt = transfer_prompt(engine, prompt, seed_volume, vol, window)
-        last_prompted: SliceResult | None = None
-        for res in engine.segment_volume(
-            vol, case_prompt, volume_index=i, window=window, cancel=cancel, refine_seed=True
-        ):
-            res.prompted = False  # only the user's own slice counts as prompted
-            if res.slice_index == case_prompt.slice_index:
-                last_prompted = res
-            yield res
-        if strategy == "chain" and last_prompted is not None:
-            prev_by_dir[1 if i > v0 else -1] = (vol, last_prompted)
+        out = transfer.first_pass(dataset[i], i, cancel)
+        if out.exemplar is not None:
+            candidates.append(out.exemplar)
+            candidates = DatasetTransfer.select_exemplars(candidates)  # bounded memory
+        if transfer.needs_second_pass(out):
+            weak.append(out)
+            continue
+        yield from out.results
+    exemplars = DatasetTransfer.select_exemplars(candidates)
+    for out in weak:
+        check_cancel(cancel)
+        final = transfer.second_pass(dataset[out.volume_index], out.volume_index, exemplars, out, cancel) if exemplars else out
+        yield from final.results
+
+
+def _chain(transfer: DatasetTransfer, dataset: Dataset, v0: int, cancel: threading.Event | None) -> Iterator[SliceResult]:
+    for order in (range(v0 + 1, len(dataset)), range(v0 - 1, -1, -1)):
+        prev = transfer.seed
+        for i in order:
+            check_cancel(cancel)
+            out = transfer._segment_case(dataset[i], i, [prev], cancel, passes=1)  # noqa: SLF001 - same class family
+            yield from out.results
+            labels = next((r.labels for r in out.results if r.slice_index == _slice_at(prev.position, dataset[i].n_slices)), None)
+            if labels is not None and labels.any():
+                k = _slice_at(prev.position, dataset[i].n_slices)
+                prev = make_exemplar(out.name, transfer.engine.frames(dataset[i], transfer.window).gray(k), labels,
+                                     list(transfer.names), prev.position, out.confidence or 0.0)
+
 
 
 def dataset_sequence(

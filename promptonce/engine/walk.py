@@ -20,6 +20,7 @@ from ..errors import PromptError, check_cancel
 from ..prompts import box_from_mask, interior_point
 from ..types import Box, ObjectPrompt, Point, SlicePrompt, SliceResult, Volume
 from .predict import check_prompt_inside, margin, predict, predict_object
+from .quality import MIN_NEIGHBOUR_AGREEMENT, lost_flag, neighbour_agreement, slice_confidence
 
 __all__ = ["ObjectState", "segment_volume", "step", "vanished", "walk", "walk_both_ways", "paint"]
 
@@ -156,7 +157,7 @@ def segment_volume(
     window=None,
     scope_slices: tuple[int, int] | None = None,
     cancel: threading.Event | None = None,
-    seed_masks: dict[int, np.ndarray] | None = None,
+    seed_masks: dict[int, np.ndarray | tuple[np.ndarray, float]] | None = None,
     refine_seed: bool = False,
 ) -> Iterator[SliceResult]:
     """Propagates one prompt through one volume, yielding the seed slice first, then forward, then backward.
@@ -169,7 +170,8 @@ def segment_volume(
         scope_slices: inclusive ``(lo, hi)`` range to cover (default: the whole volume); used to
             re-propagate only the range a correction affects.
         cancel: set it to stop; raises :class:`CancelledError` between slices.
-        seed_masks: optional ready masks for the seed slice per object id (skips its prediction).
+        seed_masks: optional ready masks for the seed slice per object id (skips its prediction):
+            a bool mask, or ``(mask, model score)``.
         refine_seed: refine the seed prompt from its own mask (for prompts transferred from another case).
 
     Yields:
@@ -197,7 +199,9 @@ def segment_volume(
     for obj in prompt.objects:
         check_prompt_inside(obj, shape, volume.name)
         if seed_masks is not None and obj.object_id in seed_masks:
-            mask, score = seed_masks[obj.object_id].astype(bool), 1.0
+            given = seed_masks[obj.object_id]
+            mask, score = (given[0], float(given[1])) if isinstance(given, tuple) else (given, 1.0)
+            mask = np.asarray(mask, bool)
         else:
             refine = eng.config.transfer_refine if refine_seed else False
             mask, score = predict_object(eng, volume, k0, obj, window, refine=refine)
@@ -208,7 +212,11 @@ def segment_volume(
         st.values = _robust_stats(volume.array[k0][mask], volume) if mask.any() else None
         states.append(st)
         scores[obj.object_id] = score
-    yield SliceResult(volume_index, k0, paint(states, shape), scores, flags, True, volume.name, n)
+    seed_conf = [float(np.clip(st.score, 0, 1)) for st in states if st.mask is not None and st.mask.any()]
+    yield SliceResult(
+        volume_index, k0, paint(states, shape), scores, flags, True, volume.name, n,
+        confidence=min(seed_conf) if seed_conf else None,
+    )
     walker = functools.partial(walk, eng, volume, states, k0, lo, hi, window, cancel, volume_index)
     parallel = (
         isinstance(backend, Backend)
@@ -259,24 +267,39 @@ def walk(
                 nxt = k0 - 1 if direction == 1 and others_running is None else -1
             if lo <= nxt <= hi:
                 eng.prefetch(backend, volume, nxt, window)
+        confidences: list[float] = []
         for st in cur:
             if not st.alive:
                 st.mask = None
                 continue
+            name = st.name or f"object {st.object_id}"
+            prev_mask = st.mask
             mask, score, f = step(eng, volume, k, st, window)
             values = volume.array[k][mask] if mask is not None and mask.any() else None
             why = vanished(eng, mask, score, st, values)
             if why is not None and eng.config.stop_on_vanish:
                 log.debug("%s slice %d: object %d ends (%s)", volume.name, k, st.object_id, why)
+                lost = lost_flag(name, int(prev_mask.sum()) if prev_mask is not None else 0, st.peak, why)
+                if lost is not None:
+                    flags.append(lost)
+                    confidences.append(0.3)
                 st.alive = False
                 st.mask = None
                 continue
             flags.extend(f)
+            if mask is not None:
+                agree = neighbour_agreement(mask, prev_mask)
+                if agree is not None and agree < MIN_NEIGHBOUR_AGREEMENT:
+                    flags.append(f"{name}: disagrees with its neighbours (Dice {agree:.2f} with the slice before)")
+                confidences.append(slice_confidence(score, agree))
             st.mask, st.score = mask, score
             if mask is not None:
                 st.update_area(int(mask.sum()))
             scores[st.object_id] = score
-        yield SliceResult(volume_index, k, paint(cur, shape), scores, flags, False, volume.name, n)
+        yield SliceResult(
+            volume_index, k, paint(cur, shape), scores, flags, False, volume.name, n,
+            confidence=min(confidences) if confidences else None,
+        )
         k += direction
 
 
