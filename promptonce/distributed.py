@@ -10,9 +10,12 @@ dataset run is a map over cases. :func:`run_dataset` drives it:
    :class:`~promptonce.io.writers.ResultWriter` as soon as they arrive, then dropped. The driver
    keeps only a short record per case (:class:`~promptonce.runstore.CaseRecord`) and writes each
    case's small exemplar to the run folder, so its memory does not grow with the dataset's masks.
-2. **Quality pass**: the exemplars are read back and selected (``select_exemplars``: deterministic
-   and order-independent), sent once to every worker, and the cases that need it are redone with
-   them (``second_pass``) and rewritten.
+2. **Quality pass**: each case's exemplar (a thumbnail and its masks) is folded into the exemplar
+   set on the driver as it arrives (``select_exemplars``: a top-k, deterministic and
+   order-independent, so memory holds the set only); the set is sent once to every worker and the
+   weak cases (``needs_second_pass``) are redone from it (``second_pass``) and rewritten. A worker
+   keeps the weak cases' first-pass outcomes (within a memory budget) and gets their second pass;
+   elsewhere the first pass is recomputed (deterministic: same result).
 
 Every written case is appended to the run folder's log (:mod:`promptonce.runstore`), so a rerun of
 the same command skips the cases already written and verified and does only the rest; a run with
@@ -67,67 +70,16 @@ class ExecutorUnavailableError(PromptOnceError):
 # ============================================================================ the per-case work
 
 
-@dataclass
-class _Outcome:
-    """Stand-in for ``promptonce.engine.CaseOutcome`` while the engine does not provide it."""
-
-    results: list[SliceResult]
-    confidence: float
-    flags: list[str]
-    exemplar: Any = None
-    name: str = ""
-
-
-class _IndependentTransfer:
-    """Stand-in for ``promptonce.engine.DatasetTransfer`` (same methods) built on the public Engine.
-
-    The first pass is the engine's ``transfer`` strategy for one case (the prompt mapped to the case,
-    then refined on the case's own mask); there is no quality pass (no case needs one).
-    """
-
-    def __init__(self, engine, seed_volume: Volume, prompt: SlicePrompt, window=None) -> None:
-        self.engine, self.seed_volume, self.prompt, self.window = engine, seed_volume, prompt, window
-        results = list(engine.segment_volume(seed_volume, prompt, volume_index=prompt.volume_index, window=window))
-        self.seed_outcome = _Outcome(results, _confidence(results), _flags(results), None, seed_volume.name)
-
-    def first_pass(self, volume: Volume, volume_index: int, cancel=None) -> _Outcome:
-        case_prompt = self.engine.transfer_prompt(self.prompt, self.seed_volume, volume, self.window)
-        results = []
-        for res in self.engine.segment_volume(
-            volume, case_prompt, volume_index=volume_index, window=self.window, cancel=cancel, refine_seed=True
-        ):
-            res.prompted = False
-            results.append(res)
-        return _Outcome(results, _confidence(results), _flags(results), None, volume.name)
-
-    def needs_second_pass(self, out: _Outcome) -> bool:
-        return False
-
-    @staticmethod
-    def select_exemplars(candidates) -> list:
-        return []
-
-    def second_pass(self, volume, volume_index, exemplars, first=None, cancel=None) -> _Outcome:
-        return first if first is not None else self.first_pass(volume, volume_index, cancel)
-
-
-def _confidence(results: Sequence[SliceResult]) -> float:
-    vals = [float(v) for r in results for v in r.scores.values()]
-    return float(np.mean(vals)) if vals else 0.0
-
-
-def _flags(results: Sequence[SliceResult]) -> list[str]:
-    return [f"slice {r.slice_index}: {f}" for r in results for f in r.flags]
-
-
-def _transfer_api():
-    """``(DatasetTransfer, select_exemplars)`` from the engine, or the stand-in when it has none."""
+def _transfer_class():
+    """The engine's :class:`~promptonce.engine.DatasetTransfer` (looked up at run time, so that a
+    drop-in with the same methods can stand in for it)."""
     from . import engine as eng
 
-    cls = getattr(eng, "DatasetTransfer", None)
-    if cls is None:
-        return _IndependentTransfer, _IndependentTransfer.select_exemplars
-    return cls, cls.select_exemplars
+    return eng.DatasetTransfer
+
+
+def _seed_flags(results: Sequence[SliceResult]) -> list[str]:
+    return [f"slice {r.slice_index}: {f}" for r in results for f in r.flags]
 
 
 @dataclass
@@ -217,17 +169,22 @@ class CaseWorker:
         self.spec = spec
         self.worker_id = worker_id
         t = time.perf_counter()
-        seed = spec.dataset[spec.prompt.volume_index]
-        engine = make_engine(spec.prompt, spec.model, "auto", spec.config)
-        cls, _ = _transfer_api()
-        if cls is _IndependentTransfer and engine.is_sequence:
+        p = spec.prompt
+        seed = spec.dataset[p.volume_index]
+        engine = make_engine(p, spec.model, "auto", spec.config)
+        if engine.is_sequence:
             raise InputError(
                 f"{spec.model} propagates with its own memory (SAM 2); dataset runs on an executor take image "
                 "models (litemedsam, mobilesam, sam_vit_*) for now. Run SAM 2 without --executor."
             )
-        self.transfer = cls(engine, seed, spec.prompt, window=spec.window)
-        self.seed_index = spec.prompt.volume_index
-        self._seed_geometry = _geometry(seed)
+        # The seed case exactly as the local engine does it: the whole prompted volume from the
+        # user's prompt; its prompted slice seeds the transfer to every other case.
+        seed_results = list(engine.segment_volume(seed, p, volume_index=p.volume_index, window=spec.window))
+        seed_labels = next((r.labels for r in seed_results if r.prompted), None)
+        self.transfer = _transfer_class()(engine, seed, p, window=spec.window, seed_labels=seed_labels)
+        self.seed_index = p.volume_index
+        self._seed = (seed_results, _geometry(seed), seed.name)
+        del seed
         self.init_seconds = time.perf_counter() - t
         self._kept: OrderedDict[int, Any] = OrderedDict()  # first-pass outcomes waiting for the quality pass
         self._kept_bytes = 0
@@ -248,22 +205,22 @@ class CaseWorker:
         t0 = time.perf_counter()
         try:
             if index == self.seed_index:
-                out, geom, load_s = self.transfer.seed_outcome, self._seed_geometry, 0.0
-                needs = False
-            else:
-                vol = self.spec.dataset[index]
-                load_s = time.perf_counter() - t0
-                geom = _geometry(vol)
-                out = self.transfer.first_pass(vol, index)
-                needs = bool(self.transfer.needs_second_pass(out))
-                if needs:
-                    self._keep(index, out)
-                del vol
+                results, geom, name = self._seed
+                return CaseReply(index, name, True, list(results), geom, 1.0, _seed_flags(results), False, None,
+                                 seconds=0.0, worker=self.worker_id)
+            vol = self.spec.dataset[index]
+            load_s = time.perf_counter() - t0
+            geom = _geometry(vol)
+            out = self.transfer.first_pass(vol, index)
+            needs = bool(self.transfer.needs_second_pass(out))
+            if needs:
+                self._keep(index, out)
+            del vol
         except Exception as exc:  # noqa: BLE001 - reported per case; the worker goes on
             return self._failed(index, exc, t0)
-        return CaseReply(index, out.name or geom["name"], True, list(out.results), geom, float(out.confidence),
-                         list(out.flags), needs, getattr(out, "exemplar", None), seconds=time.perf_counter() - t0 - load_s,
-                         load_seconds=load_s, worker=self.worker_id)
+        return CaseReply(index, out.name or geom["name"], True, list(out.results), geom, _conf(out.confidence),
+                         list(out.flags), needs, getattr(out, "exemplar", None),
+                         seconds=time.perf_counter() - t0 - load_s, load_seconds=load_s, worker=self.worker_id)
 
     def second(self, index: int, exemplars: Any = None) -> CaseReply:
         """Runs the quality pass on case ``index`` with ``exemplars`` (or those set before)."""
@@ -281,7 +238,7 @@ class CaseWorker:
             geom = _geometry(vol)
         except Exception as exc:  # noqa: BLE001
             return self._failed(index, exc, t0)
-        return CaseReply(index, out.name or geom["name"], True, list(out.results), geom, float(out.confidence),
+        return CaseReply(index, out.name or geom["name"], True, list(out.results), geom, _conf(out.confidence),
                          list(out.flags), False, None, seconds=time.perf_counter() - t0 - load_s, load_seconds=load_s,
                          worker=self.worker_id)
 
@@ -298,6 +255,10 @@ class CaseWorker:
         return CaseReply(index, _safe_name(self.spec.dataset, index), False, error_type=type(exc).__name__,
                          error=str(exc) or repr(exc), retryable=not isinstance(exc, InputError),
                          seconds=time.perf_counter() - t0, worker=self.worker_id)
+
+
+def _conf(c: float | None) -> float | None:
+    return None if c is None else float(c)
 
 
 def _outcome_bytes(out: Any) -> int:
@@ -647,6 +608,41 @@ class RunSummary:
         return out
 
 
+class _ExemplarSet:
+    """The exemplar set, folded one candidate at a time: memory and disk hold at most the set.
+
+    ``select`` (``DatasetTransfer.select_exemplars``) is a top-k by confidence with an order-free
+    tie-break, so the set of all candidates equals the set folded one at a time, in any order. An
+    exemplar is stored in the run folder when it enters the set and deleted when it leaves it, so a
+    resumed run starts from the stored ones (a candidate seen twice, e.g. from a case redone after a
+    crash, is the same exemplar with the same key and counts once).
+    """
+
+    def __init__(self, store: RunStore, select: Callable[[Any], list]) -> None:
+        self.store, self.select = store, select
+        self._set: dict[str, tuple[Any, int]] = {}
+        for index, ex in store.load_exemplars():
+            self.consider(index, ex, save=False)
+
+    def consider(self, index: int, ex: Any, save: bool = True) -> None:
+        if ex is None or ex.key in self._set:
+            return
+        keys = {e.key for e in self.select([*(e for e, _ in self._set.values()), ex])}
+        if ex.key not in keys:
+            if not save:
+                self.store.drop_exemplar(index)
+            return
+        if save:
+            self.store.save_exemplar(index, ex)
+        for key in [k for k in self._set if k not in keys]:
+            _, i = self._set.pop(key)
+            self.store.drop_exemplar(i)
+        self._set[ex.key] = (ex, index)
+
+    def chosen(self) -> list:
+        return self.select([e for e, _ in self._set.values()])
+
+
 def _prompt_json(prompt: SlicePrompt) -> dict[str, Any]:
     return dataclasses.asdict(prompt)
 
@@ -761,7 +757,7 @@ def run_dataset(
         if missing or not files:
             raise PromptOnceError(f"{reply.name}: the worker returned an incomplete case ({missing}); not recorded.")
         if pass_ == 1:
-            store.save_exemplar(reply.index, reply.exemplar)
+            exset.consider(reply.index, reply.exemplar)
         status = "first" if reply.needs_second else "done"
         store.record(CaseRecord(reply.index, reply.name, status, [file_entry(f, out) for f in files],
                                 len(reply.results or []), reply.confidence, reply.flags[:50], reply.needs_second,
@@ -769,6 +765,7 @@ def run_dataset(
         stats["images"] += len(reply.results or [])
 
     started = [False]
+    exset = _ExemplarSet(store, _transfer_class().select_exemplars)
 
     def run_pass(kind: Literal["first", "second"], indices: list[int], exemplars: Any = None) -> None:
         if not indices:
@@ -827,11 +824,14 @@ def run_dataset(
         recs = store.records
         second = sorted(i for i, r in recs.items() if r.status == "first" and r.needs_second)
         if second:
-            _, select = _transfer_api()
-            written = sorted(i for i, r in recs.items() if r.status in ("first", "done"))
-            exemplars = select(store.exemplars(written))
-            log.info("quality pass: %d cases, %d exemplars", len(second), len(exemplars) if exemplars else 0)
-            run_pass("second", second, exemplars)
+            chosen = exset.chosen()
+            log.info("quality pass: %d cases, %d exemplars", len(second), len(chosen))
+            if chosen:
+                run_pass("second", second, chosen)
+            else:  # nothing to learn from (as the local engine): the first pass stands
+                for i in second:
+                    store.record(dataclasses.replace(recs[i], status="done", needs_second=False))
+                    stats["done"] += 1
     finally:
         info = dict(ex.info)
         ex.close()

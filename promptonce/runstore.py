@@ -8,7 +8,8 @@ Layout (inside the output folder)::
         manifest.json        what the run is: inputs (path, size, mtime), prompt, model, options, version
         cases.jsonl          one line per event, appended and fsync'ed: a case written (its files with
                              size and CRC-32), a case failed (its reason); the last line of a case wins
-        exemplars/<i>.pkl    the small exemplar of case ``i`` from the first pass (for the quality pass)
+        exemplars/<i>.pkl    the exemplar of case ``i`` while it is in the exemplar set (at most the
+                             set's size: an exemplar leaving the set is deleted)
         summary.json         written at the end: done / skipped with reasons / timing
 
 Why an append-only log and not one JSON rewritten per case: a 100,000-case run would rewrite a
@@ -266,15 +267,21 @@ class RunStore:
         with atomic_path(self.exemplar_dir / f"{index}.pkl") as tmp:
             tmp.write_bytes(pickle.dumps(exemplar, protocol=pickle.HIGHEST_PROTOCOL))
 
-    def exemplars(self, indices: Iterable[int]) -> Iterator[Any]:
-        """The stored exemplars of ``indices``, loaded one at a time (missing ones are skipped)."""
-        for i in indices:
-            p = self.exemplar_dir / f"{i}.pkl"
-            if p.exists():
-                try:
-                    yield pickle.loads(p.read_bytes())
-                except (OSError, pickle.UnpicklingError, EOFError) as exc:
-                    log.warning("exemplar of case %d is unreadable (%s); not used", i, exc)
+    def drop_exemplar(self, index: int) -> None:
+        """Removes case ``index``'s stored exemplar (it left the exemplar set)."""
+        p = self.exemplar_dir / f"{index}.pkl"
+        if p.exists():
+            p.unlink()
+
+    def load_exemplars(self) -> Iterator[tuple[int, Any]]:
+        """``(case index, exemplar)`` of every stored exemplar, loaded one at a time (unreadable ones skipped)."""
+        if not self.exemplar_dir.exists():
+            return
+        for p in sorted(self.exemplar_dir.glob("*.pkl")):
+            try:
+                yield int(p.stem), pickle.loads(p.read_bytes())
+            except (OSError, ValueError, pickle.UnpicklingError, EOFError) as exc:
+                log.warning("stored exemplar %s is unreadable (%s); not used", p.name, exc)
 
     def write_summary(self, summary: Mapping[str, Any]) -> Path:
         return write_json(dict(summary), self.dir / "summary.json")
