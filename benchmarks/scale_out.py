@@ -17,8 +17,9 @@ configuration asks for Ray. Per configuration:
   ``peak_rss_mb`` (VmHWM of the driver process: Ray's workers are other processes).
 * ``masks_equal_local``: the config's mask files are byte-identical to the local executor's.
 
-Parts: ``fake`` (synthetic 64x64 images generated on read, fake backend; ``--fake-cases`` for
-throughput, ``--fake-big`` cases for memory, checkpoint ``--fake-checkpoint``) and ``real``
+Parts: ``fake`` (synthetic 64x64 images generated on read, fake backend, the engine's
+DatasetTransfer; ``--fake-cases`` cases), ``fake-big`` (``--fake-big`` cases for the driver's memory,
+RSS at ``--fake-checkpoint`` and at the end; with :class:`LightTransfer`, see its docstring) and ``real``
 (LiteMedSAM on the CPU via ONNX Runtime, the first ``--real-cases`` Shenzhen X-rays of
 ``../shared/data/cxr_shenzhen``, prompt = the boxes of the first image's reference lungs).
 Threads per worker are stated in every row (``threads``); the local executor uses every core.
@@ -87,6 +88,46 @@ def real_data(n: int):
     return ds, prompt, [str(p) for p in imgs]
 
 
+class LightTransfer:
+    """A stand-in for the engine's DatasetTransfer for the 10,000-case DRIVER run: the prompt mapped
+    by relative position, the fake model and the slice walk, a real exemplar per case, no
+    registration and no quality pass. It makes a 10,000-case run affordable on 2 shared cores; the
+    driver's work per case (receive, write atomically, log, fold the exemplars of every 10th case) is
+    the real one."""
+
+    def __init__(self, engine, seed_volume, prompt, window=None, seed_labels=None):
+        self.engine, self.seed, self.prompt, self.window = engine, seed_volume, prompt, window
+
+    def first_pass(self, volume, volume_index, cancel=None):
+        from types import SimpleNamespace
+
+        from promptonce.engine.transfer import make_exemplar
+        from promptonce.prompts import map_prompt
+        from promptonce.types import SlicePrompt
+
+        objs = tuple(map_prompt(o, self.seed.shape[1:], volume.shape[1:]) for o in self.prompt.objects)
+        res = list(self.engine.segment_volume(volume, SlicePrompt(objs, 0, 0), volume_index=volume_index,
+                                              window=self.window))
+        conf = float(min((v for r in res for v in r.scores.values()), default=0.0))
+        ex = None
+        if volume_index % 10 == 0:  # a real exemplar for every 10th case (the thumbnail costs ~30 ms)
+            ex = make_exemplar(volume.name, self.engine.frames(volume, self.window).gray(0), res[0].labels,
+                               [o.object_id for o in objs], 0.5, conf)
+        return SimpleNamespace(results=res, confidence=conf, flags=[], exemplar=ex, name=volume.name)
+
+    def needs_second_pass(self, out):
+        return False
+
+    @staticmethod
+    def select_exemplars(candidates):
+        from promptonce.engine import DatasetTransfer
+
+        return DatasetTransfer.select_exemplars(candidates)
+
+    def second_pass(self, volume, volume_index, exemplars, first=None, cancel=None):
+        return first
+
+
 # ----------------------------------------------------------------------------- one configuration (child)
 
 
@@ -104,7 +145,6 @@ def child(cfg: dict) -> dict:
     import psutil
 
     from promptonce.distributed import run_dataset
-    from promptonce.engine import PropagationConfig
 
     if cfg["executor"] == "ray":
         import ray
@@ -112,7 +152,7 @@ def child(cfg: dict) -> dict:
         ray.init(num_cpus=cfg.get("ray_cpus", 2), include_dashboard=False, log_to_driver=False,
                  logging_level="WARNING")
     ds, prompt, inputs = fake_data(cfg["cases"]) if cfg["part"] == "fake" else real_data(cfg["cases"])
-    config = None if cfg.get("align", True) else PropagationConfig(align=False, track=False)
+    transfer = LightTransfer if cfg.get("light") else None
     proc = psutil.Process()
     marks: dict[str, float] = {}
     times: list[float] = []
@@ -125,7 +165,7 @@ def child(cfg: dict) -> dict:
 
     t0 = time.perf_counter()
     s = run_dataset(ds, prompt, cfg["out"], model=cfg["model"], executor=cfg["executor"],
-                    workers=cfg.get("workers"), threads=cfg.get("threads"), config=config, progress=progress,
+                    workers=cfg.get("workers"), threads=cfg.get("threads"), transfer=transfer, progress=progress,
                     restart=True, inputs=inputs)
     wall = time.perf_counter() - t0
     marks[str(cfg["cases"])] = round(proc.memory_info().rss / 2**20, 1)
@@ -133,7 +173,7 @@ def child(cfg: dict) -> dict:
     busy = s.engine_seconds + s.load_seconds
     return {
         **{k: cfg[k] for k in ("part", "executor", "workers", "threads", "cases", "model")},
-        "align": cfg.get("align", True),
+        "transfer": "LightTransfer (no registration, no quality pass)" if cfg.get("light") else "engine DatasetTransfer",
         "done": s.done, "skipped": len(s.skipped), "images": s.images,
         "wall_s": round(wall, 3),
         "wall_images_per_s": round(s.images / wall, 3),
@@ -173,9 +213,9 @@ def same_masks(a: Path, b: Path) -> bool | None:
 
 
 def part(name: str, cases: int, model: str, tmp: Path, timeout: float, threads_local: int | None,
-         align: bool = True, checkpoint: int | None = None, ray_workers=(1, 2)) -> list[dict]:
+         light: bool = False, checkpoint: int | None = None, ray_workers=(1, 2)) -> list[dict]:
     rows = []
-    base = {"part": name, "cases": cases, "model": model, "align": align, "checkpoint": checkpoint}
+    base = {"part": name, "cases": cases, "model": model, "light": light, "checkpoint": checkpoint}
     local = {**base, "executor": "local", "workers": 1, "threads": threads_local, "out": str(tmp / f"{name}-local")}
     rows.append(run_child(local, timeout))
     for w in ray_workers:
@@ -215,8 +255,8 @@ def main() -> int:
     ap.add_argument("--fake-cases", type=int, default=300, help="fake throughput run (every executor)")
     ap.add_argument("--fake-big", type=int, default=10000, help="fake memory run (local and 2 Ray workers); 0 = skip")
     ap.add_argument("--fake-checkpoint", type=int, default=1000)
-    ap.add_argument("--big-align", action="store_true",
-                    help="keep prompt registration+tracking on in the big fake run (default off: the run measures the driver)")
+    ap.add_argument("--big-engine", action="store_true",
+                    help="the big fake run with the engine's DatasetTransfer (default: LightTransfer; the run measures the driver)")
     ap.add_argument("--real-cases", type=int, default=40, help="Shenzhen X-rays with LiteMedSAM; 0 = skip")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--timeout", type=float, default=3600)
@@ -260,7 +300,7 @@ def main() -> int:
             result["rows"].append(row)
             save()
         if a.fake_big:
-            result["rows"] += part("fake-big", a.fake_big, "fake", tmp, a.timeout, None, align=a.big_align,
+            result["rows"] += part("fake-big", a.fake_big, "fake", tmp, a.timeout, None, light=not a.big_engine,
                                    checkpoint=a.fake_checkpoint, ray_workers=(2,))
             save()
     finally:

@@ -95,6 +95,8 @@ class WorkerSpec:
         threads: CPU threads of the worker's model (``PROMPTONCE_THREADS``); None = the default.
         keep_first_mb: memory budget (MiB of masks) for first-pass outcomes kept on the worker for
             the quality pass; a case not kept is segmented again there (same result: deterministic).
+        transfer: a class with DatasetTransfer's constructor and methods to use instead of the
+            engine's (None: :class:`promptonce.engine.DatasetTransfer`); pickled to every worker.
     """
 
     dataset: Dataset
@@ -104,6 +106,7 @@ class WorkerSpec:
     config: PropagationConfig | None = None
     threads: int | None = None
     keep_first_mb: float = 256.0
+    transfer: Callable[..., Any] | None = None
 
 
 @dataclass
@@ -181,7 +184,8 @@ class CaseWorker:
         # user's prompt; its prompted slice seeds the transfer to every other case.
         seed_results = list(engine.segment_volume(seed, p, volume_index=p.volume_index, window=spec.window))
         seed_labels = next((r.labels for r in seed_results if r.prompted), None)
-        self.transfer = _transfer_class()(engine, seed, p, window=spec.window, seed_labels=seed_labels)
+        cls = spec.transfer or _transfer_class()
+        self.transfer = cls(engine, seed, p, window=spec.window, seed_labels=seed_labels)
         self.seed_index = p.volume_index
         self._seed = (seed_results, _geometry(seed), seed.name)
         del seed
@@ -666,6 +670,7 @@ def run_dataset(
     restart: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
     cancel: threading.Event | None = None,
+    transfer: Callable[..., Any] | None = None,
 ) -> RunSummary:
     """Segments every case of ``dataset`` from one prompt (dataset scope, ``transfer`` strategy),
     resumably, in this process or on a Ray cluster.
@@ -691,6 +696,8 @@ def run_dataset(
         restart: forget an earlier run in ``out_dir`` instead of resuming it.
         progress: called as ``progress(cases_done, cases_total, case_name)`` after each case.
         cancel: an Event; when set the run stops after the cases in flight (the rerun resumes).
+        transfer: a stand-in for :class:`promptonce.engine.DatasetTransfer` (same constructor and
+            methods; recorded in the manifest by name), e.g. for tests and benchmarks.
 
     Returns:
         :class:`RunSummary` (also written to ``out_dir/run/summary.json``).
@@ -721,7 +728,9 @@ def run_dataset(
         "prompt": _prompt_json(prompt),
         "model": model,
         "options": {"scope": "dataset", "strategy": "transfer", "window": window,
-                    "config": dataclasses.asdict(config) if config is not None else None, **(options or {})},
+                    "config": dataclasses.asdict(config) if config is not None else None,
+                    "transfer": None if transfer is None else f"{transfer.__module__}.{transfer.__qualname__}",
+                    **(options or {})},
         "inputs": input_fingerprints(inputs) if inputs else [],
         "cases": list(dataset.names),
     }
@@ -765,13 +774,13 @@ def run_dataset(
         stats["images"] += len(reply.results or [])
 
     started = [False]
-    exset = _ExemplarSet(store, _transfer_class().select_exemplars)
+    exset = _ExemplarSet(store, (transfer or _transfer_class()).select_exemplars)
 
     def run_pass(kind: Literal["first", "second"], indices: list[int], exemplars: Any = None) -> None:
         if not indices:
             return
         if not started[0]:  # nothing to do (a finished run resumed): no workers, no model
-            ex.start(WorkerSpec(dataset, prompt, model, window, config))
+            ex.start(WorkerSpec(dataset, prompt, model, window, config, transfer=transfer))
             started[0] = True
         if kind == "second":
             ex.set_exemplars(exemplars)  # once per worker, not once per case
