@@ -25,7 +25,6 @@ from PIL import Image
 
 from promptonce.distributed import ExecutorUnavailableError, RayExecutor, run_dataset
 from promptonce.engine import make_engine, segment
-from promptonce.errors import CorruptFileError
 from promptonce.runstore import RunMismatchError, RunStore
 from promptonce.types import Box, Dataset, ObjectPrompt, SlicePrompt, Volume
 
@@ -221,8 +220,9 @@ class _QualityTransfer:
 
 
 def test_quality_pass_runs_on_weak_cases_and_resumes(tmp_path, monkeypatch):
-    import promptonce.engine as eng
     from scipy.ndimage import binary_erosion
+
+    import promptonce.engine as eng
 
     monkeypatch.setattr(eng, "DatasetTransfer", _QualityTransfer)
     ds = lazy()
