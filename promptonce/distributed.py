@@ -209,8 +209,8 @@ def run_dataset(
         threads: CPU threads per worker (Ray default 1; local default: every core).
         num_gpus: GPUs per Ray worker.
         retries: how many times a failed case is tried again (input errors are not retried).
-        inputs: the input paths, recorded in the manifest with their size and mtime (a rerun over
-            changed inputs is refused).
+        inputs: the input paths, recorded in the manifest with their size and mtime (a rerun with
+            files added or removed is refused; the cases of files changed in place are done again).
         options: other settings that must be equal for a rerun to reuse results (recorded).
         restart: forget an earlier run in ``out_dir`` instead of resuming it.
         progress: called as ``progress(cases_done, cases_total, case_name)`` after each case.
@@ -287,9 +287,11 @@ def run_dataset(
         if pass_ == 1:
             exset.consider(reply.index, reply.exemplar)
         status = "first" if reply.needs_second else "done"
+        src = reply.geometry.get("source") if reply.geometry else None
+        path = src.extra.get("path") if src is not None else None
         store.record(CaseRecord(reply.index, reply.name, status, [file_entry(f, out) for f in files],
                                 len(reply.results or []), reply.confidence, reply.flags[:50], reply.needs_second,
-                                attempts, "", pass_))
+                                attempts, "", pass_, str(Path(path).resolve()) if path else None))
         stats["images"] += len(reply.results or [])
 
     started = [False]

@@ -17,13 +17,15 @@ growing file 100,000 times; appending one short line is O(1) and a torn last lin
 middle of a write) is simply ignored on reading.
 
 A case counts as done on a rerun only when its record says so AND every file it lists still exists
-with the recorded size and CRC-32 (:meth:`RunStore.verified`). The manifest's ``prompt``, ``model``
-and ``options`` must match the new run's, otherwise :class:`RunMismatchError` (results of two
-different prompts or models are never mixed in one folder).
+with the recorded size and CRC-32 (:meth:`RunStore.verified`). The manifest's ``prompt``, ``model``,
+``options`` and case names must match the new run's, otherwise :class:`RunMismatchError` (results
+of two different prompts or models are never mixed in one folder). Input files added or removed are
+refused too; a file changed in place (size or mtime) makes the case read from it be done again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -67,6 +69,7 @@ class CaseRecord:
         attempts: how many times the case was tried in this run.
         reason: why it failed.
         pass_: 1 or 2 (the pass that wrote the files).
+        input: the input file the case was read from (absolute), when it is one file.
     """
 
     index: int
@@ -80,6 +83,7 @@ class CaseRecord:
     attempts: int = 1
     reason: str = ""
     pass_: int = 1
+    input: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -166,8 +170,10 @@ class RunStore:
                 raise RunMismatchError(
                     f"{path} is unreadable ({exc}); remove {self.dir} or choose another output folder."
                 ) from None
-            self._check_same(old, manifest)
+            changed = self._check_same(old, manifest)
             self._records = self._read_log()
+            if changed:
+                self._redo_changed(changed, old, manifest)
         else:
             if restart and self.dir.exists():
                 for f in (self.log_path, self.dir / "summary.json"):
@@ -192,7 +198,8 @@ class RunStore:
         self._records = self._read_log()
         return dict(self._records)
 
-    def _check_same(self, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    def _check_same(self, old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str]:
+        """Refuses another prompt/model/options/cases; returns the input files changed in place."""
         where = f"{self.out_dir} holds a run"
         fix = "Use another --out folder, or delete that folder's run/ and masks/ to start over."
         for key in IDENTITY_KEYS:
@@ -207,12 +214,35 @@ class RunStore:
             )
         a = {d["path"]: (d["size"], d["mtime_ns"]) for d in old.get("inputs") or []}
         b = {d["path"]: (d["size"], d["mtime_ns"]) for d in new.get("inputs") or []}
-        if a != b:
-            changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if set(a) != set(b):
+            moved = sorted(set(a) ^ set(b))
             raise RunMismatchError(
-                f"{where} over inputs that changed since ({len(changed)} files differ in size or time, "
-                f"e.g. {changed[:3]}). {fix}"
+                f"{where} over other input files ({len(moved)} added or removed, e.g. {moved[:3]}). {fix}"
             )
+        return {k for k in a if a[k] != b[k]}
+
+    def _redo_changed(self, changed: set[str], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+        """Input files changed in place: the cases read from them are done again, when each written
+        case knows its file; otherwise (e.g. a DICOM series: many files per case) the run is refused."""
+        done = [r for r in self._records.values() if r.status != "failed"]
+        seed = self._records.get(int((new.get("prompt") or {}).get("volume_index", -1)))
+        if seed is not None and seed.input in changed:
+            raise RunMismatchError(
+                f"The prompted case's file {seed.input} changed since {self.out_dir}'s run began; every case "
+                "depends on it. Use another --out folder, or delete that folder's run/ and masks/ to start over."
+            )
+        if any(not r.input for r in done):
+            raise RunMismatchError(
+                f"{self.out_dir} holds a run over inputs that changed since ({len(changed)} files differ in size or "
+                f"time, e.g. {sorted(changed)[:3]}), and its cases cannot all be traced to one file. "
+                "Use another --out folder, or delete that folder's run/ and masks/ to start over."
+            )
+        for r in done:
+            if r.input in changed:
+                log.warning("%s: its input %s changed since it was written; it is done again", r.name, r.input)
+                self.record(dataclasses.replace(r, status="failed", files=[], reason="input changed; redo"))
+                self.drop_exemplar(r.index)
+        write_json({**dict(old), "inputs": new.get("inputs")}, self.dir / "manifest.json")
 
     def _read_log(self) -> dict[int, CaseRecord]:
         recs: dict[int, CaseRecord] = {}

@@ -373,3 +373,34 @@ def test_ray_killed_driver_rerun_completes(ray_local, tmp_path, reference):
     names = [r["name"] for r in log_lines(out)]
     assert sorted(names) == sorted(reference)  # every case exactly once across both drivers
     assert_same(out, reference)
+
+
+def test_cli_ray_corrupt_file_skipped_exit_1_and_rerun_resumes(ray_local, tmp_path, capsys):
+    from promptonce.cli import main
+
+    src = tmp_path / "xrays"
+    src.mkdir()
+    for i in range(4):
+        Image.fromarray(make_case(i).array[0]).save(src / f"case{i:03d}.png")
+    good = (src / "case001.png").read_bytes()
+    (src / "case002.png").write_bytes(good[: len(good) // 2])  # truncated: a valid header, half the data
+    argv = ["segment", str(src), "--scope", "dataset", "--box", "16,16,48,48", "--model", "fake",
+            "--out", str(tmp_path / "out"), "--executor", "ray", "--workers", "2"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "3/4 cases done" in err and "1 cases skipped" in err and "case002" in err
+    assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["case000.png", "case001.png", "case003.png"]
+    (src / "case002.png").write_bytes(good)  # the corrupt file fixed in place: only it is done
+    assert main(argv) == 0
+    assert "4/4 cases done (3 from an earlier run" in capsys.readouterr().err
+    before = (tmp_path / "out" / "masks" / "case003.png").read_bytes()
+    Image.fromarray(make_case(7).array[0]).save(src / "case003.png")  # a done case's file replaced
+    assert main(argv) == 0
+    assert "4/4 cases done (3 from an earlier run" in capsys.readouterr().err
+    assert (tmp_path / "out" / "masks" / "case003.png").read_bytes() != before
+    (src / "case000.png").touch()  # the prompted case: every case depends on it
+    os.utime(src / "case000.png", ns=(1, 1))
+    assert main(argv) == 2
+    assert "prompted case" in capsys.readouterr().err
+    (src / "case004.png").write_bytes(good)  # a file added: other cases
+    assert main(argv) == 2
