@@ -116,6 +116,9 @@ def evaluate_distributed(args: argparse.Namespace, images, ref_paths: list[Path]
         raise InputError("--protocol nmt prompts every slice; it does not run with --executor ray.")
     if getattr(args, "no_masks", False):
         log.warning("--no-masks is ignored with --executor ray: the written masks are the run's record (resume)")
+    if getattr(args, "seed_sweep", None):
+        raise InputError("--seed-sweep runs several evaluations; it does not run with --executor ray yet "
+                         "(run each --seed-case with --executor ray instead).")
     s = int(getattr(args, "seed_case", 0) or 0)
     if not 0 <= s < len(images):
         raise InputError(f"seed case {s} does not exist; the dataset has {len(images)} cases.")
