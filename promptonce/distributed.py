@@ -84,7 +84,7 @@ class RunSummary:
         resumed: of ``done``, cases found written and verified from an earlier run (not redone).
         skipped: ``(name, reason)`` of every case that failed after its retries.
         second_pass: cases redone by the quality pass in this run.
-        images: slices written in this run.
+        images: the dataset's slices written in this run (a case rewritten by the quality pass counts once).
         seconds: wall time of this run (workers' start included).
         images_per_second: ``images / seconds`` (None when nothing was done).
         engine_seconds: time the workers spent in the engine (all workers summed).
@@ -292,7 +292,8 @@ def run_dataset(
         store.record(CaseRecord(reply.index, reply.name, status, [file_entry(f, out) for f in files],
                                 len(reply.results or []), reply.confidence, reply.flags[:50], reply.needs_second,
                                 attempts, "", pass_, str(Path(path).resolve()) if path else None))
-        stats["images"] += len(reply.results or [])
+        if pass_ == 1:  # a case redone by the quality pass is still one case's images
+            stats["images"] += len(reply.results or [])
 
     started = [False]
     exset = _ExemplarSet(store, (transfer or transfer_class()).select_exemplars)
