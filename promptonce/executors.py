@@ -408,7 +408,8 @@ class RayExecutor:
         try:
             init = ray.get([a.ready.remote() for a in self._actors.values()])
         except ray.exceptions.RayError as exc:
-            raise PromptOnceError(f"The Ray workers could not start: {_cause(exc)}") from None
+            self.close()
+            raise _worker_start_error(exc) from None
         self.info = {"executor": "ray", "address": self.address, "workers": self.workers,
                      "threads_per_worker": self.threads, "num_gpus_per_worker": self.num_gpus,
                      "worker_init_seconds": [round(float(s), 3) for s in init],
@@ -502,6 +503,19 @@ class RayExecutor:
         self._restarts += 1
         new = self._new_actor()
         log.warning("worker %s died; replaced by %s", wid, new)
+
+
+def _worker_start_error(exc: BaseException) -> PromptOnceError:
+    """The error that stopped a worker's start, as the PromptOnce error it was (its message and class,
+    so a wrong model name is still an input error), else a PromptOnceError with Ray's last line."""
+    from . import errors
+
+    last = next((ln.strip() for ln in reversed(str(exc).splitlines()) if ln.strip()), "")
+    name, sep, msg = last.partition(": ")
+    cls = getattr(errors, name.rsplit(".", 1)[-1], None) if sep and name.startswith("promptonce.") else None
+    if isinstance(cls, type) and issubclass(cls, PromptOnceError):
+        return cls(msg)
+    return PromptOnceError(f"The Ray workers could not start: {last or _cause(exc)}")
 
 
 def _cause(exc: BaseException) -> str:

@@ -404,3 +404,10 @@ def test_cli_ray_corrupt_file_skipped_exit_1_and_rerun_resumes(ray_local, tmp_pa
     assert "prompted case" in capsys.readouterr().err
     (src / "case004.png").write_bytes(good)  # a file added: other cases
     assert main(argv) == 2
+
+
+def test_ray_worker_start_error_is_the_workers_error(ray_local, tmp_path):
+    from promptonce.errors import InputError
+
+    with pytest.raises(InputError, match="Unknown model 'nosuch'"):
+        run_dataset(lazy(3), PROMPT, tmp_path, model="nosuch", executor="ray", workers=1)
