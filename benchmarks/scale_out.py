@@ -152,7 +152,7 @@ def child(cfg: dict) -> dict:
 
         ray.init(num_cpus=cfg.get("ray_cpus", 2), include_dashboard=False, log_to_driver=False,
                  logging_level="WARNING")
-    ds, prompt, inputs = fake_data(cfg["cases"]) if cfg["part"] == "fake" else real_data(cfg["cases"])
+    ds, prompt, inputs = fake_data(cfg["cases"]) if cfg["part"].startswith("fake") else real_data(cfg["cases"])
     transfer = LightTransfer if cfg.get("light") else None
     proc = psutil.Process()
     marks: dict[str, float] = {}
