@@ -1,24 +1,35 @@
 # syntax=docker/dockerfile:1.7
-# PromptOnce web app on a CUDA GPU host (it also runs on a CPU, slowly).
+# PromptOnce web app: on a CUDA GPU host (default), or on a CPU-only host (VARIANT=cpu).
 #
-#   docker build -t promptonce .
+#   docker build -t promptonce .                                            # GPU image (CUDA torch)
+#   docker run --gpus all -p 7860:7860 promptonce                          # then open http://localhost:7860
+#   docker build --build-arg VARIANT=cpu -t promptonce-cpu .                # CPU image (CPU torch, no CUDA base)
+#   docker run -p 7860:7860 promptonce-cpu
 #   docker build --build-arg PROMPTONCE_CHECKPOINTS="sam2.1_hiera_large sam_vit_h" -t promptonce .
 #   docker build --build-arg PROMPTONCE_CHECKPOINTS="" -t promptonce .      # bake no weights
-#   docker run --gpus all -p 7860:7860 promptonce                          # then open http://localhost:7860
 #
 # Torch: requirements.txt pins torch==2.14.1. On Linux x86_64 the PyPI wheel of torch is a CUDA build
-# (it brings its own CUDA/cuDNN libraries as nvidia-* wheels), which is what this image installs by
+# (it brings its own CUDA/cuDNN libraries as nvidia-* wheels), which is what the GPU image installs by
 # default; set TORCH_INDEX to take it from a PyTorch index for a given CUDA instead, e.g.
-# --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128. Never use the .../whl/cpu index here:
-# the build checks that the installed torch is a CUDA build and fails otherwise. The host needs an
-# NVIDIA driver recent enough for that CUDA and the NVIDIA container toolkit (--gpus all).
+# --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128. The GPU build checks that the
+# installed torch is a CUDA build and fails otherwise. The host needs an NVIDIA driver recent enough
+# for that CUDA and the NVIDIA container toolkit (--gpus all). VARIANT=cpu starts from plain Ubuntu
+# and takes torch from PyTorch's CPU index (no CUDA libraries); it offers the same models, slowly for
+# SAM and SAM 2.
 #
 # sam2 is built without its optional CUDA extension (SAM2_BUILD_CUDA=0), as everywhere in PromptOnce:
 # only SAM 2's small-hole filling is skipped.
 
+ARG VARIANT=gpu
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-base-ubuntu22.04
-FROM ${CUDA_IMAGE}
+ARG CPU_IMAGE=ubuntu:22.04
 
+FROM ${CUDA_IMAGE} AS base-gpu
+FROM ${CPU_IMAGE} AS base-cpu
+# hadolint ignore=DL3006
+FROM base-${VARIANT}
+
+ARG VARIANT
 ARG PYTHON_VERSION=3.11
 ARG TORCH_INDEX=""
 # Checkpoints to bake into the image (names of promptonce.backends.weights: model names such as
@@ -32,6 +43,8 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# ca-certificates tracks the distribution's current roots on purpose (not pinned)
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
@@ -48,22 +61,25 @@ WORKDIR /app
 # Dependencies first (cached while only the code changes). Torch before anything else so that no
 # other package can pull in a different build; then sam2 against it, without build isolation.
 COPY requirements.txt ./
-RUN if [ -n "${TORCH_INDEX}" ]; then idx="--index-url ${TORCH_INDEX}"; else idx=""; fi \
- && python -m pip install ${idx} "torch==2.14.1" "torchvision==0.29.1" \
+RUN case "${VARIANT}" in gpu|cpu) ;; *) echo "VARIANT must be gpu or cpu, got ${VARIANT}" >&2; exit 2 ;; esac \
+ && idx="${TORCH_INDEX}" \
+ && if [ -z "${idx}" ] && [ "${VARIANT}" = "cpu" ]; then idx=https://download.pytorch.org/whl/cpu; fi \
+ && if [ -n "${idx}" ]; then python -m pip install --index-url "${idx}" "torch==2.14.1" "torchvision==0.29.1"; \
+    else python -m pip install "torch==2.14.1" "torchvision==0.29.1"; fi \
  && python -m pip install -r requirements.txt \
  && SAM2_BUILD_CUDA=0 python -m pip install --no-build-isolation "sam2==1.1.0" \
- && python -c "import torch; assert torch.version.cuda, 'torch ' + torch.__version__ + ' is a CPU-only build: set TORCH_INDEX to a CUDA index'; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
+ && python -c "import sys, torch; v = sys.argv[1]; ok = bool(torch.version.cuda) or v == 'cpu'; print('torch', torch.__version__, 'CUDA', torch.version.cuda); sys.exit(0 if ok else 'torch is a CPU-only build: set TORCH_INDEX to a CUDA index, or build with VARIANT=cpu')" "${VARIANT}"
 
 # Bake the chosen checkpoints (verified against their published sha256) into a read-only folder that
 # PromptOnce searches first ($PROMPTONCE_WEIGHTS). Only the few files the fetch needs are copied here,
 # so editing the app does not download the weights again.
 ENV PROMPTONCE_WEIGHTS=/opt/promptonce/weights
 COPY promptonce/__init__.py promptonce/errors.py promptonce/types.py promptonce/py.typed ./promptonce/
-COPY promptonce/backends/__init__.py promptonce/backends/weights.py ./promptonce/backends/
+COPY promptonce/backends/__init__.py promptonce/backends/weights.py promptonce/backends/hub.py ./promptonce/backends/
 RUN mkdir -p "${PROMPTONCE_WEIGHTS}" \
  && if [ -n "${PROMPTONCE_CHECKPOINTS}" ]; then \
       PROMPTONCE_CACHE="${PROMPTONCE_WEIGHTS}" python -m promptonce.backends.weights fetch ${PROMPTONCE_CHECKPOINTS} \
-      && rm -f "${PROMPTONCE_WEIGHTS}"/*.part; \
+      && rm -rf "${PROMPTONCE_WEIGHTS}"/*.part "${PROMPTONCE_WEIGHTS}/.hub-staging"; \
     fi \
  && chmod -R a+rX /opt/promptonce
 
@@ -77,7 +93,7 @@ RUN python -m pip install --no-deps --no-build-isolation . \
 # Non-root user (uid 1000, as Hugging Face Spaces expects) with its own writable cache for checkpoints
 # downloaded at run time.
 RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin app
-USER app
+USER 1000
 ENV HOME=/home/app \
     PROMPTONCE_CACHE=/home/app/.cache/promptonce \
     GRADIO_SERVER_NAME=0.0.0.0 \

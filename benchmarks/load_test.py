@@ -158,7 +158,7 @@ class Server:
         env = dict(
             os.environ,
             GRADIO_TEMP_DIR=str(self.tmp / "gradio"),
-            PROMPTONCE_SESSION_ROOT=str(self.tmp / "gradio" / "promptonce-sessions"),
+            PROMPTONCE_SESSION_ROOT=str(self.tmp / "promptonce-sessions"),
             PROMPTONCE_MODEL_CONCURRENCY=str(model_limit),
             PROMPTONCE_SESSION_TTL_S=str(ttl_s),
             GRADIO_ANALYTICS_ENABLED="False",
@@ -455,8 +455,8 @@ def run_load(
                 owners.setdefault(f, []).append(i)
         shared = {f: o for f, o in owners.items() if len(o) > 1}
         not_in_own = [
-            p for lg in logs for p in lg.server_paths if "promptonce-sessions" not in p
-        ]  # every offered file comes from a session folder
+            p for lg in logs for p in lg.server_paths if "promptonce-results" not in p
+        ]  # every offered file comes from a session's results folder
         guess_failures = _guess_checks(url, [p for lg in logs for p in lg.server_paths], server.tmp)
         stats = server.stats()
         # temp storage back to its baseline once the clients have disconnected

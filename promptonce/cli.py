@@ -127,6 +127,7 @@ def _progress(quiet: bool, total: int, desc: str):
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from .engine import make_engine, segment
+    from .engine.quality import QualityReport
     from .io.readers import load_dataset, load_reference
     from .io.writers import ResultWriter, write_json, write_metrics_csv
     from .metrics import MetricAccumulator
@@ -146,13 +147,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
     else:
         total = sum(dataset[i].n_slices for i in range(len(dataset)))
     engine = make_engine(prompt, args.model, "auto")
-    writer = ResultWriter(out)
+    writer = ResultWriter(out, objects=[o.object_id for o in prompt.objects],
+                          label_names={o.object_id: o.name for o in prompt.objects if o.name})  # fmt: skip
     bar = _progress(args.quiet, total, "segment")
     t0 = time.perf_counter()
     n_images = 0
     preds: dict[int, np.ndarray] = {}
     acc = MetricAccumulator() if refs is not None else None
     rows: list[dict[str, Any]] = []
+    quality = QualityReport()
     current = None
     try:
         for res in segment(dataset, prompt, scope=args.scope, engine=engine, window=args.window, strategy=args.strategy):
@@ -162,6 +165,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     _score_case(acc, rows, current, refs, preds)
                 current = (res.volume_index, vol)
             writer.add(res, vol)
+            quality.add(res)
             if acc is not None:
                 preds.setdefault(res.volume_index, np.zeros(vol.shape, np.uint8))[res.slice_index] = res.labels
             n_images += 1
@@ -175,7 +179,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
     written = writer.close()
     seconds = time.perf_counter() - t0
     log.info("wrote %d mask files to %s in %.1f s", len(written), out / "masks", seconds)
+    report = quality.to_dict()
+    write_json(report, out / "quality.json")
+    if report["flagged_cases"] and not args.quiet:
+        print(f"{report['flagged_cases']} case(s) flagged; review first: {', '.join(report['review_first'][:5])}"
+              f" (see {out / 'quality.json'})", file=sys.stderr)
     if acc is not None:
+        by_name = {c["case"]: c for c in report["cases"]}
+        for r in rows:
+            q = by_name.get(r.get("name"), {})
+            r["confidence"], r["flags"] = q.get("confidence"), q.get("flags", [])
         s = acc.summary()
         summary = {
             "model": engine.backend.info.name, "scope": args.scope, "prompts": 1, "images": n_images,
@@ -183,8 +196,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             "dice_slice_mean": s.get("dice_slice_mean"), "seconds": round(seconds, 3),
             "images_per_second": round(n_images / seconds, 4) if seconds else None,
         }
-        write_json({"summary": summary, "cases": rows}, out / "metrics.json")
-        write_metrics_csv([{k: v for k, v in r.items() if k != "flags"} for r in rows], out / "metrics.csv")
+        write_json({"summary": summary, "review_first": report["review_first"], "cases": rows}, out / "metrics.json")
+        write_metrics_csv([{**r, "flags": "; ".join(r["flags"])} for r in rows], out / "metrics.csv")
         if not args.quiet:
             print(f"dice_mean={summary['dice_mean']:.4f} jaccard_mean={summary['jaccard_mean']:.4f}", file=sys.stderr)
     return 0

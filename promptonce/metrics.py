@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -57,6 +57,9 @@ __all__ = [
     "case_metrics",
     "mean_finite",
     "MetricAccumulator",
+    "label_voxel_counts",
+    "mask_volumes_ml",
+    "slice_rows",
 ]
 
 logger = logging.getLogger(__name__)
@@ -461,3 +464,127 @@ class MetricAccumulator:
 
 def _none_if_nan(v: float) -> float | None:
     return None if math.isnan(v) else v
+
+
+# ------------------------------------------------------------------------------ sizes and per-slice rows
+def label_voxel_counts(labels: np.ndarray) -> dict[int, int]:
+    """``{label id: number of voxels}`` of every non-zero label of an integer label map (any dims)."""
+    lab = np.asarray(labels)
+    if lab.dtype == bool:
+        lab = lab.astype(np.uint8)
+    ids, counts = np.unique(lab[lab != 0], return_counts=True)
+    return {int(i): int(c) for i, c in zip(ids, counts)}
+
+
+def mask_volumes_ml(labels: np.ndarray, spacing: Sequence[float]) -> dict[int, float]:
+    """The volume of every object of a label map in millilitres.
+
+    Args:
+        labels: ``(slices, rows, cols)`` integer label map (0 = background) or bool mask (object 1).
+        spacing: voxel size in mm in array axis order, ``(slice, row, col)`` (``volume.spacing[::-1]``).
+
+    Returns:
+        ``{object id: mL}`` (1 mL = 1000 mm^3) for every id present; empty when nothing is labelled.
+
+    Raises:
+        InputError: ``spacing`` does not have one positive finite value per axis.
+    """
+    lab = np.asarray(labels)
+    sp = [float(v) for v in spacing]
+    if len(sp) != lab.ndim or not all(math.isfinite(v) and v > 0 for v in sp):
+        raise InputError(
+            f"spacing {tuple(spacing)} must give one positive voxel size in mm per axis of the {lab.ndim}D "
+            "label map, in array order (slice, row, col)."
+        )
+    voxel_ml = float(np.prod(sp)) / 1000.0
+    return {i: n * voxel_ml for i, n in label_voxel_counts(lab).items()}
+
+
+def slice_rows(
+    labels: np.ndarray,
+    *,
+    case: str,
+    spacing: Sequence[float] | None = None,
+    reference: np.ndarray | None = None,
+    reference_labels: Mapping[int, Sequence[int]] | None = None,
+    scores: Mapping[int, Mapping[int, float]] | None = None,
+    flags: Mapping[int, Sequence[str]] | None = None,
+    object_names: Mapping[int, str] | None = None,
+    slice_names: Sequence[str] | None = None,
+    objects: Iterable[int] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per slice and object: area, Dice when a reference exists, confidence and flags.
+
+    Args:
+        labels: ``(slices, rows, cols)`` result label map (0 = background, else the object id).
+        case: the case name written in every row.
+        spacing: ``(row, col)`` pixel size in mm (array order; ``volume.spacing[1::-1]``), or the
+            3-axis ``(slice, row, col)``; None: ``area_mm2`` is left empty (e.g. a PNG X-ray, whose
+            pixel size is unknown).
+        reference: optional reference label map, same shape.
+        reference_labels: ``{object id: reference label values}`` each object is scored against
+            (their union). Default: every non-zero reference value when there is one object,
+            else the object's own id.
+        scores: ``{slice_index: {object id: confidence 0..1}}`` (the engine's ``SliceResult.scores``).
+        flags: ``{slice_index: [warnings]}`` (``SliceResult.flags``), joined by ``;`` in the CSV.
+        object_names: ``{object id: name}``.
+        slice_names: a name per slice (e.g. the X-ray file names).
+        objects: the object ids to list; default: those in ``labels`` and in ``object_names``.
+
+    Returns:
+        Dicts with ``case, slice_index, slice_name, object, object_name, area_px, area_mm2`` and, with a
+        reference, ``reference_area_px, dice`` (NaN where both are empty on that slice), then
+        ``confidence`` (None when unknown) and ``flags``, in slice then object order.
+    """
+    lab = np.asarray(labels)
+    if lab.ndim == 2:
+        lab = lab[None]
+    if lab.ndim != 3:
+        raise InputError(f"slice_rows() needs a (slices, rows, cols) label map, got shape {lab.shape}.")
+    ref = None
+    if reference is not None:
+        ref = np.asarray(reference)
+        if ref.ndim == 2:
+            ref = ref[None]
+        if ref.shape != lab.shape:
+            raise ReferenceMismatchError(f"reference shape {ref.shape} differs from the result's {lab.shape}.")
+    pixel_mm2: float | None = None
+    if spacing is not None:
+        sp = [float(v) for v in spacing][-2:]
+        if len(sp) != 2 or not all(math.isfinite(v) and v > 0 for v in sp):
+            raise InputError(f"spacing {tuple(spacing)} must end with positive (row, col) pixel sizes in mm.")
+        pixel_mm2 = sp[0] * sp[1]
+    ids = set(int(i) for i in (objects if objects is not None else []))
+    if objects is None:
+        ids.update(int(i) for i in np.unique(lab) if i != 0)
+        ids.update(int(i) for i in (object_names or {}))
+    ref_ids = sorted(int(v) for v in np.unique(ref) if v != 0) if ref is not None else []
+    rows: list[dict[str, Any]] = []
+    for k in range(lab.shape[0]):
+        for oid in sorted(ids):
+            area = int(np.count_nonzero(lab[k] == oid))
+            row: dict[str, Any] = {
+                "case": case,
+                "slice_index": k,
+                "slice_name": slice_names[k] if slice_names is not None and k < len(slice_names) else "",
+                "object": oid,
+                "object_name": (object_names or {}).get(oid, f"object {oid}"),
+                "area_px": area,
+                "area_mm2": area * pixel_mm2 if pixel_mm2 is not None else None,
+            }
+            if ref is not None:
+                if reference_labels is not None and oid in reference_labels:
+                    wanted = [int(v) for v in reference_labels[oid]]
+                elif len(ids) == 1:
+                    wanted = ref_ids
+                else:
+                    wanted = [oid]
+                r = np.isin(ref[k], wanted)
+                row["reference_area_px"] = int(np.count_nonzero(r))
+                row["dice"] = dice(lab[k] == oid, r, empty="nan")
+            score = (scores or {}).get(k, {}).get(oid)
+            row["confidence"] = float(score) if score is not None else None
+            row["flags"] = list((flags or {}).get(k, []))
+            rows.append(row)
+    return rows
+

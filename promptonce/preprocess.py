@@ -45,7 +45,7 @@ from __future__ import annotations
 import colorsys
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -66,6 +66,11 @@ __all__ = [
     "to_frame",
     "FrameMaker",
     "label_color",
+    "label_colors",
+    "label_palette",
+    "color_hex",
+    "outline_edges",
+    "draw_outline",
     "overlay",
 ]
 
@@ -356,6 +361,88 @@ def label_color(i: int) -> tuple[int, int, int]:
     hue = (i * 0.618033988749895) % 1.0
     r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 0.95)
     return (int(round(r * 255)), int(round(g * 255)), int(round(b * 255)))
+
+
+def label_colors(ids: Iterable[int]) -> dict[int, tuple[int, int, int]]:
+    """``{id: (r, g, b)}`` for the given label ids, each from :func:`label_color` (distinct for ids 1..10)."""
+    return {int(i): label_color(int(i)) for i in ids}
+
+
+def label_palette() -> list[int]:
+    """A 256-entry palette for a palette ("P" mode) PNG/GIF of a label map, flattened ``[r0, g0, b0, r1, ...]``.
+
+    Entry ``i`` is :func:`label_color` ``(i)`` (entry 0, the background, is black), so a label map saved
+    with this palette keeps its label ids as pixel values and shows each label in its display colour.
+    """
+    out: list[int] = []
+    for i in range(256):
+        out.extend(label_color(i))
+    return out
+
+
+def color_hex(rgb: Sequence[int]) -> str:
+    """``(r, g, b)`` as ``"#rrggbb"``."""
+    r, g, b = (int(v) for v in rgb[:3])
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def outline_edges(labels: np.ndarray, thickness: int = 1) -> np.ndarray:
+    """The inner boundary of every label, ``thickness`` pixels wide.
+
+    Args:
+        labels: ``(H, W)`` integer label map or bool mask (0 / False = nothing).
+        thickness: boundary width in pixels (>= 1), grown inwards (never outside the label).
+
+    Returns:
+        bool ``(H, W)``: True on labelled pixels within ``thickness`` pixels (4-neighbour steps) of
+        another label or of the image edge.
+    """
+    lab = np.asarray(labels)
+    if lab.ndim != 2:
+        raise DimensionError(f"outline_edges() needs an (H, W) label map, got shape {lab.shape}.")
+    if lab.dtype == bool:
+        lab = lab.astype(np.uint8)
+    edge = _boundary(lab)
+    for _ in range(max(1, int(thickness)) - 1):
+        grown = edge.copy()
+        grown[1:] |= edge[:-1]
+        grown[:-1] |= edge[1:]
+        grown[:, 1:] |= edge[:, :-1]
+        grown[:, :-1] |= edge[:, 1:]
+        edge = grown & (lab != 0)
+    return edge
+
+
+def draw_outline(
+    rgb: np.ndarray,
+    labels: np.ndarray,
+    colors: Mapping[int, tuple[int, int, int]] | None = None,
+    thickness: int = 1,
+) -> np.ndarray:
+    """Draws each label's outline in its own colour (e.g. a reference map over the image).
+
+    Args:
+        rgb: uint8 ``(H, W, 3)`` image (not changed).
+        labels: ``(H, W)`` integer label map or bool mask (True = label 1).
+        colors: optional ``{label id: (r, g, b)}`` overriding :func:`label_color`.
+        thickness: outline width in pixels, drawn inwards.
+
+    Returns:
+        uint8 ``(H, W, 3)``, a new array.
+    """
+    img = np.asarray(rgb)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise InputError(f"draw_outline() needs a uint8 (H, W, 3) image, got {img.dtype} {img.shape}.")
+    lab = np.asarray(labels)
+    if lab.dtype == bool:
+        lab = lab.astype(np.uint8)
+    if lab.shape != img.shape[:2]:
+        raise DimensionError(f"Label map shape {lab.shape} differs from the image's {img.shape[:2]}.")
+    out = img.copy()
+    edge = outline_edges(lab, thickness)
+    for i in (int(v) for v in np.unique(lab[edge])):
+        out[edge & (lab == i)] = (colors or {}).get(i, label_color(i))
+    return out
 
 
 def _boundary(labels: np.ndarray) -> np.ndarray:

@@ -122,7 +122,7 @@ def thumbnail(image: np.ndarray, size: int = 128) -> np.ndarray:
     src = sitk.SmoothingRecursiveGaussian(src, 0.5 * _UNIT / max(gh, gw))  # anti-aliasing: half a working pixel
     ref = _relative_image(np.zeros((gh, gw), np.float32), sitk)
     out = sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(out)
+    return np.clip(sitk.GetArrayFromImage(out), 0.0, 1.0)  # the recursive Gaussian can overshoot a little
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:

@@ -41,6 +41,7 @@ __all__ = [
     "Dataset",
     "SliceResult",
     "Scope",
+    "unit_name",
 ]
 
 Modality = Literal["CT", "MR", "XR", "OT"]
@@ -198,6 +199,8 @@ class Volume:
         modality: ``"CT" | "MR" | "XR" | "OT"``.
         window: suggested display window ``(width, level)`` or None for automatic.
         source: how the input was stored (for writing outputs on the input's grid), or None.
+        label_names: for a label map (a reference), ``{label value: name}`` when the file or a
+            file beside it names its labels (see :mod:`promptonce.io.labelnames`); empty otherwise.
     """
 
     array: np.ndarray
@@ -207,6 +210,7 @@ class Volume:
     modality: Modality = "OT"
     window: tuple[float, float] | None = None
     source: SourceGeometry | None = None
+    label_names: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         arr = np.asarray(self.array)
@@ -319,3 +323,32 @@ class SliceResult:
     volume_name: str = ""
     n_slices: int = 1
     confidence: float | None = None
+
+
+def unit_name(subject: Volume | Dataset | int | Sequence[int], n: int = 2) -> str:
+    """What one "slice" of ``subject`` is called on screen: ``"image(s)"`` for 2D images, else ``"slice(s)"``.
+
+    An X-ray set is a dataset of one-slice volumes, so its items are images, not slices: "Done: 8
+    images", not "8 slice(s)".
+
+    Args:
+        subject: a :class:`Volume`, a :class:`Dataset` (only its ready volumes are looked at; lazily
+            loaded items count as volumes), a volume's slice count, or the slice count of every case.
+        n: how many; 1 gives the singular.
+
+    Returns:
+        ``"image"``, ``"images"``, ``"slice"`` or ``"slices"``.
+    """
+    if isinstance(subject, Volume):
+        images = subject.n_slices == 1 or subject.modality == "XR"
+    elif isinstance(subject, Dataset):
+        ready = [it for it in subject._items if isinstance(it, Volume)]  # noqa: SLF001 - same module
+        images = len(subject) > 0 and len(ready) == len(subject) and all(v.n_slices == 1 for v in ready)
+    elif isinstance(subject, (int, np.integer)):
+        images = int(subject) == 1
+    else:
+        counts = [int(c) for c in subject]
+        images = bool(counts) and all(c == 1 for c in counts)
+    word = "image" if images else "slice"
+    return word if int(n) == 1 else word + "s"
+

@@ -24,7 +24,7 @@ pip install -q --no-deps --no-build-isolation -e .
 # Export the CPU models to ONNX now (once per machine, ~1-2 min; verified against PyTorch), so that the
 # app's first click does not wait for it. Optional: the app exports on first use, or runs on PyTorch.
 for m in litemedsam mobilesam; do
-  .venv/bin/python -m promptonce.backends._onnx export "$m" >/dev/null 2>&1 \
+  .venv/bin/python -m promptonce.backends.onnx_export export "$m" >/dev/null 2>&1 \
     || echo "note: ONNX export of $m failed; it will be retried on first use (PyTorch is the fallback)" >&2
 done
 echo "$want" > "$stamp"

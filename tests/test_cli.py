@@ -77,7 +77,7 @@ def test_evaluate_counts_prompts_per_scope(tmp_path, scope, prompts):
     assert s["prompts"] == prompts
     assert s["images"] == 4 and len(m["cases"]) == 4
     assert s["dice_mean"] > 0.8
-    assert sorted(p.name for p in (out / "masks").iterdir()) == [f"cxr{i}.png" for i in range(4)]
+    assert sorted(p.name for p in (out / "masks").iterdir()) == [f"cxr{i}.png" for i in range(4)] + ["labels.csv"]
     assert (out / "run.json").exists()
 
 

@@ -11,7 +11,7 @@ PyTorch module right after export, and reused by later processes. The file's own
 recorded beside it (``.onnx.sha256``); a file whose checksum differs, or that has none, is exported
 again. Exports happen under a file lock, so concurrent processes do not export twice.
 
-Export runs in a child process (``python -m promptonce.backends._onnx export litemedsam``), so the
+Export runs in a child process (``python -m promptonce.backends.onnx_export export litemedsam``), so the
 process that serves requests does not keep torch and a second copy of the model in memory; when the
 child fails the caller may export in-process or stay on PyTorch. Whenever something is missing
 (``onnxruntime``; ``onnx`` for the export) or fails, the loaders return None and the backend keeps
@@ -53,7 +53,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import WeightsError
 from . import _torchutil as tu
+from .weights import CheckpointSpec, cache_dir, sha256_file, verify_checkpoint
 
 __all__ = [
     "OnnxGraph",
@@ -229,7 +231,7 @@ def encoder_runtime(path: Path) -> Any:
 # ---------------------------------------------------------------------- cache files
 def cache_path(name: str, key: str, input_size: int) -> Path:
     """The cache file of an exported graph (its folder is created if needed)."""
-    return tu.cache_dir("onnx") / f"{name}_{key[:16]}_{input_size}_{EXPORT_TAG}.onnx"
+    return cache_dir("onnx") / f"{name}_{key[:16]}_{input_size}_{EXPORT_TAG}.onnx"
 
 
 def _sidecar(path: Path) -> Path:
@@ -240,8 +242,8 @@ def _recorded_ok(path: Path) -> bool:
     """True when ``path`` has the SHA-256 recorded right after its export was checked against PyTorch."""
     try:
         recorded = _sidecar(path).read_text().strip()
-        tu.verify_checkpoint(path, None, recorded)
-    except (OSError, tu.WeightsError):
+        verify_checkpoint(path, CheckpointSpec(path.stem, path.name, "", sha256=recorded))
+    except (OSError, WeightsError):
         return False
     return True
 
@@ -348,18 +350,18 @@ def export_graph(
                 logger.warning("the ONNX export %s disagrees with PyTorch (max diff %.3g); removing it", path.name, diff)
                 _remove(path)
                 return None
-        digest = tu.file_sha256(path)
+        digest = sha256_file(path)
         tu.atomic_write(_sidecar(path), lambda tmp: tmp.write_text(digest + "\n"))
     return path
 
 
 def export_in_subprocess(model: str, timeout: float = EXPORT_TIMEOUT_S) -> bool:
-    """Runs ``python -m promptonce.backends._onnx export <model>`` in a child process; True on success.
+    """Runs ``python -m promptonce.backends.onnx_export export <model>`` in a child process; True on success.
 
     The child inherits the environment (so ``PROMPTONCE_CACHE`` and ``PROMPTONCE_THREADS``); its log
     goes to this process's log when it fails.
     """
-    cmd = [sys.executable, "-m", "promptonce.backends._onnx", "export", model]
+    cmd = [sys.executable, "-m", "promptonce.backends.onnx_export", "export", model]
     logger.info("exporting %s to ONNX in a child process (once; takes a minute)", model)
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)  # noqa: S603
@@ -612,31 +614,3 @@ def load_graphs(
             _remove(p)
         return None
     return enc, dec
-
-
-# ---------------------------------------------------------------------- command line (export child)
-def _main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m promptonce.backends._onnx", description="Export a CPU model to ONNX.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    ex = sub.add_parser("export", help="export and verify a model's encoder and decoder graphs")
-    ex.add_argument("model", choices=["litemedsam", "mobilesam"])
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    exporters: dict[str, Callable[[], bool]] = {}
-    if args.model == "litemedsam":
-        from .litemedsam import export_onnx as lite_export
-
-        exporters["litemedsam"] = lite_export
-    else:
-        from .mobilesam import export_onnx as mobile_export
-
-        exporters["mobilesam"] = mobile_export
-    ok = exporters[args.model]()
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("PROMPTONCE_THREADS", str(tu.cpu_threads()))
-    sys.exit(_main())

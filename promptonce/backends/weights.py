@@ -5,8 +5,14 @@ Resolution order for :func:`resolve_checkpoint`:
 1. an explicit path to an existing file;
 2. the ``$PROMPTONCE_WEIGHTS`` directory (several may be given, separated by ``os.pathsep``);
 3. the cache directory, ``$PROMPTONCE_CACHE`` or ``~/.cache/promptonce``;
-4. a download from the official URL into the cache, unless ``PROMPTONCE_OFFLINE=1`` or
-   ``allow_download=False``.
+4. the Hugging Face hub cache, where a Space's ``preload_from_hub`` put it (SAM 2/2.1 only; see
+   :mod:`promptonce.backends.hub`; no network);
+5. unless ``PROMPTONCE_OFFLINE=1`` or ``allow_download=False``: a download from the hub (the
+   authors' hub repository at the spec's revision, with ``huggingface_hub``), else from the
+   authors' URL, into the cache.
+
+Every file found or fetched from steps 2-5 is checked against the size and sha256 in
+:data:`KNOWN_CHECKPOINTS`, whatever its source.
 
 A download streams into ``<file>.part`` in 1 MiB chunks, resumes a ``.part`` left by an interrupted
 run with an HTTP ``Range`` request (the server must answer ``206`` with the matching
@@ -50,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import WeightsError
+from . import hub
 
 __all__ = [
     "CheckpointSpec",
@@ -82,6 +89,11 @@ class CheckpointSpec:
         url: official download URL.
         sha256: published sha256 (lower-case hex), or None when none was found (trust on first use).
         size: size in bytes when known, else None.
+        remedy: what to tell a user whose file fails its check; empty: download it again from ``url``
+            (a file shipped inside a pip package says which package to reinstall instead).
+        hub_repo: the Hugging Face hub repository where the authors publish the same file, or None.
+        hub_revision: the hub revision to take it from. The content itself is pinned by ``sha256``:
+            a file that differs from our table is refused whatever the revision holds.
     """
 
     name: str
@@ -89,6 +101,9 @@ class CheckpointSpec:
     url: str
     sha256: str | None = None
     size: int | None = None
+    remedy: str = ""
+    hub_repo: str | None = None
+    hub_revision: str = "main"
 
 
 _SAM = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -97,7 +112,18 @@ _SAM21 = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 
 
 def _spec(name: str, base: str, filename: str, sha256: str | None, size: int | None = None) -> CheckpointSpec:
-    return CheckpointSpec(name=name, filename=filename, url=base + filename, sha256=sha256, size=size)
+    return CheckpointSpec(name=name, filename=filename, url=base + filename, sha256=sha256, size=size,
+                          hub_repo=_HUB_REPOS.get(name))
+
+
+# The authors' own hub repositories holding the same files (facebook/sam2*-hiera-*; sam2's
+# build_sam.HF_MODEL_ID_TO_FILENAMES names the same file in each). SAM (ViT) checkpoints are not
+# published there in their original format, so they come from the authors' URL only.
+_HUB_REPOS: dict[str, str] = {
+    f"{gen}_hiera_{short}": f"facebook/{gen}-hiera-{long}"
+    for gen in ("sam2", "sam2.1")
+    for short, long in (("t", "tiny"), ("s", "small"), ("b+", "base-plus"), ("l", "large"))
+}
 
 
 # Hashes and sizes as published alongside these files in public code (see the report of issue 4):
@@ -131,10 +157,26 @@ KNOWN_CHECKPOINTS: dict[str, CheckpointSpec] = {
 }
 
 
-def cache_dir() -> Path:
-    """The download cache: ``$PROMPTONCE_CACHE`` or ``~/.cache/promptonce`` (not created here)."""
+def cache_dir(sub: str | None = None) -> Path:
+    """PromptOnce's cache folder, or its sub-folder ``sub`` (then created if missing).
+
+    The folder is ``$PROMPTONCE_CACHE``, else ``$XDG_CACHE_HOME/promptonce``, else
+    ``~/.cache/promptonce``. Checkpoints live in it directly; ``sub="onnx"`` holds the ONNX exports.
+
+    Raises:
+        OSError: ``sub`` was given and the folder cannot be created.
+    """
     env = os.environ.get("PROMPTONCE_CACHE", "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "promptonce"
+    if env:
+        root = Path(env).expanduser()
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+        root = (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "promptonce"
+    if sub is None:
+        return root
+    d = root / sub
+    d.mkdir(parents=True, exist_ok=True)
+    return d
 
 
 def search_dirs() -> list[Path]:
@@ -208,14 +250,54 @@ def resolve_checkpoint(
             _check_hash_once(candidate, spec)
             logger.debug("checkpoint %s found at %s", spec.name, candidate)
             return candidate
+    if spec.hub_repo is not None:
+        found = hub.cached_file(spec.hub_repo, spec.filename, spec.hub_revision)
+        if found is not None:
+            verify_checkpoint(found, spec)
+            logger.debug("checkpoint %s found in the hub cache at %s", spec.name, found)
+            return found
     if not _downloads_allowed(allow_download):
         searched = ", ".join(str(d) for d in dirs)
+        if spec.hub_repo is not None:
+            searched += f", the hub cache {hub.hub_cache_dir()} ({spec.hub_repo})"
         raise WeightsError(
             f"Checkpoint {spec.filename} for {spec.name} was not found and downloads are disabled "
             f"(PROMPTONCE_OFFLINE=1 or allow_download=False). Searched: {searched}. Download it from "
             f"{spec.url} and put it in one of those folders (or set PROMPTONCE_WEIGHTS to its folder)."
         )
-    return download_checkpoint(spec, cache_dir(), progress=progress)
+    hub_error = None
+    if spec.hub_repo is not None and hub.available() and not hub.offline():
+        try:
+            return _from_hub(spec, spec.hub_repo)
+        except WeightsError as e:
+            hub_error = e
+            logger.warning("%s; trying the authors' URL %s", e, spec.url)
+    try:
+        return download_checkpoint(spec, cache_dir(), progress=progress)
+    except WeightsError as e:
+        if hub_error is None:
+            raise
+        raise WeightsError(f"{hub_error} And from the authors' URL: {e}") from e
+
+
+def _from_hub(spec: CheckpointSpec, repo: str) -> Path:
+    """Downloads ``spec`` from the hub repository ``repo`` into the cache (checked, then moved into place)."""
+    dest_dir = cache_dir()
+    dest = dest_dir / spec.filename
+
+    def check(path: Path) -> None:
+        try:
+            verify_checkpoint(path, spec)
+        except WeightsError as e:
+            raise WeightsError(f"The hub's {repo}/{spec.filename} is not the expected file "
+                               f"and was deleted: {e}") from e
+
+    hub.download(repo, spec.filename, spec.hub_revision, dest, check)
+    digest = spec.sha256 or sha256_file(dest)
+    size = dest.stat().st_size
+    _sidecar(dest).write_text(f"{digest} {size}\n", encoding="utf-8")
+    _record_verified(dest, *_stat_key(dest), digest)
+    return dest
 
 
 def _check_size(path: Path, spec: CheckpointSpec) -> None:
@@ -315,24 +397,47 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def verify_checkpoint(path: str | os.PathLike[str], spec: CheckpointSpec) -> str:
-    """Checks a file against the spec's sha256 (or the hash recorded on first download).
+    """Checks a file against the spec's size and sha256 (or the hash recorded on first download).
+
+    The one verification routine for every checkpoint: downloaded ones, the ones shipped inside pip
+    packages (LiteMedSAM, MobileSAM) and the ONNX exports. A file is hashed once per process: the
+    result is remembered by ``(path, size, modification time)``, so a replaced file is hashed again.
+
+    Args:
+        path: the file.
+        spec: what it must be; ``spec.size`` (when known) is checked before hashing.
 
     Returns:
         The file's sha256.
 
     Raises:
-        WeightsError: on a mismatch, or when there is nothing to compare with.
+        WeightsError: the file is missing, its size or sha256 differs (the message says what to do:
+            ``spec.remedy`` when given, else download it again from ``spec.url``), or there is nothing
+            to compare with.
     """
     p = Path(path)
-    digest = sha256_file(p)
+    fix = spec.remedy or f"Delete it and download it again from {spec.url}."
+    try:
+        size, mtime_ns = _stat_key(p)
+    except OSError as e:
+        raise WeightsError(f"Checkpoint {p} is missing ({e}). {fix}") from e
+    if spec.size is not None and size != spec.size:
+        raise WeightsError(
+            f"Checkpoint {p} has {size} bytes, expected {spec.size} for {spec.filename}: the file is "
+            f"truncated or replaced. {fix}"
+        )
     expected = spec.sha256 or (rec[0] if (rec := _read_recorded(p)) else None)
     if expected is None:
         raise WeightsError(f"No sha256 is known for {spec.filename}; nothing to verify {p} against.")
+    if (str(p.resolve()), size, mtime_ns, expected) in _VERIFIED:
+        return expected
+    digest = sha256_file(p)
     if digest != expected:
         raise WeightsError(
-            f"{p} has sha256 {digest}, expected {expected}: the file is corrupt or not {spec.filename}. "
-            f"Delete it and download it again from {spec.url}."
+            f"{p} has sha256 {digest}, expected {expected}: the file is corrupt or not {spec.filename}. {fix}"
         )
+    if _stat_key(p) == (size, mtime_ns):  # not replaced while it was being read
+        _VERIFIED.add((str(p.resolve()), size, mtime_ns, digest))
     return digest
 
 

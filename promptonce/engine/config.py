@@ -32,6 +32,13 @@ class PropagationConfig:
             robust standard deviations away from the seed mask's (an organ keeps its intensity; past
             its end the box lands on a neighbour: on CT liver the last true slices stayed within
             z 1.3 and the first slices beyond it jumped to z 2.4-2.8).
+        walk_registration: inside a volume, carry each slice's mask to the next slice by 2D
+            registration (affine + demons) before deriving the next box; off by default (measured
+            within noise on the CT/MR sets here, at ~0.1-0.3 s per slice: benchmarks/README.md).
+        walk_registration_size: working grid of that registration (pixels, longer side).
+        steady_area_frac, steady_overlap: the intensity rule does not end an object whose area is
+            still at least ``steady_area_frac`` of its peak and whose mask overlaps the previous
+            slice's by at least this Dice (a large, shape-consistent object whose contents drift).
         regrow_ratio, regrow_trough: ... or when, after its area has shrunk below ``regrow_trough``
             of its peak (a tip), the area grows again by ``regrow_ratio`` (a new structure).
         max_growth: a propagated mask larger than this factor of the previous one is treated as a leak
@@ -58,6 +65,10 @@ class PropagationConfig:
     max_growth: float = 3.0
     min_consistency: float = 0.2
     max_intensity_z: float = 2.0
+    walk_registration: bool = False
+    walk_registration_size: int = 96
+    steady_area_frac: float = 0.5
+    steady_overlap: float = 0.85
     regrow_ratio: float = 1.5
     regrow_trough: float = 0.3
     prior_margins: tuple[float, ...] = (0.0, 0.05, 0.10)

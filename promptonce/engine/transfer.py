@@ -19,10 +19,10 @@ from ..backends.base import Backend
 from ..errors import InputError, check_cancel
 from ..prompts import box_from_mask, interior_point, map_prompt
 from ..registration import image_similarity, register, thumbnail, warp
-from ..types import Dataset, ObjectPrompt, SlicePrompt, SliceResult, Volume
+from ..types import Box, Dataset, ObjectPrompt, SlicePrompt, SliceResult, Volume
 from .config import Strategy
 from .predict import predict
-from .quality import ObjectCheck, case_confidence, check_against_prior
+from .quality import ObjectCheck, SequenceMonitor, case_confidence, check_against_prior, dice, with_stability
 
 __all__ = [
     "DatasetTransfer",
@@ -327,11 +327,17 @@ def prior_guided_mask(
     size = float(max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1))
     point = interior_point(core) if backend.info.points else None
     best: tuple[float, np.ndarray, float, ObjectCheck] | None = None
+    candidates: list[np.ndarray] = []
     cfg = eng.config
     for frac in cfg.prior_margins:
-        box = box_from_mask(core, margin=frac * size, shape=shape)
+        box = box_from_mask(core, margin=max(frac, 0.0) * size, shape=shape)
         if box is None:
             continue
+        if frac < 0:  # a box inside the prior's: for priors that overreach (registration not exact)
+            d = -frac * size
+            if box.x1 - box.x0 <= 4 * d or box.y1 - box.y0 <= 4 * d:
+                continue
+            box = Box(box.x0 + d, box.y0 + d, box.x1 - d, box.y1 - d)
         obj = ObjectPrompt(points=(point,) if point is not None else (), box=box, object_id=fallback.object_id)
         pred = predict(eng, backend, emb, obj)
         mask, score = pred.best, float(np.max(pred.scores))
@@ -343,12 +349,15 @@ def prior_guided_mask(
                 if again.best.any() and again.best.sum() <= cfg.max_growth * mask.sum():
                     mask, score = again.best, float(np.max(again.scores))
         check = check_against_prior(mask, prior, score, name)
+        candidates.append(mask)
         if best is None or check.confidence > best[0]:
             best = (check.confidence, mask, score, check)
     if best is None:
         mask, score = eng.predict_object(volume, k, fallback, window, refine=True)
         return mask, score, check_against_prior(mask, prior, score, name)
-    return best[1], best[2], best[3]
+    _, mask, score, check = best
+    check = with_stability(check, [dice(mask, c) for c in candidates if c is not mask], name)
+    return mask, score, check
 
 
 def _extent(mask: np.ndarray) -> float:
@@ -453,6 +462,7 @@ def dataset_sequence(
                 seed_frame, list(prompt.objects), vol.n_slices, fm.frame
             )
         last: SliceResult | None = None
+        monitor = SequenceMonitor({o.object_id: o.name or f"object {o.object_id}" for o in prompt.objects})
         for k, masks, scores in it:
             check_cancel(cancel)
             labels = np.zeros(shape, np.uint8)
@@ -461,7 +471,8 @@ def dataset_sequence(
                 if m.shape != shape:
                     raise InputError(f"{vol.name}: the model returned masks of shape {m.shape}, expected {shape}.")
                 labels[m & (labels == 0)] = oid
-            last = SliceResult(i, k, labels, dict(scores), [], False, vol.name, vol.n_slices)
+            conf, flags = monitor.observe({oid: np.asarray(m, bool) for oid, m in masks.items()}, scores)
+            last = SliceResult(i, k, labels, dict(scores), flags, False, vol.name, vol.n_slices, confidence=conf)
             yield last
         if last is not None:
             prev = (fm.frame(last.slice_index), last)

@@ -1,8 +1,9 @@
 """Readers (one per format behind one interface) and atomic writers.
 
 Entry points: :func:`promptonce.io.readers.load`, :func:`~promptonce.io.readers.load_dataset`,
-:func:`~promptonce.io.readers.load_reference`, :func:`~promptonce.io.readers.pair_references`, and
-the writers in :mod:`promptonce.io.writers`. Importing this package loads only numpy; nibabel,
+:func:`~promptonce.io.readers.load_reference`, :func:`~promptonce.io.readers.pair_references`,
+:func:`~promptonce.io.labelnames.read_label_names`, :func:`~promptonce.io.timepoints.time_points` /
+:func:`~promptonce.io.timepoints.read_time_point` (4D inputs), and the writers in :mod:`promptonce.io.writers`. Importing this package loads only numpy; nibabel,
 pydicom, Pillow and highdicom are imported by the functions that need them.
 """
 
@@ -25,9 +26,13 @@ __all__ = [
     "write_metrics_csv",
     "write_json",
     "write_overlay_gif",
+    "read_label_names",
+    "time_points",
+    "read_time_point",
 ]
 
 _READERS = {"load", "load_dataset", "load_reference", "pair_references", "SUPPORTED_FORMATS", "DEFAULT_MAX_VOXELS"}
+_OTHERS = {"read_label_names": "labelnames", "time_points": "timepoints", "read_time_point": "timepoints"}
 
 
 def __getattr__(name: str) -> Any:
@@ -35,6 +40,8 @@ def __getattr__(name: str) -> Any:
 
     if name in _READERS:
         return getattr(importlib.import_module("promptonce.io.readers"), name)
+    if name in _OTHERS:
+        return getattr(importlib.import_module(f"promptonce.io.{_OTHERS[name]}"), name)
     if name in __all__:
         return getattr(importlib.import_module("promptonce.io.writers"), name)
     raise AttributeError(f"module 'promptonce.io' has no attribute {name!r}")

@@ -49,6 +49,8 @@ from ..types import Dataset, SourceGeometry, Volume
 from ._common import DEFAULT_MAX_VOXELS, DEFAULT_MAX_ZIP_BYTES, case_name, natural_sorted, to_display
 from .archive import content_root, extract_to_temp, extracted, is_zip
 from .dicom import is_dicom, is_projection, read_dicom, read_header
+from .dicomseg import is_dicom_seg, read_dicom_seg
+from .labelnames import is_label_sidecar, read_label_names
 from .images import IMAGE_SUFFIXES, image_info, read_image, read_image_array, read_image_stack
 from .arrays import read_numpy
 from .nifti import read_nifti, read_nifti_stored
@@ -65,6 +67,7 @@ __all__ = [
     "load_dataset",
     "load_reference",
     "pair_references",
+    "label_values",
 ]
 
 ImagesAs = Literal["auto", "stack", "set"]
@@ -524,7 +527,8 @@ def _as_labels(arr: np.ndarray, from_picture: bool, what: str) -> np.ndarray:
 def load_reference(source: str | Path, image: Volume, *, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
     """Reads a reference mask for ``image`` and puts it on the image's display grid.
 
-    Values: NIfTI / NumPy / DICOM integer label maps keep their labels; PNG/JPEG/TIFF/BMP masks
+    Values: NIfTI / NumPy / DICOM integer label maps keep their labels; a DICOM-SEG of a DICOM image
+    gives each segment its number (:mod:`promptonce.io.dicomseg`); PNG/JPEG/TIFF/BMP masks
     are binarised with ``> 127`` (``> 32767`` for 16-bit) unless they hold small labels (max <= 20),
     which are kept. Boolean masks become 0/1; float masks in 0..1 are binarised at 0.5.
 
@@ -535,7 +539,8 @@ def load_reference(source: str | Path, image: Volume, *, max_voxels: int = DEFAU
 
     Returns:
         Volume whose ``array`` is the integer label map ``(slices, rows, cols)`` (uint8 when labels
-        fit), with the image's affine and source geometry.
+        fit), with the image's affine and source geometry, and ``label_names`` when the file or a
+        file beside it names the labels (:func:`promptonce.io.labelnames.read_label_names`).
 
     Raises:
         ReferenceMismatchError: shape or geometry differ (the message says how).
@@ -545,6 +550,10 @@ def load_reference(source: str | Path, image: Volume, *, max_voxels: int = DEFAU
     what = f"reference {src}"
     kind = sniff(src) if src.is_file() else None
     geo = image.source
+    if kind == "dicom" and is_dicom_seg(src):
+        seg_labels, seg_names = read_dicom_seg(src, image)
+        return Volume(array=seg_labels, affine=image.affine, name=case_name(src), source_format="dicom-seg",
+                      modality="OT", source=image.source, label_names=seg_names)  # fmt: skip
     if kind == "nifti" and geo is not None and geo.ornt is not None:
         stored = read_nifti_stored(src, max_voxels=max_voxels)
         same_grid = tuple(stored.spatial_shape) == tuple(geo.shape) and np.allclose(
@@ -597,7 +606,16 @@ def load_reference(source: str | Path, image: Volume, *, max_voxels: int = DEFAU
         source_format=kind or "folder",
         modality="OT",
         source=image.source,
+        label_names=read_label_names(src, label_values(labels)) if src.is_file() else {},
     )
+
+
+def label_values(labels: np.ndarray) -> list[int]:
+    """The distinct non-zero values of an integer label map (fast for uint8: one bincount)."""
+    arr = np.asarray(labels)
+    if arr.dtype == np.uint8:
+        return [int(v) for v in np.flatnonzero(np.bincount(arr.ravel(), minlength=256)) if v != 0]
+    return [int(v) for v in np.unique(arr) if v != 0]
 
 
 def _ref_keys(path: Path) -> list[str]:
@@ -615,7 +633,15 @@ def pair_references(images: Dataset, references: Sequence[str | Path]) -> list[P
 
     A reference pairs with image ``name`` when its file name without suffixes (``.nii.gz``, ``.png``,
     ...) equals ``name``, or does after removing a mask suffix (``_mask``, ``_seg``, ``_label(s)``,
-    ``_gt``, ...). ``references`` may hold files, folders (their files) and globs.
+    ``_gt``, ...). ``references`` may hold files, folders (their files) and globs; label-name files
+    (``.json``, ``.csv``, ``.txt``, ...; see :mod:`promptonce.io.labelnames`) are not references.
+
+    When no name pairs at all and there are as many references as images, they pair in the order
+    given: one image with one reference pairs whatever their names (``image.nii.gz`` with
+    ``labels.nii.gz``), and ``a.png, b.png`` with ``ma.png, mb.png`` pair in that order (logged as a
+    warning when more than one pair is made so). A partial name match never falls back to order (a
+    wrong pair of same-sized files would be scored silently). The readers still check that each pair
+    has the same size and geometry.
 
     Returns:
         One reference path per image, in the dataset's order.
@@ -630,23 +656,25 @@ def pair_references(images: Dataset, references: Sequence[str | Path]) -> list[P
             refs.extend(_files_in(p, recursive=False) if p.is_dir() else [p])
     by_key: dict[str, Path] = {}
     exact: dict[str, Path] = {}
+    refs = [p for p in refs if not p.name.startswith(".") and not is_label_sidecar(p)]
     for p in refs:
-        if p.name.startswith("."):
-            continue
         keys = _ref_keys(p)
         if keys[0] in exact and exact[keys[0]] != p:
             raise InputError(f"two references are both named {keys[0]!r}: {exact[keys[0]]} and {p}; keep one.")
         exact[keys[0]] = p
         for k in keys[1:]:
             by_key.setdefault(k, p)
-    out: list[Path] = []
-    missing: list[str] = []
-    for nm in images.names:
-        p = exact.get(nm) or by_key.get(nm)
-        if p is None:
-            missing.append(nm)
-        else:
-            out.append(p)
+    found: list[Path | None] = [exact.get(nm) or by_key.get(nm) for nm in images.names]
+    claimed = {str(p) for p in found if p is not None}
+    free = [p for p in refs if str(p) not in claimed]
+    free = list(dict.fromkeys(free))  # a file given twice counts once
+    if all(p is None for p in found) and len(free) == len(found) > 0:
+        found = list(free)
+        if len(found) > 1:
+            log.warning("pair_references: no reference name matches an image name; %d pairs made in the order given",
+                        len(found))  # fmt: skip
+    out = [p for p in found if p is not None]
+    missing = [nm for nm, p in zip(images.names, found) if p is None]
     if missing:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise InputError(

@@ -27,7 +27,7 @@ import os
 import re
 import secrets
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,10 +45,13 @@ __all__ = [
     "write_mask_nifti",
     "write_png_masks_zip",
     "write_png_mask",
+    "label_table_rows",
+    "LABEL_TABLE_NAME",
     "write_dicom_seg",
     "write_metrics_csv",
     "write_json",
     "write_overlay_gif",
+    "gif_frame_size",
     "ResultWriter",
     "safe_name",
 ]
@@ -171,7 +174,7 @@ def write_mask_nifti(labels: np.ndarray, volume: Volume, path: str | Path) -> Pa
     return path
 
 
-def _png_bytes(labels2d: np.ndarray, binary: bool | None = None) -> bytes:
+def _png_bytes(labels2d: np.ndarray, binary: bool | None = None, palette: bool = False) -> bytes:
     from PIL import Image
 
     lab = np.asarray(labels2d)
@@ -181,8 +184,14 @@ def _png_bytes(labels2d: np.ndarray, binary: bool | None = None) -> bytes:
         binary = not lab.size or int(lab.max()) <= 1
     if binary:
         im = Image.fromarray(np.where(lab != 0, 255, 0).astype(np.uint8), mode="L")
-    elif int(lab.max()) <= 255:
+    elif int(lab.max(initial=0)) <= 255 and int(lab.min(initial=0)) >= 0:
         im = Image.fromarray(lab.astype(np.uint8), mode="L")
+        if palette:
+            from ..preprocess import label_palette
+
+            ids8 = np.ascontiguousarray(lab, dtype=np.uint8)
+            im = Image.frombytes("P", (ids8.shape[1], ids8.shape[0]), ids8.tobytes())
+            im.putpalette(label_palette())
     else:
         im = Image.fromarray(lab.astype(np.uint16))
     buf = io.BytesIO()
@@ -195,42 +204,97 @@ def _png_name(name: str) -> str:
     return base + ".png"
 
 
-def write_png_mask(labels2d: np.ndarray, path: str | Path, *, binary: bool | None = None) -> Path:
-    """Writes one PNG mask atomically: binary masks as 0/255, multi-label maps with their label values.
+def write_png_mask(
+    labels2d: np.ndarray, path: str | Path, *, binary: bool | None = None, palette: bool = True
+) -> Path:
+    """Writes one PNG mask atomically: one object as 0/255, several as a palette PNG.
 
     Args:
         labels2d: ``(rows, cols)`` integer label map.
         path: destination ``.png``.
-        binary: force 0/255 (True) or raw values (False); default: binary when max <= 1.
+        binary: force 0/255 (True) or label values (False); default: binary when max <= 1.
+        palette: write label values (ids 0..255) as a palette PNG whose colours are
+            :func:`promptonce.preprocess.label_color` (pixel values stay the label ids; viewers show
+            colours instead of near-black greys). False: a plain greyscale PNG of the ids.
     """
     path = Path(path)
-    data = _png_bytes(labels2d, binary)
+    data = _png_bytes(labels2d, binary, palette)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return path
 
 
-def write_png_masks_zip(items: Iterable[tuple[str, np.ndarray]], path: str | Path) -> Path:
-    """Writes PNG masks into one zip: ``<name>.png`` per item (an image extension in ``name`` is replaced).
+#: Name of the label table written into PNG mask zips (value, object, name, colour).
+LABEL_TABLE_NAME = "labels.csv"
+
+
+def label_table_rows(ids: Iterable[int], names: Mapping[int, str] | None = None, binary: bool = False) -> list[dict[str, Any]]:
+    """Rows of the label table that goes with PNG masks: which pixel value / colour is which object.
 
     Args:
-        items: ``(name, labels (rows, cols))`` pairs; binary masks are written 0/255, multi-label
-            maps keep their values (uint8, or 16-bit PNG above 255).
+        ids: the object ids present (0, the background, is always listed first).
+        names: optional ``{object id: name}``; default names are ``object <id>``.
+        binary: the masks are 0/255 (one object): its pixel value is 255, drawn white.
+
+    Returns:
+        One dict per value: ``value`` (pixel value), ``object`` (id, 0 = background), ``name``,
+        ``color`` (``#rrggbb`` as the palette PNG and the app draw it).
+    """
+    from ..preprocess import color_hex, label_color
+
+    names = {int(k): str(v) for k, v in (names or {}).items()}
+    rows: list[dict[str, Any]] = [{"value": 0, "object": 0, "name": "background", "color": "#000000"}]
+    for i in sorted({int(i) for i in ids} - {0}):
+        rows.append({
+            "value": 255 if binary else i,
+            "object": i,
+            "name": names.get(i, f"object {i}"),
+            "color": "#ffffff" if binary else color_hex(label_color(i)),
+        })  # fmt: skip
+    return rows
+
+
+def write_png_masks_zip(
+    items: Iterable[tuple[str, np.ndarray]],
+    path: str | Path,
+    *,
+    label_names: Mapping[int, str] | None = None,
+) -> Path:
+    """Writes PNG masks into one zip: ``<name>.png`` per item (an image extension in ``name`` is replaced),
+    plus ``labels.csv`` (:data:`LABEL_TABLE_NAME`), the table of which pixel value and colour is which object.
+
+    One object over the whole zip (every value <= 1): every mask is 0/255 (white on black, as any
+    viewer shows it). Several objects: palette PNGs whose pixel values are the object ids and whose
+    colours are the app's (:func:`promptonce.preprocess.label_color`); 16-bit greyscale above 255.
+
+    Args:
+        items: ``(name, labels (rows, cols))`` pairs.
         path: destination ``.zip``.
+        label_names: optional ``{object id: name}`` for the label table.
 
     Raises:
-        InputError: two items map to the same file name.
+        InputError: two items map to the same file name (or to the label table's name).
     """
     path = Path(path)
-    seen: set[str] = set()
+    seen: set[str] = {LABEL_TABLE_NAME}
+    listed = [(name, np.asarray(labels)) for name, labels in items]
+    ids: set[int] = {int(k) for k in (label_names or {})}
+    for _, lab in listed:
+        ids.update(int(v) for v in np.unique(lab) if v != 0)
+    binary = max(ids, default=0) <= 1
     with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-            for name, labels in items:
+            for name, labels in listed:
                 fn = _png_name(name)
                 if fn in seen:
                     raise InputError(f"two masks would both be called {fn!r} in {path.name}; give distinct names.")
                 seen.add(fn)
-                zf.writestr(fn, _png_bytes(labels))
+                zf.writestr(fn, _png_bytes(labels, binary=binary, palette=not binary))
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=["value", "object", "name", "color"], lineterminator="\n")
+            w.writeheader()
+            w.writerows(label_table_rows(ids, label_names, binary))
+            zf.writestr(LABEL_TABLE_NAME, buf.getvalue())
     return path
 
 
@@ -295,46 +359,40 @@ def write_metrics_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Pa
 
 # --------------------------------------------------------------------------------------- GIF
 
-_FALLBACK_COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-                    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128)]
+def _frames_fn(volume: Volume, window: Any) -> Callable[[int], np.ndarray]:
+    """``to_rgb(k) -> uint8 (rows, cols, 3)``: slice ``k`` through one window for the whole volume."""
+    from .. import preprocess as pp
+
+    win = pp.resolve_window(window, volume)
+    return lambda k: pp.to_frame(volume.array[k], win)
 
 
-def _frames_fn(volume: Volume, window: Any):
-    """Returns ``(to_rgb(k) -> uint8 (rows, cols, 3), overlay(rgb, labels) -> rgb)``, preferring promptonce.preprocess."""
-    try:
-        from .. import preprocess as pp  # sibling layer; optional
+def gif_frame_size(shape: tuple[int, int], spacing: tuple[float, float] | None = None, *,
+                   min_size: int = 512, max_size: int = 768) -> tuple[int, int]:  # fmt: skip
+    """The ``(width, height)`` in pixels a slice of ``shape`` is drawn at in the overlay GIF.
 
-        win = pp.resolve_window(window, volume)
+    The slice is scaled so that its longest side is at least ``min_size`` (small images become
+    readable) and at most ``max_size``; non-square pixels are drawn at their true aspect ratio.
 
-        def to_rgb(k: int) -> np.ndarray:
-            return pp.to_frame(volume.array[k], win)
-
-        return to_rgb, lambda rgb, lab: pp.overlay(rgb, lab)
-    except (ImportError, AttributeError):
-        pass
-    if window is not None and not isinstance(window, str):
-        width, level = float(window[0]), float(window[1])
-        lo, hi = level - width / 2, level + width / 2
-    else:
-        sample = volume.array[:: max(1, volume.n_slices // 32)]
-        lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
-        if hi <= lo:
-            hi = lo + 1.0
-
-    def to_rgb_local(k: int) -> np.ndarray:
-        g = np.clip((volume.array[k].astype(np.float32) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
-        return np.repeat(g[:, :, None], 3, axis=2)
-
-    def overlay_local(rgb: np.ndarray, lab: np.ndarray) -> np.ndarray:
-        out = rgb.astype(np.float32)
-        for i in np.unique(lab):
-            if i == 0:
-                continue
-            m = lab == i
-            out[m] = 0.55 * out[m] + 0.45 * np.array(_FALLBACK_COLORS[(int(i) - 1) % len(_FALLBACK_COLORS)], np.float32)
-        return out.astype(np.uint8)
-
-    return to_rgb_local, overlay_local
+    Args:
+        shape: ``(rows, cols)`` of the slice.
+        spacing: ``(col, row)`` pixel size in mm (as :attr:`Volume.spacing` ``[:2]``), or None (square).
+        min_size, max_size: bounds on the longest side, pixels.
+    """
+    rows, cols = int(shape[0]), int(shape[1])
+    aspect = 1.0
+    if spacing is not None and spacing[0] > 0 and spacing[1] > 0:
+        aspect = float(spacing[1]) / float(spacing[0])  # height of one pixel / its width
+        if not 0.2 <= aspect <= 5.0:
+            aspect = 1.0  # not a real pixel shape (e.g. an unknown spacing): draw square pixels
+    w, h = float(cols), rows * aspect
+    longest = max(w, h)
+    scale = 1.0
+    if longest < min_size:
+        scale = min_size / longest
+    elif longest > max_size:
+        scale = max_size / longest
+    return max(1, round(w * scale)), max(1, round(h * scale))
 
 
 def write_overlay_gif(
@@ -345,39 +403,52 @@ def write_overlay_gif(
     window: Any = None,
     max_frames: int = 200,
     fps: float = 8,
-    max_size: int = 512,
+    min_size: int = 512,
+    max_size: int = 768,
+    alpha: float = 0.35,
+    colors: Mapping[int, tuple[int, int, int]] | None = None,
 ) -> Path:
     """Writes an animated GIF of the volume's slices with the labels drawn over them.
 
+    Each frame is the windowed slice scaled to a readable size (:func:`gif_frame_size`: the longest
+    side between ``min_size`` and ``max_size`` pixels, true pixel aspect), with every label as a
+    translucent fill and an opaque outline in its colour (:func:`promptonce.preprocess.label_color`).
+
     Args:
-        volume: the image; slices are windowed with ``promptonce.preprocess`` when available
-            (``window`` = None/"auto", a preset name or ``(width, level)``), else a 0.5-99.5
-            percentile scaling.
+        volume: the image; slices are windowed with ``promptonce.preprocess`` (``window`` =
+            None/"auto", a preset name or ``(width, level)``).
         labels: ``(slices, rows, cols)`` label map (display order).
         path: destination ``.gif``.
         max_frames: at most this many slices, evenly spaced.
         fps: frames per second.
-        max_size: frames larger than this (pixels, longest side) are downscaled.
+        min_size, max_size: bounds on the frames' longest side, pixels.
+        alpha: opacity of the label fill, 0..1.
+        colors: optional ``{label id: (r, g, b)}``.
 
     Returns:
         ``path``.
     """
     from PIL import Image
 
+    from ..preprocess import draw_outline, overlay
+
     path = Path(path)
     lab = _check_labels(labels, volume)
     if fps <= 0 or max_frames < 1:
         raise InputError("fps must be > 0 and max_frames >= 1.")
+    if min_size < 1 or max_size < min_size:
+        raise InputError(f"GIF sizes must satisfy 1 <= min_size <= max_size, got {min_size} and {max_size}.")
     idx = np.unique(np.linspace(0, volume.n_slices - 1, min(volume.n_slices, max_frames)).round().astype(int))
-    to_rgb, draw = _frames_fn(volume, window)
+    to_rgb = _frames_fn(volume, window)
+    size = gif_frame_size(volume.shape[1:], volume.spacing[:2], min_size=min_size, max_size=max_size)
+    thickness = max(1, int(round(min(size[0] / volume.shape[2], size[1] / volume.shape[1]) / 3)))
     frames = []
     for k in idx:
-        rgb = draw(to_rgb(int(k)), lab[k])
-        im = Image.fromarray(rgb)
-        scale = max(im.size) / max_size
-        if scale > 1:
-            im = im.resize((max(1, round(im.width / scale)), max(1, round(im.height / scale))), Image.Resampling.BILINEAR)
-        frames.append(im.convert("P", palette=Image.Palette.ADAPTIVE, colors=255))
+        gray = Image.fromarray(to_rgb(int(k))).resize(size, Image.Resampling.BILINEAR)
+        lab_k = np.asarray(Image.fromarray(np.ascontiguousarray(lab[k])).resize(size, Image.Resampling.NEAREST))
+        rgb = overlay(np.asarray(gray), lab_k, alpha=alpha, colors=colors, outline=False)
+        rgb = draw_outline(rgb, lab_k, colors=colors, thickness=thickness)
+        frames.append(Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=255))
     with atomic_path(path) as tmp:
         frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=int(round(1000 / fps)),
                        loop=0, optimize=False)
@@ -534,12 +605,16 @@ class ResultWriter:
     Each volume's slices are buffered (uint8 ``(slices, rows, cols)``); when the last missing
     slice arrives the volume is written and its buffer freed, so memory holds only the volumes in
     progress. NIfTI, DICOM and NumPy volumes go to ``<out_dir>/masks/<name>.nii.gz`` (on the
-    input's grid); 2D image volumes to ``<out_dir>/masks/<slice name>.png`` (0/255 for binary masks,
-    label values otherwise), named after each input image.
+    input's grid); 2D image volumes to ``<out_dir>/masks/<slice name>.png``, named after each input
+    image: 0/255 for one object, palette PNGs of the object ids for several (see
+    :func:`write_png_masks_zip`), with ``labels.csv`` (:data:`LABEL_TABLE_NAME`) beside them on close.
 
     Args:
         out_dir: output folder (created).
         subdir: sub-folder for the masks.
+        objects: the object ids of the run; with them every PNG of a dataset is written the same way
+            (0/255 only when the only id is 1). None: decided per volume from its labels.
+        label_names: ``{object id: name}`` for the label table.
 
     Example::
 
@@ -551,7 +626,11 @@ class ResultWriter:
 
     out_dir: Path
     subdir: str = "masks"
+    objects: Sequence[int] | None = None
+    label_names: Mapping[int, str] | None = None
     written: list[Path] = field(default_factory=list)
+    _png_ids: set[int] = field(default_factory=set, repr=False)
+    _png_binary: bool | None = field(default=None, repr=False)
     _pending: dict[int, _Pending] = field(default_factory=dict, repr=False)
     _done: set[int] = field(default_factory=set, repr=False)
 
@@ -606,7 +685,12 @@ class ResultWriter:
         marker = ".partial" if partial else ""
         out: list[Path] = []
         if vol.source_format == "image":
-            binary = int(p.labels.max()) <= 1 if p.labels.size else True
+            if self.objects is not None:
+                binary = max((int(i) for i in self.objects), default=1) <= 1
+            else:
+                binary = int(p.labels.max()) <= 1 if p.labels.size else True
+            self._png_ids.update(int(i) for i in np.unique(p.labels) if i != 0)
+            self._png_binary = binary if self._png_binary is None else (self._png_binary and binary)
             for k in range(vol.n_slices):
                 if partial and not p.received[k]:
                     continue
@@ -631,6 +715,13 @@ class ResultWriter:
             else:
                 log.warning("%s: %d of %d slices missing; not written", p.name, missing, p.volume.n_slices)
         self._pending.clear()
+        if self._png_binary is not None:
+            ids = self._png_ids | {int(i) for i in (self.objects or ())}
+            path = self.mask_dir / LABEL_TABLE_NAME
+            write_metrics_csv(label_table_rows(ids, self.label_names, self._png_binary), path)
+            if path not in self.written:
+                self.written.append(path)
+            self._png_binary = None
         return list(self.written)
 
     def __enter__(self) -> ResultWriter:

@@ -34,7 +34,8 @@ import gradio as gr
 
 from ..errors import PromptOnceError
 from . import handlers as H
-from .session import Session, SessionStore
+from . import fileguard, startup
+from .session import Session, SessionStore, default_roots
 
 __all__ = ["build_app", "launch", "launch_kwargs", "default_store", "upload_file"]
 
@@ -97,13 +98,14 @@ def upload_file(**kwargs: Any) -> gr.File:
 
 
 def default_store() -> SessionStore:
-    """The session store for this process: a folder inside Gradio's upload folder, so that the files a
-    session offers are served from its own folder (no copy in Gradio's shared cache) and go with it."""
+    """The session store for this process: private folders outside Gradio's upload folder (never served),
+    results folders inside it (served from there, no copy in Gradio's cache); see :func:`default_roots`."""
     from gradio.utils import get_upload_folder
 
-    root = Path(os.environ.get("PROMPTONCE_SESSION_ROOT") or Path(get_upload_folder()) / "promptonce-sessions")
+    root, results = default_roots(get_upload_folder(), os.environ.get("PROMPTONCE_SESSION_ROOT"))
     return SessionStore(
         root,
+        results_root=results,
         ttl_s=_env_float("PROMPTONCE_SESSION_TTL_S", 3600.0),
         max_session_bytes=int(_env_float("PROMPTONCE_SESSION_MB", 2048.0) * 2**20),
         max_sessions=int(_env_float("PROMPTONCE_MAX_SESSIONS", 64)),
@@ -199,6 +201,7 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
 
         store.upload_folder = Path(get_upload_folder())  # where gr.File leaves its empty temp files
     store.start_sweeper()
+    fileguard.register(store)  # its uploads and private folders are never served, its results are
     if show_fake is None:
         show_fake = os.environ.get("PROMPTONCE_SHOW_FAKE", "") == "1"
     choices, missing = H.model_choices(show_fake=show_fake)
@@ -221,6 +224,7 @@ def build_app(store: SessionStore | None = None, show_fake: bool | None = None) 
         title="PromptOnce", fill_width=True, analytics_enabled=analytics, delete_cache=cache_policy
     ) as demo:
         gr.HTML(INTRO)
+        startup.banner()  # the models' warm-up on a Space (nothing elsewhere)
         with gr.Row(equal_height=False):
             # ------------------------------------------------------------ left: controls
             with gr.Column(scale=4, min_width=340, elem_id="po-controls"):
@@ -792,6 +796,7 @@ def launch_kwargs() -> dict[str, Any]:
         "head": "<script>" + (HERE / "keys.js").read_text(encoding="utf-8") + "</script>",
         "footer_links": ["api", "gradio"],
         "run_history": False,
+        "app_kwargs": {"middleware": [fileguard.middleware()]},  # only results are served (ui/fileguard.py)
     }
 
 
@@ -802,6 +807,7 @@ def launch(**overrides: Any) -> None:
     # here (the embedded LiteMedSAM/MobileSAM, or checkpoints baked into the image); opt out with 0
     os.environ.setdefault("PROMPTONCE_OFFLINE", "1")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    startup.prepare()  # on a Space: persistent cache, ZeroGPU, models loaded at start (promptonce.ui.startup)
     demo = build_app()
     demo.queue(default_concurrency_limit=1, max_size=int(_env_float("PROMPTONCE_QUEUE_SIZE", 64)))
     kwargs = launch_kwargs()

@@ -628,8 +628,7 @@ def load_inputs(
                     except OSError:
                         pass
         _drop_workspace(session)
-        for folder in ("results", "out", "view", "unzipped", "unzipped-references"):
-            shutil.rmtree(session.directory / folder, ignore_errors=True)
+        session.clear("results", "out", "view", "unzipped", "unzipped-references")
         budget = app_max_voxels() if max_voxels is None else int(max_voxels)
         dataset = load_dataset(_unzip_into(session, inputs), images_as=images_as, max_voxels=budget)
         if len(dataset) == 0:
@@ -1236,7 +1235,7 @@ def reset_prompts(ws: Workspace) -> None:
     ws.clear_results()
     ws.run_info = None
     ws.correction_seconds = 0.0
-    shutil.rmtree(ws.session.directory / "out", ignore_errors=True)
+    ws.session.clear("out")
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -1284,7 +1283,7 @@ def run(
     Yields:
         :class:`RunProgress` reports, the last with ``finished=True``.
     """
-    from ..engine import segment
+    from .zerogpu import segment  # the engine's segment; inside spaces.GPU on ZeroGPU
 
     if scope not in SCOPES:
         raise InputError(f"Unknown scope {scope!r}; use {', '.join(SCOPES)}.")

@@ -3,8 +3,14 @@
 Every browser tab gets its own :class:`Session`, keyed by Gradio's ``session_hash``. A session owns
 
 * a private folder ``<root>/<random 128-bit hex name>/`` (mode 0700) holding the user's uploads,
-  the images the page shows and the files it offers for download. The folder name is random and is
-  never derived from the session id, so one session cannot reach another's files by guessing names;
+  extracted zips and result label maps. ``root`` must lie outside every folder the web server
+  serves (Gradio's upload folder), so no URL reaches an upload whatever path it names;
+* a results folder ``<results_root>/<another random 128-bit hex name>/`` (mode 0700) holding only
+  outputs: the images the page shows (``view/``) and the files it offers for download (``out/``);
+  :meth:`Session.subdir` puts these two folders there (:data:`RESULT_FOLDERS`). The web server
+  serves files from ``results_root`` (it lies in Gradio's upload folder). Both names are random and
+  never derived from the session id or from each other, so neither a guessed name nor an edited
+  download URL reaches another folder or an upload;
 * a ``workspace`` object (the loaded dataset, prompts, results; see :mod:`promptonce.ui.handlers`),
   kept in memory only, never in ``gr.State``;
 * a ``cancel`` event that stops its running segmentation between slices.
@@ -30,9 +36,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, TooLargeError
+from ..errors import InputError, PromptOnceError, TooLargeError
 
-__all__ = ["Session", "SessionStore", "folder_bytes", "remove_empty_upload_temps"]
+__all__ = [
+    "RESULT_FOLDERS",
+    "Session",
+    "SessionStore",
+    "default_roots",
+    "folder_bytes",
+    "is_inside",
+    "remove_empty_upload_temps",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +57,49 @@ _GRADIO_TMP_RE = re.compile(r"^tmp[a-z0-9_]{8}$")
 UPLOAD_TEMP_SWEEP_S = 5.0
 #: How old (seconds, by modification time) an empty temp file must be before it is removed.
 UPLOAD_TEMP_MIN_AGE_S = 10.0
+#: Sub-folders of a session that hold only outputs; they live in the session's served results folder.
+RESULT_FOLDERS = frozenset({"out", "view"})
+
+
+def is_inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it (both resolved, links followed)."""
+    p, f = Path(path).resolve(), Path(folder).resolve()
+    return p == f or f in p.parents
+
+
+def default_roots(upload_folder: str | Path, private_root: str | Path | None = None) -> tuple[Path, Path]:
+    """The store's folders for a server whose file route serves ``upload_folder``.
+
+    Args:
+        upload_folder: the folder the web server serves files from (Gradio's upload folder).
+        private_root: where the private session folders go (``PROMPTONCE_SESSION_ROOT``); None: a
+            ``promptonce-sessions-<uid>`` folder in the system temp folder, or in
+            ``~/.cache/promptonce`` when the temp folder lies inside ``upload_folder``.
+
+    Returns:
+        ``(root, results_root)``: the private sessions' parent (outside ``upload_folder``) and the
+        served results' parent ``<upload_folder>/promptonce-results``.
+
+    Raises:
+        PromptOnceError: when ``private_root`` lies inside ``upload_folder`` (uploads would be served).
+    """
+    import tempfile
+
+    served = Path(upload_folder)
+    results = served / "promptonce-results"
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    if private_root:
+        root = Path(private_root)
+        if is_inside(root, served):
+            raise PromptOnceError(
+                f"PROMPTONCE_SESSION_ROOT ({root}) lies inside the web server's upload folder ({served}), "
+                "whose files can be downloaded; set it to a folder outside it."
+            )
+        return root, results
+    root = Path(tempfile.gettempdir()) / f"promptonce-sessions-{uid}"
+    if is_inside(root, served):
+        root = Path.home() / ".cache" / "promptonce" / f"sessions-{uid}"
+    return root, results
 
 
 def _open_in_this_process() -> set[str]:
@@ -135,19 +192,24 @@ class Session:
 
     Attributes:
         session_id: Gradio's ``session_hash`` (never used in file names).
-        directory: the session's private folder (random name under the store's root).
+        directory: the session's private folder (random name under the store's root): uploads,
+            extracted zips, result label maps. Never served.
+        max_bytes: the most bytes the session's two folders may hold together.
+        results_directory: the session's served folder of outputs (another random name, under the
+            store's ``results_root``): :data:`RESULT_FOLDERS`. None: outputs go in ``directory``
+            (a session made without a store).
         created: ``time.time()`` at creation.
         last_seen: ``time.time()`` of the last access (refreshed by :meth:`touch`).
         lock: held while a handler changes the workspace (one change at a time per session).
         cancel: set to stop the session's running segmentation between slices.
         running: set while a segmentation runs (the sweep never removes a running session).
         workspace: the handlers' state object (dataset, prompts, results), or None.
-        max_bytes: the most bytes the session's folder may hold.
     """
 
     session_id: str
     directory: Path
     max_bytes: int
+    results_directory: Path | None = None
     created: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.time)
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -162,34 +224,55 @@ class Session:
         self.last_seen = time.time()
 
     def path(self, *parts: str) -> Path:
-        """A path inside the session folder; refuses names that would leave it.
+        """A path inside the session's folders; refuses names that would leave them.
+
+        A path whose first part is one of :data:`RESULT_FOLDERS` (``out``, ``view``) lies in the
+        served results folder; every other path lies in the private folder.
 
         Args:
             parts: path components relative to the session folder (e.g. ``"out", "mask.nii.gz"``).
 
         Raises:
-            InputError: when the joined path would lie outside the session folder.
+            InputError: when the joined path would lie outside the folder it belongs to.
         """
-        p = self.directory.joinpath(*parts).resolve()
-        root = self.directory.resolve()
+        base = self.directory
+        if parts and self.results_directory is not None and parts[0] in RESULT_FOLDERS:
+            base = self.results_directory
+        p = base.joinpath(*parts).resolve()
+        root = base.resolve()
         if p != root and root not in p.parents:
             raise InputError("That file name is not allowed; use a plain name without folders.")
         return p
 
     def subdir(self, name: str, fresh: bool = False) -> Path:
-        """A folder inside the session folder, created if needed (emptied first when ``fresh``)."""
+        """A folder of the session, created if needed (emptied first when ``fresh``); ``out`` and
+        ``view`` lie in the served results folder, any other name in the private folder."""
         d = self.path(name)
         if fresh and d.exists():
             shutil.rmtree(d, ignore_errors=True)
+        if d.parent != d and not d.parent.exists():
+            d.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         return d
+
+    def clear(self, *names: str) -> None:
+        """Deletes the named sub-folders of the session (wherever :meth:`subdir` puts them)."""
+        for name in names:
+            shutil.rmtree(self.path(name), ignore_errors=True)
+
+    def folders(self) -> list[Path]:
+        """The session's folders on disk: the private one, then the served results one (when separate)."""
+        out = [self.directory]
+        if self.results_directory is not None and self.results_directory != self.directory:
+            out.append(self.results_directory)
+        return out
 
     def bytes_used(self, max_age_s: float = 0.0) -> int:
         """Bytes stored in the session folder (a walk of the folder; reused for ``max_age_s`` seconds,
         plus what :meth:`check_quota` reserved since)."""
         now = time.monotonic()
         if self._used is None or now - self._used[0] > max_age_s:
-            self._used = (now, folder_bytes(self.directory))
+            self._used = (now, sum(folder_bytes(d) for d in self.folders()))
         return self._used[1]
 
     def check_quota(self, extra_bytes: int = 0, max_age_s: float = 0.0) -> None:
@@ -210,23 +293,32 @@ class Session:
 
 
 class SessionStore:
-    """All live sessions of one server process, each with its own private folder under ``root``.
+    """All live sessions of one server process, each with a private folder under ``root`` and a
+    results folder under ``results_root``.
 
     Args:
-        root: folder that holds one sub-folder per session (created, mode 0700). Give it a folder
-            of its own: leftovers of dead processes older than ``ttl_s`` are removed from it.
+        root: folder that holds one private sub-folder per session (created, mode 0700). Give it a
+            folder of its own, outside every folder the web server serves: leftovers of dead
+            processes older than ``ttl_s`` are removed from it.
+        results_root: folder that holds one results sub-folder per session (outputs only; the web
+            server serves it). Default: ``<root>-results`` beside ``root``.
         ttl_s: a session idle for longer than this many seconds is removed by :meth:`sweep`.
         max_session_bytes: the most bytes one session's folder may hold.
         max_sessions: the most sessions at once; the least recently seen idle one is evicted beyond that.
         on_close: called with a session just before its folder is deleted (e.g. to drop caches).
         upload_folder: Gradio's upload folder; the sweeper removes the empty temp files Gradio leaves
             there (see :func:`remove_empty_upload_temps`). None: not swept.
+
+    Raises:
+        PromptOnceError: when ``root`` lies inside ``upload_folder`` or ``results_root`` (uploads would
+            be served), or ``results_root`` inside ``root``.
     """
 
     def __init__(
         self,
         root: str | Path,
         *,
+        results_root: str | Path | None = None,
         ttl_s: float = 3600.0,
         max_session_bytes: int = 2 * 2**30,
         max_sessions: int = 64,
@@ -234,12 +326,22 @@ class SessionStore:
         upload_folder: str | Path | None = None,
     ) -> None:
         self.root = Path(root)
+        self.results_root = Path(results_root) if results_root is not None else self.root.with_name(
+            self.root.name + "-results"
+        )
+        if is_inside(self.root, self.results_root) or is_inside(self.results_root, self.root):
+            raise PromptOnceError(
+                f"The session folders ({self.root}) and the results folders ({self.results_root}) must not "
+                "contain each other: only results may be served. Give them separate folders."
+            )
+        self._upload_folder: Path | None = None
         self.upload_folder = Path(upload_folder) if upload_folder is not None else None
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            os.chmod(self.root, 0o700)
-        except OSError:
-            log.debug("could not chmod %s", self.root)
+        for folder in (self.root, self.results_root):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                os.chmod(folder, 0o700)
+            except OSError:
+                log.debug("could not chmod %s", folder)
         self.ttl_s = float(ttl_s)
         self.max_session_bytes = int(max_session_bytes)
         self.max_sessions = int(max_sessions)
@@ -249,6 +351,21 @@ class SessionStore:
         self._sweeper: threading.Thread | None = None
         self._stop = threading.Event()
         self._remove_orphans()
+
+    @property
+    def upload_folder(self) -> Path | None:
+        """Gradio's upload folder (served by the web server); the private root never lies inside it."""
+        return self._upload_folder
+
+    @upload_folder.setter
+    def upload_folder(self, folder: str | Path | None) -> None:
+        if folder is not None and is_inside(self.root, folder):
+            raise PromptOnceError(
+                f"The private session folder ({self.root}) lies inside the web server's upload folder "
+                f"({folder}), whose files can be downloaded; give the store a root outside it "
+                "(PROMPTONCE_SESSION_ROOT)."
+            )
+        self._upload_folder = Path(folder) if folder is not None else None
 
     # ------------------------------------------------------------------ access
     def get(self, session_id: str | None, create: bool = True) -> Session:
@@ -270,8 +387,10 @@ class SessionStore:
                     raise InputError("This session has expired; reload the page to start again.")
                 self._evict_for_new()
                 directory = self.root / secrets.token_hex(16)
+                results = self.results_root / secrets.token_hex(16)
                 directory.mkdir(mode=0o700)
-                sess = Session(session_id, directory, self.max_session_bytes)
+                results.mkdir(mode=0o700)
+                sess = Session(session_id, directory, self.max_session_bytes, results_directory=results)
                 self._sessions[session_id] = sess
                 log.info("session opened (%d live)", len(self._sessions))
         sess.touch()
@@ -290,8 +409,8 @@ class SessionStore:
             return iter(list(self._sessions.values()))
 
     def total_bytes(self) -> int:
-        """Bytes stored under the root by all sessions (and any leftovers)."""
-        return folder_bytes(self.root)
+        """Bytes stored under both roots by all sessions (and any leftovers)."""
+        return folder_bytes(self.root) + folder_bytes(self.results_root)
 
     # ------------------------------------------------------------------ cleanup
     def close(self, session_id: str | None, wait_s: float = 5.0) -> bool:
@@ -326,7 +445,8 @@ class SessionStore:
                 log.exception("session close hook failed")
         with sess.lock:
             sess.workspace = None
-        shutil.rmtree(sess.directory, ignore_errors=True)
+        for folder in sess.folders():
+            shutil.rmtree(folder, ignore_errors=True)
         log.info("session closed (%d live)", len(self))
 
     def sweep(self, now: float | None = None) -> int:
@@ -400,7 +520,7 @@ class SessionStore:
     def _remove_orphans(self) -> None:
         """Deletes session folders left by a dead process (older than the TTL)."""
         now = time.time()
-        for child in self.root.iterdir():
+        for child in [*self.root.iterdir(), *self.results_root.iterdir()]:
             if not (child.is_dir() and _TOKEN_RE.match(child.name)):
                 continue
             try:

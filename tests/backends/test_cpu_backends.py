@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 from promptonce.backends import _torchutil as tu
+from promptonce.backends.weights import sha256_file
 from promptonce.backends import registry
 from promptonce.backends.base import Backend, Embedding
 from promptonce.backends.fake import FakeBackend
-from promptonce.backends.litemedsam import preprocess_frame, resize_longest_side, scale_box, target_size
+from promptonce.backends.litemedsam import preprocess_frame, resize_longest_side, scale_box
 from promptonce.errors import InputError, ModelUnavailableError, PromptError, WeightsError
 
 H, W = 128, 160
@@ -105,9 +106,10 @@ def test_fake_rejects_empty_prompt_and_foreign_embedding() -> None:
 
 # ---------------------------------------------------------------------- LiteMedSAM geometry (no model)
 def test_resize_longest_side_sizes_and_2x_average() -> None:
-    assert target_size(128, 160) == (205, 256)
-    assert target_size(512, 512) == (256, 256)
-    assert target_size(300, 700) == (110, 256)
+    assert tu.resized_shape(128, 160, 256) == (205, 256)
+    assert tu.resized_shape(512, 512, 256) == (256, 256)
+    assert tu.resized_shape(300, 700, 256) == (110, 256)
+    assert tu.resized_shape(60, 100, 1024) == (614, 1024)  # SAM's rule: 614.4 -> 614
     img = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3) * 5
     big = np.kron(np.arange(256 * 256).reshape(256, 256) % 251, np.ones((2, 2))).astype(np.uint8)
     out = resize_longest_side(np.repeat(big[..., None], 3, 2))
@@ -158,14 +160,19 @@ def test_strict_loading_refuses_missing_keys(tmp_path: Path) -> None:
 
 
 def test_verify_checkpoint_size_and_checksum(tmp_path: Path) -> None:
+    from promptonce.backends.weights import CheckpointSpec, verify_checkpoint
+
     p = tmp_path / "w.bin"
     p.write_bytes(b"abc")
     sha = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    tu.verify_checkpoint(p, 3, sha)
-    with pytest.raises(WeightsError, match="bytes"):
-        tu.verify_checkpoint(p, 4, sha)
-    with pytest.raises(WeightsError, match="SHA-256"):
-        tu.verify_checkpoint(p, 3, "0" * 64)
+    fix = "Reinstall the package that ships it."
+    assert verify_checkpoint(p, CheckpointSpec("w", "w.bin", "", sha, 3, fix)) == sha
+    with pytest.raises(WeightsError, match="bytes.*Reinstall"):
+        verify_checkpoint(p, CheckpointSpec("w", "w.bin", "", sha, 4, fix))
+    with pytest.raises(WeightsError, match="sha256.*Reinstall"):
+        verify_checkpoint(p, CheckpointSpec("w", "w.bin", "", "0" * 64, 3, fix))
+    with pytest.raises(WeightsError, match="missing"):
+        verify_checkpoint(tmp_path / "nope.bin", CheckpointSpec("w", "nope.bin", "", sha, 3, fix))
 
 
 # ---------------------------------------------------------------------- LiteMedSAM (real weights)
@@ -345,7 +352,7 @@ def test_onnx_session_falls_back_when_missing_or_corrupt(tmp_path: Path, monkeyp
     sidecar = bad.with_name(bad.name + ".sha256")
     # a recorded but undecodable file: removed, PyTorch is used
     bad.write_bytes(b"not an onnx file")
-    sidecar.write_text(tu.file_sha256(bad))
+    sidecar.write_text(sha256_file(bad))
     assert _onnx.encoder_session(object(), "x_encoder", "ab" * 32, 256) is None
     assert not bad.exists() and not sidecar.exists()
     # a file whose checksum was never recorded is exported again (here the export fails: no module)
@@ -368,7 +375,7 @@ def test_litemedsam_onnx_runtime_gives_the_torch_masks(
     assert be.runtime == "onnx"
     for path in litemedsam.onnx_paths():  # both graphs exported (by the child process), verified, recorded
         assert path.is_file() and not list(path.parent.glob(".*.tmp"))
-        assert path.with_name(path.name + ".sha256").read_text().strip() == tu.file_sha256(path)
+        assert path.with_name(path.name + ".sha256").read_text().strip() == sha256_file(path)
     emb = be.embed(FRAME)
     assert isinstance(emb.data, np.ndarray) and emb.data.shape == (1, 256, 64, 64)
     np.testing.assert_allclose(emb.data, lite_emb.data.numpy(), atol=1e-3)

@@ -163,8 +163,8 @@ def test_app_downloads_and_logs_carry_no_identifiers_and_uploads_go_with_the_ses
     finally:
         store.close_all()
     # ... and nothing once it is closed
-    assert not sess.directory.exists()
-    assert count_files(tmp_path / "sessions") == 0
+    assert not sess.directory.exists() and not sess.results_directory.exists()
+    assert count_files(tmp_path / "sessions") == 0 and count_files(store.results_root) == 0
     assert not [w for w in WORDS if w in caplog.text]
     # the log does not carry file contents either (a slice's raw bytes would show up as a long repr)
     assert len(caplog.text) < 20_000, len(caplog.text)

@@ -92,11 +92,16 @@ def test_png_zip(tmp_path):
     b[0, 0], b[2, 1] = 2, 3
     out = write_png_masks_zip([("CHNCXR_0001_0.png", a), ("case b", b)], tmp_path / "masks.zip")
     with zipfile.ZipFile(out) as zf:
-        assert sorted(zf.namelist()) == ["CHNCXR_0001_0.png", "case_b.png"]
+        assert sorted(zf.namelist()) == ["CHNCXR_0001_0.png", "case_b.png", "labels.csv"]
         ia = np.asarray(Image.open(io.BytesIO(zf.read("CHNCXR_0001_0.png"))))
         ib = np.asarray(Image.open(io.BytesIO(zf.read("case_b.png"))))
-    assert ia.shape == (4, 5) and sorted(np.unique(ia).tolist()) == [0, 255] and ia[1, 1] == 255
+    # several objects in the zip: palette PNGs whose pixel values are the object ids
+    np.testing.assert_array_equal(ia, a)
     np.testing.assert_array_equal(ib, b)
+    out = write_png_masks_zip([("one.png", a)], tmp_path / "one.zip")
+    with zipfile.ZipFile(out) as zf:
+        ia = np.asarray(Image.open(io.BytesIO(zf.read("one.png"))))
+    assert ia.shape == (4, 5) and sorted(np.unique(ia).tolist()) == [0, 255] and ia[1, 1] == 255
     with pytest.raises(InputError, match="both be called"):
         write_png_masks_zip([("x.png", a), ("x", a)], tmp_path / "dup.zip")
     assert not (tmp_path / "dup.zip").exists() and _leftovers(tmp_path) == []
@@ -121,7 +126,7 @@ def test_overlay_gif(tmp_path):
     vol = Volume(array=arr, name="g", modality="MR")
     lab = np.zeros(vol.shape, np.uint8)
     lab[:, 5:10, 5:10] = 1
-    out = write_overlay_gif(vol, lab, tmp_path / "g.gif", max_frames=10, fps=5)
+    out = write_overlay_gif(vol, lab, tmp_path / "g.gif", max_frames=10, fps=5, min_size=24)
     with Image.open(out) as im:
         assert im.n_frames == 10 and im.size == (24, 20)
         im.seek(3)
@@ -167,9 +172,28 @@ def test_result_writer_pngs_keep_image_names(tmp_path):
         for res in _results(vol, vi, [0]):
             w.add(res, vol)
     paths = w.close()
-    assert sorted(p.name for p in paths) == ["CHNCXR_0001_1.png", "CHNCXR_0002_0.png"]
+    assert sorted(p.name for p in paths) == ["CHNCXR_0001_1.png", "CHNCXR_0002_0.png", "labels.csv"]
     m = np.asarray(Image.open(paths[0]))
     assert m.shape == (4, 6) and m.max() == 255
+
+
+def test_result_writer_writes_a_dataset_of_pngs_one_way(tmp_path):
+    """Two objects in the run: every image is a palette PNG of the ids, even one holding only object 1."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for n in ("a", "b"):
+        Image.fromarray(np.zeros((4, 6), np.uint8)).save(imgs / f"{n}.png")
+    dset = load_dataset(imgs)
+    w = ResultWriter(tmp_path / "run", objects=[1, 2], label_names={1: "left lung", 2: "right lung"})
+    for vi, vol in enumerate(dset):
+        for res in _results(vol, vi, [0], value=vi + 1):  # image a holds object 1 only, b object 2
+            w.add(res, vol)
+    paths = {p.name: p for p in w.close()}
+    a, b = (np.asarray(Image.open(paths[f"{n}.png"])) for n in ("a", "b"))
+    assert Image.open(paths["a.png"]).mode == "P" and a.max() == 1 and b.max() == 2
+    table = paths["labels.csv"].read_text().splitlines()
+    assert table[0] == "value,object,name,color" and table[1] == "0,0,background,#000000"
+    assert table[2].startswith("1,1,left lung,#") and table[3].startswith("2,2,right lung,#")
 
 
 def test_result_writer_partial_runs(tmp_path):

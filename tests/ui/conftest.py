@@ -54,7 +54,8 @@ TEST_MAX_FILE_MB = 4
 def app_server(tmp_path_factory):
     """The app served on a free 127.0.0.1 port (in this process), with the fake model offered.
 
-    Gradio's upload folder and the session store live in a temporary folder; the server stops at the end.
+    Gradio's upload folder (with the served results folders) and the private session folders live in
+    two separate temporary folders; the server stops at the end.
     """
     from types import SimpleNamespace
 
@@ -65,7 +66,11 @@ def app_server(tmp_path_factory):
     from promptonce.ui.app import build_app, launch_kwargs
     from promptonce.ui.session import SessionStore
 
-    store = SessionStore(gradio_tmp / "promptonce-sessions", ttl_s=600)
+    private = tmp_path_factory.mktemp("private")
+    store = SessionStore(
+        private / "promptonce-sessions", results_root=gradio_tmp / "promptonce-results", ttl_s=600,
+        upload_folder=gradio_tmp,
+    )
     demo = build_app(store, show_fake=True)
     demo.queue(default_concurrency_limit=1)
     kw = launch_kwargs()

@@ -267,8 +267,8 @@ def test_two_browsers_never_see_each_other(playwright, app_server):
         assert "ct_phantom" in a.page.inner_text("#po-info")
         assert "cxr_01" in b.page.inner_text("#po-info")
         src_a, src_b = view_src(a.page), view_src(b.page)
-        dir_a = src_a.split("promptonce-sessions/")[1].split("/")[0]
-        dir_b = src_b.split("promptonce-sessions/")[1].split("/")[0]
+        dir_a = src_a.split("promptonce-results/")[1].split("/")[0]
+        dir_b = src_b.split("promptonce-results/")[1].split("/")[0]
         assert dir_a != dir_b and len(dir_a) == 32
         # B stepping through its images never shows A's case
         b.page.click("#po-next")
@@ -277,7 +277,7 @@ def test_two_browsers_never_see_each_other(playwright, app_server):
         assert "cxr" not in a.page.inner_text("#po-info") + a.page.inner_text("#po-status")
         shot(a.page, "05_two_sessions_a")
         shot(b.page, "05_two_sessions_b")
-        folder_a = app_server.store.root / dir_a
+        folder_a = app_server.store.results_root / dir_a
         assert folder_a.is_dir()
     finally:
         a.close()
@@ -287,6 +287,6 @@ def test_two_browsers_never_see_each_other(playwright, app_server):
         time.sleep(0.25)
     try:
         assert not folder_a.exists(), "the closed session's files were removed"
-        assert (app_server.store.root / dir_b).is_dir(), "the other session is untouched"
+        assert (app_server.store.results_root / dir_b).is_dir(), "the other session is untouched"
     finally:
         b.close()

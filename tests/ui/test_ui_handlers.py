@@ -74,7 +74,8 @@ def test_upload_click_preview_run_volume_downloads(store, ct_small):
     assert "phantom_mask.nii.gz" in names and "metrics.json" in names and "metrics.csv" in names
     assert any(n.endswith(".gif") for n in names)
     for p in files:
-        assert p.is_file() and sess.directory in p.parents, "downloads live in the session's own folder"
+        assert p.is_file() and sess.results_directory in p.parents, "downloads live in the session's results folder"
+        assert sess.directory not in p.parents, "downloads never lie beside the uploads"
     out = nib.load(str(next(p for p in files if p.name.endswith(".nii.gz"))))
     inp = nib.load(str(ct_small[0]))
     np.testing.assert_allclose(out.affine, inp.affine)
@@ -207,7 +208,7 @@ def test_xray_set_dataset_scope_with_metrics(store, xray_small):
     files = H.write_downloads(ws, s)
     png_zip = next(p for p in files if p.name == "masks_png.zip")
     with zipfile.ZipFile(png_zip) as zf:
-        assert sorted(zf.namelist()) == ["cxr_01.png", "cxr_02.png", "cxr_03.png"]
+        assert sorted(zf.namelist()) == ["cxr_01.png", "cxr_02.png", "cxr_03.png", "labels.csv"]
     assert "masks" not in " ".join(p.name for p in files if p.suffix == ".gz")
 
 
@@ -256,7 +257,7 @@ def test_sessions_are_isolated_and_cleaned(tmp_path, ct_small, xray_small):
     b.last_seen -= 120
     assert store.sweep() == 1
     assert not b.directory.exists() and len(store) == 0
-    assert list(store.root.iterdir()) == []
+    assert list(store.root.iterdir()) == [] and list(store.results_root.iterdir()) == []
 
 
 def test_running_session_is_not_swept(tmp_path):

@@ -50,10 +50,8 @@ def test_load_click_run_download_over_http(app_server, tmp_path, ct_small):
     view_path = Path(out[0])
     assert view_path.is_file()
     # the upload itself is not kept in Gradio's shared upload folder: only the session has a copy
-    leftovers = [
-        p for p in app_server.gradio_tmp.rglob("phantom*.nii.gz") if "promptonce-sessions" not in p.parts
-    ]
-    assert leftovers == []
+    leftovers = list(app_server.gradio_tmp.rglob("phantom*.nii.gz"))
+    assert leftovers == [], "the upload is nowhere in the served folder (only the private session folder has it)"
     msg = click_at(c, 20, 30, slice1=5)[-1]
     assert "preview" in msg, msg
     final = c.predict(0, 5, "volume", "transfer", MODEL, *WIN, False, api_name="/run")
@@ -66,9 +64,9 @@ def test_load_click_run_download_over_http(app_server, tmp_path, ct_small):
     img = nib.load(str(nii[0]))
     np.testing.assert_allclose(img.affine, nib.load(str(ct_small[0])).affine)
     assert any(p.name == "metrics.json" for p in paths)
-    # the served files come from this session's own folder, which the store knows
+    # the served files come from this session's own results folder, which the store knows
     sessions = list(app_server.store)
-    assert any(s.workspace is not None and (s.directory / "out" / nii[0].name).is_file() for s in sessions)
+    assert any(s.workspace is not None and (s.results_directory / "out" / nii[0].name).is_file() for s in sessions)
 
 
 def test_two_clients_never_see_each_other(app_server, tmp_path, ct_small, xray_small):
