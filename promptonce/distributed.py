@@ -227,7 +227,12 @@ def run_dataset(
         CancelledError: ``cancel`` was set (the cases written so far are kept and recorded).
     """
     from . import __version__
-    from .io.writers import ResultWriter
+    from .io.writers import (
+        LABEL_TABLE_NAME,
+        ResultWriter,
+        label_table_rows,
+        write_metrics_csv,
+    )
 
     if not isinstance(dataset, Dataset):
         dataset = Dataset(list(dataset))
@@ -276,12 +281,14 @@ def run_dataset(
 
     def write(reply: CaseReply, pass_: int, attempts: int) -> None:
         vol = geometry_volume(reply.geometry)  # type: ignore[arg-type]
-        writer = ResultWriter(out)
+        # one writer per case (a case rewritten by the quality pass is written anew); the run's object
+        # ids fix the PNG form for the whole dataset, as in the local CLI; labels.csv once at the end
+        writer = ResultWriter(out, objects=object_ids, label_names=label_names)
         files: list[Path] = []
         for res in reply.results or []:
             files.extend(writer.add(res, vol))
         missing = writer.pending
-        writer.close()
+        png[0] = png[0] or vol.source_format == "image"
         if missing or not files:
             raise PromptOnceError(f"{reply.name}: the worker returned an incomplete case ({missing}); not recorded.")
         if pass_ == 1:
@@ -296,6 +303,9 @@ def run_dataset(
             stats["images"] += len(reply.results or [])
 
     started = [False]
+    object_ids = [o.object_id for o in prompt.objects]
+    label_names = {o.object_id: o.name for o in prompt.objects if o.name}
+    png = [False]
     exset = _ExemplarSet(store, (transfer or transfer_class()).select_exemplars)
 
     def run_pass(kind: Literal["first", "second"], indices: list[int], exemplars: Any = None) -> None:
@@ -366,6 +376,8 @@ def run_dataset(
     finally:
         info = dict(ex.info)
         ex.close()
+    if png[0]:
+        write_metrics_csv(label_table_rows(object_ids, label_names, max(object_ids) <= 1), out / "masks" / LABEL_TABLE_NAME)
     seconds = time.perf_counter() - t0
     recs = store.records
     skipped = [(r.name, r.reason) for i, r in sorted(recs.items()) if r.status == "failed"]

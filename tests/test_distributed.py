@@ -389,7 +389,7 @@ def test_cli_ray_corrupt_file_skipped_exit_1_and_rerun_resumes(ray_local, tmp_pa
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "3/4 cases done" in err and "1 cases skipped" in err and "case002" in err
-    assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["case000.png", "case001.png", "case003.png"]
+    assert sorted(p.name for p in (tmp_path / "out" / "masks").glob("*.png")) == ["case000.png", "case001.png", "case003.png"]
     (src / "case002.png").write_bytes(good)  # the corrupt file fixed in place: only it is done
     assert main(argv) == 0
     assert "4/4 cases done (3 from an earlier run" in capsys.readouterr().err
@@ -411,3 +411,20 @@ def test_ray_worker_start_error_is_the_workers_error(ray_local, tmp_path):
 
     with pytest.raises(InputError, match="Unknown model 'nosuch'"):
         run_dataset(lazy(3), PROMPT, tmp_path, model="nosuch", executor="ray", workers=1)
+
+
+def test_cli_ray_writes_the_same_files_as_the_local_cli(ray_local, tmp_path):
+    from promptonce.cli import main
+
+    src = tmp_path / "xrays"
+    src.mkdir()
+    for i in range(5):
+        Image.fromarray(make_case(i).array[0]).save(src / f"case{i:03d}.png")
+    base = ["segment", str(src), "--scope", "dataset", "--box", "16,16,48,48", "--model", "fake", "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "local")]) == 0
+    assert main([*base, "--out", str(tmp_path / "ray"), "--executor", "ray", "--workers", "2"]) == 0
+    local = sorted((tmp_path / "local" / "masks").iterdir())
+    ray = sorted((tmp_path / "ray" / "masks").iterdir())
+    assert [p.name for p in local] == [p.name for p in ray] and "labels.csv" in [p.name for p in ray]
+    for a, b in zip(local, ray):
+        assert a.read_bytes() == b.read_bytes(), a.name
