@@ -166,6 +166,28 @@ class _ExemplarSet:
         return self.select([e for e, _ in self._set.values()])
 
 
+def _float(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def _write_quality(recs: dict[int, CaseRecord], out: Path) -> None:
+    """``quality.json`` as the local CLI writes it (per-case confidence, flags, review order), from the
+    per-slice records of every written case (this run's and earlier runs')."""
+    from types import SimpleNamespace
+
+    from .engine.quality import QualityReport
+    from .io.writers import write_json
+
+    report = QualityReport()
+    for i, r in sorted(recs.items()):
+        if r.status == "failed":
+            continue
+        for k, conf, flags in r.slices:
+            report.add(SimpleNamespace(volume_index=i, volume_name=r.name, slice_index=k, confidence=conf,
+                                       flags=flags))
+    write_json(report.to_dict(), out / "quality.json")
+
+
 def _prompt_json(prompt: SlicePrompt) -> dict[str, Any]:
     return dataclasses.asdict(prompt)
 
@@ -298,7 +320,9 @@ def run_dataset(
         path = src.extra.get("path") if src is not None else None
         store.record(CaseRecord(reply.index, reply.name, status, [file_entry(f, out) for f in files],
                                 len(reply.results or []), reply.confidence, reply.flags[:50], reply.needs_second,
-                                attempts, "", pass_, str(Path(path).resolve()) if path else None))
+                                attempts, "", pass_, str(Path(path).resolve()) if path else None,
+                                [[int(r.slice_index), _float(getattr(r, "confidence", None)), list(r.flags)]
+                                 for r in reply.results or []]))
         if pass_ == 1:  # a case redone by the quality pass is still one case's images
             stats["images"] += len(reply.results or [])
 
@@ -378,8 +402,9 @@ def run_dataset(
         ex.close()
     if png[0]:
         write_metrics_csv(label_table_rows(object_ids, label_names, max(object_ids) <= 1), out / "masks" / LABEL_TABLE_NAME)
-    seconds = time.perf_counter() - t0
     recs = store.records
+    _write_quality(recs, out)
+    seconds = time.perf_counter() - t0
     skipped = [(r.name, r.reason) for i, r in sorted(recs.items()) if r.status == "failed"]
     summary = RunSummary(
         cases=n, done=sum(1 for r in recs.values() if r.status == "done"), resumed=resumed, skipped=skipped,

@@ -70,6 +70,7 @@ class CaseRecord:
         reason: why it failed.
         pass_: 1 or 2 (the pass that wrote the files).
         input: the input file the case was read from (absolute), when it is one file.
+        slices: ``[slice_index, confidence or None, flags]`` per slice (for ``quality.json``).
     """
 
     index: int
@@ -84,6 +85,7 @@ class CaseRecord:
     reason: str = ""
     pass_: int = 1
     input: str | None = None
+    slices: list[list[Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)

@@ -428,3 +428,7 @@ def test_cli_ray_writes_the_same_files_as_the_local_cli(ray_local, tmp_path):
     assert [p.name for p in local] == [p.name for p in ray] and "labels.csv" in [p.name for p in ray]
     for a, b in zip(local, ray):
         assert a.read_bytes() == b.read_bytes(), a.name
+    q_local = json.loads((tmp_path / "local" / "quality.json").read_text())
+    q_ray = json.loads((tmp_path / "ray" / "quality.json").read_text())
+    assert sorted(q_ray["cases"], key=lambda c: c["volume_index"]) == sorted(q_local["cases"], key=lambda c: c["volume_index"])
+    assert q_ray["review_first"] == q_local["review_first"]
