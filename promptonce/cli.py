@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .cli_cluster import add_executor_options
+from .cli_cluster import add_executor_options, wants_cluster
 from .errors import InputError, PromptError, PromptOnceError
 from .types import Box, Dataset, ObjectPrompt, Point, SlicePrompt
 
@@ -136,7 +136,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     prompt = build_prompt(getattr(args, "prompt_items", None) or [], args.image, dataset)
     out = Path(args.out)
     refs = _pair(dataset, args.reference) if args.reference else None
-    if args.executor != "local":
+    if wants_cluster(args):
         from .cli_cluster import segment_distributed
 
         return segment_distributed(args, dataset, prompt, refs)
@@ -230,7 +230,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             labels = [int(v) for v in args.labels.split(",")]
         except ValueError:
             raise InputError(f"--labels {args.labels!r} must be integers like 1,2.") from None
-    if args.executor != "local":
+    if wants_cluster(args):
         from .cli_cluster import evaluate_distributed
 
         return evaluate_distributed(args, images, ref_paths, labels)

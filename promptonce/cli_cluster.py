@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["add_executor_options", "segment_distributed", "evaluate_distributed", "score_written"]
+__all__ = ["add_executor_options", "wants_cluster", "segment_distributed", "evaluate_distributed", "score_written"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,13 @@ def add_executor_options(sp: argparse.ArgumentParser) -> None:
     g.add_argument("--threads-per-worker", type=int, default=1, help="CPU threads of each Ray worker's model")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray worker (GPU models)")
     g.add_argument("--retries", type=int, default=2, help="tries again for a failed case before it is skipped")
+
+
+def wants_cluster(args: argparse.Namespace) -> bool:
+    """True for ``--executor ray``; refuses the cluster options without it (they would be ignored)."""
+    if args.executor == "local" and (args.address or args.workers or args.gpus_per_worker):
+        raise InputError("--address, --workers and --gpus-per-worker need --executor ray.")
+    return args.executor != "local"
 
 
 def _check(args: argparse.Namespace) -> None:

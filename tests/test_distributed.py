@@ -271,6 +271,10 @@ def test_cli_ray_needs_dataset_scope(tmp_path, capsys):
                "--executor", "ray"])
     assert rc == 2
     assert "--scope dataset" in capsys.readouterr().err
+    rc = main(["segment", str(img), "--box", "2,2,20,20", "--model", "fake", "--out", str(tmp_path / "o"),
+               "--scope", "dataset", "--workers", "4"])
+    assert rc == 2
+    assert "need --executor ray" in capsys.readouterr().err
 
 
 def test_importing_promptonce_distributed_does_not_import_ray():
