@@ -7,6 +7,7 @@ Public API (importing this package loads neither torch nor gradio)::
     prompt = po.SlicePrompt((po.ObjectPrompt(box=po.Box(10, 20, 80, 90)),), slice_index=40)
     for result in po.segment(po.Dataset([vol]), prompt, scope="volume"):
         ...                                                   # SliceResult, one slice at a time
+    s = po.AnnotationSession([vol])                           # interactive: clicks, undo, objects, run, correct
 
 See ``promptonce.types`` for the axis and coordinate conventions.
 """
@@ -37,6 +38,7 @@ _LAZY = {
     "segment": ("promptonce.engine", "segment"),
     "run_dataset": ("promptonce.distributed", "run_dataset"),
     "Engine": ("promptonce.engine", "Engine"),
+    "AnnotationSession": ("promptonce.annotation", "AnnotationSession"),
     "get_backend": ("promptonce.backends.registry", "get_backend"),
     "available_backends": ("promptonce.backends.registry", "available_backends"),
     "metrics": ("promptonce.metrics", None),

@@ -126,6 +126,7 @@ def _progress(quiet: bool, total: int, desc: str):
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from .annotation import slices_in_scope
     from .engine import make_engine, segment
     from .engine.quality import QualityReport
     from .io.readers import load_dataset, load_reference
@@ -140,12 +141,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         from .cli_cluster import segment_distributed
 
         return segment_distributed(args, dataset, prompt, refs)
-    if args.scope == "image":
-        total = 1
-    elif args.scope == "volume":
-        total = dataset[prompt.volume_index].n_slices
-    else:
-        total = sum(dataset[i].n_slices for i in range(len(dataset)))
+    total = slices_in_scope(args.scope, lambda i: dataset[i].n_slices, len(dataset), prompt.volume_index)
     engine = make_engine(prompt, args.model, "auto")
     writer = ResultWriter(out, objects=[o.object_id for o in prompt.objects],
                           label_names={o.object_id: o.name for o in prompt.objects if o.name})  # fmt: skip

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .engine import Engine, PropagationConfig, make_engine, segment
-from .errors import InputError
+from .errors import InputError, check_cancel
 from .metrics import MetricAccumulator
 from .prompts import nmt_prompt, prompt_from_reference, seed_slice
 from .types import Dataset, ObjectPrompt, Scope, SlicePrompt, SliceResult, Volume
@@ -222,7 +222,7 @@ def evaluate(
             pred = np.zeros(vol.shape, np.uint8)
             n_prompts = 0
             for k in range(vol.n_slices):
-                _cancelled(cancel)
+                check_cancel(cancel)
                 sp = reference_prompt(
                     ref.array[k], labels=merged_labels, protocol=cfg.protocol, slice_index=k, volume_index=0,
                     rng=rng, jitter_px=cfg.jitter_px,
@@ -368,13 +368,6 @@ def _check_pair(vol: Volume, ref: Volume) -> None:
             f"{vol.name}: reference shape {ref.shape} differs from the image's {vol.shape} (slices, rows, cols); "
             "give the reference mask made for this image."
         )
-
-
-def _cancelled(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        from .errors import CancelledError
-
-        raise CancelledError("The evaluation was cancelled; the cases finished so far are kept.")
 
 
 def write_summary_line(result: dict[str, Any]) -> str:

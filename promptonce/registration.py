@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 #: Physical size of every image on the relative grid (so that optimiser steps and demons smoothing are
 #: in "pixels of a 128-pixel image" rather than in fractions of the image).
 _UNIT = 128.0
+#: Images with a side shorter than this are not registered (relative position instead).
+MIN_SIDE = 16
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,8 @@ def thumbnail(image: np.ndarray, size: int = 128) -> np.ndarray:
     if (gh, gw) == a.shape:
         return a
     src = _relative_image(a, sitk)
-    src = sitk.SmoothingRecursiveGaussian(src, 0.5 * _UNIT / max(gh, gw))  # anti-aliasing: half a working pixel
+    if min(a.shape) >= 4:  # ITK's recursive Gaussian needs 4 pixels along each axis
+        src = sitk.SmoothingRecursiveGaussian(src, 0.5 * _UNIT / max(gh, gw))  # anti-aliasing: half a working pixel
     ref = _relative_image(np.zeros((gh, gw), np.float32), sitk)
     out = sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return np.clip(sitk.GetArrayFromImage(out), 0.0, 1.0)  # the recursive Gaussian can overshoot a little
@@ -175,6 +178,12 @@ def register(
     """
     sitk = _sitk()
     t0 = time.perf_counter()
+    fixed_shape = tuple(int(x) for x in np.asarray(fixed).shape[:2])
+    if min(fixed_shape) < MIN_SIDE or min(np.asarray(moving).shape[:2]) < MIN_SIDE:
+        # too small to register (an image of a few pixels): relative position it is
+        _normalise(fixed), _normalise(moving)  # still reject non-2D input
+        return Registration(None, fixed_shape, 0.0, 0.0, "identity", time.perf_counter() - t0,
+                            f"images smaller than {MIN_SIDE} pixels are not registered")
     f_arr = thumbnail(fixed, size)
     m_arr = thumbnail(moving, size)
     f_img = _relative_image(f_arr, sitk)
@@ -241,7 +250,7 @@ def register(
         log.debug("registration: %s", reason)
     return Registration(
         transform=best_t,
-        fixed_shape=tuple(int(x) for x in np.asarray(fixed).shape[:2]),  # type: ignore[arg-type]
+        fixed_shape=fixed_shape,  # type: ignore[arg-type]
         similarity=float(best_s),
         baseline=float(baseline),
         stage=stage,

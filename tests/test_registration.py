@@ -84,3 +84,10 @@ def test_registration_rejects_3d_input():
 
     with pytest.raises(PromptOnceError, match="2D"):
         register(np.zeros((4, 5, 6, 7)), np.zeros((5, 5)))
+
+
+def test_tiny_images_are_not_registered_but_still_warp():
+    reg = register(np.ones((3, 5)), np.ones((1, 1)))
+    assert reg.stage == "identity" and "smaller" in reg.reason
+    assert warp(np.ones((1, 1), np.float32), reg).shape == (3, 5)
+    assert thumbnail(np.arange(6.0).reshape(2, 3), 128).shape[0] >= 1

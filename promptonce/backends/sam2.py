@@ -38,9 +38,10 @@ Seeds, the seed-frame scheme and corrections:
   prompt, propagated over the volume, and frame 0 is dropped from the output (indices shifted back);
   each volume is processed independently of the others. A plain propagation over one long
   concatenated sequence needs nothing special: pass a ``get_frame`` over the concatenation.
-* :func:`correction_ranges`: after a new prompt on slice ``k``, re-run only ``propagate(start=k,
-  end=next_prompted - 1)`` forward and ``propagate(start=k, reverse=True, end=previous_prompted + 1)``
-  backward, passing ALL prompted slices (old and new) as ``seeds``. Slices beyond the neighbouring
+* Corrections: after a new prompt on slice ``k``, with ``(lo, hi)`` from
+  :func:`promptonce.annotation.correction_range` (the package's one correction-range rule), re-run only
+  ``propagate(start=k, end=hi)`` forward and ``propagate(start=k, reverse=True, end=lo)`` backward,
+  passing ALL prompted slices (old and new) as ``seeds``. Slices beyond the neighbouring
   prompted slices keep their results: a prompted slice's own mask does not depend on memory, and the
   tracking past it is anchored on it. (Strictly, every conditioning frame is visible to the memory
   attention of every frame, so far slices could change slightly; re-run everything for exactness.)
@@ -54,7 +55,6 @@ Names: ``sam2_hiera_{t,s,b+,l}`` and ``sam2.1_hiera_{t,s,b+,l}``; a compatible c
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import importlib.util
 import logging
@@ -80,7 +80,6 @@ __all__ = [
     "build_sam2_model",
     "build_sam2_backend",
     "tiny_random_model",
-    "correction_ranges",
     "sam2_info",
     "sam2_availability",
     "register_all",
@@ -294,35 +293,6 @@ def _new_state(frames: _LazyFrames, device: str) -> dict[str, Any]:
         "temp_output_dict_per_obj": {},
         "frames_tracked_per_obj": {},
     }
-
-
-def correction_ranges(slice_index: int, prompted: Sequence[int], n_frames: int) -> list[tuple[int, int, bool]]:
-    """The frames to re-run after a new prompt on ``slice_index``.
-
-    Forward from ``slice_index`` to the frame before the next prompted frame (or the last frame), and
-    backward to the frame after the previous prompted frame (or frame 0). Call
-    ``propagate(n_frames, get_frame, seeds, start, reverse=reverse, end=end)`` for each returned
-    ``(start, end, reverse)`` with ``seeds`` holding ALL prompted frames, the new one included.
-
-    Args:
-        slice_index: the frame that just got a prompt.
-        prompted: the other frames that hold prompts (``slice_index`` may be among them).
-        n_frames: length of the sequence.
-
-    Returns:
-        ``[(slice_index, forward_end, False), (slice_index, backward_end, True)]``; the backward
-        range is omitted when it would be empty (``slice_index == 0`` or a prompted frame just before).
-    """
-    if not 0 <= slice_index < n_frames:
-        raise PromptError(f"Slice {slice_index} does not exist; the sequence has {n_frames} slices.")
-    others = sorted({p for p in prompted if p != slice_index and 0 <= p < n_frames})
-    i = bisect.bisect_right(others, slice_index)
-    nxt = others[i] if i < len(others) else n_frames
-    prv = others[i - 1] if i > 0 else -1
-    ranges = [(slice_index, max(slice_index, nxt - 1), False)]
-    if prv + 1 < slice_index:
-        ranges.append((slice_index, prv + 1, True))
-    return ranges
 
 
 # ----------------------------------------------------------------------------- the backend

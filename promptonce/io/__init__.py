@@ -29,6 +29,7 @@ __all__ = [
     "read_label_names",
     "time_points",
     "read_time_point",
+    "natural_key",
 ]
 
 _READERS = {"load", "load_dataset", "load_reference", "pair_references", "SUPPORTED_FORMATS", "DEFAULT_MAX_VOXELS"}
@@ -38,6 +39,8 @@ _OTHERS = {"read_label_names": "labelnames", "time_points": "timepoints", "read_
 def __getattr__(name: str) -> Any:
     import importlib
 
+    if name == "natural_key":  # the package's one natural sort (img2 before img10)
+        return importlib.import_module("promptonce.io._common").natural_key
     if name in _READERS:
         return getattr(importlib.import_module("promptonce.io.readers"), name)
     if name in _OTHERS:

@@ -1,7 +1,12 @@
 """The Gradio web app. The only package that imports gradio.
 
-``from promptonce.ui import launch; launch()`` serves the app (see :mod:`promptonce.ui.app`);
-the logic is in :mod:`promptonce.ui.handlers` and the per-session store in :mod:`promptonce.ui.session`.
+``from promptonce.ui import launch; launch()`` serves the app (see :mod:`promptonce.ui.app`). The
+interaction is the library's :class:`promptonce.annotation.AnnotationSession`; this package adapts it
+to the page: :mod:`.uploads` (copying and unpacking uploads within the session's quota),
+:mod:`.workspace` (a browser session's annotation session), :mod:`.view` (rendering, display <->
+image coordinates, :class:`~.view.ViewState`), :mod:`.handlers` (the events' actions, gradio-free),
+:mod:`.layout` / :mod:`.events` / :mod:`.updates` (the page, its handlers and wiring), and
+:mod:`.session` (the per-session store).
 """
 
 from __future__ import annotations

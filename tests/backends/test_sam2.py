@@ -198,17 +198,6 @@ def test_plumbing_mask_seeds(backend: sam2_mod.Sam2Backend) -> None:
         list(backend.propagate(4, moving_frame, {2: [(4, mask[:10])]}, start=2))
 
 
-def test_correction_ranges() -> None:
-    cr = sam2_mod.correction_ranges
-    assert cr(6, [2, 10], 15) == [(6, 9, False), (6, 3, True)]
-    assert cr(6, [], 15) == [(6, 14, False), (6, 0, True)]
-    assert cr(0, [5], 15) == [(0, 4, False)]
-    assert cr(6, [5, 6, 7], 15) == [(6, 6, False)]
-    assert cr(14, [3], 15) == [(14, 14, False), (14, 4, True)]
-    with pytest.raises(PromptError):
-        cr(15, [], 15)
-
-
 def test_plumbing_correction_reruns_only_the_affected_range(backend: sam2_mod.Sam2Backend) -> None:
     n = 15
     seeds = {2: SEEDS, 10: SEEDS}
@@ -220,9 +209,11 @@ def test_plumbing_correction_reruns_only_the_affected_range(backend: sam2_mod.Sa
         asked.append(i)
         return moving_frame(i)
 
-    done = []
-    for start, end, rev in sam2_mod.correction_ranges(6, list(seeds), n):
-        done += [t for t, _, _ in backend.propagate(n, frame, seeds_new, start=start, reverse=rev, end=end)]
+    from promptonce.annotation import correction_range
+
+    lo, hi = correction_range(6, list(seeds), n)  # the package's one correction-range rule
+    done = [t for t, _, _ in backend.propagate(n, frame, seeds_new, start=6, end=hi)]
+    done += [t for t, _, _ in backend.propagate(n, frame, seeds_new, start=6, reverse=True, end=lo)]
     assert sorted(done) == [3, 4, 5, 6, 6, 7, 8, 9]
     assert set(asked) <= {2, 3, 4, 5, 6, 7, 8, 9, 10}  # the prompted slices plus the range, nothing else
 

@@ -128,10 +128,12 @@ def test_too_many_zips_in_one_upload_are_refused(tmp_path, store, monkeypatch):
     src = tmp_path / "src"
     inner = {f"z{i}.zip": zip_files(tmp_path / f"z{i}.zip", {f"n{i}.nii.gz": _nii(src, f"n{i}", i)}) for i in range(3)}
     outer = zip_files(tmp_path / "outer.zip", inner)
+    from promptonce.ui import uploads
+
     sess = store.get("many")
-    monkeypatch.setattr(H, "MAX_ZIPS", 4)  # the upload and its three zips: read
+    monkeypatch.setattr(uploads, "MAX_ZIPS", 4)  # the upload and its three zips: read
     assert [m.name for m in H.load_inputs(sess, [outer]).metas] == ["n0", "n1", "n2"]
-    monkeypatch.setattr(H, "MAX_ZIPS", 3)
+    monkeypatch.setattr(uploads, "MAX_ZIPS", 3)
     with pytest.raises(InputError, match="more than 3 zip archives"):
         H.load_inputs(sess, [outer])
     assert not (sess.directory / "unzipped").exists()

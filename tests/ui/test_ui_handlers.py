@@ -350,11 +350,11 @@ def test_dicom_series_gives_dicom_seg_without_patient_data(store, tmp_path):
 
 
 def test_shown_slices_are_encoded_ahead_once_a_model_is_in_use(store, ct_small, monkeypatch):
-    from promptonce.engine import background_pool as _pool
+    from promptonce.engine import background_pool
 
     def settle() -> None:  # the warm-up task queues the encodings behind itself on the same thread
         for _ in range(3):
-            _pool("warm").submit(lambda: None).result(timeout=60)
+            background_pool("warm").submit(lambda: None).result(timeout=60)
 
     ws = load_ct(store, ct_small)
     H.warm_view(ws, 0, 2)

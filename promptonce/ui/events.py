@@ -1,0 +1,460 @@
+"""The page's events: what each control does, as small handlers wired to the :class:`~.layout.Page`.
+
+Every handler finds the browser's session, turns the page's view inputs into one
+:class:`~promptonce.ui.view.ViewState`, calls :mod:`promptonce.ui.handlers` (which drives the
+session's :class:`~promptonce.annotation.AnnotationSession`), and returns the components to update.
+Errors go through :func:`guard`: PromptOnce errors are shown with their message (no server paths),
+anything else is logged and shown as a generic message.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import inspect
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ..errors import InputError, PromptOnceError
+from . import handlers as H
+from .layout import Page
+from .session import Session, SessionStore
+from .updates import PageUpdates, Updates
+from .view import ViewState
+
+__all__ = ["guard", "window_of", "Events"]
+
+log = logging.getLogger(__name__)
+
+def window_of(name: str | None, width: float | None, level: float | None) -> Any:
+    """The window the page's controls choose: a preset name, or ``(width, level)`` for ``custom``."""
+    if name == "custom":
+        if width is None or level is None or not width or width <= 0:
+            raise gr.Error("Give the custom window a width > 0 and a level.", print_exception=False)
+        return (float(width), float(level))
+    return name or "auto"
+
+
+def guard(store: SessionStore) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Turns PromptOnce errors into gr.Error (readable, no server paths) and hides all other errors."""
+
+    def session_of(request: gr.Request | None) -> Session | None:
+        sid = getattr(request, "session_hash", None)
+        if not sid or sid not in store:
+            return None
+        try:
+            return store.get(sid, create=False)
+        except InputError:
+            return None
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def convert(exc: BaseException, request: gr.Request | None) -> gr.Error:
+            sess = session_of(request)
+            if isinstance(exc, PromptOnceError):
+                return gr.Error(html.escape(H.user_message(exc, sess)), print_exception=False)
+            log.exception("handler %s failed", fn.__name__)
+            return gr.Error(H.user_message(exc, sess), print_exception=False)
+
+        if inspect.isgeneratorfunction(fn):
+
+            @functools.wraps(fn)
+            def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    yield from fn(*args, **kwargs)
+                except gr.Error:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - converted for the page
+                    raise convert(exc, kwargs.get("request")) from None
+
+            return gen_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as exc:  # noqa: BLE001 - converted for the page
+                raise convert(exc, kwargs.get("request")) from None
+
+        return wrapper
+
+    return deco
+
+
+def _all_uploads(paths: list[Any]) -> bool:
+    """True when every path lies in Gradio's upload folder (so deleting the originals is safe)."""
+    from gradio.utils import get_upload_folder
+
+    root = Path(get_upload_folder()).resolve()
+    try:
+        return bool(paths) and all(root in Path(p).resolve().parents for p in paths)
+    except (OSError, TypeError):
+        return False
+
+
+def _not_running(sess: Session, what: str = "A run is in progress; wait for it or press Stop first.") -> None:
+    if sess.running.is_set():
+        raise gr.Error(what, print_exception=False)
+
+
+class Events(PageUpdates):
+    """The page's handlers and their wiring.
+
+    Args:
+        page: the components.
+        store: the session store.
+        model_limit: how many model requests (clicks, runs, corrections) run at once in the process.
+    """
+
+    def __init__(self, page: Page, store: SessionStore, model_limit: int = 1) -> None:
+        super().__init__(page)
+        self.store = store
+        self.guard = guard(store)
+        self.model_kw: dict[str, Any] = dict(concurrency_limit=model_limit, concurrency_id="model")
+        self.view_kw: dict[str, Any] = dict(concurrency_limit=8, concurrency_id="view")
+        self.nav_kw: dict[str, Any] = dict(concurrency_limit=8, concurrency_id="view", show_progress="hidden")
+
+    def wire(self, demo: gr.Blocks) -> None:
+        """Connects every control of the page to its handler."""
+        self.wire_loading()
+        self.wire_navigation()
+        self.wire_references()
+        self.wire_prompting()
+        self.wire_running()
+        self.wire_api(demo)
+
+    # ------------------------------------------------------------------ shared pieces
+    def sess(self, request: gr.Request) -> Session:
+        return self.store.get(request.session_hash)
+
+    @staticmethod
+    def state(v: Any, k1: Any, wname: Any, ww: Any, wl: Any, show: Any) -> ViewState:
+        """The page's view inputs as one :class:`ViewState`."""
+        return ViewState(v, k1, window_of(wname, ww, wl), bool(show))
+
+    # ------------------------------------------------------------------ loading
+    def after_load(self, sess: Session, window: Any, show: bool) -> Updates:
+        p = self.p
+        ws = sess.workspace
+        upd = self.view_updates(sess, ViewState(0, None, window, show), reset_view=True)
+        upd.update(self.objects_updates(sess))
+        upd.update(self.result_updates(sess, window))
+        n_ref = sum(r is not None for r in ws.references)
+        kinds = sorted({m.source_format for m in ws.metas})
+        upd[p.status] = (
+            f"Loaded **{ws.n_volumes} case(s)** ({', '.join(kinds)}; "
+            f"{sum(m.n_slices for m in ws.metas)} image(s)/slice(s)"
+            + (f", {n_ref} with a reference" if n_ref else "")
+            + "). Click on the object in the image."
+        )
+        upd[p.files] = None
+        upd[p.refs] = None
+        # an image set is segmented as a whole by default; a volume slice by slice
+        image_set = ws.n_volumes > 1 and all(m.n_slices == 1 for m in ws.metas)
+        upd[p.scope] = "dataset" if image_set else "volume"
+        upd[p.ref_labels] = ""
+        self.notes(ws)
+        return upd
+
+    def on_load(self, fs, rs, as_, wname, ww, wl, show, request: gr.Request):
+        sess = self.sess(request)
+        _not_running(sess, "A run is in progress; stop it before loading new files.")
+        paths = [f if isinstance(f, str) else getattr(f, "name", f) for f in (fs or [])]
+        rpaths = [f if isinstance(f, str) else getattr(f, "name", f) for f in (rs or [])]
+        try:
+            H.load_inputs(sess, paths, rpaths, images_as=as_ or "auto", remove_sources=_all_uploads(paths + rpaths))
+        finally:
+            self.store.sweep_upload_temps()  # Gradio's empty temp files of earlier uploads
+        return self.after_load(sess, window_of(wname, ww, wl), show)
+
+    def example_handler(self, name: str) -> Callable[..., Any]:
+        def on_example(wname, ww, wl, show, request: gr.Request):
+            sess = self.sess(request)
+            _not_running(sess, "A run is in progress; stop it before loading an example.")
+            H.load_example(sess, name)
+            return self.after_load(sess, "auto" if wname == "custom" else wname, show)
+
+        on_example.__name__ = f"on_example_{name}"
+        return self.guard(on_example)
+
+    def wire_loading(self) -> None:
+        p = self.p
+        outputs = [*p.view_outputs, *p.object_outputs, *p.result_outputs, p.status, p.files, p.refs, p.scope,
+                   p.ref_labels]  # fmt: skip
+        kw = dict(concurrency_limit=4, concurrency_id="load")
+        p.load_btn.click(self.guard(self.on_load), [p.files, p.refs, p.images_as, *p.window_inputs], outputs,
+                         api_name="load", **kw)  # fmt: skip
+        for btn, name in ((p.ex_ct, "ct"), (p.ex_xr, "xray")):
+            btn.click(self.example_handler(name), p.window_inputs, outputs, api_name=f"example_{name}", **kw)
+
+    # ------------------------------------------------------------------ navigation
+    def nav_handler(self, kind: str) -> Callable[..., Any]:
+        def on_nav(v, k1, wname, ww, wl, show, request: gr.Request):
+            sess = self.sess(request)
+            ws = H.workspace(sess)
+            vs = self.state(v, k1, wname, ww, wl, show)
+            v, k1 = vs.v, int(k1 or 1)
+            reset = False
+            if kind in ("prev", "next"):
+                step = -1 if kind == "prev" else 1
+                if ws.metas[v].n_slices > 1:
+                    k1 = min(max(k1 + step, 1), ws.metas[v].n_slices)
+                else:
+                    v, k1, reset = min(max(v + step, 0), ws.n_volumes - 1), 1, True
+            elif kind == "case":
+                k1 = ws.metas[v].n_slices // 2 + 1
+            upd = self.view_updates(sess, vs.at(v, k1))
+            if reset:
+                upd[self.p.case_dd] = gr.update(value=v)
+            return upd
+
+        on_nav.__name__ = f"on_{kind}"
+        return self.guard(on_nav)
+
+    def on_flagged(self, choice, wname, ww, wl, show, request: gr.Request):
+        sess = self.sess(request)
+        H.workspace(sess)
+        if not choice:
+            return {}
+        v, k = (int(x) for x in str(choice).split(":"))
+        upd = self.view_updates(sess, ViewState(v, k + 1, window_of(wname, ww, wl), show))
+        upd[self.p.case_dd] = gr.update(value=v)
+        return upd
+
+    def wire_navigation(self) -> None:
+        p, nav_kw = self.p, self.nav_kw
+        inputs, outputs = p.view_inputs, p.view_outputs
+        slider = self.nav_handler("slider")
+        p.slider.release(slider, inputs, outputs, api_name="show_slice", **nav_kw)
+        p.slider.input(slider, inputs, outputs, trigger_mode="always_last", api_visibility="private", **nav_kw)
+        p.prev_btn.click(self.nav_handler("prev"), inputs, outputs, api_name="prev", **nav_kw)
+        p.next_btn.click(self.nav_handler("next"), inputs, outputs, api_name="next", **nav_kw)
+        p.case_dd.input(self.nav_handler("case"), inputs, outputs, api_name="show_case", **nav_kw)
+        p.show_ref.input(slider, inputs, outputs, api_visibility="private", **nav_kw)
+
+        def on_window(wname, *rest):
+            custom = wname == "custom"
+            return gr.update(visible=custom), gr.update(visible=custom)
+
+        p.window_dd.input(on_window, [p.window_dd], [p.win_w, p.win_l], queue=False, api_visibility="private").then(
+            slider, inputs, outputs, api_visibility="private", **nav_kw
+        )
+        for num in (p.win_w, p.win_l):
+            num.submit(slider, inputs, outputs, api_visibility="private", **nav_kw)
+        p.flagged.input(self.guard(self.on_flagged), [p.flagged, *p.window_inputs], outputs,
+                        api_visibility="private", **nav_kw)  # fmt: skip
+
+    # ------------------------------------------------------------------ reference labels
+    def on_ref_labels(self, text, v, k1, wname, ww, wl, show, request: gr.Request):
+        sess = self.sess(request)
+        ws = H.workspace(sess)
+        before = ws.ref_labels
+        if H.set_reference_labels(ws, text) == before:
+            return {}
+        vs = self.state(v, k1, wname, ww, wl, show)
+        upd = self.view_updates(sess, vs)
+        upd = {c: u for c, u in upd.items() if c in (self.p.view, self.p.info)}  # leave the position as it is now
+        upd.update(self.result_updates(sess, vs.window))
+        return upd
+
+    def wire_references(self) -> None:
+        p = self.p
+        handler = self.guard(self.on_ref_labels)
+        outputs = [p.view, p.info, *p.result_outputs]
+        p.ref_labels.submit(handler, [p.ref_labels, *p.view_inputs], outputs, api_name="reference_labels",
+                            **self.nav_kw)  # fmt: skip
+        p.ref_labels.blur(handler, [p.ref_labels, *p.view_inputs], outputs, api_visibility="private", **self.nav_kw)
+
+    # ------------------------------------------------------------------ prompting
+    def do_click(self, sess: Session, vs: ViewState, x: float, y: float, md: str, mdl: str | None) -> Updates:
+        ws = H.workspace(sess)
+        _not_running(sess, "A run is in progress; wait for it or press Stop before clicking.")
+        if not mdl:
+            raise gr.Error("No model is available on this server.", print_exception=False)
+        with sess.lock:
+            msg = H.click(ws, vs.v, vs.k, x, y, md, mdl, vs.window)
+        upd = self.view_updates(sess, vs)
+        upd[self.p.status] = msg
+        self.notes(ws)
+        return upd
+
+    def on_select(self, v, k1, md, mdl, wname, ww, wl, show, evt: gr.SelectData, request: gr.Request):
+        if evt is None or evt.index is None:
+            return {}
+        vs = self.state(v, k1, wname, ww, wl, show)
+        return self.do_click(self.sess(request), vs, evt.index[0], evt.index[1], md, mdl)
+
+    def on_click_at(self, v, k1, x, y, md, mdl, wname, ww, wl, show, request: gr.Request):
+        """API: a click at display pixel (x, y) of the shown case/slice (what a click on the image does)."""
+        vs = self.state(v, k1, wname, ww, wl, show)
+        return self.do_click(self.sess(request), vs, float(x), float(y), md, mdl)
+
+    def on_add_object(self, name, request: gr.Request):
+        sess = self.sess(request)
+        ws = H.workspace(sess)
+        with sess.lock:
+            oid = H.add_object(ws, name)
+        upd = self.objects_updates(sess)
+        upd[self.p.obj_name] = ""
+        upd[self.p.status] = f"Added **{html.escape(ws.object(oid).name)}**: click on it in the image."
+        return upd
+
+    def on_object(self, oid, request: gr.Request):
+        sess = self.sess(request)
+        ws = H.workspace(sess)
+        if oid is not None:
+            H.set_active(ws, int(oid))
+        return self.objects_updates(sess)
+
+    def on_undo(self, v, k1, mdl, wname, ww, wl, show, request: gr.Request):
+        sess = self.sess(request)
+        ws = H.workspace(sess)
+        _not_running(sess)
+        vs = self.state(v, k1, wname, ww, wl, show)
+        with sess.lock:
+            key = H.undo(ws, mdl or "auto", vs.window)
+        if key is None:
+            upd = self.view_updates(sess, vs)
+            upd[self.p.status] = "Nothing to undo."
+            return upd
+        upd = self.view_updates(sess, vs.at(key[0], key[1] + 1))
+        upd[self.p.case_dd] = gr.update(value=key[0])
+        upd[self.p.status] = f"Undone on {ws.metas[key[0]].name}, slice {key[1] + 1}."
+        return upd
+
+    def on_reset(self, v, k1, wname, ww, wl, show, request: gr.Request):
+        sess = self.sess(request)
+        ws = H.workspace(sess)
+        _not_running(sess)
+        vs = self.state(v, k1, wname, ww, wl, show)
+        with sess.lock:
+            H.reset_prompts(ws)
+        upd = self.view_updates(sess, vs)
+        upd.update(self.result_updates(sess, vs.window))
+        upd[self.p.status] = "All prompts and results removed."
+        return upd
+
+    def wire_prompting(self) -> None:
+        p, g = self.p, self.guard
+        click_inputs = [p.case_dd, p.slider, p.mode, p.model, *p.window_inputs]
+        click_outputs = [*p.view_outputs, p.status]
+        p.view.select(g(self.on_select), click_inputs, click_outputs, api_visibility="private",
+                      show_progress="minimal", **self.model_kw)  # fmt: skip
+        # the same as a click on the image, for API clients: x and y are hidden numbers
+        api_x, api_y = gr.Number(visible=False), gr.Number(visible=False)
+        api_btn = gr.Button(visible=False, elem_id="po-api-click")
+        api_btn.click(g(self.on_click_at), [p.case_dd, p.slider, api_x, api_y, p.mode, p.model, *p.window_inputs],
+                      click_outputs, api_name="click_at", **self.model_kw)  # fmt: skip
+        obj_outputs = [*p.object_outputs, p.obj_name, p.status]
+        p.add_obj.click(g(self.on_add_object), [p.obj_name], obj_outputs, api_name="add_object", **self.view_kw)
+        p.obj_name.submit(g(self.on_add_object), [p.obj_name], obj_outputs, api_visibility="private", **self.view_kw)
+        p.obj_dd.input(g(self.on_object), [p.obj_dd], p.object_outputs, api_name="set_object", **self.view_kw)
+        p.undo_btn.click(g(self.on_undo), [p.case_dd, p.slider, p.model, *p.window_inputs], click_outputs,
+                         api_name="undo", **self.model_kw)  # fmt: skip
+        p.reset_btn.click(g(self.on_reset), p.view_inputs, [*p.view_outputs, *p.result_outputs, p.status],
+                          api_name="reset", **self.view_kw)  # fmt: skip
+
+    # ------------------------------------------------------------------ running
+    def run_loop(self, sess: Session, gen: Iterator[H.RunProgress], vs: ViewState, progress: gr.Progress) -> Iterator[Updates]:
+        """Streams a run's progress to the page, then shows the result."""
+        p = self.p
+        ws = H.workspace(sess)
+        last = None
+        for rp in gen:
+            last = rp
+            sess.touch()
+            if rp.finished:
+                break
+            progress((rp.done, rp.total), desc=H.progress_text(rp), unit="slices")
+            upd: Updates = {p.status: H.progress_text(rp)}
+            if rp.volume_index == vs.v and rp.slice_index >= 0:
+                upd.update(self.view_updates(sess, vs.at(rp.volume_index, rp.slice_index + 1)))
+            yield upd
+        upd = self.view_updates(sess, vs)
+        upd.update(self.result_updates(sess, vs.window))
+        upd[p.status] = H.progress_text(last) if last is not None else "Nothing was run."
+        self.notes(ws)
+        yield upd
+
+    def _running(self, sess: Session, start: Callable[[], Iterator[H.RunProgress]], vs: ViewState,
+                 progress: gr.Progress) -> Iterator[Updates]:  # fmt: skip
+        _not_running(sess, "A run is already in progress in this tab.")
+        sess.cancel.clear()
+        sess.running.set()
+        try:
+            yield from self.run_loop(sess, start(), vs, progress)
+        finally:
+            sess.running.clear()
+
+    def on_run(self, v, k1, sc, st, mdl, wname, ww, wl, show, request: gr.Request, progress=gr.Progress()):
+        sess = self.sess(request)
+        ws = H.workspace(sess)
+        if not mdl:
+            raise gr.Error("No model is available on this server.", print_exception=False)
+        vs = self.state(v, k1, wname, ww, wl, show)
+        yield from self._running(sess, lambda: H.run(ws, sc, st, mdl, vs.window, vs.v, sess.cancel), vs, progress)
+
+    def on_correct(self, v, k1, mdl, wname, ww, wl, show, request: gr.Request, progress=gr.Progress()):
+        sess = self.sess(request)
+        ws = H.workspace(sess)
+        vs = self.state(v, k1, wname, ww, wl, show)
+        yield from self._running(
+            sess, lambda: H.apply_corrections(ws, mdl or "auto", vs.window, sess.cancel), vs, progress
+        )
+
+    def on_stop(self, v, k1, wname, ww, wl, show, request: gr.Request):
+        sess = self.sess(request)
+        sess.cancel.set()
+        was_running = sess.running.is_set()
+        # wait (briefly) for the run to notice, so what is shown is what was kept
+        for _ in range(100):
+            if not sess.running.is_set():
+                break
+            threading.Event().wait(0.05)
+        ws = sess.workspace
+        if ws is None:
+            return {self.p.status: "Nothing is running."}
+        vs = self.state(v, k1, wname, ww, wl, show)
+        if ws.run_info is not None and was_running:
+            ws.run_info.cancelled = True
+        upd = self.view_updates(sess, vs)
+        upd.update(self.result_updates(sess, vs.window))
+        done = int(sum(d.sum() for d in ws.done.values()))
+        upd[self.p.status] = f"Stopped. {done} slice(s) segmented so far are kept." if was_running else "Nothing is running."
+        return upd
+
+    def wire_running(self) -> None:
+        p, g = self.p, self.guard
+        outputs = [*p.view_outputs, *p.result_outputs, p.status]
+        run_ev = p.run_btn.click(
+            g(self.on_run), [p.case_dd, p.slider, p.scope, p.strategy, p.model, *p.window_inputs], outputs,
+            api_name="run", show_progress_on=[p.status], **self.model_kw,
+        )  # fmt: skip
+        correct_ev = p.correct_btn.click(
+            g(self.on_correct), [p.case_dd, p.slider, p.model, *p.window_inputs], outputs,
+            api_name="apply_corrections", show_progress_on=[p.status], **self.model_kw,
+        )  # fmt: skip
+        p.stop_btn.click(g(self.on_stop), p.view_inputs, outputs, cancels=[run_ev, correct_ev], api_name="stop",
+                         concurrency_limit=None, concurrency_id="stop", queue=True)  # fmt: skip
+
+    # ------------------------------------------------------------------ summary API + lifecycle
+    def on_summary(self, request: gr.Request) -> str:
+        """API: the current result's figures as JSON (cases, Dice, prompts, time)."""
+        ws = H.workspace(self.sess(request))
+        return H.write_json_text(H.results_summary(ws))
+
+    def wire_api(self, demo: gr.Blocks) -> None:
+        summary_json = gr.Textbox(visible=False)
+        summary_btn = gr.Button(visible=False)
+        summary_btn.click(self.guard(self.on_summary), None, summary_json, api_name="summary", **self.view_kw)
+
+        def on_unload(request: gr.Request) -> None:
+            self.store.close(request.session_hash)
+
+        demo.unload(on_unload)
