@@ -436,3 +436,15 @@ def test_cli_ray_writes_the_same_files_as_the_local_cli(ray_local, tmp_path):
     q_ray = json.loads((tmp_path / "ray" / "quality.json").read_text())
     assert sorted(q_ray["cases"], key=lambda c: c["volume_index"]) == sorted(q_local["cases"], key=lambda c: c["volume_index"])
     assert q_ray["review_first"] == q_local["review_first"]
+
+
+def test_ray_quality_pass_same_masks_as_local(ray_local, tmp_path):
+    _QualityTransfer.calls = []
+    loc = run_dataset(lazy(), PROMPT, tmp_path / "local", model="fake", transfer=_QualityTransfer)
+    ray_run = run_dataset(lazy(), PROMPT, tmp_path / "ray", model="fake", transfer=_QualityTransfer,
+                          executor="ray", workers=2)
+    assert loc.second_pass == ray_run.second_pass == N // 2
+    got, want = read_masks(tmp_path / "ray"), read_masks(tmp_path / "local")
+    assert got.keys() == want.keys()
+    for k in want:
+        assert np.array_equal(got[k], want[k]), k
