@@ -36,6 +36,7 @@ _LAZY = {
     "load": ("promptonce.io.readers", "load"),
     "load_dataset": ("promptonce.io.readers", "load_dataset"),
     "segment": ("promptonce.engine", "segment"),
+    "run_dataset": ("promptonce.distributed", "run_dataset"),
     "Engine": ("promptonce.engine", "Engine"),
     "AnnotationSession": ("promptonce.annotation", "AnnotationSession"),
     "get_backend": ("promptonce.backends.registry", "get_backend"),

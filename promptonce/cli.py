@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .cli_cluster import add_executor_options, wants_cluster
 from .errors import InputError, PromptError, PromptOnceError
 from .types import Box, Dataset, ObjectPrompt, Point, SlicePrompt
 
@@ -136,6 +137,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     prompt = build_prompt(getattr(args, "prompt_items", None) or [], args.image, dataset)
     out = Path(args.out)
     refs = _pair(dataset, args.reference) if args.reference else None
+    if wants_cluster(args):
+        from .cli_cluster import segment_distributed
+
+        return segment_distributed(args, dataset, prompt, refs)
     total = slices_in_scope(args.scope, lambda i: dataset[i].n_slices, len(dataset), prompt.volume_index)
     engine = make_engine(prompt, args.model, "auto")
     writer = ResultWriter(out, objects=[o.object_id for o in prompt.objects],
@@ -221,6 +226,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             labels = [int(v) for v in args.labels.split(",")]
         except ValueError:
             raise InputError(f"--labels {args.labels!r} must be integers like 1,2.") from None
+    if wants_cluster(args):
+        from .cli_cluster import evaluate_distributed
+
+        return evaluate_distributed(args, images, ref_paths, labels)
     cfg = EvalConfig(
         model=args.model, scope=args.scope, labels=labels, seed=args.seed, protocol=args.protocol,
         strategy=args.strategy, window=args.window, jitter_px=args.jitter, rng_seed=args.rng_seed,
@@ -312,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image", type=int, default=None, metavar="K", help="flat index of the prompted image")
     s.add_argument("--reference", nargs="+", default=None, help="reference masks (paired by name) for metrics")
     common(s)
+    add_executor_options(s)
     s.set_defaults(func=cmd_segment)
 
     e = sub.add_parser("evaluate", help="simulate a user from reference masks and score")
@@ -326,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=0, help="evaluate only the first N cases")
     e.add_argument("--no-masks", action="store_true", help="do not write predicted masks")
     common(e)
+    add_executor_options(e)
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("report", help="HTML/Markdown report from evaluate run folders")
