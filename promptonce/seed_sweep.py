@@ -7,6 +7,10 @@ Dice. Every run shares one :class:`~promptonce.engine.Engine` whose embedding ca
 of the dataset, so each image is encoded once for the whole sweep, not once per seed; the cases are
 loaded once and kept in memory for that (the cache is keyed by the volume object).
 
+Memory: every case's image and reference, plus one embedding per slice (LiteMedSAM's is 256x64x64
+float32 = 4 MiB: 566 X-rays hold about 2.3 GiB). Memory models (SAM 2's video predictor) encode inside
+their own propagation, so for them the sweep saves the loading, not the encoding.
+
 Output folder: ``seed_NNN/`` per seed (that run's usual ``metrics.json``, ``metrics.csv``, ``masks/``)
 and the sweep's ``metrics.json`` (``{"summary", "seeds", "cases", "flag_quality"}``) and ``metrics.csv``
 (one row per case: Dice per seed, mean and worst).
