@@ -122,6 +122,8 @@ def run_eval(name: str, spec: dict[str, Any], files: list[Path], data: Path, *, 
             "model_load_seconds", "flag_recall_case", "flag_precision_case", "flag_recall_slice",
             "flag_precision_slice", "flagged_cases", "failed_cases", "confidence_auc_case")
     row.update({k: s.get(k) for k in keys})
+    if sweep:
+        row["dice_pooled"] = s.get("dice_pooled_mean")  # a sweep reports the mean over seeds
     row["cases"] = s.get("cases", row["cases"])
     row["seconds_per_image"] = round(s["seconds"] / max(s["images"] * max(sweep, 1), 1), 3)
     row["flag_counts"] = {"case": m["flag_quality"]["case"], "slice": m["flag_quality"]["slice"]}
