@@ -230,12 +230,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from .cli_cluster import evaluate_distributed
 
         return evaluate_distributed(args, images, ref_paths, labels)
+    seed_case, sweep = _seed_options(args, len(images))
     cfg = EvalConfig(
         model=args.model, scope=args.scope, labels=labels, seed=args.seed, protocol=args.protocol,
         strategy=args.strategy, window=args.window, jitter_px=args.jitter, rng_seed=args.rng_seed,
-        write_masks=not args.no_masks,
+        write_masks=not args.no_masks, seed_case=seed_case, seed_sweep=sweep,
     )
     total = sum(images[i].n_slices for i in range(len(images))) if len(images) < 2000 else 0
+    total *= max(sweep, 1)
     bar = _progress(args.quiet, total, f"evaluate {args.scope}")
     last = [0]
 
@@ -264,6 +266,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(write_summary_line(result), file=sys.stderr)
     return 0
+
+
+def _seed_options(args: argparse.Namespace, n_cases: int) -> tuple[int, int]:
+    """Checks --seed-case / --seed-sweep against the scope and the number of cases; returns (seed_case, sweep)."""
+    seed_case = 0 if args.seed_case is None else args.seed_case
+    sweep = args.seed_sweep or 0
+    if (args.seed_case is not None or sweep) and args.scope != "dataset":
+        used = "--seed-case" if args.seed_case is not None else "--seed-sweep"
+        raise InputError(
+            f"{used} chooses which case is prompted for the whole dataset; it needs --scope dataset "
+            f"(got --scope {args.scope}: every {'image' if args.scope == 'image' else 'volume'} gets its own prompt)."
+        )
+    if not 0 <= seed_case < n_cases:
+        raise InputError(
+            f"--seed-case {seed_case} is out of range: the dataset has {n_cases} case(s) after --limit, "
+            f"numbered 0..{n_cases - 1} in load order; choose one of them."
+        )
+    if sweep < 0 or sweep > n_cases:
+        raise InputError(
+            f"--seed-sweep {sweep} must be between 1 and the number of cases ({n_cases}); "
+            "it runs once per seed case, spread evenly over the dataset."
+        )
+    return seed_case, sweep
 
 
 def _pair(images: Dataset, references: Sequence[str]) -> list[Path]:
@@ -334,6 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--jitter", type=float, default=0.0, help="simulated prompt imprecision in pixels")
     e.add_argument("--rng-seed", type=int, default=0)
     e.add_argument("--limit", type=int, default=0, help="evaluate only the first N cases")
+    e.add_argument("--seed-case", type=int, default=None, metavar="N",
+                   help="dataset scope: the case the simulated user prompts (0-based, load order; default 0)")
+    e.add_argument("--seed-sweep", type=int, default=0, metavar="K",
+                   help="dataset scope: run once for each of K seed cases spread evenly over the dataset (from "
+                        "--seed-case on) and report the mean, worst and spread of the Dice; images are encoded once")
     e.add_argument("--no-masks", action="store_true", help="do not write predicted masks")
     common(e)
     add_executor_options(e)

@@ -6,7 +6,7 @@ import numpy as np
 
 from promptonce.backends.fake import FakeBackend
 from promptonce.engine import DatasetTransfer, Engine, segment
-from promptonce.engine.quality import check_against_prior, lost_flag, rank_for_review
+from promptonce.engine.quality import check_against_prior, lost_flag
 from promptonce.metrics import dice
 from promptonce.types import Box, Dataset, ObjectPrompt, SlicePrompt, Volume
 
@@ -127,7 +127,6 @@ def test_quality_check_flags_a_missed_part_and_low_agreement():
     full = prior >= 0.5
     assert check_against_prior(full, prior, 0.9, "lungs").confidence > chk.confidence
     assert lost_flag("liver", 80, 100, "x") is not None and lost_flag("liver", 10, 100, "x") is None
-    assert rank_for_review([("a", 0.9, 0), ("b", 0.2, 0), ("c", None, 3)]) == ["b", "a", "c"]
 
 
 def test_an_object_lost_mid_volume_is_flagged():

@@ -37,7 +37,6 @@ __all__ = [
     "with_stability",
     "MIN_STABILITY",
     "lost_flag",
-    "rank_for_review",
     "LEAK_FRACTION",
     "MIN_NEIGHBOUR_AGREEMENT",
     "MIN_PRIOR_AGREEMENT",
@@ -204,18 +203,6 @@ def lost_flag(name: str, area_before: int, peak: int, why: str) -> str | None:
     return None
 
 
-def rank_for_review(cases: Sequence[tuple[str, float | None, int]]) -> list[str]:
-    """Case names ordered "review these first": lowest confidence first, then most flags, then name.
-
-    Args:
-        cases: ``(name, confidence or None, number of flags)`` per case.
-    """
-    return [
-        c[0]
-        for c in sorted(cases, key=lambda c: (c[1] if c[1] is not None else 2.0, -c[2], c[0]))
-    ]
-
-
 class SequenceMonitor:
     """Confidence and flags for memory-model output (SAM 2), one slice at a time along one direction.
 
@@ -292,8 +279,11 @@ class QualityReport:
         return out
 
     def review_order(self) -> list[str]:
-        """Case names, "review these first" (:func:`rank_for_review`)."""
-        return rank_for_review([(c["case"], c["confidence"], len(c["flags"])) for c in self.cases()])
+        """Case names, "review these first" (:func:`promptonce.flagscore.review_order`: lowest confidence first)."""
+        from ..flagscore import review_order
+
+        cases = self.cases()
+        return [cases[i]["case"] for i in review_order(cases)]
 
     def to_dict(self) -> dict:
         cases = self.cases()
