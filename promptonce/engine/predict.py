@@ -14,6 +14,7 @@ from ..backends.base import Backend, Embedding, Prediction
 from ..errors import PromptError
 from ..prompts import box_from_mask
 from ..types import Box, ObjectPrompt, Volume
+from .clicks import agreement, click_region, contains_points, leaks, remove_negative
 
 __all__ = [
     "predict",
@@ -23,6 +24,7 @@ __all__ = [
     "refine_mask",
     "has_negative",
     "best_containing",
+    "click_to_box_model",
     "check_prompt_inside",
 ]
 
@@ -67,12 +69,17 @@ def predict_object(
     assert isinstance(backend, Backend)  # noqa: S101 - internal invariant, SequenceBackends never get here
     shape = volume.shape[1:]
     transferred = bool(refine)
+    clicks = obj.points
     if obj.box is None and not backend.info.points:
         clicker = eng.click_backend
         if clicker is None:
             raise PromptError(
                 f"{backend.info.title} takes boxes only and no click model is available here; draw a box."
             )
+        if not (transferred and eng.config.transfer_scales):
+            mask, score = click_to_box_model(eng, clicker, backend, volume, k, obj, window)
+            return _apply_background_clicks(eng, volume, k, window, mask, clicks), score
+        # a click carried over from another case: its mask's box goes through the vote over box sizes
         emb = eng.embedding(clicker, volume, k, window)
         pred = predict(eng, clicker, emb, obj, multimask=not has_negative(obj) and len(obj.points) == 1)
         mask = best_containing(pred, obj)
@@ -80,18 +87,92 @@ def predict_object(
         if box is None:
             return mask, float(np.max(pred.scores))
         obj = replace(obj, box=box, points=())
-        refine = True
     emb = eng.embedding(backend, volume, k, window)
     if transferred and obj.box is not None and backend.info.boxes and eng.config.transfer_scales:
         return transferred_mask(eng, backend, emb, obj, shape)
     multimask = obj.box is None and len(obj.points) == 1
     pred = predict(eng, backend, emb, obj, multimask=multimask)
-    mask = best_containing(pred, obj) if multimask else pred.best
+    if multimask:
+        region = click_region(eng.frames(volume, window).gray(k), obj.points) if obj.points[0].label == 1 else None
+        mask = best_containing(pred, obj, region=region)
+    else:
+        mask = pred.best
     score = float(np.max(pred.scores))
     if refine and obj.box is not None and backend.info.boxes and mask.any():
         times = refine if isinstance(refine, int) and not isinstance(refine, bool) else eng.config.refine
         mask, score = refine_mask(eng, backend, emb, mask, score, obj, shape, times=times)
-    return mask, score
+    return _apply_background_clicks(eng, volume, k, window, mask, clicks), score
+
+
+def click_to_box_model(
+    eng: Engine, clicker: Backend, backend: Backend, volume: Volume, k: int, obj: ObjectPrompt, window=None
+) -> tuple[np.ndarray, float]:
+    """Clicks on a box-only model: the click model's candidates, each boxed for the box model; the one
+    agreeing best with the intensity region grown from the click wins.
+
+    Candidates: the click model's masks that hold the positive clicks (all three multimask outputs
+    for a single click), and the click region itself. Each candidate's box (with the usual margin)
+    goes to the box model and is refined once from its own mask; a box-model mask that leaks far
+    beyond the candidate it came from (:func:`.clicks.leaks`) is replaced by that candidate. Among
+    the results that hold the positive clicks, the one with the highest Dice against the click
+    region wins (ties: model score); with no usable region (a click on texture, or a region over a
+    third of the slice) the click model's own choice (:func:`best_containing`) is kept, as before.
+
+    Returns:
+        ``(mask bool (rows, cols), score)``.
+    """
+    shape = volume.shape[1:]
+    pos = [p for p in obj.points if p.label == 1]
+    emb_c = eng.embedding(clicker, volume, k, window)
+    single = not has_negative(obj) and len(obj.points) == 1
+    pred = predict(eng, clicker, emb_c, obj, multimask=single)
+    first = best_containing(pred, obj)
+    if pos and has_negative(obj) and not contains_points(first, pos):
+        # the background clicks took the object away: the positive clicks alone, the background
+        # clicks are applied to the final mask (_apply_background_clicks)
+        only = replace(obj, points=tuple(pos))
+        pred = predict(eng, clicker, emb_c, only, multimask=len(pos) == 1)
+        first = best_containing(pred, only)
+    region = click_region(eng.frames(volume, window).gray(k), obj.points) if pos else None
+    cands: list[np.ndarray] = [first]
+    if region is not None:
+        order = [int(j) for j in np.argsort(-pred.scores)]
+        cands += [pred.masks[j] for j in order if contains_points(pred.masks[j], pos) and not _whole_frame(pred.masks[j])]
+        cands.append(region)
+    emb = eng.embedding(backend, volume, k, window)
+    results: list[tuple[np.ndarray, float]] = []
+    seen: list[Box] = []
+    for c in cands:
+        box = box_from_mask(c, margin=margin(eng, c), shape=shape)
+        if box is None or any(_same_box(box, b) for b in seen):
+            continue
+        seen.append(box)
+        pred_b = predict(eng, backend, emb, ObjectPrompt(box=box, object_id=obj.object_id))
+        m, s = pred_b.best, float(np.max(pred_b.scores))
+        if m.any():
+            m, s = refine_mask(eng, backend, emb, m, s, ObjectPrompt(box=box, object_id=obj.object_id), shape)
+        if not m.any() or leaks(m, c):
+            m = c  # the box model took a neighbour (or nothing): keep the candidate itself
+        results.append((m, s))
+    if not results:
+        return first, float(np.max(pred.scores))
+    if region is None:
+        return results[0]
+    holding = [r for r in results if contains_points(r[0], pos)] or results
+    return max(holding, key=lambda r: (round(agreement(r[0], region), 3), r[1]))
+
+
+def _same_box(a: Box, b: Box, tol: float = 2.0) -> bool:
+    return bool(np.all(np.abs(a.as_array() - b.as_array()) <= tol))
+
+
+def _apply_background_clicks(
+    eng: Engine, volume: Volume, k: int, window, mask: np.ndarray, clicks: tuple
+) -> np.ndarray:
+    """A background click that lies on the final mask removes the part around it (:func:`.clicks.remove_negative`)."""
+    if not any(p.label == 0 for p in clicks) or not mask.any():
+        return mask
+    return remove_negative(mask, eng.frames(volume, window).gray(k), clicks)
 
 
 def transferred_mask(
@@ -164,25 +245,36 @@ def has_negative(obj: ObjectPrompt) -> bool:
     return any(p.label == 0 for p in obj.points)
 
 
-def best_containing(pred: Prediction, obj: ObjectPrompt, max_fraction: float = 0.5) -> np.ndarray:
-    """Best-scored candidate that contains the positive clicks (SAM's multimask ambiguity resolved).
+def _whole_frame(m: np.ndarray, max_fraction: float = 0.5) -> bool:
+    if m.mean() > max_fraction:
+        return True
+    return bool(m[0].any() and m[-1].any() and m[:, 0].any() and m[:, -1].any())
+
+
+def best_containing(
+    pred: Prediction, obj: ObjectPrompt, max_fraction: float = 0.5, region: np.ndarray | None = None
+) -> np.ndarray:
+    """Best candidate that contains the positive clicks (SAM's multimask ambiguity resolved).
 
     Candidates that cover more than ``max_fraction`` of the frame or reach all four borders are
     passed over while another candidate contains the clicks: for one click on a lung, MobileSAM's
     top-scored candidate was the whole radiograph (score 1.0 on ~92% of the frame), which says
-    nothing about the object the user pointed at.
+    nothing about the object the user pointed at. With ``region`` (bool ``(rows, cols)``, the
+    intensity region grown from the click, :func:`.clicks.click_region`), the candidates that
+    contain the clicks are ranked by their Dice with it first, then by score.
     """
     pos = [p for p in obj.points if p.label == 1]
     order = [int(j) for j in np.argsort(-pred.scores)]
+    if region is not None:
+        ok = [j for j in order if contains_points(pred.masks[j], pos) and not _whole_frame(pred.masks[j], max_fraction)]
+        if ok:
+            return pred.masks[max(ok, key=lambda j: (round(agreement(pred.masks[j], region), 3), pred.scores[j]))]
 
     def contains(m: np.ndarray) -> bool:
-        h, w = m.shape
-        return all(m[min(max(int(round(p.y)), 0), h - 1), min(max(int(round(p.x)), 0), w - 1)] for p in pos)
+        return contains_points(m, pos)
 
     def whole_frame(m: np.ndarray) -> bool:
-        if m.mean() > max_fraction:
-            return True
-        return bool(m[0].any() and m[-1].any() and m[:, 0].any() and m[:, -1].any())
+        return _whole_frame(m, max_fraction)
 
     for wanted in (lambda m: contains(m) and not whole_frame(m), contains, lambda m: not whole_frame(m)):
         for j in order:
