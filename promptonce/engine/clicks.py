@@ -32,6 +32,9 @@ MAX_REGION_FRACTION = 0.35
 #: the intensity band around the click's neighbourhood median: k robust sigmas, clipped (grey levels 0..255)
 BAND_SIGMAS = 2.5
 BAND_MIN, BAND_MAX = 8.0, 32.0
+#: the band is widened by these factors while the region grows by at most JUMP per step (a jump = a leak)
+BAND_STEPS = (1.0, 1.5, 2.0, 3.0, 4.0)
+JUMP = 2.0
 #: a box-model mask whose part outside the (dilated) click mask exceeds this fraction of that mask leaked
 LEAK_FRACTION = 0.6
 
@@ -61,8 +64,11 @@ def click_region(gray: np.ndarray, points: Sequence[Point]) -> np.ndarray | None
     Per click: the slice is lightly smoothed; the median and robust spread (MAD) of a small disk
     around the click define a band of grey values (``BAND_SIGMAS`` robust sigmas, clipped to
     ``BAND_MIN..BAND_MAX`` grey levels); the pixels within the band, opened to cut thin bridges to
-    neighbours, that are connected to the click form the region, which is closed, hole-filled and
-    grown by one pixel (the smoothing pulls the band in from the object's edges).
+    neighbours, that are connected to the click form the region, which is closed and hole-filled.
+    The band is then widened (``BAND_STEPS``) as long as the region grows by at most ``JUMP`` per
+    step: an organ crossed by ribs or of uneven grey fills in, and the step where the region jumps
+    (it reached a neighbour) is not taken. The result is grown by one pixel (the smoothing pulls
+    the band in from the object's edges).
     The regions of several clicks are united.
 
     Args:
@@ -90,29 +96,50 @@ def click_region(gray: np.ndarray, points: Sequence[Point]) -> np.ndarray | None
         med = float(np.median(vals))
         sig = 1.4826 * float(np.median(np.abs(vals - med)))
         tol = float(np.clip(BAND_SIGMAS * sig, BAND_MIN, BAND_MAX))
-        band = np.abs(img - med) <= tol
-        opened = ndimage.binary_opening(band, _disk(ro))
-        lab, _ = ndimage.label(opened)
-        v = lab[r, c]
-        if v == 0:  # the click sits on a thin part: the nearest opened component within the disk
-            near = lab[r0:r1, c0:c1][disk]
-            near = near[near > 0]
-            if near.size:
-                v = int(np.bincount(near).argmax())
-        if v == 0:
-            lab, _ = ndimage.label(band)
-            v = lab[r, c]
-        if v == 0:
-            continue
-        reg = lab == v
-        reg = ndimage.binary_closing(reg, _disk(ro), border_value=0) | reg
-        out |= ndimage.binary_fill_holes(reg)
+        reg = None
+        for f in BAND_STEPS:  # widen the band while the region grows steadily; stop before it jumps
+            grown = _band_region(img, med, tol * f, (r, c), disk, (r0, r1, c0, c1), ro)
+            if grown is None:
+                break
+            if reg is not None and (
+                grown.sum() > JUMP * reg.sum() or grown.sum() > MAX_REGION_FRACTION * grown.size
+            ):
+                break
+            reg = grown
+        if reg is not None:
+            out |= reg
     out = ndimage.binary_dilation(out, _disk(1))  # smoothing pulled the band in from the edges
     area = int(out.sum())
     if area > MAX_REGION_FRACTION * out.size or area < max(9, 2 * int(_disk(rn).sum())):
         log.debug("click region of %d px out of %d: not used as a size prior", area, out.size)
         return None
     return out
+
+
+def _band_region(
+    img: np.ndarray, med: float, tol: float, rc: tuple[int, int], disk: np.ndarray, win: tuple[int, int, int, int],
+    ro: int,
+) -> np.ndarray | None:
+    """The opened band ``|img - med| <= tol`` component holding pixel ``rc``, closed and hole-filled."""
+    r, c = rc
+    r0, r1, c0, c1 = win
+    band = np.abs(img - med) <= tol
+    opened = ndimage.binary_opening(band, _disk(ro))
+    lab, _ = ndimage.label(opened)
+    v = lab[r, c]
+    if v == 0:  # the click sits on a thin part: the nearest opened component within the disk
+        near = lab[r0:r1, c0:c1][disk]
+        near = near[near > 0]
+        if near.size:
+            v = int(np.bincount(near).argmax())
+    if v == 0:
+        lab, _ = ndimage.label(band)
+        v = lab[r, c]
+    if v == 0:
+        return None
+    reg = lab == v
+    reg = ndimage.binary_closing(reg, _disk(ro), border_value=0) | reg
+    return ndimage.binary_fill_holes(reg)
 
 
 def agreement(mask: np.ndarray, region: np.ndarray) -> float:
