@@ -120,8 +120,11 @@ def click_to_box_model(
     texture, or a region over a third of the slice) the click model's own choice
     (:func:`best_containing`) is taken, as before. Its box (with the usual margin) goes to the box
     model and is refined once from its own mask. A box-model mask that leaks far beyond the chosen
-    candidate (:func:`.clicks.leaks`) is replaced by the candidate itself. (Offering the region itself
-    as a further candidate was tried: on X-rays, where ribs cut the region short, it won too often.)
+    candidate (:func:`.clicks.leaks`) is replaced by the candidate itself. On a cross-section (CT, MR,
+    a stack) where even that result agrees poorly with the region (Dice < ``REGION_TRUST``: all the
+    click model's candidates took neighbours, as on a cardiac MR right ventricle), the box model on
+    the region's own box is taken instead when it agrees better. Not on single X-rays: there ribs
+    cut the region short and it won too often.
 
     Returns:
         ``(mask bool (rows, cols), score)``.
@@ -144,18 +147,47 @@ def click_to_box_model(
         ok = [j for j in range(len(pred.scores)) if contains_points(pred.masks[j], pos) and not _whole_frame(pred.masks[j])]
         if ok:
             chosen = pred.masks[max(ok, key=lambda j: (round(agreement(pred.masks[j], region), 3), pred.scores[j]))]
-    box = box_from_mask(chosen, margin=margin(eng, chosen), shape=shape)
-    if box is None:
-        return chosen, float(np.max(pred.scores))
     emb = eng.embedding(backend, volume, k, window)
-    boxed = ObjectPrompt(box=box, object_id=obj.object_id)
+    mask, score = _boxed(eng, backend, emb, chosen, obj.object_id, shape)
+    if mask is None:
+        mask, score = chosen, float(np.max(pred.scores))
+    if region is not None and _cross_section(volume) and agreement(mask, region) < REGION_TRUST:
+        # every candidate of the click model disagrees with the click's own region: on a cross-section
+        # (CT, MR) that region is the better guess of the object's extent; the box model on its box
+        alt, alt_score = _boxed(eng, backend, emb, region, obj.object_id, shape)
+        if alt is None:
+            alt, alt_score = region, score
+        if contains_points(alt, pos) and agreement(alt, region) > agreement(mask, region):
+            log.debug("slice %d: the click's region replaced the click model's candidates", k)
+            return alt, alt_score
+    return mask, score
+
+
+#: the click model's best candidate is replaced by the click region's when their Dice is below this
+REGION_TRUST = 0.6
+
+
+def _cross_section(volume: Volume) -> bool:
+    """True for cross-sectional images (CT, MR, or any stack of slices), where a region grown on
+    intensities follows one organ; not for a single projection image (an X-ray), where ribs and
+    overlapping organs cut it short."""
+    return volume.modality in ("CT", "MR") or volume.n_slices > 1
+
+
+def _boxed(
+    eng: Engine, backend: Backend, emb: Embedding, guide: np.ndarray, object_id: int, shape: tuple[int, int]
+) -> tuple[np.ndarray | None, float]:
+    """The box model on ``guide``'s box, refined once; None when it is empty or leaks beyond ``guide``."""
+    box = box_from_mask(guide, margin=margin(eng, guide), shape=shape)
+    if box is None:
+        return None, 0.0
+    boxed = ObjectPrompt(box=box, object_id=object_id)
     pred_b = predict(eng, backend, emb, boxed)
     mask, score = pred_b.best, float(np.max(pred_b.scores))
     if mask.any():
         mask, score = refine_mask(eng, backend, emb, mask, score, boxed, shape)
-    if not mask.any() or leaks(mask, chosen):
-        log.debug("slice %d: the box model's mask leaked beyond the click's; the click model's mask is kept", k)
-        return chosen, float(np.max(pred.scores))
+    if not mask.any() or leaks(mask, guide):
+        return None, 0.0
     return mask, score
 
 
