@@ -99,7 +99,7 @@ def _engine() -> Engine:
 
 def test_background_click_changes_a_click_result_on_a_box_only_model() -> None:
     img, ldisc, rdisc = dumbbell()
-    vol = Volume(img[None], name="dumbbell")
+    vol = Volume(img[None], name="dumbbell", modality="CT")  # a cross-section: the click region is used
     eng = _engine()
     pos = Point(28, 48, 1)
     before, _ = eng.predict_object(vol, 0, ObjectPrompt(points=(pos,)), window=(255, 127.5))

@@ -97,7 +97,8 @@ def predict_object(
     multimask = obj.box is None and len(obj.points) == 1
     pred = predict(eng, backend, emb, obj, multimask=multimask)
     if multimask:
-        region = click_region(eng.frames(volume, window).gray(k), obj.points) if obj.points[0].label == 1 else None
+        use = obj.points[0].label == 1 and _cross_section(volume)
+        region = click_region(eng.frames(volume, window).gray(k), obj.points) if use else None
         mask = best_containing(pred, obj, region=region)
     else:
         mask = pred.best
@@ -117,14 +118,14 @@ def click_to_box_model(
     The click model's candidates (all three multimask outputs for a single click) that hold the
     positive clicks and are not the whole frame are ranked by their Dice with the click region
     (:func:`.clicks.click_region`; ties: the model's score); without a usable region (a click on
-    texture, or a region over a third of the slice) the click model's own choice
-    (:func:`best_containing`) is taken, as before. Its box (with the usual margin) goes to the box
+    texture, a region over a third of the slice, or a single projection image such as an X-ray,
+    where ribs cut the region short: on 10 Shenzhen X-rays the region made clicks worse) the click
+    model's own choice (:func:`best_containing`) is taken, as before. Its box (with the usual margin) goes to the box
     model and is refined once from its own mask. A box-model mask that leaks far beyond the chosen
     candidate (:func:`.clicks.leaks`) is replaced by the candidate itself. On a cross-section (CT, MR,
     a stack) where even that result agrees poorly with the region (Dice < ``REGION_TRUST``: all the
     click model's candidates took neighbours, as on a cardiac MR right ventricle), the box model on
-    the region's own box is taken instead when it agrees better. Not on single X-rays: there ribs
-    cut the region short and it won too often.
+    the region's own box is taken instead when it agrees better.
 
     Returns:
         ``(mask bool (rows, cols), score)``.
@@ -141,7 +142,7 @@ def click_to_box_model(
         only = replace(obj, points=tuple(pos))
         pred = predict(eng, clicker, emb_c, only, multimask=len(pos) == 1)
         first = best_containing(pred, only)
-    region = click_region(eng.frames(volume, window).gray(k), obj.points) if pos else None
+    region = click_region(eng.frames(volume, window).gray(k), obj.points) if pos and _cross_section(volume) else None
     chosen = first
     if region is not None:
         ok = [j for j in range(len(pred.scores)) if contains_points(pred.masks[j], pos) and not _whole_frame(pred.masks[j])]
