@@ -33,7 +33,7 @@ MAX_REGION_FRACTION = 0.35
 BAND_SIGMAS = 2.5
 BAND_MIN, BAND_MAX = 8.0, 32.0
 #: the band is widened by these factors while the region grows by at most JUMP per step (a jump = a leak)
-BAND_STEPS = (1.0, 1.5, 2.0, 3.0, 4.0)
+BAND_STEPS = (1.0, 1.5, 2.0)
 JUMP = 2.0
 #: a box-model mask whose part outside the (dilated) click mask exceeds this fraction of that mask leaked
 LEAK_FRACTION = 0.6
