@@ -8,8 +8,12 @@ and once with ``oneclick`` (one box and that click per component; the box-only L
 box). One engine serves both, so a slice is encoded once per model. Per-slice Dice is averaged per
 set. Writes ``benchmarks/results/clicks.json`` and prints a Markdown table.
 
-    .venv/bin/python benchmarks/clicks.py                     # the figures in benchmarks/README.md
+    PROMPTONCE_THREADS=1 .venv/bin/python benchmarks/clicks.py --cxr 10 --cases 1 --slices 3   # results/clicks.json
     .venv/bin/python benchmarks/clicks.py --only ct_liver --slices 8
+    .venv/bin/python benchmarks/clicks.py --protocols click   # only clicks (oneclick does not depend on the click path)
+
+``results/clicks.json`` as committed holds a before/after comparison: the run above on the code
+before the click rework (main at 3c80f48, both protocols) and ``--protocols click`` after it.
 
 Skips with a message when the data folder is absent.
 """
