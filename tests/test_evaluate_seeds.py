@@ -193,7 +193,9 @@ def test_case_flag_recall_precision_and_review_order(monkeypatch, tmp_path):
 
 def test_review_order_falls_back_to_flagged_first(monkeypatch):
     images, refs = xray_data(4)
-    _planting(monkeypatch, {2: {"flag": "object lost mid-volume"}})
+    # a model without a quality estimate: no confidence on any case
+    _planting(monkeypatch, {i: ({"flag": "object lost mid-volume"} if i == 2 else {}) | {"confidence": None}
+                            for i in range(4)})
     res = evaluate(images, refs, None, EvalConfig(model="fake", scope="dataset", seed_case=1))
     assert all(c["confidence"] is None for c in res["cases"])
     assert [r["index"] for r in res["review_first"]][0] == 2
