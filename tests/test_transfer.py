@@ -139,6 +139,7 @@ def test_an_object_lost_mid_volume_is_flagged():
     prompt = SlicePrompt((ObjectPrompt(box=box_of(ball[7]), name="ball"),), slice_index=7)
     res = {r.slice_index: r for r in segment(vol, prompt, scope="volume", backend=FakeBackend(), click_backend=None)}
     assert any("object lost mid-volume" in f for f in res[10].flags), res[10].flags
+    assert any("may continue here" in f for f in res[11].flags), res[11].flags
     assert res[10].confidence is not None and res[10].confidence < 0.5
     assert all(res[k].confidence is not None and res[k].confidence > 0.8 for k in (6, 7, 8, 9))
 

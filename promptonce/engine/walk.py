@@ -27,6 +27,9 @@ __all__ = ["ObjectState", "segment_volume", "step", "vanished", "walk", "walk_bo
 
 log = logging.getLogger(__name__)
 
+#: After an object is lost mid-volume, this many further slices are flagged "may continue here".
+LOST_SPAN = 5
+
 
 @dataclass
 class ObjectState:
@@ -42,6 +45,7 @@ class ObjectState:
     peak: int = 0
     trough: int | None = None
     values: tuple[float, float] | None = None  # (median, robust scale) of the seed mask's voxels
+    lost_at: int | None = None  # slice where the object was lost mid-volume (flagged), if it was
 
     def copy(self) -> ObjectState:
         return replace(self)
@@ -288,6 +292,11 @@ def walk(
         for st in cur:
             if not st.alive:
                 st.mask = None
+                if st.lost_at is not None and abs(k - st.lost_at) <= LOST_SPAN:
+                    # the object may go on here: the user should look at the next few slices too
+                    flags.append(f"{st.name or f'object {st.object_id}'}: may continue here "
+                                 f"(lost mid-volume at slice {st.lost_at})")
+                    confidences.append(0.3)
                 continue
             name = st.name or f"object {st.object_id}"
             prev_mask = st.mask
@@ -300,6 +309,7 @@ def walk(
                 if lost is not None:
                     flags.append(lost)
                     confidences.append(0.3)
+                    st.lost_at = k
                 st.alive = False
                 st.mask = None
                 continue
