@@ -470,6 +470,8 @@ class Events(PageUpdates):
             vs = ViewState(vs.case, vs.slice1, "auto", vs.show_reference)  # e.g. a CT preset, then an X-ray set
         upd = super().view_updates(sess, vs, reset_view)
         upd.update(self.review_updates(sess, vs, reset_view))
+        if p_flagged := self.p.flagged:
+            upd[p_flagged] = gr.update(visible=False)  # the review list below replaces the flagged-slices menu
         if ws is not None and reset_view:
             p = self.p
             upd[p.window_dd] = gr.update(choices=choices, visible=True, **({"value": "auto"} if vs.window == "auto" else {}))

@@ -117,7 +117,8 @@ def review_choices(ws: Workspace, items: list[ReviewItem] | None = None) -> list
         where = name if image_set or ws.metas[it.case].n_slices == 1 else f"{name} · slice {it.slice_index + 1}"
         conf = "?" if it.confidence is None else f"{it.confidence:.2f}"
         text = "; ".join(it.flags) if it.flags else "low confidence"
-        out.append((f"{i}. {where} · confidence {conf} · {text}"[:160], it.key))
+        label = f"{i}. {where} · confidence {conf} · {text}"
+        out.append((label if len(label) <= 220 else label[:219] + "…", it.key))
     return out
 
 
