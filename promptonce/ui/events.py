@@ -469,7 +469,6 @@ class Events(PageUpdates):
         if reset_view and isinstance(vs.window, str) and vs.window not in choices:
             vs = ViewState(vs.case, vs.slice1, "auto", vs.show_reference)  # e.g. a CT preset, then an X-ray set
         upd = super().view_updates(sess, vs, reset_view)
-        upd.update(self.review_updates(sess, vs, reset_view))
         if p_flagged := self.p.flagged:
             upd[p_flagged] = gr.update(visible=False)  # the review list below replaces the flagged-slices menu
         if ws is not None and reset_view:
@@ -481,7 +480,8 @@ class Events(PageUpdates):
         return upd
 
     def review_updates(self, sess: Session, vs: ViewState, reset_view: bool = False) -> Updates:
-        """The review list (current slice selected when listed), the reformats and the measures for ``vs``."""
+        """The review list (current slice selected when listed), the reformats, the measures and (image sets)
+        the thumbnails for ``vs``."""
         p = self.p
         ws = sess.workspace
         if ws is None or p.review is None:
@@ -503,12 +503,52 @@ class Events(PageUpdates):
             for comp, plane in ((p.coronal, "coronal"), (p.sagittal, "sagittal")):
                 rgb = R.reformat(ws, v, k, plane, vs.window, position=pos)  # type: ignore[arg-type]
                 upd[comp] = gr.update(value=str(R.save_reformat(sess, rgb, plane)), visible=True)
+            if p.reformat_col is not None:
+                upd[p.reformat_col] = gr.update(visible=True)
         else:
+            if p.reformat_col is not None:
+                upd[p.reformat_col] = gr.update(visible=False)
             upd[p.coronal] = gr.update(value=None, visible=False)
             upd[p.sagittal] = gr.update(value=None, visible=False)
+        if p.thumbs is not None:
+            if not R.is_image_set(ws):
+                if self._thumbs_key.pop(sess, None) is not None or reset_view:
+                    upd[p.thumbs] = gr.update(value=None, visible=False)
+            elif reset_view or self._thumbs_key.get(sess) != R.thumbnails_key(ws):
+                self._thumbs_key[sess] = R.thumbnails_key(ws)
+                upd[p.thumbs] = gr.update(value=R.thumbnails(ws, sess, vs.window), visible=True, selected_index=None)
         legend = R.reference_legend(ws, v) if vs.show_reference else ""
         upd[p.measures] = "\n\n".join(x for x in (R.measures_markdown(ws, v, k), legend) if x)
         return upd
+
+    @property
+    def _thumbs_key(self) -> Any:
+        """The thumbnails each browser session was last sent (weak: it goes with the session)."""
+        import weakref
+
+        keys = self.__dict__.get("_thumbs_keys")
+        if keys is None:
+            keys = self.__dict__["_thumbs_keys"] = weakref.WeakKeyDictionary()
+        return keys
+
+    def on_thumb(self, wname, ww, wl, show, evt: gr.SelectData, request: gr.Request):
+        sess = self.sess(request)
+        ws = H.workspace(sess)
+        if evt is None or evt.index is None:
+            return {}
+        v = int(evt.index if not isinstance(evt.index, list | tuple) else evt.index[0])
+        if not 0 <= v < ws.n_volumes:
+            return {}
+        upd = self.view_updates(sess, ViewState(v, 1, window_of(wname, ww, wl), bool(show)))
+        upd[self.p.case_dd] = gr.update(value=v)
+        return upd
+
+    def on_review_refresh(self, v, k1, wname, ww, wl, show, request: gr.Request):
+        """After the shown image changed: the review components for the view the page now shows."""
+        sess = self.sess(request)
+        if sess.workspace is None:
+            return {}
+        return self.review_updates(sess, self.state(v, k1, wname, ww, wl, show))
 
     def on_review(self, choice, wname, ww, wl, show, request: gr.Request):
         sess = self.sess(request)
@@ -548,6 +588,9 @@ class Events(PageUpdates):
         if p.review is None:
             return
         outputs = p.view_outputs
+        # every handler that changes the image refreshes the review components through this one event
+        p.view.change(g(self.on_review_refresh), p.view_inputs, p.review_outputs, api_visibility="private",
+                      **nav_kw)  # fmt: skip
         p.review.input(g(self.on_review), [p.review, *p.window_inputs], outputs, api_visibility="private", **nav_kw)
         p.review_next.click(g(self.on_review_next), p.view_inputs, [*outputs, p.status], api_name="next_to_review",
                             **nav_kw)  # fmt: skip
@@ -555,4 +598,6 @@ class Events(PageUpdates):
         inputs = [p.opacity, p.mask_style, *p.view_inputs]
         p.opacity.release(display, inputs, outputs, api_visibility="private", **nav_kw)
         p.mask_style.input(display, inputs, outputs, api_visibility="private", **nav_kw)
+        if p.thumbs is not None:
+            p.thumbs.select(g(self.on_thumb), p.window_inputs, outputs, api_visibility="private", **nav_kw)
     # --- end review

@@ -113,6 +113,8 @@ class Page:
     coronal: Any = None
     sagittal: Any = None
     measures: Any = None
+    thumbs: Any = None
+    reformat_col: Any = None
     # --- end review
 
     # ------------------------------------------------------------------ groups the events share
@@ -127,14 +129,15 @@ class Page:
 
     @property
     def view_outputs(self) -> list[Any]:
-        return [self.view, self.slider, self.case_dd, self.info, self.flagged, self.window_dd, self.win_w, self.win_l,
-                *self.review_outputs]  # fmt: skip
+        return [self.view, self.slider, self.case_dd, self.info, self.flagged, self.window_dd, self.win_w, self.win_l]
 
     # --- review
     @property
     def review_outputs(self) -> list[Any]:
-        """The review components every view update refreshes (list, reformats, measures)."""
-        return [c for c in (self.review, self.coronal, self.sagittal, self.measures) if c is not None]
+        """The review components, refreshed after every change of the shown image (list, reformats, measures,
+        thumbnails); kept out of :attr:`view_outputs` so that the API's output positions stay as they were."""
+        return [c for c in (self.review, self.coronal, self.sagittal, self.measures, self.thumbs,
+                                       self.reformat_col) if c is not None]
     # --- end review
 
     @property
@@ -254,7 +257,8 @@ def _viewer(p: Page) -> None:
                 buttons=["fullscreen", "download"], elem_id="po-view", show_label=True,
                 placeholder="Load images or pick an example on the left.",
             )  # fmt: skip
-        _review_views(p)  # --- review: coronal / sagittal reformats and measures beside the image
+        _review_views(p)  # --- review: coronal / sagittal reformats beside the image
+    p.measures = gr.Markdown(elem_id="po-measures")  # --- review: mL and mm² per object
     with gr.Row(equal_height=True):
         p.prev_btn = gr.Button("◀", size="sm", scale=0, min_width=48, elem_id="po-prev")
         p.slider = gr.Slider(1, 2, value=1, step=1, label="Slice", scale=8, elem_id="po-slider")
@@ -274,8 +278,8 @@ def _viewer(p: Page) -> None:
 
 # --- review
 def _review_views(p: Page) -> None:
-    """The coronal and sagittal reformats with the mask, and each object's volume / slice area."""
-    with gr.Column(scale=1, min_width=220, elem_id="po-reformats"):
+    """The coronal and sagittal reformats with the mask (shown for volumes)."""
+    with gr.Column(scale=1, min_width=220, elem_id="po-reformats", visible=False) as p.reformat_col:
         p.coronal = gr.Image(
             label="Coronal", interactive=False, type="filepath", height=290, elem_id="po-coronal",
             buttons=["fullscreen"], visible=False,
@@ -284,11 +288,14 @@ def _review_views(p: Page) -> None:
             label="Sagittal", interactive=False, type="filepath", height=290, elem_id="po-sagittal",
             buttons=["fullscreen"], visible=False,
         )  # fmt: skip
-        p.measures = gr.Markdown(elem_id="po-measures")
 
 
 def _review_panel(p: Page) -> None:
     """The review list (lowest confidence first), the next-to-review button and the mask display options."""
+    p.thumbs = gr.Gallery(
+        label="Images (click one to show it)", columns=10, rows=1, height=150, allow_preview=False,
+        object_fit="contain", elem_id="po-thumbs", visible=False, show_label=True,
+    )  # fmt: skip
     with gr.Group(elem_id="po-review-panel"):
         with gr.Row(equal_height=True):
             p.review_next = gr.Button("Next to review (r)", size="sm", scale=1, elem_id="po-review-next")

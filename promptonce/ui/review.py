@@ -42,6 +42,9 @@ __all__ = [
     "reference_legend",
     "auto_window_numbers",
     "window_choices",
+    "is_image_set",
+    "thumbnails_key",
+    "thumbnails",
 ]
 
 #: Slices whose confidence is below this are listed for review even without a flag.
@@ -103,8 +106,12 @@ def review_items(ws: Workspace) -> list[ReviewItem]:
     return sorted(items, key=rank)[:MAX_ITEMS]
 
 
-def _is_image_set(ws: Workspace) -> bool:
-    return unit_name([m.n_slices for m in ws.metas]) == "images"
+def is_image_set(ws: Workspace) -> bool:
+    """True when the cases are single images (an X-ray set), not volumes."""
+    return ws.n_cases > 1 and unit_name([m.n_slices for m in ws.metas]) == "images"
+
+
+_is_image_set = is_image_set
 
 
 def review_choices(ws: Workspace, items: list[ReviewItem] | None = None) -> list[tuple[str, str]]:
@@ -355,3 +362,49 @@ def window_choices(ws: Workspace, ct_choices: list[str]) -> list[str]:
     if any(m.modality == "CT" for m in ws.metas):
         return list(ct_choices)
     return ["auto", "custom"]
+
+
+# ---------------------------------------------------------------------------------------------- thumbnails
+#: Cases the thumbnails strip shows (the first ones; the case menu reaches all).
+MAX_THUMBNAILS = 48
+#: Size in pixels of the longer side of a thumbnail.
+THUMBNAIL_SIZE = 112
+
+
+def thumbnails_key(ws: Workspace) -> tuple[Any, ...]:
+    """What the thumbnails depend on (they are redrawn when it changes): the results and their flags."""
+    done = tuple(int(d.sum()) for _, d in sorted(ws.done.items()))
+    return (id(ws), done, id(ws.run_info), round(float(ws.correction_seconds), 3), len(ws.flags),
+            tuple(sorted(ws.flags)) if len(ws.flags) < 200 else len(ws.flags))  # fmt: skip
+
+
+def thumbnails(ws: Workspace, session: Session, window: Any = "auto") -> list[tuple[str, str]]:
+    """Small pictures of the first :data:`MAX_THUMBNAILS` images of an image set with their masks, as
+    ``(png path, caption)``; the caption names the image and, after a run, its confidence and a ⚠ when flagged."""
+    from PIL import Image
+
+    from ..preprocess import overlay
+
+    folder = session.subdir("view")
+    for old in folder.glob("thumb_*.png"):
+        old.unlink(missing_ok=True)
+    ws.view_counter += 1
+    stamp = ws.view_counter
+    conf = _confidences(ws)
+    out = []
+    for v in range(min(ws.n_cases, MAX_THUMBNAILS)):
+        gray = ws.frames(v, window).gray(0)
+        res = ws.results.get(v)
+        labels = np.asarray(res[0]) if res is not None else np.zeros(gray.shape, np.uint8)
+        rgb = overlay(gray, labels, alpha=0.5, outline=True)
+        im = Image.fromarray(rgb)
+        im.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.BILINEAR)
+        path = folder / f"thumb_{stamp:06d}_{v:04d}.png"
+        im.save(path, compress_level=1)
+        caption = ws.metas[v].name
+        if (v, 0) in conf and conf[(v, 0)] is not None:
+            caption += f" · {conf[(v, 0)]:.2f}"
+        if ws.flags.get((v, 0)):
+            caption = "⚠ " + caption
+        out.append((str(path), caption))
+    return out

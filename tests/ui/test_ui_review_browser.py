@@ -109,3 +109,24 @@ def test_review_list_coronal_wheel_and_next_key(browser, model_label, tmp_path):
         time.sleep(0.2)
     assert outlined < filled * 0.7, (filled, outlined)
     shot(page, "review_04_outline")
+
+
+def test_image_set_thumbnails_and_window(browser, xray_small, model_label, tmp_path):
+    page = browser.page
+    images, masks = xray_small
+    upload(page, "po-files", images)
+    page.click("#po-load")
+    wait_status(page, "Loaded 3 case(s)")
+    # a thumbnails strip of the images; a click on one shows it
+    page.wait_for_selector("#po-thumbs img")
+    thumbs = page.locator("#po-thumbs button:has(img)")
+    assert thumbs.count() == 3, thumbs.count()
+    thumbs.nth(2).click()
+    wait_info(page, "cxr_03")
+    assert page.locator("#po-coronal img").count() == 0 or not page.locator("#po-coronal").is_visible()
+    # the window menu is there for X-rays too (automatic or custom), and custom starts from the auto window
+    assert page.locator("#po-window").is_visible()
+    choose(page, "po-window", "custom")
+    page.wait_for_selector("#po-ww input", state="visible")
+    assert float(page.input_value("#po-ww input")) > 0
+    shot(page, "review_05_xray_thumbnails")
