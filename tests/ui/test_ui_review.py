@@ -141,3 +141,37 @@ def test_window_choices_for_every_modality(store, ct_small, xray_small):
     assert R.window_choices(xr, ["auto", "lung", "custom"]) == ["auto", "custom"]
     w, level = R.auto_window_numbers(xr, 0)
     assert w > 0
+
+
+def test_reference_legend_names_labels_from_a_sidecar(store, tmp_path):
+    import json
+
+    from uihelpers import make_assets
+
+    img, ref = make_assets.write_ct(tmp_path / "named", size=64, n_slices=8, name="phantom")
+    side = tmp_path / "named" / "phantom_mask.json"
+    side.write_text(json.dumps({"1": "right lung", "2": "left lung"}))
+    ws = H.load_inputs(store.get("names"), [img], [ref, side])
+    legend = R.reference_legend(ws, 0)
+    assert "1 right lung" in legend and "2 left lung" in legend, legend
+    ws.set_reference_labels([1])
+    assert "2 left lung (not scored)" in R.reference_legend(ws, 0)
+
+
+def test_image_set_thumbnails(store, xray_small):
+    ws = H.load_inputs(store.get("thumbs"), xray_small[0], [])
+    assert R.is_image_set(ws)
+    key = R.thumbnails_key(ws)
+    thumbs = R.thumbnails(ws, ws.session)
+    assert [c for _, c in thumbs] == ["cxr_01", "cxr_02", "cxr_03"]
+    assert all(Path(p).is_file() and Path(p).stat().st_size > 0 for p, _ in thumbs)
+    from PIL import Image
+
+    assert max(Image.open(thumbs[0][0]).size) <= R.THUMBNAIL_SIZE
+    H.click(ws, 0, 0, 31 * 6, 45 * 6, mode="positive", model=MODEL)
+    list(H.run(ws, scope="dataset", strategy="transfer", model=MODEL, window="auto", v_current=0))
+    assert R.thumbnails_key(ws) != key, "a run redraws the thumbnails"
+    captions = [c for _, c in R.thumbnails(ws, ws.session)]
+    assert all("cxr_0" in c for c in captions)
+    # the old thumbnails are removed, only the new ones stay
+    assert len(list(ws.session.subdir("view").glob("thumb_*.png"))) == 3

@@ -64,6 +64,9 @@ def test_review_list_coronal_wheel_and_next_key(browser, model_label, tmp_path):
     first.click()
     info = wait_info(page, "slice 11 / 15")
     assert "lost mid-volume" in info, info
+    # the review components follow the shown slice: measures of slice 11 (the object is lost: 0 mm²), item selected
+    page.wait_for_selector("#po-measures >> text=slice 11: 0 mm²")
+    page.wait_for_selector("#po-review input[value='0:10']:checked")
     shot(page, "review_02_jumped_to_failure")
 
     # the coronal reformat shows the mask (and the sagittal one too)
