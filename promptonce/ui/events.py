@@ -469,6 +469,12 @@ class Events(PageUpdates):
         if reset_view and isinstance(vs.window, str) and vs.window not in choices:
             vs = ViewState(vs.case, vs.slice1, "auto", vs.show_reference)  # e.g. a CT preset, then an X-ray set
         upd = super().view_updates(sess, vs, reset_view)
+        if ws is not None:
+            # what was just drawn: the review refresh that follows the image's change shows the same view
+            v = min(max(vs.v, 0), ws.n_volumes - 1)
+            n = ws.metas[v].n_slices
+            k = min(max(n // 2 if reset_view else (vs.k if vs.slice1 else 0), 0), n - 1)
+            self._shown[sess] = ViewState(v, k + 1, vs.window, vs.show_reference)
         if p_flagged := self.p.flagged:
             upd[p_flagged] = gr.update(visible=False)  # the review list below replaces the flagged-slices menu
         if ws is not None and reset_view:
@@ -522,6 +528,16 @@ class Events(PageUpdates):
         return upd
 
     @property
+    def _shown(self) -> Any:
+        """The view each browser session was last sent (weak: it goes with the session)."""
+        import weakref
+
+        shown = self.__dict__.get("_shown_views")
+        if shown is None:
+            shown = self.__dict__["_shown_views"] = weakref.WeakKeyDictionary()
+        return shown
+
+    @property
     def _thumbs_key(self) -> Any:
         """The thumbnails each browser session was last sent (weak: it goes with the session)."""
         import weakref
@@ -544,11 +560,13 @@ class Events(PageUpdates):
         return upd
 
     def on_review_refresh(self, v, k1, wname, ww, wl, show, request: gr.Request):
-        """After the shown image changed: the review components for the view the page now shows."""
+        """After the shown image changed: the review components for the view the page now shows (the one the
+        server last drew; the page's slider may not have its new value yet when the change event fires)."""
         sess = self.sess(request)
         if sess.workspace is None:
             return {}
-        return self.review_updates(sess, self.state(v, k1, wname, ww, wl, show))
+        vs = self._shown.get(sess) or self.state(v, k1, wname, ww, wl, show)
+        return self.review_updates(sess, vs)
 
     def on_review(self, choice, wname, ww, wl, show, request: gr.Request):
         sess = self.sess(request)
