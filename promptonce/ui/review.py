@@ -97,10 +97,16 @@ def review_items(ws: Workspace) -> list[ReviewItem]:
     for v, k in keys:
         if v in ws.done and not ws.done[v][k]:
             continue
-        items.append(ReviewItem(v, k, conf.get((v, k)), tuple(ws.flags.get((v, k), ()))))
+        items.append(
+            ReviewItem(v, k, conf.get((v, k)), tuple(ws.flags.get((v, k), ())))
+        )
 
     def rank(it: ReviewItem) -> tuple[float, int, int, int]:
-        c = REVIEW_BELOW if it.confidence is None or not math.isfinite(it.confidence) else float(it.confidence)
+        c = (
+            REVIEW_BELOW
+            if it.confidence is None or not math.isfinite(it.confidence)
+            else float(it.confidence)
+        )
         return (c, -len(it.flags), it.case, it.slice_index)
 
     return sorted(items, key=rank)[:MAX_ITEMS]
@@ -114,14 +120,20 @@ def is_image_set(ws: Workspace) -> bool:
 _is_image_set = is_image_set
 
 
-def review_choices(ws: Workspace, items: list[ReviewItem] | None = None) -> list[tuple[str, str]]:
+def review_choices(
+    ws: Workspace, items: list[ReviewItem] | None = None
+) -> list[tuple[str, str]]:
     """``(label, "case:slice")`` for the page's review list, in review order."""
     items = review_items(ws) if items is None else items
     image_set = _is_image_set(ws)
     out = []
     for i, it in enumerate(items, 1):
         name = ws.metas[it.case].name
-        where = name if image_set or ws.metas[it.case].n_slices == 1 else f"{name} · slice {it.slice_index + 1}"
+        where = (
+            name
+            if image_set or ws.metas[it.case].n_slices == 1
+            else f"{name} · slice {it.slice_index + 1}"
+        )
         conf = "?" if it.confidence is None else f"{it.confidence:.2f}"
         text = "; ".join(it.flags) if it.flags else "low confidence"
         label = f"{i}. {where} · confidence {conf} · {text}"
@@ -151,7 +163,9 @@ def parse_choice(choice: Any) -> tuple[int, int] | None:
     return (v, k) if v >= 0 and k >= 0 else None
 
 
-def next_to_review(ws: Workspace, case: int, slice_index: int) -> tuple[int, int] | None:
+def next_to_review(
+    ws: Workspace, case: int, slice_index: int
+) -> tuple[int, int] | None:
     """The item after ``(case, slice_index)`` in review order (the first when that slice is not listed,
     wrapping round after the last); None when nothing is to review."""
     items = review_items(ws)
@@ -185,7 +199,12 @@ def reformat_position(ws: Workspace, v: int, k: int) -> tuple[int, int]:
 
 
 def reformat(
-    ws: Workspace, v: int, k: int, plane: Plane, window: Any = "auto", position: tuple[int, int] | None = None
+    ws: Workspace,
+    v: int,
+    k: int,
+    plane: Plane,
+    window: Any = "auto",
+    position: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """A coronal or sagittal cut of case ``v`` with its result mask, in physical aspect.
 
@@ -215,7 +234,10 @@ def reformat(
     row, col = position if position is not None else reformat_position(ws, v, k)
     vol = ws.volume(v).array
     fm = ws.frames(v, window)
-    cs, rs, ss = (float(x) if x and math.isfinite(float(x)) and float(x) > 0 else 1.0 for x in meta.spacing)
+    cs, rs, ss = (
+        float(x) if x and math.isfinite(float(x)) and float(x) > 0 else 1.0
+        for x in meta.spacing
+    )
     if plane == "coronal":
         plane_img = np.asarray(vol[:, min(max(row, 0), rows - 1), :], dtype=np.float32)
         across_mm = cs
@@ -235,7 +257,9 @@ def reformat(
     sx = width / gray.shape[1]
     height = int(round(min(2 * width, max(16.0, gray.shape[0] * sx * ss / across_mm))))
     size = (width, height)
-    gray_d = np.asarray(Image.fromarray(np.ascontiguousarray(gray)).resize(size, Image.BILINEAR))
+    gray_d = np.asarray(
+        Image.fromarray(np.ascontiguousarray(gray)).resize(size, Image.BILINEAR)
+    )
     lab_d = np.asarray(Image.fromarray(labels).resize(size, Image.NEAREST))
     opts = display_options(getattr(ws, "session", None))
     rgb = overlay(gray_d, lab_d, alpha=opts.alpha, outline=False)
@@ -275,16 +299,25 @@ def _pixel_known(ws: Workspace, v: int) -> bool:
     return ws.metas[v].source_format not in ("image",)
 
 
-_VOLUMES: Any = None  # WeakKeyDictionary: workspace -> (result key, {case: {object id: mL}})
+_VOLUMES: Any = (
+    None  # WeakKeyDictionary: workspace -> (result key, {case: {object id: mL}})
+)
 
 
 def _result_key(ws: Workspace, v: int) -> tuple[Any, ...]:
     """What case ``v``'s result depends on: its finished slices, the run and the corrections."""
     done = ws.done.get(v)
-    return (v, int(done.sum()) if done is not None else 0, id(ws.run_info), round(float(ws.correction_seconds), 4))
+    return (
+        v,
+        int(done.sum()) if done is not None else 0,
+        id(ws.run_info),
+        round(float(ws.correction_seconds), 4),
+    )
 
 
-def _volumes_ml(ws: Workspace, v: int, spacing_zyx: tuple[float, float, float]) -> dict[int, float]:
+def _volumes_ml(
+    ws: Workspace, v: int, spacing_zyx: tuple[float, float, float]
+) -> dict[int, float]:
     """Each object's volume of case ``v`` in mL, cached until the result changes (a whole-volume count per
     slice step would cost about 0.1 s on a 512 x 512 x 300 result)."""
     import weakref
@@ -406,7 +439,9 @@ def thumbnails_key(ws: Workspace) -> tuple[Any, ...]:
             tuple(sorted(ws.flags)) if len(ws.flags) < 200 else len(ws.flags))  # fmt: skip
 
 
-def thumbnails(ws: Workspace, session: Session, window: Any = "auto") -> list[tuple[str, str]]:
+def thumbnails(
+    ws: Workspace, session: Session, window: Any = "auto"
+) -> list[tuple[str, str]]:
     """Small pictures of the first :data:`MAX_THUMBNAILS` images of an image set with their masks, as
     ``(png path, caption)``; the caption names the image and, after a run, its confidence and a ⚠ when flagged."""
     from PIL import Image
@@ -423,7 +458,9 @@ def thumbnails(ws: Workspace, session: Session, window: Any = "auto") -> list[tu
     for v in range(min(ws.n_cases, MAX_THUMBNAILS)):
         gray = ws.frames(v, window).gray(0)
         res = ws.results.get(v)
-        labels = np.asarray(res[0]) if res is not None else np.zeros(gray.shape, np.uint8)
+        labels = (
+            np.asarray(res[0]) if res is not None else np.zeros(gray.shape, np.uint8)
+        )
         rgb = overlay(gray, labels, alpha=0.5, outline=True)
         im = Image.fromarray(rgb)
         im.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.BILINEAR)

@@ -22,11 +22,15 @@ def write_gap_volume(folder: Path, gap: int = 10) -> Path:
     n, size = 15, 64
     zz, yy, xx = np.mgrid[0:n, 0:size, 0:size]
     ball = (xx - 32) ** 2 + (yy - 30) ** 2 <= 100
-    arr = np.where(ball, 200.0, 20.0) + np.random.default_rng(0).normal(0, 2, ball.shape)
+    arr = np.where(ball, 200.0, 20.0) + np.random.default_rng(0).normal(
+        0, 2, ball.shape
+    )
     arr[gap] = 20.0
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "gap.nii.gz"
-    img = nib.Nifti1Image(np.transpose(arr.astype(np.float32), (2, 1, 0)), np.diag([1.0, 1.0, 3.0, 1.0]))
+    img = nib.Nifti1Image(
+        np.transpose(arr.astype(np.float32), (2, 1, 0)), np.diag([1.0, 1.0, 3.0, 1.0])
+    )
     img.header.set_xyzt_units("mm")
     nib.save(img, path)
     return path
@@ -42,7 +46,16 @@ def gap_ws(store, tmp_path):
     sess = store.get("review")
     ws = H.load_inputs(sess, [write_gap_volume(tmp_path / "gap")], [])
     H.click(ws, 0, 7, *disp(ws, 0, 32, 30), mode="positive", model=MODEL)
-    list(H.run(ws, scope="volume", strategy="transfer", model=MODEL, window="auto", v_current=0))
+    list(
+        H.run(
+            ws,
+            scope="volume",
+            strategy="transfer",
+            model=MODEL,
+            window="auto",
+            v_current=0,
+        )
+    )
     return ws
 
 
@@ -55,16 +68,26 @@ def test_review_list_ranks_the_planted_failure_first(gap_ws):
     assert any("object lost mid-volume" in f for f in first.flags)
     assert first.confidence is not None and first.confidence < 0.5
     # lowest confidence first
-    confs = [it.confidence if it.confidence is not None else R.REVIEW_BELOW for it in items]
+    confs = [
+        it.confidence if it.confidence is not None else R.REVIEW_BELOW for it in items
+    ]
     assert confs == sorted(confs)
     labels = R.review_choices(ws, items)
-    assert labels[0][1] == "0:10" and "slice 11" in labels[0][0] and "lost" in labels[0][0]
+    assert (
+        labels[0][1] == "0:10" and "slice 11" in labels[0][0] and "lost" in labels[0][0]
+    )
     assert "lowest confidence first" in R.review_heading(ws, items)
     # next: from anywhere not listed -> the first; then on through the list, wrapping round
-    assert R.next_to_review(ws, 0, 0 if (0, 0) not in {(i.case, i.slice_index) for i in items} else 1) == (0, 10)
+    assert R.next_to_review(
+        ws, 0, 0 if (0, 0) not in {(i.case, i.slice_index) for i in items} else 1
+    ) == (0, 10)
     keys = [(it.case, it.slice_index) for it in items]
     assert R.next_to_review(ws, *keys[-1]) == keys[0]
-    assert R.parse_choice("0:10") == (0, 10) and R.parse_choice("x") is None and R.parse_choice(None) is None
+    assert (
+        R.parse_choice("0:10") == (0, 10)
+        and R.parse_choice("x") is None
+        and R.parse_choice(None) is None
+    )
 
 
 def test_nothing_to_review_before_a_run(store, tmp_path):
@@ -77,8 +100,12 @@ def test_nothing_to_review_before_a_run(store, tmp_path):
 def test_coronal_reformat_shows_the_mask_in_physical_aspect(gap_ws):
     ws = gap_ws
     row, col = R.reformat_position(ws, 0, 7)
-    ys, xs = np.nonzero(ws.volume(0).array[7] > 100)  # the ball as read (the reader may flip the rows)
-    assert abs(row - ys.mean()) <= 1 and abs(col - xs.mean()) <= 1, "the cut goes through the object"
+    ys, xs = np.nonzero(
+        ws.volume(0).array[7] > 100
+    )  # the ball as read (the reader may flip the rows)
+    assert abs(row - ys.mean()) <= 1 and abs(col - xs.mean()) <= 1, (
+        "the cut goes through the object"
+    )
     cor = R.reformat(ws, 0, 7, "coronal")
     sag = R.reformat(ws, 0, 7, "sagittal")
     # 64 columns of 1 mm across, 15 slices of 3 mm down: 300 px wide, 300 * 45 / 64 px high
@@ -90,7 +117,9 @@ def test_coronal_reformat_shows_the_mask_in_physical_aspect(gap_ws):
     h = cor.shape[0]
     gap_band = slice(int(h * (15 - 11) / 15) + 1, int(h * (15 - 10) / 15) - 1)
     below = slice(int(h * (15 - 9) / 15) + 1, int(h * (15 - 8) / 15) - 1)
-    assert not (spread[gap_band, 20:-20] > 40).any(), "no mask on the slice where the object is missing"
+    assert not (spread[gap_band, 20:-20] > 40).any(), (
+        "no mask on the slice where the object is missing"
+    )
     assert (spread[below, 20:-20] > 40).any(), "mask on the slices before the gap"
     # the shown slice is marked (yellow ticks at the edge)
     y = int((15 - 1 - 7 + 0.5) * h / 15)
@@ -115,8 +144,14 @@ def test_opacity_and_outline_change_the_rendering(gap_ws):
     opts.fill = False
     outline = H.render(ws, 0, 7)
     ys, xs = np.nonzero(ws.volume(0).array[7] > 100)
-    inside = (int(xs.mean()) * 8 + 4, int(ys.mean()) * 8 + 4)  # display pixel inside the ball (8x display scale)
-    r0, r1, r2 = (int(a[inside[1], inside[0], 0]) - int(a[inside[1], inside[0], 2]) for a in (filled, stronger, outline))
+    inside = (
+        int(xs.mean()) * 8 + 4,
+        int(ys.mean()) * 8 + 4,
+    )  # display pixel inside the ball (8x display scale)
+    r0, r1, r2 = (
+        int(a[inside[1], inside[0], 0]) - int(a[inside[1], inside[0], 2])
+        for a in (filled, stronger, outline)
+    )
     assert abs(r1) > abs(r0), "more opacity, more colour"
     assert r2 == 0, "outline only: the inside stays grey"
     opts.opacity, opts.fill = 0.45, True
@@ -148,7 +183,9 @@ def test_reference_legend_names_labels_from_a_sidecar(store, tmp_path):
 
     from uihelpers import make_assets
 
-    img, ref = make_assets.write_ct(tmp_path / "named", size=64, n_slices=8, name="phantom")
+    img, ref = make_assets.write_ct(
+        tmp_path / "named", size=64, n_slices=8, name="phantom"
+    )
     side = tmp_path / "named" / "phantom_mask.json"
     side.write_text(json.dumps({"1": "right lung", "2": "left lung"}))
     ws = H.load_inputs(store.get("names"), [img], [ref, side])
@@ -169,7 +206,16 @@ def test_image_set_thumbnails(store, xray_small):
 
     assert max(Image.open(thumbs[0][0]).size) <= R.THUMBNAIL_SIZE
     H.click(ws, 0, 0, 31 * 6, 45 * 6, mode="positive", model=MODEL)
-    list(H.run(ws, scope="dataset", strategy="transfer", model=MODEL, window="auto", v_current=0))
+    list(
+        H.run(
+            ws,
+            scope="dataset",
+            strategy="transfer",
+            model=MODEL,
+            window="auto",
+            v_current=0,
+        )
+    )
     assert R.thumbnails_key(ws) != key, "a run redraws the thumbnails"
     captions = [c for _, c in R.thumbnails(ws, ws.session)]
     assert all("cxr_0" in c for c in captions)

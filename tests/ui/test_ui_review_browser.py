@@ -11,8 +11,17 @@ import numpy as np
 import pytest
 
 from test_ui_browser import (  # noqa: F401 - fixtures and helpers of the browser tests
-    Browser, browser, choose, click_image, coloured_fraction, model_label, overlay_pixels, playwright, shot,
-    upload, wait_status,
+    Browser,
+    browser,
+    choose,
+    click_image,
+    coloured_fraction,
+    model_label,
+    overlay_pixels,
+    playwright,
+    shot,
+    upload,
+    wait_status,
 )
 from test_ui_review import write_gap_volume
 
@@ -44,9 +53,11 @@ def wait_info(page, text: str, timeout: float = 20.0) -> str:
     raise AssertionError(f"the info line never showed {text!r}: {info!r}")
 
 
-def test_review_list_coronal_wheel_and_next_key(browser, model_label, tmp_path):
+def test_review_list_coronal_wheel_and_next_key(browser, model_label, tmp_path):  # noqa: F811
     page = browser.page
-    vol = write_gap_volume(tmp_path / "gap")  # the ball is missing from slice 11 (1-based)
+    vol = write_gap_volume(
+        tmp_path / "gap"
+    )  # the ball is missing from slice 11 (1-based)
     upload(page, "po-files", [vol])
     page.click("#po-load")
     wait_status(page, "Loaded")
@@ -59,7 +70,9 @@ def test_review_list_coronal_wheel_and_next_key(browser, model_label, tmp_path):
     # the review list: the planted failure is first
     first = page.locator("#po-review label").first
     first.wait_for()
-    assert "slice 11" in first.inner_text() and "lost" in first.inner_text(), first.inner_text()
+    assert "slice 11" in first.inner_text() and "lost" in first.inner_text(), (
+        first.inner_text()
+    )
     shot(page, "review_01_list")
     first.click()
     info = wait_info(page, "slice 11 / 15")
@@ -74,8 +87,12 @@ def test_review_list_coronal_wheel_and_next_key(browser, model_label, tmp_path):
     cor = image_pixels(page, "#po-coronal", tmp_path)
     sag = image_pixels(page, "#po-sagittal", tmp_path)
     assert coloured_fraction(cor) > 0.05 and coloured_fraction(sag) > 0.05
-    assert cor.shape[1] == 300 and abs(cor.shape[0] - round(300 * 45 / 64)) <= 1, "physical aspect (3 mm slices)"
-    assert "mL" in page.inner_text("#po-measures") and "mm²" in page.inner_text("#po-measures")
+    assert cor.shape[1] == 300 and abs(cor.shape[0] - round(300 * 45 / 64)) <= 1, (
+        "physical aspect (3 mm slices)"
+    )
+    assert "mL" in page.inner_text("#po-measures") and "mm²" in page.inner_text(
+        "#po-measures"
+    )
     page.locator("#po-coronal").scroll_into_view_if_needed()
     page.locator("#po-coronal").screenshot(path=str(tmp_path / "cor.png"))
     shot(page, "review_03_coronal")
@@ -86,7 +103,9 @@ def test_review_list_coronal_wheel_and_next_key(browser, model_label, tmp_path):
     y0 = page.evaluate("() => window.scrollY")
     page.mouse.wheel(0, 120)
     wait_info(page, "slice 12 / 15")
-    assert page.evaluate("() => window.scrollY") == y0, "the page scrolled under the wheel"
+    assert page.evaluate("() => window.scrollY") == y0, (
+        "the page scrolled under the wheel"
+    )
     time.sleep(0.2)
     page.mouse.wheel(0, -120)
     wait_info(page, "slice 11 / 15")
@@ -114,7 +133,7 @@ def test_review_list_coronal_wheel_and_next_key(browser, model_label, tmp_path):
     shot(page, "review_04_outline")
 
 
-def test_image_set_thumbnails_and_window(browser, xray_small, model_label, tmp_path):
+def test_image_set_thumbnails_and_window(browser, xray_small, model_label, tmp_path):  # noqa: F811
     page = browser.page
     images, masks = xray_small
     upload(page, "po-files", images)
@@ -126,7 +145,10 @@ def test_image_set_thumbnails_and_window(browser, xray_small, model_label, tmp_p
     assert thumbs.count() == 3, thumbs.count()
     thumbs.nth(2).click()
     wait_info(page, "cxr_03")
-    assert page.locator("#po-coronal img").count() == 0 or not page.locator("#po-coronal").is_visible()
+    assert (
+        page.locator("#po-coronal img").count() == 0
+        or not page.locator("#po-coronal").is_visible()
+    )
     # the window menu is there for X-rays too (automatic or custom), and custom starts from the auto window
     assert page.locator("#po-window").is_visible()
     choose(page, "po-window", "custom")
