@@ -43,6 +43,7 @@ __all__ = [
     "auto_window_numbers",
     "window_choices",
     "is_image_set",
+    "case_ranking",
     "thumbnails_key",
     "thumbnails",
 ]
@@ -141,6 +142,25 @@ def review_choices(
     return out
 
 
+def case_ranking(ws: Workspace) -> list[tuple[int, float | None, int]]:
+    """``(case, confidence, flagged slices)`` of every case with a result, "review these first"
+    (:func:`promptonce.engine.quality.rank_for_review`; the case confidence is
+    :func:`~promptonce.engine.quality.case_confidence` of its slices)."""
+    from ..engine.quality import case_confidence, rank_for_review
+
+    conf = _confidences(ws)
+    rows = []
+    for v, done in sorted(ws.done.items()):
+        if not done.any():
+            continue
+        c = case_confidence(conf.get((v, int(k))) for k in np.flatnonzero(done))
+        n_flags = sum(1 for (vv, _k), f in ws.flags.items() if vv == v and f)
+        rows.append((v, c, n_flags))
+    order = rank_for_review([(str(v), c, n) for v, c, n in rows])
+    by_name = {str(v): (v, c, n) for v, c, n in rows}
+    return [by_name[name] for name in order]
+
+
 def review_heading(ws: Workspace, items: list[ReviewItem] | None = None) -> str:
     """The review list's label: how many slices (images) in how many cases, or that nothing is flagged."""
     items = review_items(ws) if items is None else items
@@ -151,7 +171,12 @@ def review_heading(ws: Workspace, items: list[ReviewItem] | None = None) -> str:
         return "Review: nothing flagged, every result has confidence ≥ 0.5"
     cases = len({it.case for it in items})
     tail = "" if _is_image_set(ws) else f" in {cases} case(s)"
-    return f"Review: {len(items)} {unit}{tail}, lowest confidence first (key r: next)"
+    text = f"Review: {len(items)} {unit}{tail}, lowest confidence first (key r: next)"
+    ranked = case_ranking(ws) if ws.n_cases > 1 and not _is_image_set(ws) else []
+    if len(ranked) > 1:
+        worst = [f"{ws.metas[v].name} {'?' if c is None else f'{c:.2f}'}" for v, c, _n in ranked[:4]]
+        text += " · cases first to check: " + ", ".join(worst)
+    return text
 
 
 def parse_choice(choice: Any) -> tuple[int, int] | None:

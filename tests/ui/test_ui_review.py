@@ -221,3 +221,25 @@ def test_image_set_thumbnails(store, xray_small):
     assert all("cxr_0" in c for c in captions)
     # the old thumbnails are removed, only the new ones stay
     assert len(list(ws.session.subdir("view").glob("thumb_*.png"))) == 3
+
+
+def test_cases_ranked_by_confidence(store, tmp_path):
+    """Two volumes, one with the planted gap: the broken one is ranked first."""
+    import nibabel as nib
+
+    good = write_gap_volume(tmp_path / "good", gap=10)
+    arr = np.asarray(nib.load(str(good)).dataobj)
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    arr = arr.copy()
+    arr[:, :, 10] = arr[:, :, 9]  # the ball on every slice: nothing lost
+    img = nib.Nifti1Image(arr, np.diag([1.0, 1.0, 3.0, 1.0]))
+    nib.save(img, whole / "whole.nii.gz")
+    ws = H.load_inputs(store.get("rank"), [whole / "whole.nii.gz", good], [])
+    names = [m.name for m in ws.metas]
+    gap_case = names.index("gap")
+    H.click(ws, gap_case, 7, *disp(ws, gap_case, 32, 33), mode="positive", model=MODEL)
+    list(H.run(ws, scope="dataset", strategy="transfer", model=MODEL, window="auto", v_current=gap_case))
+    ranked = R.case_ranking(ws)
+    assert len(ranked) == 2 and [v for v, _c, _n in ranked][0] == gap_case, ranked
+    assert "cases first to check: gap" in R.review_heading(ws)
