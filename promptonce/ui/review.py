@@ -80,8 +80,25 @@ class ReviewItem:
         return f"{self.case}:{self.slice_index}"
 
 
+def _as_confidence(value: Any) -> float | None:
+    """A slice's confidence as one number: a float as is, ``{object id: confidence}`` as its lowest value
+    (the slice is as doubtful as its worst object), None when unknown."""
+    if isinstance(value, dict):
+        vals = [float(c) for c in value.values() if c is not None and math.isfinite(float(c))]
+        return min(vals) if vals else None
+    if value is None:
+        return None
+    try:
+        c = float(value)
+    except (TypeError, ValueError):
+        return None
+    return c if math.isfinite(c) else None
+
+
 def _confidences(ws: Workspace) -> dict[tuple[int, int], float | None]:
-    return dict(getattr(ws, "confidence", {}) or {})
+    """``{(case, slice): confidence}`` from the session's per-slice confidence (one number per slice, or
+    ``{object id: confidence}`` per slice)."""
+    return {key: _as_confidence(c) for key, c in (getattr(ws, "confidence", {}) or {}).items()}
 
 
 def review_items(ws: Workspace) -> list[ReviewItem]:

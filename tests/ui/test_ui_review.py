@@ -243,3 +243,14 @@ def test_cases_ranked_by_confidence(store, tmp_path):
     ranked = R.case_ranking(ws)
     assert len(ranked) == 2 and [v for v, _c, _n in ranked][0] == gap_case, ranked
     assert "cases first to check: gap" in R.review_heading(ws)
+
+
+def test_per_object_confidences_count_as_their_lowest(gap_ws):
+    """A session may keep ``{object id: confidence}`` per slice: the slice ranks by its worst object."""
+    ws = gap_ws
+    ws.confidence = {key: ({1: c, 2: 0.9} if c is not None else {}) for key, c in ws.confidence.items()}
+    items = R.review_items(ws)
+    assert (items[0].case, items[0].slice_index) == (0, 10) and items[0].confidence is not None
+    assert items[0].confidence < 0.5
+    ws.confidence[(0, 3)] = {1: 0.95, 2: 0.1}
+    assert (0, 3) in [(it.case, it.slice_index) for it in R.review_items(ws)]
