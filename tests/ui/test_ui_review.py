@@ -66,7 +66,8 @@ def test_review_list_ranks_the_planted_failure_first(gap_ws):
     first = items[0]
     assert (first.case, first.slice_index) == (0, 10), items
     assert any("object lost mid-volume" in f for f in first.flags)
-    assert first.confidence is not None and first.confidence < 0.5
+    # the engine's confidence of the slice (a session that keeps it per object has none for a lost object)
+    assert first.confidence is None or first.confidence < 0.5
     # lowest confidence first
     confs = [
         it.confidence if it.confidence is not None else R.REVIEW_BELOW for it in items
@@ -248,9 +249,9 @@ def test_cases_ranked_by_confidence(store, tmp_path):
 def test_per_object_confidences_count_as_their_lowest(gap_ws):
     """A session may keep ``{object id: confidence}`` per slice: the slice ranks by its worst object."""
     ws = gap_ws
-    ws.confidence = {key: ({1: c, 2: 0.9} if c is not None else {}) for key, c in ws.confidence.items()}
+    ws.confidence = {(0, k): {1: 0.9, 2: 0.95} for k in range(15)}
+    ws.confidence[(0, 10)] = {1: 0.2, 2: 0.9}
     items = R.review_items(ws)
-    assert (items[0].case, items[0].slice_index) == (0, 10) and items[0].confidence is not None
-    assert items[0].confidence < 0.5
+    assert (items[0].case, items[0].slice_index, items[0].confidence) == (0, 10, 0.2)
     ws.confidence[(0, 3)] = {1: 0.95, 2: 0.1}
-    assert (0, 3) in [(it.case, it.slice_index) for it in R.review_items(ws)]
+    assert [(it.case, it.slice_index) for it in R.review_items(ws)][:2] == [(0, 3), (0, 10)]
