@@ -124,6 +124,8 @@ class AnnotationSession:
         self.results: dict[int, np.ndarray] = {}
         self.done: dict[int, np.ndarray] = {}
         self.flags: dict[tuple[int, int], list[str]] = {}
+        #: the engine's confidence (0..1, None: unknown) of each stored slice result, for review lists
+        self.confidence: dict[tuple[int, int], float | None] = {}
         self.run_info: RunInfo | None = None
         self.correction_seconds = 0.0
         self.engines: dict[str, Engine] = {}
@@ -532,6 +534,7 @@ class AnnotationSession:
         if only is None:
             arr[k] = res.labels
             self.flags[(res.volume_index, k)] = list(res.flags)
+            self.confidence[(res.volume_index, k)] = getattr(res, "confidence", None)
         else:
             cur = np.array(arr[k])
             names = []
@@ -542,6 +545,7 @@ class AnnotationSession:
             arr[k] = cur
             kept = [f for f in self.flags.get((res.volume_index, k), []) if not any(f.startswith(n) for n in names)]
             self.flags[(res.volume_index, k)] = kept + list(res.flags)
+            self.confidence[(res.volume_index, k)] = getattr(res, "confidence", None)
         self.done[res.volume_index][k] = True
 
     def clear_results(self, cases: Sequence[int] | None = None) -> None:
@@ -551,6 +555,8 @@ class AnnotationSession:
                 self.done[v][:] = False
             for key in [key for key in self.flags if key[0] == v]:
                 del self.flags[key]
+            for key in [key for key in self.confidence if key[0] == v]:
+                del self.confidence[key]
 
     def flagged(self) -> list[tuple[int, int, str]]:
         """``(case, slice, text)`` for every flagged slice, in order."""

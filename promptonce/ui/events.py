@@ -22,10 +22,11 @@ import gradio as gr
 
 from ..errors import InputError, PromptOnceError
 from . import handlers as H
-from .layout import Page
+from . import review as R  # --- review
+from .layout import WINDOW_CHOICES, Page
 from .session import Session, SessionStore
 from .updates import PageUpdates, Updates
-from .view import ViewState
+from .view import ViewState, display_options
 
 __all__ = ["guard", "window_of", "Events"]
 
@@ -127,6 +128,7 @@ class Events(PageUpdates):
         self.wire_references()
         self.wire_prompting()
         self.wire_running()
+        self.wire_review()  # --- review
         self.wire_api(demo)
 
     # ------------------------------------------------------------------ shared pieces
@@ -458,3 +460,162 @@ class Events(PageUpdates):
             self.store.close(request.session_hash)
 
         demo.unload(on_unload)
+
+    # --- review: the ranked review list, next-to-review, reformats, measures, mask display options
+    def view_updates(self, sess: Session, vs: ViewState, reset_view: bool = False) -> Updates:
+        """The page's view updates (:class:`~.updates.PageUpdates`) plus the review components."""
+        ws = sess.workspace
+        choices = R.window_choices(ws, WINDOW_CHOICES) if ws is not None else WINDOW_CHOICES
+        if reset_view and isinstance(vs.window, str) and vs.window not in choices:
+            vs = ViewState(vs.case, vs.slice1, "auto", vs.show_reference)  # e.g. a CT preset, then an X-ray set
+        upd = super().view_updates(sess, vs, reset_view)
+        if ws is not None:
+            # what was just drawn: the review refresh that follows the image's change shows the same view
+            v = min(max(vs.v, 0), ws.n_volumes - 1)
+            n = ws.metas[v].n_slices
+            k = min(max(n // 2 if reset_view else (vs.k if vs.slice1 else 0), 0), n - 1)
+            self._shown[sess] = ViewState(v, k + 1, vs.window, vs.show_reference)
+        if p_flagged := self.p.flagged:
+            upd[p_flagged] = gr.update(visible=False)  # the review list below replaces the flagged-slices menu
+        if ws is not None and reset_view:
+            p = self.p
+            upd[p.window_dd] = gr.update(choices=choices, visible=True, **({"value": "auto"} if vs.window == "auto" else {}))
+            if not isinstance(vs.window, tuple | list):
+                w, level = R.auto_window_numbers(ws, 0)
+                upd[p.win_w], upd[p.win_l] = w, level
+        return upd
+
+    def review_updates(self, sess: Session, vs: ViewState, reset_view: bool = False) -> Updates:
+        """The review list (current slice selected when listed), the reformats, the measures and (image sets)
+        the thumbnails for ``vs``."""
+        p = self.p
+        ws = sess.workspace
+        if ws is None or p.review is None:
+            return {}
+        v = min(max(vs.v, 0), ws.n_volumes - 1)
+        n = ws.metas[v].n_slices
+        k = n // 2 if reset_view else (vs.k if vs.slice1 else 0)
+        k = min(max(k, 0), n - 1)
+        items = R.review_items(ws)
+        here = f"{v}:{k}"
+        upd: Updates = {
+            p.review: gr.update(
+                choices=R.review_choices(ws, items), label=R.review_heading(ws, items),
+                value=here if any(it.key == here for it in items) else None,
+            ),
+        }  # fmt: skip
+        if n > 1:
+            pos = R.reformat_position(ws, v, k)
+            for comp, plane in ((p.coronal, "coronal"), (p.sagittal, "sagittal")):
+                rgb = R.reformat(ws, v, k, plane, vs.window, position=pos)  # type: ignore[arg-type]
+                upd[comp] = gr.update(value=str(R.save_reformat(sess, rgb, plane)), visible=True)
+            if p.reformat_col is not None:
+                upd[p.reformat_col] = gr.update(visible=True)
+        else:
+            if p.reformat_col is not None:
+                upd[p.reformat_col] = gr.update(visible=False)
+            upd[p.coronal] = gr.update(value=None, visible=False)
+            upd[p.sagittal] = gr.update(value=None, visible=False)
+        if p.thumbs is not None:
+            if not R.is_image_set(ws):
+                if self._thumbs_key.pop(sess, None) is not None or reset_view:
+                    upd[p.thumbs] = gr.update(value=None, visible=False)
+            elif reset_view or self._thumbs_key.get(sess) != R.thumbnails_key(ws):
+                self._thumbs_key[sess] = R.thumbnails_key(ws)
+                upd[p.thumbs] = gr.update(value=R.thumbnails(ws, sess, vs.window), visible=True, selected_index=None)
+        legend = R.reference_legend(ws, v) if vs.show_reference else ""
+        upd[p.measures] = "\n\n".join(x for x in (R.measures_markdown(ws, v, k), legend) if x)
+        return upd
+
+    @property
+    def _shown(self) -> Any:
+        """The view each browser session was last sent (weak: it goes with the session)."""
+        import weakref
+
+        shown = self.__dict__.get("_shown_views")
+        if shown is None:
+            shown = self.__dict__["_shown_views"] = weakref.WeakKeyDictionary()
+        return shown
+
+    @property
+    def _thumbs_key(self) -> Any:
+        """The thumbnails each browser session was last sent (weak: it goes with the session)."""
+        import weakref
+
+        keys = self.__dict__.get("_thumbs_keys")
+        if keys is None:
+            keys = self.__dict__["_thumbs_keys"] = weakref.WeakKeyDictionary()
+        return keys
+
+    def on_thumb(self, wname, ww, wl, show, evt: gr.SelectData, request: gr.Request):
+        sess = self.sess(request)
+        ws = H.workspace(sess)
+        if evt is None or evt.index is None:
+            return {}
+        v = int(evt.index if not isinstance(evt.index, list | tuple) else evt.index[0])
+        if not 0 <= v < ws.n_volumes:
+            return {}
+        upd = self.view_updates(sess, ViewState(v, 1, window_of(wname, ww, wl), bool(show)))
+        upd[self.p.case_dd] = gr.update(value=v)
+        return upd
+
+    def on_review_refresh(self, v, k1, wname, ww, wl, show, request: gr.Request):
+        """After the shown image changed: the review components for the view the page now shows (the one the
+        server last drew; the page's slider may not have its new value yet when the change event fires)."""
+        sess = self.sess(request)
+        if sess.workspace is None:
+            return {}
+        vs = self._shown.get(sess) or self.state(v, k1, wname, ww, wl, show)
+        return self.review_updates(sess, vs)
+
+    def on_review(self, choice, wname, ww, wl, show, request: gr.Request):
+        sess = self.sess(request)
+        H.workspace(sess)
+        where = R.parse_choice(choice)
+        if where is None:
+            return {}
+        v, k = where
+        upd = self.view_updates(sess, ViewState(v, k + 1, window_of(wname, ww, wl), bool(show)))
+        upd[self.p.case_dd] = gr.update(value=v)
+        return upd
+
+    def on_review_next(self, v, k1, wname, ww, wl, show, request: gr.Request):
+        sess = self.sess(request)
+        ws = H.workspace(sess)
+        vs = self.state(v, k1, wname, ww, wl, show)
+        nxt = R.next_to_review(ws, vs.v, vs.k)
+        if nxt is None:
+            text = "Nothing to review: run a segmentation first." if not ws.has_results() else "Nothing flagged to review."
+            return {self.p.status: text}
+        upd = self.view_updates(sess, vs.at(nxt[0], nxt[1] + 1))
+        upd[self.p.case_dd] = gr.update(value=nxt[0])
+        return upd
+
+    def on_display(self, opacity, style, v, k1, wname, ww, wl, show, request: gr.Request):
+        sess = self.sess(request)
+        opts = display_options(sess)
+        if opacity is not None:
+            opts.opacity = min(max(float(opacity), 0.0), 1.0)
+        opts.fill = style != "outline"
+        if sess.workspace is None:
+            return {}
+        return self.view_updates(sess, self.state(v, k1, wname, ww, wl, show))
+
+    def wire_review(self) -> None:
+        p, g, nav_kw = self.p, self.guard, self.nav_kw
+        if p.review is None:
+            return
+        outputs = p.view_outputs
+        # every handler that changes the image refreshes the review components through this one event
+        p.view.change(g(self.on_review_refresh), p.view_inputs, p.review_outputs, api_visibility="private",
+                      **nav_kw)  # fmt: skip
+        p.review.input(g(self.on_review), [p.review, *p.window_inputs], outputs, api_visibility="private", **nav_kw)
+        p.review_next.click(g(self.on_review_next), p.view_inputs, [*outputs, p.status], api_name="next_to_review",
+                            **nav_kw)  # fmt: skip
+        display = g(self.on_display)
+        inputs = [p.opacity, p.mask_style, *p.view_inputs]
+        p.opacity.release(display, inputs, outputs, api_visibility="private", **nav_kw)
+        p.mask_style.input(display, inputs, outputs, api_visibility="private", **nav_kw)
+        if p.thumbs is not None:
+            p.thumbs.select(g(self.on_thumb), p.window_inputs, outputs, api_visibility="private", **nav_kw)
+    # --- end review

@@ -28,8 +28,9 @@ INTRO = """
 1&nbsp;Load images (or an example) · 2&nbsp;click on the object · 3&nbsp;Run · correct any slice · download.</p></div>
 """
 KEYS_HELP = (
-    "Keys (outside text boxes): ← / → previous / next slice (or image), "
-    "<kbd>p</kbd> object click, <kbd>n</kbd> background click, <kbd>b</kbd> box, <kbd>u</kbd> undo."
+    "Keys (outside text boxes): ← / → or the mouse wheel over the image: previous / next slice (or image), "
+    "<kbd>p</kbd> object click, <kbd>n</kbd> background click, <kbd>b</kbd> box, <kbd>u</kbd> undo, "
+    "<kbd>r</kbd> next slice to review."
 )
 
 
@@ -104,6 +105,17 @@ class Page:
     table: Any = None
     plot: Any = None
     downloads: Any = None
+    # --- review (review mode: ranked list, reformats, display options, measures)
+    review: Any = None
+    review_next: Any = None
+    opacity: Any = None
+    mask_style: Any = None
+    coronal: Any = None
+    sagittal: Any = None
+    measures: Any = None
+    thumbs: Any = None
+    reformat_col: Any = None
+    # --- end review
 
     # ------------------------------------------------------------------ groups the events share
     @property
@@ -118,6 +130,15 @@ class Page:
     @property
     def view_outputs(self) -> list[Any]:
         return [self.view, self.slider, self.case_dd, self.info, self.flagged, self.window_dd, self.win_w, self.win_l]
+
+    # --- review
+    @property
+    def review_outputs(self) -> list[Any]:
+        """The review components, refreshed after every change of the shown image (list, reformats, measures,
+        thumbnails); kept out of :attr:`view_outputs` so that the API's output positions stay as they were."""
+        return [c for c in (self.review, self.coronal, self.sagittal, self.measures, self.thumbs,
+                                       self.reformat_col) if c is not None]
+    # --- end review
 
     @property
     def object_outputs(self) -> list[Any]:
@@ -229,11 +250,15 @@ def _viewer(p: Page) -> None:
         p.window_dd = gr.Dropdown(WINDOW_CHOICES, value="auto", label="Window", scale=2, elem_id="po-window")
         p.win_w = gr.Number(value=400, label="Width", visible=False, scale=1, elem_id="po-ww")
         p.win_l = gr.Number(value=40, label="Level", visible=False, scale=1, elem_id="po-wl")
-    p.view = gr.Image(
-        label="Click on the object", interactive=False, type="filepath", height=600,
-        buttons=["fullscreen", "download"], elem_id="po-view", show_label=True,
-        placeholder="Load images or pick an example on the left.",
-    )  # fmt: skip
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3, min_width=360):
+            p.view = gr.Image(
+                label="Click on the object", interactive=False, type="filepath", height=600,
+                buttons=["fullscreen", "download"], elem_id="po-view", show_label=True,
+                placeholder="Load images or pick an example on the left.",
+            )  # fmt: skip
+        _review_views(p)  # --- review: coronal / sagittal reformats beside the image
+    p.measures = gr.Markdown(elem_id="po-measures")  # --- review: mL and mm² per object
     with gr.Row(equal_height=True):
         p.prev_btn = gr.Button("◀", size="sm", scale=0, min_width=48, elem_id="po-prev")
         p.slider = gr.Slider(1, 2, value=1, step=1, label="Slice", scale=8, elem_id="po-slider")
@@ -248,6 +273,42 @@ def _viewer(p: Page) -> None:
             label="Reference labels scored", placeholder="all; e.g. 1,2", scale=1, elem_id="po-ref-labels",
         )  # fmt: skip
     gr.Markdown(KEYS_HELP, elem_classes="po-note")
+    _review_panel(p)  # --- review
+
+
+# --- review
+def _review_views(p: Page) -> None:
+    """The coronal and sagittal reformats with the mask (shown for volumes)."""
+    with gr.Column(scale=1, min_width=220, elem_id="po-reformats", visible=False) as p.reformat_col:
+        p.coronal = gr.Image(
+            label="Coronal", interactive=False, type="filepath", height=290, elem_id="po-coronal",
+            buttons=["fullscreen"], visible=False,
+        )  # fmt: skip
+        p.sagittal = gr.Image(
+            label="Sagittal", interactive=False, type="filepath", height=290, elem_id="po-sagittal",
+            buttons=["fullscreen"], visible=False,
+        )  # fmt: skip
+
+
+def _review_panel(p: Page) -> None:
+    """The review list (lowest confidence first), the next-to-review button and the mask display options."""
+    p.thumbs = gr.Gallery(
+        label="Images (click one to show it)", columns=10, rows=1, height=150, allow_preview=False,
+        object_fit="contain", elem_id="po-thumbs", visible=False, show_label=True,
+    )  # fmt: skip
+    with gr.Group(elem_id="po-review-panel"):
+        with gr.Row(equal_height=True):
+            p.review_next = gr.Button("Next to review (r)", size="sm", scale=1, elem_id="po-review-next")
+            p.opacity = gr.Slider(0, 1, value=0.45, step=0.05, label="Mask opacity", scale=2, elem_id="po-opacity")
+            p.mask_style = gr.Radio(
+                [("Fill", "fill"), ("Outline", "outline")], value="fill", label="Masks", scale=1,
+                elem_id="po-mask-style",
+            )  # fmt: skip
+        p.review = gr.Radio(
+            choices=[], label="Review (after a run: the slices to check, lowest confidence first)",
+            elem_id="po-review", elem_classes="po-review-list",
+        )  # fmt: skip
+# --- end review
 
 
 def _results_panel(p: Page) -> None:

@@ -12,6 +12,7 @@ as one :class:`ViewState`.
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,51 @@ import numpy as np
 from .session import Session
 from .workspace import Workspace
 
-__all__ = ["ViewState", "to_image_xy", "render", "save_view", "slice_info", "clamp_slice"]
+__all__ = [
+    "ViewState", "DisplayOptions", "display_options", "to_image_xy", "render", "save_view", "slice_info",
+    "clamp_slice", "reference_colors",
+]  # fmt: skip
+
+
+@dataclass
+class DisplayOptions:
+    """How masks are drawn for one browser session (the page's opacity slider and fill/outline toggle).
+
+    Attributes:
+        opacity: fill opacity of the result masks, 0..1 (0: outline only).
+        fill: draw the masks filled (True) or as outlines only (False).
+    """
+
+    opacity: float = 0.45
+    fill: bool = True
+
+    @property
+    def alpha(self) -> float:
+        """The fill opacity actually used: 0 when only outlines are drawn."""
+        return min(max(float(self.opacity), 0.0), 1.0) if self.fill else 0.0
+
+
+_OPTIONS: weakref.WeakKeyDictionary[Any, DisplayOptions] = weakref.WeakKeyDictionary()
+
+
+def display_options(session: Any) -> DisplayOptions:
+    """The :class:`DisplayOptions` of a browser session (made with the defaults on first use; kept
+    while the session object lives)."""
+    if session is None:
+        return DisplayOptions()
+    opts = _OPTIONS.get(session)
+    if opts is None:
+        opts = DisplayOptions()
+        _OPTIONS[session] = opts
+    return opts
+
+
+def reference_colors(ids: Any) -> dict[int, tuple[int, int, int]]:
+    """``{reference label: (r, g, b)}``: each reference label in its own colour
+    (:func:`promptonce.preprocess.label_colors`)."""
+    from ..preprocess import label_colors
+
+    return label_colors(int(i) for i in ids if int(i) != 0)
 
 
 @dataclass
@@ -75,8 +120,9 @@ def render(ws: Workspace, v: int, k: int, window: Any = "auto", show_reference: 
 
     Returns:
         uint8 RGB ``(H, W, 3)`` at display size: the windowed slice, the result (or preview) labels
-        in their objects' colours, the reference outline (white) when asked, and the slice's clicks
-        (green = object, red = background), boxes and a pending box corner.
+        in their objects' colours (filled with the session's :class:`DisplayOptions` opacity, or as
+        outlines), the reference outline when asked (each reference label in its own colour), and
+        the slice's clicks (green = object, red = background), boxes and a pending box corner.
     """
     from PIL import Image
 
@@ -90,15 +136,23 @@ def render(ws: Workspace, v: int, k: int, window: Any = "auto", show_reference: 
     up = sx >= 1 and sy >= 1
     gray_d = np.asarray(Image.fromarray(gray).resize(size, Image.NEAREST if up and sx == int(sx) else Image.BILINEAR))
     lab_d = np.asarray(Image.fromarray(ws.slice_labels(v, k)).resize(size, Image.NEAREST))
-    rgb = overlay(gray_d, lab_d, alpha=0.45, outline=False)
+    opts = display_options(getattr(ws, "session", None))
+    rgb = overlay(gray_d, lab_d, alpha=opts.alpha, outline=False)
     if lab_d.any():
-        # an opaque contour of about 1/3 image pixel (at least 1 display pixel), drawn inwards
-        rgb = draw_outline(rgb, lab_d, thickness=max(1, int(round(min(sx, sy) / 3))))
+        # an opaque contour of about 1/3 image pixel (at least 1 display pixel), drawn inwards; thicker
+        # when the masks are shown as outlines only
+        thick = max(1, int(round(min(sx, sy) / 3)))
+        rgb = draw_outline(rgb, lab_d, thickness=thick if opts.fill else max(2, 2 * thick))
     if show_reference:
-        ref = ws.reference_mask(v)
-        if ref is not None:
-            ref_d = np.asarray(Image.fromarray(ref[k].astype(np.uint8)).resize(size, Image.NEAREST))
-            rgb[outline_edges(ref_d)] = (255, 255, 255)
+        ref_all = ws.reference(v)
+        chosen = ws.reference_mask(v)
+        if ref_all is not None and chosen is not None:
+            ref_k = np.where(chosen[k], ref_all[k], 0).astype(np.uint8)
+            ref_d = np.asarray(Image.fromarray(ref_k).resize(size, Image.NEAREST))
+            edges = outline_edges(ref_d, thickness=max(1, int(round(min(sx, sy) / 4))))
+            for i, color in reference_colors(np.unique(ref_d[edges])).items():
+                # the reference in its label's colour, lightened so that it stands apart from the result fill
+                rgb[edges & (ref_d == i)] = tuple(int(c + (255 - c) * 0.45) for c in color)
     return _draw_prompts(ws, v, k, rgb, (sx, sy))
 
 
