@@ -65,7 +65,8 @@ def guard(store: SessionStore) -> Callable[[Callable[..., Any]], Callable[..., A
             @functools.wraps(fn)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
                 try:
-                    yield from fn(*args, **kwargs)
+                    for out in fn(*args, **kwargs):
+                        yield _no_change(out)
                 except gr.Error:
                     raise
                 except Exception as exc:  # noqa: BLE001 - converted for the page
@@ -76,7 +77,7 @@ def guard(store: SessionStore) -> Callable[[Callable[..., Any]], Callable[..., A
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
-                return fn(*args, **kwargs)
+                return _no_change(fn(*args, **kwargs))
             except gr.Error:
                 raise
             except Exception as exc:  # noqa: BLE001 - converted for the page
@@ -85,6 +86,14 @@ def guard(store: SessionStore) -> Callable[[Callable[..., Any]], Callable[..., A
         return wrapper
 
     return deco
+
+
+def _no_change(out: Any) -> Any:
+    """A handler's return value for Gradio: an empty dict (nothing to update) becomes ``gr.skip()``
+    (Gradio reads an empty dict as one value, and fails an event with several outputs)."""
+    if isinstance(out, dict) and not out:
+        return gr.skip()
+    return out
 
 
 def _all_uploads(paths: list[Any]) -> bool:
@@ -128,6 +137,7 @@ class Events(PageUpdates):
         self.wire_prompting()
         self.wire_running()
         self.wire_api(demo)
+        self.wire_recover()
 
     # ------------------------------------------------------------------ shared pieces
     def sess(self, request: gr.Request) -> Session:
@@ -147,12 +157,13 @@ class Events(PageUpdates):
         upd.update(self.result_updates(sess, window))
         n_ref = sum(r is not None for r in ws.references)
         kinds = sorted({m.source_format for m in ws.metas})
+        n_items = sum(m.n_slices for m in ws.metas)
         upd[p.status] = (
-            f"Loaded **{ws.n_volumes} case(s)** ({', '.join(kinds)}; "
-            f"{sum(m.n_slices for m in ws.metas)} image(s)/slice(s)"
+            f"Loaded **{ws.n_volumes} case(s)** ({', '.join(kinds)}; {n_items} {H.unit_of(ws, n_items)}"
             + (f", {n_ref} with a reference" if n_ref else "")
             + "). Click on the object in the image."
         )
+        upd.update(self.recover_load_updates(ws))
         upd[p.files] = None
         upd[p.refs] = None
         # an image set is segmented as a whole by default; a volume slice by slice
@@ -169,6 +180,8 @@ class Events(PageUpdates):
         rpaths = [f if isinstance(f, str) else getattr(f, "name", f) for f in (rs or [])]
         try:
             H.load_inputs(sess, paths, rpaths, images_as=as_ or "auto", remove_sources=_all_uploads(paths + rpaths))
+        except PromptOnceError as exc:
+            return self.failed_load(sess, exc)
         finally:
             self.store.sweep_upload_temps()  # Gradio's empty temp files of earlier uploads
         return self.after_load(sess, window_of(wname, ww, wl), show)
@@ -177,7 +190,10 @@ class Events(PageUpdates):
         def on_example(wname, ww, wl, show, request: gr.Request):
             sess = self.sess(request)
             _not_running(sess, "A run is in progress; stop it before loading an example.")
-            H.load_example(sess, name)
+            try:
+                H.load_example(sess, name)
+            except PromptOnceError as exc:
+                return self.failed_load(sess, exc)
             return self.after_load(sess, "auto" if wname == "custom" else wname, show)
 
         on_example.__name__ = f"on_example_{name}"
@@ -186,7 +202,7 @@ class Events(PageUpdates):
     def wire_loading(self) -> None:
         p = self.p
         outputs = [*p.view_outputs, *p.object_outputs, *p.result_outputs, p.status, p.files, p.refs, p.scope,
-                   p.ref_labels]  # fmt: skip
+                   p.ref_labels, *self.recover_outputs]  # fmt: skip
         kw = dict(concurrency_limit=4, concurrency_id="load")
         p.load_btn.click(self.guard(self.on_load), [p.files, p.refs, p.images_as, *p.window_inputs], outputs,
                          api_name="load", **kw)  # fmt: skip
@@ -318,14 +334,14 @@ class Events(PageUpdates):
         _not_running(sess)
         vs = self.state(v, k1, wname, ww, wl, show)
         with sess.lock:
-            key = H.undo(ws, mdl or "auto", vs.window)
-        if key is None:
+            act = H.undo_action(ws, mdl or "auto", vs.window)
+        if act is None or act.case < 0:
             upd = self.view_updates(sess, vs)
-            upd[self.p.status] = "Nothing to undo."
-            return upd
-        upd = self.view_updates(sess, vs.at(key[0], key[1] + 1))
-        upd[self.p.case_dd] = gr.update(value=key[0])
-        upd[self.p.status] = f"Undone on {ws.metas[key[0]].name}, slice {key[1] + 1}."
+        else:
+            upd = self.view_updates(sess, vs.at(act.case, act.slice_index + 1))
+            upd[self.p.case_dd] = gr.update(value=act.case)
+        upd.update(self.objects_updates(sess))
+        upd[self.p.status] = H.undo_message(ws, act)
         return upd
 
     def on_reset(self, v, k1, wname, ww, wl, show, request: gr.Request):
@@ -355,8 +371,8 @@ class Events(PageUpdates):
         p.add_obj.click(g(self.on_add_object), [p.obj_name], obj_outputs, api_name="add_object", **self.view_kw)
         p.obj_name.submit(g(self.on_add_object), [p.obj_name], obj_outputs, api_visibility="private", **self.view_kw)
         p.obj_dd.input(g(self.on_object), [p.obj_dd], p.object_outputs, api_name="set_object", **self.view_kw)
-        p.undo_btn.click(g(self.on_undo), [p.case_dd, p.slider, p.model, *p.window_inputs], click_outputs,
-                         api_name="undo", **self.model_kw)  # fmt: skip
+        p.undo_btn.click(g(self.on_undo), [p.case_dd, p.slider, p.model, *p.window_inputs],
+                         [*click_outputs, *p.object_outputs], api_name="undo", **self.model_kw)  # fmt: skip
         p.reset_btn.click(g(self.on_reset), p.view_inputs, [*p.view_outputs, *p.result_outputs, p.status],
                           api_name="reset", **self.view_kw)  # fmt: skip
 
@@ -365,20 +381,21 @@ class Events(PageUpdates):
         """Streams a run's progress to the page, then shows the result."""
         p = self.p
         ws = H.workspace(sess)
+        unit = H.unit_of(ws)
         last = None
         for rp in gen:
             last = rp
             sess.touch()
             if rp.finished:
                 break
-            progress((rp.done, rp.total), desc=H.progress_text(rp), unit="slices")
-            upd: Updates = {p.status: H.progress_text(rp)}
+            progress((rp.done, rp.total), desc=H.progress_text(rp, unit), unit=unit)
+            upd: Updates = {p.status: H.progress_text(rp, unit)}
             if rp.volume_index == vs.v and rp.slice_index >= 0:
                 upd.update(self.view_updates(sess, vs.at(rp.volume_index, rp.slice_index + 1)))
             yield upd
         upd = self.view_updates(sess, vs)
         upd.update(self.result_updates(sess, vs.window))
-        upd[p.status] = H.progress_text(last) if last is not None else "Nothing was run."
+        upd[p.status] = H.progress_text(last, unit) if last is not None else "Nothing was run."
         self.notes(ws)
         yield upd
 
@@ -426,7 +443,8 @@ class Events(PageUpdates):
         upd = self.view_updates(sess, vs)
         upd.update(self.result_updates(sess, vs.window))
         done = int(sum(d.sum() for d in ws.done.values()))
-        upd[self.p.status] = f"Stopped. {done} slice(s) segmented so far are kept." if was_running else "Nothing is running."
+        kept = f"Stopped. {done} {H.unit_of(ws, done)} segmented so far are kept."
+        upd[self.p.status] = kept if was_running else "Nothing is running."
         return upd
 
     def wire_running(self) -> None:
@@ -458,3 +476,65 @@ class Events(PageUpdates):
             self.store.close(request.session_hash)
 
         demo.unload(on_unload)
+
+    # --- recover: failed loads, the time point of a 4D input ---------------------------------------
+    @property
+    def recover_outputs(self) -> list[Any]:
+        """What a load (or a failed one) also updates: the load panel's message and the time point control."""
+        return [self.p.load_msg, self.p.time_point]
+
+    def recover_load_updates(self, ws: H.Workspace) -> Updates:
+        """The load message cleared, and the time point control shown for a 4D input (hidden otherwise)."""
+        p = self.p
+        tp = ws.time_points
+        # the load's notes (e.g. references not used) stay on the page under the Load button
+        notes = "\n\n".join(f"⚠ {html.escape(n)}" for n in ws.notes)
+        ws.notes.clear()
+        if tp is None:
+            return {p.load_msg: notes, p.time_point: gr.update(visible=False, value=1)}
+        t = (ws.time_index or 0) + 1
+        four_d = f"4D input: showing time point **{t} of {tp.count}**; choose another below."
+        return {
+            p.load_msg: four_d + ("\n\n" + notes if notes else ""),
+            p.time_point: gr.update(visible=True, minimum=1, maximum=tp.count, value=t, step=1, interactive=True,
+                                    label=f"Time point (1–{tp.count})"),
+        }  # fmt: skip
+
+    def failed_load(self, sess: Session, exc: PromptOnceError) -> Updates:
+        """A load that failed: its one message under the Load button, the upload fields emptied (their
+        files are gone from the server), the page back to "nothing loaded" and every control usable."""
+        p = self.p
+        msg = H.user_message(exc, sess)
+        upd = self.view_updates(sess, ViewState(0, None, "auto", False)) if sess.workspace is None else {}
+        if sess.workspace is None:
+            upd.update({p.slider: gr.update(visible=False), p.flagged: gr.update(choices=[], value=None)})
+            upd.update(self.result_updates(sess, "auto"))
+            upd.update(self.objects_updates(sess))
+            upd[p.status] = "Load images to start."
+            upd[p.time_point] = gr.update(visible=False, value=1)
+        upd[p.load_msg] = f"**Not loaded:** {html.escape(msg)}"
+        upd[p.files] = None
+        upd[p.refs] = None
+        return upd
+
+    def on_time_point(self, t, wname, ww, wl, show, request: gr.Request):
+        sess = self.sess(request)
+        ws = H.workspace(sess)
+        _not_running(sess, "A run is in progress; stop it before choosing another time point.")
+        if ws.time_points is None or t is None:
+            return {}
+        index = int(t) - 1
+        if index == (ws.time_index or 0):
+            return {}
+        try:
+            H.load_time_point(sess, index)
+        except PromptOnceError as exc:
+            return self.failed_load(sess, exc)
+        return self.after_load(sess, window_of(wname, ww, wl), show)
+
+    def wire_recover(self) -> None:
+        p = self.p
+        outputs = [*p.view_outputs, *p.object_outputs, *p.result_outputs, p.status, p.files, p.refs, p.scope,
+                   p.ref_labels, *self.recover_outputs]  # fmt: skip
+        p.time_point.release(self.guard(self.on_time_point), [p.time_point, *p.window_inputs], outputs,
+                             api_name="time_point", concurrency_limit=4, concurrency_id="load")  # fmt: skip

@@ -104,6 +104,9 @@ class Page:
     table: Any = None
     plot: Any = None
     downloads: Any = None
+    # --- recover: the load panel's message line and the time point of a 4D input
+    load_msg: Any = None
+    time_point: Any = None
 
     # ------------------------------------------------------------------ groups the events share
     @property
@@ -167,6 +170,13 @@ def _load_panel(p: Page) -> None:
                 value="auto", label="Several 2D images are", elem_id="po-images-as",
             )  # fmt: skip
         p.load_btn = gr.Button("Load files", variant="primary", elem_id="po-load")
+        # --- recover: one message where the user looks (a failed load says why here), and the
+        # time point of a 4D input (hidden until one is loaded)
+        p.load_msg = gr.Markdown("", elem_id="po-load-msg")
+        p.time_point = gr.Slider(
+            1, 2, value=1, step=1, label="Time point (4D input)", visible=False, elem_id="po-time",
+        )  # fmt: skip
+        # --- end recover
         with gr.Row():
             p.ex_ct = gr.Button("Example: CT phantom", size="sm", elem_id="po-ex-ct")
             p.ex_xr = gr.Button("Example: 4 X-rays", size="sm", elem_id="po-ex-xray")
