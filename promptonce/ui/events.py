@@ -23,6 +23,7 @@ import gradio as gr
 from ..errors import InputError, PromptOnceError
 from . import handlers as H
 from .layout import Page
+from .modelqueue import ModelQueue, Waiting
 from .session import Session, SessionStore
 from .updates import PageUpdates, Updates
 from .view import ViewState
@@ -125,7 +126,11 @@ class Events(PageUpdates):
         super().__init__(page)
         self.store = store
         self.guard = guard(store)
-        self.model_kw: dict[str, Any] = dict(concurrency_limit=model_limit, concurrency_id="model")
+        # model work waits in this process's line (ui/modelqueue.py), which tells the page its place;
+        # Gradio's own limit only bounds the threads (a request waiting there would get no word)
+        self.line = ModelQueue(model_limit)
+        self.waiting: set[str] = set()  # sessions whose request waits in the line
+        self.model_kw: dict[str, Any] = dict(concurrency_limit=max(16, 4 * int(model_limit)), concurrency_id="model")
         self.view_kw: dict[str, Any] = dict(concurrency_limit=8, concurrency_id="view")
         self.nav_kw: dict[str, Any] = dict(concurrency_limit=8, concurrency_id="view", show_progress="hidden")
 
@@ -300,16 +305,26 @@ class Events(PageUpdates):
         self.notes(ws)
         return upd
 
+    def clicking(self, sess: Session, vs: ViewState, x: float, y: float, md: str, mdl: str | None) -> Iterator[Updates]:
+        """A click through the model line: the page hears its place while it waits."""
+        H.workspace(sess)
+        _not_running(sess, "A run is in progress; wait for it or press Stop before clicking.")
+        sess.cancel.clear()
+        yield from self.queued(sess, "click", lambda: self.do_click(sess, vs, x, y, md, mdl))
+
     def on_select(self, v, k1, md, mdl, wname, ww, wl, show, evt: gr.SelectData, request: gr.Request):
         if evt is None or evt.index is None:
-            return {}
+            yield {}
+            return
         vs = self.state(v, k1, wname, ww, wl, show)
-        return self.do_click(self.sess(request), vs, evt.index[0], evt.index[1], md, mdl)
+        yield from self.clicking(self.sess(request), vs, evt.index[0], evt.index[1], md, mdl)
 
     def on_click_at(self, v, k1, x, y, md, mdl, wname, ww, wl, show, request: gr.Request):
         """API: a click at display pixel (x, y) of the shown case/slice (what a click on the image does)."""
         vs = self.state(v, k1, wname, ww, wl, show)
-        return self.do_click(self.sess(request), vs, float(x), float(y), md, mdl)
+        if x is None or y is None:
+            raise gr.Error("Give the click's x and y (display pixels).", print_exception=False)
+        yield from self.clicking(self.sess(request), vs, float(x), float(y), md, mdl)
 
     def on_add_object(self, name, request: gr.Request):
         sess = self.sess(request)
@@ -330,9 +345,14 @@ class Events(PageUpdates):
 
     def on_undo(self, v, k1, mdl, wname, ww, wl, show, request: gr.Request):
         sess = self.sess(request)
-        ws = H.workspace(sess)
+        H.workspace(sess)
         _not_running(sess)
+        sess.cancel.clear()
         vs = self.state(v, k1, wname, ww, wl, show)
+        yield from self.queued(sess, "click", lambda: self.do_undo(sess, vs, mdl))
+
+    def do_undo(self, sess: Session, vs: ViewState, mdl: str | None) -> Updates:
+        ws = H.workspace(sess)
         with sess.lock:
             act = H.undo_action(ws, mdl or "auto", vs.window)
         if act is None or act.case < 0:
@@ -377,7 +397,8 @@ class Events(PageUpdates):
                           api_name="reset", **self.view_kw)  # fmt: skip
 
     # ------------------------------------------------------------------ running
-    def run_loop(self, sess: Session, gen: Iterator[H.RunProgress], vs: ViewState, progress: gr.Progress) -> Iterator[Updates]:
+    def run_loop(self, sess: Session, gen: Iterator[H.RunProgress], vs: ViewState, progress: gr.Progress,
+                 ticket: Any = None) -> Iterator[Updates]:  # fmt: skip
         """Streams a run's progress to the page, then shows the result."""
         p = self.p
         ws = H.workspace(sess)
@@ -388,6 +409,8 @@ class Events(PageUpdates):
             sess.touch()
             if rp.finished:
                 break
+            if ticket is not None:
+                self.line.report(ticket, rp.eta_s)  # what the next in line is told
             progress((rp.done, rp.total), desc=H.progress_text(rp, unit), unit=unit)
             upd: Updates = {p.status: H.progress_text(rp, unit)}
             if rp.volume_index == vs.v and rp.slice_index >= 0:
@@ -404,9 +427,16 @@ class Events(PageUpdates):
         _not_running(sess, "A run is already in progress in this tab.")
         sess.cancel.clear()
         sess.running.set()
+        ticket = self.line.join("run")
         try:
-            yield from self.run_loop(sess, start(), vs, progress)
+            try:
+                yield from self.wait_in_line(sess, ticket)
+            except Waiting:
+                yield {self.p.status: "Stopped while waiting in line: nothing was run."}
+                return
+            yield from self.run_loop(sess, start(), vs, progress, ticket)
         finally:
+            self.line.leave(ticket)
             sess.running.clear()
 
     def on_run(self, v, k1, sc, st, mdl, wname, ww, wl, show, request: gr.Request, progress=gr.Progress()):
@@ -427,6 +457,7 @@ class Events(PageUpdates):
 
     def on_stop(self, v, k1, wname, ww, wl, show, request: gr.Request):
         sess = self.sess(request)
+        was_waiting = sess.session_id in self.waiting
         sess.cancel.set()
         was_running = sess.running.is_set()
         # wait (briefly) for the run to notice, so what is shown is what was kept
@@ -437,6 +468,8 @@ class Events(PageUpdates):
         ws = sess.workspace
         if ws is None:
             return {self.p.status: "Nothing is running."}
+        if was_waiting:
+            return {self.p.status: "Stopped while waiting in line: nothing was run."}
         vs = self.state(v, k1, wname, ww, wl, show)
         if ws.run_info is not None and was_running:
             ws.run_info.cancelled = True
@@ -476,6 +509,34 @@ class Events(PageUpdates):
             self.store.close(request.session_hash)
 
         demo.unload(on_unload)
+
+    # --- recover: the model line (queue honesty) -----------------------------------------------------
+    def wait_in_line(self, sess: Session, ticket: Any) -> Iterator[Updates]:
+        """Yields the page's "waiting" line until ``ticket``'s turn.
+
+        Raises:
+            Waiting: the person pressed Stop (the ticket has left the line).
+        """
+        self.waiting.add(sess.session_id)
+        try:
+            for place in self.line.wait(ticket, sess.cancel):
+                sess.touch()
+                yield {self.p.status: place.text()}
+        finally:
+            self.waiting.discard(sess.session_id)
+
+    def queued(self, sess: Session, kind: str, work: Callable[[], Updates]) -> Iterator[Updates]:
+        """Runs ``work`` when the model line lets it (the page hears its place meanwhile)."""
+        ticket = self.line.join(kind)
+        try:
+            try:
+                yield from self.wait_in_line(sess, ticket)
+            except Waiting:
+                yield {self.p.status: "Stopped while waiting in line: nothing was done."}
+                return
+            yield work()
+        finally:
+            self.line.leave(ticket)
 
     # --- recover: failed loads, the time point of a 4D input ---------------------------------------
     @property

@@ -75,6 +75,11 @@ def drive(fn, inputs, outputs, values, req) -> list:
     return outs
 
 
+def last(out):
+    """A generator handler's last update (what the page ends with), or a plain handler's return."""
+    return list(out)[-1] if inspect.isgenerator(out) else out
+
+
 def handlers(demo):
     for bf in demo.fns.values():
         if bf.fn is None or bf.name in ("on_unload",):
@@ -196,12 +201,12 @@ def test_undo_of_a_corner_and_of_an_object_through_the_page(app, ct_small):
     ws = H.load_inputs(app.store.get("u"), [ct_small[0]], [ct_small[1]])
     H.click(ws, 0, 4, *disp(ws, 0, 8, 10), mode="box", model=MODEL)
     undo = ev.guard(ev.on_undo)
-    out = undo(0, 5, MODEL, "auto", 400, 40, False, request=req)
+    out = last(undo(0, 5, MODEL, "auto", 400, 40, False, request=req))
     assert "first corner" in out[p.status] and (0, 4) not in ws.drafts
     msg = H.click(ws, 0, 4, *disp(ws, 0, 20, 30), mode="positive", model=MODEL)
     assert "preview" in msg
     H.add_object(ws, "left lung")
-    out = undo(0, 5, MODEL, "auto", 400, 40, False, request=req)
+    out = last(undo(0, 5, MODEL, "auto", 400, 40, False, request=req))
     assert "Removed the object" in out[p.status] and len(ws.objects) == 1
     assert p.obj_dd in out and p.legend in out
 
@@ -221,3 +226,50 @@ def test_xray_run_wording_prompts_and_per_slice_csv(store, xray_small):
     assert [r["case"] for r in rows] == ["cxr_01", "cxr_02", "cxr_03"]
     assert all(r["dice"] != "" and r["confidence"] != "" for r in rows)
     assert {r["slice_name"] for r in rows} == {"cxr_01.png", "cxr_02.png", "cxr_03.png"}
+
+
+def test_a_click_waiting_for_another_users_run_hears_its_place_and_can_stop(app, ct_small):
+    """While another session holds the model, a click says it waits (place, estimate); Stop leaves the line."""
+    import threading
+
+    ev, p = app.events, app.page
+    ws = H.load_inputs(app.store.get("w"), [ct_small[0]], [ct_small[1]])
+    holder = ev.line.join("run")  # another user's run holds the model
+    assert ev.line.running(holder)
+    ev.line.report(holder, 40.0)
+    sess = app.store.get("w")
+    gen = ev.guard(ev.on_click_at)(0, 5, *disp(ws, 0, 20, 30), "positive", MODEL, "auto", 400, 40, False,
+                                   request=request("w"))  # fmt: skip
+    first = next(gen)
+    text = first[p.status]
+    assert "Waiting for another user's model work" in text and "number 1 in line" in text
+    assert "about 40 s" in text or "about 39 s" in text
+    assert ev.line.busy() == 2
+    # Stop while waiting: the click leaves the line, nothing was done
+    stop = threading.Thread(target=ev.guard(ev.on_stop), args=(0, 5, "auto", 400, 40, False),
+                            kwargs={"request": request("w")})  # fmt: skip
+    stop.start()
+    rest = list(gen)
+    stop.join(10)
+    assert "Stopped while waiting" in rest[-1][p.status]
+    assert not ws.drafts and ev.line.busy() == 1
+    # once the model is free, the next click goes through at once
+    ev.line.leave(holder)
+    sess.cancel.clear()
+    out = last(ev.guard(ev.on_click_at)(0, 5, *disp(ws, 0, 20, 30), "positive", MODEL, "auto", 400, 40, False,
+                                        request=request("w")))  # fmt: skip
+    assert "preview" in out[p.status] and ev.line.busy() == 0
+
+
+def test_a_run_waits_in_line_then_runs(app, ct_small):
+    ev, p = app.events, app.page
+    ws = H.load_inputs(app.store.get("q"), [ct_small[0]], [ct_small[1]])
+    H.click(ws, 0, 4, *disp(ws, 0, 20, 30), model=MODEL)
+    holder = ev.line.join("click")
+    gen = ev.guard(ev.on_run)(0, 5, "volume", "transfer", MODEL, "auto", 400, 40, False, request=request("q"),
+                              progress=lambda *a, **k: None)  # fmt: skip
+    assert "number 1 in line" in next(gen)[p.status]
+    ev.line.leave(holder)
+    outs = list(gen)
+    assert outs[-1][p.status].startswith("Done: 8 slices") and ws.done[0].all()
+    assert ev.line.busy() == 0
