@@ -121,7 +121,7 @@ def load_inputs(
                     except OSError:
                         pass
         drop_workspace(session)
-        session.clear("results", "out", "view", "unzipped", "unzipped-references")
+        session.clear("results", "out", "unzipped", "unzipped-references")  # views stay: see _last_view
         budget = app_max_voxels() if max_voxels is None else int(max_voxels)
         sources = _unzip_into(session, inputs)
         return _build_workspace(session, sources, refs, inputs, images_as, budget, time_index)
@@ -187,6 +187,7 @@ def _build_workspace(
         else:
             ref_list[:] = _unzip_references(session, paired)
     ws = Workspace(session, dataset, metas, ref_list, inputs, max_voxels=budget, first=first)
+    ws.view_counter = _last_view(session)
     ws.sources, ws.reference_files, ws.images_as = list(sources), list(refs), images_as
     ws.time_points, ws.time_index = tp, time_index
     if ref_note:
@@ -202,6 +203,18 @@ def _build_workspace(
                 ws.notes.append(f"The images are loaded; the reference masks are not used: {exc}")
                 break
     return ws
+
+
+def _last_view(session: Session) -> int:
+    """The number of the session's newest view image: a new workspace numbers its views after it, so
+    that no view URL is used twice (a browser would show its cached picture of the old one)."""
+    folder = session.path("view")
+    best = 0
+    for p in folder.glob("view_*.png") if folder.is_dir() else []:
+        tail = p.stem[5:]
+        if tail.isdigit() and len(tail) <= 9:
+            best = max(best, int(tail))
+    return best
 
 
 def load_time_point(session: Session, index: int) -> Workspace:
@@ -224,7 +237,7 @@ def load_time_point(session: Session, index: int) -> Workspace:
     images_as, inputs, budget = ws.images_as, ws.input_paths, ws.max_voxels
     with session.lock:
         drop_workspace(session)
-        session.clear("results", "out", "view")
+        session.clear("results", "out")
         return _build_workspace(session, sources, refs, inputs, images_as, budget, index, paired_refs=paired)
 
 

@@ -95,18 +95,25 @@ def test_background_click_changes_the_mask(browser, ct_small, model_label, tmp_p
     choose(page, "po-model", model_label)
     click_image(page, 20, 30, scale=8.0)
     wait_status(page, "preview")
-    before = overlay_pixels(page, tmp_path)
+    before = poll_view(page, tmp_path, lambda rgb: coloured_fraction(rgb) > 0.01)
     shot(page, "13_before_background_click")
     page.locator("#po-mode label", has_text="Background").click()
-    old = status(page)
     click_image(page, 22, 30, scale=8.0)  # inside the preview
-    deadline = time.time() + 30
-    while status(page) == old and time.time() < deadline:
-        time.sleep(0.2)
-    after = overlay_pixels(page, tmp_path)
+    after = poll_view(page, tmp_path, lambda rgb: coloured_fraction(rgb) < coloured_fraction(before) - 0.005)
     shot(page, "14_after_background_click")
     assert not np.array_equal(before, after), "the background click changed the mask"
-    assert coloured_fraction(after) < coloured_fraction(before)
+    assert "prompted here (2 click(s)" in page.inner_text("#po-info")
+
+
+def poll_view(page, tmp_path: Path, ok, timeout: float = 30.0) -> np.ndarray:
+    """The shown view once ``ok(rgb)`` holds (the image element updates a moment after the status)."""
+    deadline = time.time() + timeout
+    rgb = overlay_pixels(page, tmp_path)
+    while not ok(rgb) and time.time() < deadline:
+        time.sleep(0.3)
+        rgb = overlay_pixels(page, tmp_path)
+    assert ok(rgb), f"the view never changed as expected (status: {status(page)!r})"
+    return rgb
 
 
 def write_4d(path: Path, t: int = 3) -> None:
