@@ -97,6 +97,35 @@ def _no_change(out: Any) -> Any:
     return out
 
 
+def _soft(fn: Callable[..., Any], status: Any) -> Callable[..., Any]:
+    """``fn`` with a ``gr.Error`` turned into a warning toast and the status line (see :meth:`Events.soften_errors`)."""
+
+    def told(err: gr.Error) -> dict[Any, Any]:
+        text = str(getattr(err, "message", "") or err)
+        gr.Warning(text)
+        return {status: f"⚠ {text}"}
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen(*args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error as err:
+                yield told(err)
+
+        return gen
+
+    @functools.wraps(fn)
+    def plain(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error as err:
+            return told(err)
+
+    return plain
+
+
 def _all_uploads(paths: list[Any]) -> bool:
     """True when every path lies in Gradio's upload folder (so deleting the originals is safe)."""
     from gradio.utils import get_upload_folder
@@ -143,6 +172,7 @@ class Events(PageUpdates):
         self.wire_running()
         self.wire_api(demo)
         self.wire_recover()
+        self.soften_errors(demo)
 
     # ------------------------------------------------------------------ shared pieces
     def sess(self, request: gr.Request) -> Session:
@@ -537,6 +567,19 @@ class Events(PageUpdates):
             yield work()
         finally:
             self.line.leave(ticket)
+
+    # --- recover: one message, no error badges ---------------------------------------------------------
+    def soften_errors(self, demo: gr.Blocks) -> None:
+        """Events that update the status line report their errors there and in a warning toast.
+
+        A raised ``gr.Error`` marks every output of the event with a red "Error" badge (a click before
+        loading put one on nine panels). For these events the message goes to the status line (and a
+        warning toast, which marks nothing), and every other component stays as it was.
+        """
+        status = self.p.status
+        for bf in demo.fns.values():
+            if bf.fn is not None and any(o is status for o in bf.outputs):
+                bf.fn = _soft(bf.fn, status)
 
     # --- recover: failed loads, the time point of a 4D input ---------------------------------------
     @property

@@ -2,6 +2,8 @@
 undo after one box corner, a background click that changes the mask, and the 4D time point control.
 Screenshots go to ``test-artifacts/`` (as in test_ui_browser.py, whose fixtures these reuse)."""
 
+# ruff: noqa: F811 - the fixtures are imported from test_ui_browser.py and used as arguments
+
 from __future__ import annotations
 
 import time
@@ -47,6 +49,12 @@ def error_badges(page) -> int:
 
 def test_failed_upload_then_a_good_one_in_the_same_tab(browser, ct_small, model_label, tmp_path):
     page = browser.page
+    # an event that cannot work yet (undo before loading) says why once, with no error badges
+    page.click("#po-undo")
+    wait_text(page, "#po-status", "Load images first")
+    assert error_badges(page) == 0
+    assert "Load images first" in page.locator(".toast-body").first.inner_text()  # a warning, not an error
+    page.locator(".toast-body").first.wait_for(state="detached", timeout=20_000)
     bad = tmp_path / "scan.nii.gz"
     bad.write_bytes(b"this is not an image at all" * 20)
     upload(page, "po-files", [bad])
