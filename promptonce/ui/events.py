@@ -198,13 +198,13 @@ class Events(PageUpdates):
             + (f", {n_ref} with a reference" if n_ref else "")
             + "). Click on the object in the image."
         )
-        upd.update(self.recover_load_updates(ws))
         upd[p.files] = None
         upd[p.refs] = None
         # an image set is segmented as a whole by default; a volume slice by slice
         image_set = ws.n_volumes > 1 and all(m.n_slices == 1 for m in ws.metas)
         upd[p.scope] = "dataset" if image_set else "volume"
         upd[p.ref_labels] = ""
+        upd.update(self.recover_load_updates(ws))  # --- recover: load notes, time point, label names
         self.notes(ws)
         return upd
 
@@ -594,15 +594,29 @@ class Events(PageUpdates):
         # the load's notes (e.g. references not used) stay on the page under the Load button
         notes = "\n\n".join(f"⚠ {html.escape(n)}" for n in ws.notes)
         ws.notes.clear()
+        upd: Updates = {p.ref_labels: gr.update(value="", placeholder=self.ref_labels_hint(ws))}
         if tp is None:
-            return {p.load_msg: notes, p.time_point: gr.update(visible=False, value=1)}
+            upd.update({p.load_msg: notes, p.time_point: gr.update(visible=False, value=1)})
+            return upd
         t = (ws.time_index or 0) + 1
         four_d = f"4D input: showing time point **{t} of {tp.count}**; choose another below."
-        return {
+        return upd | {
             p.load_msg: four_d + ("\n\n" + notes if notes else ""),
             p.time_point: gr.update(visible=True, minimum=1, maximum=tp.count, value=t, step=1, interactive=True,
                                     label=f"Time point (1–{tp.count})"),
         }  # fmt: skip
+
+    @staticmethod
+    def ref_labels_hint(ws: H.Workspace) -> str:
+        """The reference-label box's placeholder: the label names the reference carries, when it has some."""
+        try:
+            names = ws.reference_label_names()
+        except PromptOnceError:
+            names = {}
+        if not names:
+            return "all; e.g. 1,2"
+        shown = ", ".join(f"{k} {v}" for k, v in sorted(names.items())[:6])
+        return f"all; numbers or names: {shown}" + (" …" if len(names) > 6 else "")
 
     def failed_load(self, sess: Session, exc: PromptOnceError) -> Updates:
         """A load that failed: its one message under the Load button, the upload fields emptied (their

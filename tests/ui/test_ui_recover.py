@@ -273,3 +273,18 @@ def test_a_run_waits_in_line_then_runs(app, ct_small):
     outs = list(gen)
     assert outs[-1][p.status].startswith("Done: 8 slices") and ws.done[0].all()
     assert ev.line.busy() == 0
+
+
+def test_reference_label_names_are_offered_and_typed(app, ct_small, tmp_path):
+    import json
+
+    ev, p = app.events, app.page
+    ref = tmp_path / "refs" / Path(ct_small[1]).name
+    ref.parent.mkdir()
+    ref.write_bytes(Path(ct_small[1]).read_bytes())
+    side = ref.parent / (ref.name.removesuffix(".nii.gz") + ".json")  # a sidecar named after the mask
+    side.write_text(json.dumps({"1": "right lung", "2": "left lung"}))
+    ws = H.load_inputs(app.store.get("n"), [ct_small[0]], [ref, side])
+    hint = ev.recover_load_updates(ws)[p.ref_labels]["placeholder"]
+    assert "1 right lung" in hint and "2 left lung" in hint
+    assert H.set_reference_labels(ws, "left") == (2,)
