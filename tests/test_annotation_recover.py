@@ -160,3 +160,14 @@ def test_export_has_per_slice_rows_and_named_png_labels(phantom, tmp_path):
 def vol_pixel_mm2(phantom) -> float:
     sp = phantom[0].spacing
     return float(sp[0] * sp[1])
+
+
+def test_a_dragged_box_is_one_action(phantom):
+    s = session(phantom)
+    s.click(0, 4, 1, 1, "box")  # a corner left pending is dropped by the drag
+    p = s.drag_box(0, 4, po.Box(8, 10, 32, 50))
+    d = s.drafts[(0, 4)][1]
+    assert p.mask is not None and (d.box.x0, d.box.y0, d.box.x1, d.box.y1) == (8, 10, 32, 50) and d.corner is None
+    assert [a.kind for a in s.history] == ["corner", "box"] and s.prompt_count() == 1
+    s.undo()  # the whole box at once: back to the pending corner it replaced
+    assert s.drafts[(0, 4)][1].box is None and s.drafts[(0, 4)][1].corner == (1.0, 1.0)

@@ -403,6 +403,25 @@ class AnnotationSession:
         self.click(case, slice_index, box.x0, box.y0, "box", **kwargs)
         return self.click(case, slice_index, box.x1, box.y1, "box", **kwargs)
 
+    def drag_box(self, case: int, slice_index: int, box: Box, **kwargs: Any) -> Preview:
+        """Sets the object's box on one slice in one step (a box drawn by dragging; image pixels, XYXY).
+
+        A first corner left pending is dropped; undo removes the whole box in one step.
+        """
+        oid = self.active if kwargs.get("object_id") is None else int(kwargs["object_id"])
+        key = (case, self._slice(case, slice_index))
+        d = self.drafts.get(key, {}).get(oid)
+        before = copy.deepcopy(d)
+        if d is not None:
+            d.corner = None
+        n = len(self.history)
+        self.click(case, slice_index, box.x0, box.y0, "box", **kwargs)
+        p = self.click(case, slice_index, box.x1, box.y1, "box", **kwargs)
+        last = self.history[-1]
+        del self.history[n:]
+        self.history.append(Action(last.kind, last.case, last.slice_index, last.object_id, before))
+        return p
+
     def undo(self, *, model: str | None = None, window: Any = None) -> Action | None:
         """Steps back one action, whatever it was (a click, a box corner, a box).
 

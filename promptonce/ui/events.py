@@ -97,6 +97,48 @@ def _no_change(out: Any) -> Any:
     return out
 
 
+#: Draws a box by dragging on the image: a drag (more than 8 screen px) fills ``#po-drag`` with the
+#: two corners in display pixels and presses the hidden ``#po-drag-go``; the click that ends a drag
+#: is swallowed, so it adds no point or corner. A short press stays a click (Gradio's select event).
+DRAG_JS = """
+() => {
+  if (window.__poDrag) return;
+  window.__poDrag = true;
+  let start = null, swallow = false;
+  const img = () => document.querySelector('#po-view img');
+  const at = (e, im) => {
+    const r = im.getBoundingClientRect();
+    const s = Math.min(r.width / im.naturalWidth, r.height / im.naturalHeight, 1);
+    const ox = (r.width - im.naturalWidth * s) / 2, oy = (r.height - im.naturalHeight * s) / 2;
+    return [(e.clientX - r.left - ox) / s, (e.clientY - r.top - oy) / s];
+  };
+  document.addEventListener('pointerdown', (e) => {
+    const im = img();
+    start = (im && e.target === im && e.button === 0) ? [e.clientX, e.clientY, at(e, im)] : null;
+  }, true);
+  document.addEventListener('pointerup', (e) => {
+    const im = img();
+    if (start && im && Math.hypot(e.clientX - start[0], e.clientY - start[1]) > 8) {
+      const p1 = at(e, im);
+      const box = document.querySelector('#po-drag textarea, #po-drag input');
+      if (box) {
+        swallow = true;
+        setTimeout(() => { swallow = false; }, 400);  // no click comes when the drag ended off the image
+        box.value = [start[2][0], start[2][1], p1[0], p1[1]].map((v) => v.toFixed(1)).join(',');
+        box.dispatchEvent(new Event('input', { bubbles: true }));
+        setTimeout(() => { const b = document.querySelector('#po-drag-go'); if (b) b.click(); }, 60);
+      }
+    }
+    start = null;
+  }, true);
+  document.addEventListener('click', (e) => {
+    if (swallow) { swallow = false; e.stopPropagation(); e.preventDefault(); }
+  }, true);
+  document.addEventListener('dragstart', (e) => { if (e.target === img()) e.preventDefault(); }, true);
+}
+"""
+
+
 def _soft(fn: Callable[..., Any], status: Any) -> Callable[..., Any]:
     """``fn`` with a ``gr.Error`` turned into a warning toast and the status line (see :meth:`Events.soften_errors`)."""
 
@@ -650,8 +692,34 @@ class Events(PageUpdates):
             return self.failed_load(sess, exc)
         return self.after_load(sess, window_of(wname, ww, wl), show)
 
+    def on_drag(self, corners, v, k1, mdl, wname, ww, wl, show, request: gr.Request):
+        """A box drawn by dragging on the image (``corners``: ``"x0,y0,x1,y1"`` display pixels)."""
+        sess = self.sess(request)
+        ws = H.workspace(sess)
+        _not_running(sess, "A run is in progress; wait for it or press Stop before drawing.")
+        if not mdl:
+            raise gr.Error("No model is available on this server.", print_exception=False)
+        if not corners:
+            yield {}
+            return
+        vs = self.state(v, k1, wname, ww, wl, show)
+        sess.cancel.clear()
+
+        def work() -> Updates:
+            with sess.lock:
+                msg = H.drag_box(ws, vs.v, vs.k, corners, mdl, vs.window)
+            upd = self.view_updates(sess, vs)
+            upd[self.p.status] = msg
+            return upd
+
+        yield from self.queued(sess, "click", work)
+
     def wire_recover(self) -> None:
         p = self.p
+        p.drag_go.click(self.guard(self.on_drag), [p.drag_box, p.case_dd, p.slider, p.model, *p.window_inputs],
+                        [*p.view_outputs, p.status], api_name="drag_box", show_progress="minimal",
+                        **self.model_kw)  # fmt: skip
+        p.view.change(None, None, None, js=DRAG_JS)  # (re)installs the drag listener once the image exists
         outputs = [*p.view_outputs, *p.object_outputs, *p.result_outputs, p.status, p.files, p.refs, p.scope,
                    p.ref_labels, *self.recover_outputs]  # fmt: skip
         p.time_point.release(self.guard(self.on_time_point), [p.time_point, *p.window_inputs], outputs,

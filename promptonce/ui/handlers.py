@@ -53,6 +53,7 @@ __all__ = [
     "to_image_xy",
     "click",
     "add_object",
+    "drag_box",
     "set_active",
     "undo",
     "undo_action",
@@ -205,6 +206,28 @@ def click(
     x, y = to_image_xy(ws, v, x_disp, y_disp)
     with model_busy():
         return ws.click(v, k, x, y, mode, model=model or "auto", window=window).message  # type: ignore[arg-type]
+
+
+def drag_box(
+    ws: Workspace, v: int, k: int, corners: Any, model: str = "auto", window: Any = "auto"
+) -> str:
+    """A box drawn by dragging on the image: ``corners`` is ``"x0,y0,x1,y1"`` in display pixels.
+
+    Raises:
+        InputError: the text is not four numbers, or the case does not exist.
+    """
+    from ..types import Box
+
+    try:
+        x0, y0, x1, y1 = (float(t) for t in str(corners or "").split(","))
+    except ValueError:
+        raise InputError(f"A dragged box is four numbers x0,y0,x1,y1; got {corners!r}.") from None
+    if not 0 <= v < ws.n_volumes:
+        raise InputError(f"Case {v + 1} does not exist; pick a case from the list.")
+    (a, b), (c, d) = to_image_xy(ws, v, x0, y0), to_image_xy(ws, v, x1, y1)
+    with model_busy():
+        box = Box(min(a, c), min(b, d), max(a, c), max(b, d))
+        return ws.drag_box(v, k, box, model=model or "auto", window=window).message
 
 
 def add_object(ws: Workspace, name: str = "") -> int:

@@ -107,6 +107,8 @@ class Page:
     # --- recover: the load panel's message line and the time point of a 4D input
     load_msg: Any = None
     time_point: Any = None
+    drag_box: Any = None
+    drag_go: Any = None
 
     # ------------------------------------------------------------------ groups the events share
     @property
@@ -197,6 +199,10 @@ def _prompt_panel(p: Page) -> None:
             p.obj_name = gr.Textbox(label="New object", placeholder="e.g. left lung", scale=2)
             p.add_obj = gr.Button("Add", size="sm", scale=1, elem_id="po-add-object")
         p.legend = gr.HTML(elem_id="po-legend")
+        # --- recover: a box drawn by dragging on the image (ui/events.py DRAG_JS fills these)
+        p.drag_box = gr.Textbox(visible="hidden", elem_id="po-drag")
+        p.drag_go = gr.Button(visible="hidden", elem_id="po-drag-go")
+        # --- end recover
         with gr.Row():
             p.undo_btn = gr.Button("Undo last", size="sm", elem_id="po-undo")
             p.reset_btn = gr.Button("Reset all", size="sm", variant="secondary", elem_id="po-reset")

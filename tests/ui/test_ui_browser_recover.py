@@ -150,3 +150,36 @@ def test_4d_time_point_control(browser, tmp_path):
     wait_text(page, "#po-load-msg", "time point 3 of 3")
     assert page.get_attribute("#po-view img", "src") != first
     shot(page, "16_4d_time_point_3")
+
+
+def test_box_by_drag(browser, ct_small, model_label, tmp_path):
+    page = browser.page
+    upload(page, "po-files", [ct_small[0]])
+    page.click("#po-load")
+    wait_status(page, "Loaded")
+    choose(page, "po-model", model_label)
+    page.wait_for_function(
+        "() => { const im = document.querySelector('#po-view img'); return im && im.complete && im.naturalWidth > 0; }"
+    )
+    box = page.evaluate(
+        """() => { const im = document.querySelector('#po-view img'); const r = im.getBoundingClientRect();
+                   return {l: r.left, t: r.top, w: r.width, h: r.height, nw: im.naturalWidth, nh: im.naturalHeight}; }"""
+    )
+    r = min(box["w"] / box["nw"], box["h"] / box["nh"], 1.0)
+    ox, oy = (box["w"] - box["nw"] * r) / 2, (box["h"] - box["nh"] * r) / 2
+
+    def screen(x_img: float, y_img: float) -> tuple[float, float]:
+        return box["l"] + ox + (x_img + 0.5) * 8.0 * r, box["t"] + oy + (y_img + 0.5) * 8.0 * r
+
+    page.mouse.move(*screen(10, 14))
+    page.mouse.down()
+    page.mouse.move(*screen(20, 30), steps=4)
+    page.mouse.move(*screen(31, 47), steps=4)
+    page.mouse.up()
+    wait_status(page, "preview", "nothing")
+    info = page.inner_text("#po-info")
+    assert "0 click(s), 1 box(es)" in info, info  # a drag is a box, not a click
+    shot(page, "17_box_by_drag")
+    page.click("#po-undo")
+    wait_status(page, "Undone the box")
+    assert "box" not in page.inner_text("#po-info"), "one undo removes the whole dragged box"
