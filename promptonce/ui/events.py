@@ -257,7 +257,7 @@ class Events(PageUpdates):
         rpaths = [f if isinstance(f, str) else getattr(f, "name", f) for f in (rs or [])]
         try:
             H.load_inputs(sess, paths, rpaths, images_as=as_ or "auto", remove_sources=_all_uploads(paths + rpaths))
-        except PromptOnceError as exc:
+        except Exception as exc:  # noqa: BLE001 - any failed load: one message, upload fields emptied
             return self.failed_load(sess, exc)
         finally:
             self.store.sweep_upload_temps()  # Gradio's empty temp files of earlier uploads
@@ -269,7 +269,7 @@ class Events(PageUpdates):
             _not_running(sess, "A run is in progress; stop it before loading an example.")
             try:
                 H.load_example(sess, name)
-            except PromptOnceError as exc:
+            except Exception as exc:  # noqa: BLE001 - any failed load: one message
                 return self.failed_load(sess, exc)
             return self.after_load(sess, "auto" if wname == "custom" else wname, show)
 
@@ -660,10 +660,13 @@ class Events(PageUpdates):
         shown = ", ".join(f"{k} {v}" for k, v in sorted(names.items())[:6])
         return f"all; numbers or names: {shown}" + (" …" if len(names) > 6 else "")
 
-    def failed_load(self, sess: Session, exc: PromptOnceError) -> Updates:
+    def failed_load(self, sess: Session, exc: Exception) -> Updates:
         """A load that failed: its one message under the Load button, the upload fields emptied (their
-        files are gone from the server), the page back to "nothing loaded" and every control usable."""
+        files are gone from the server), the page back to "nothing loaded" and every control usable.
+        Errors other than PromptOnce's are logged and shown as a generic message."""
         p = self.p
+        if not isinstance(exc, PromptOnceError):
+            log.error("loading failed", exc_info=exc)
         msg = H.user_message(exc, sess)
         upd = self.view_updates(sess, ViewState(0, None, "auto", False)) if sess.workspace is None else {}
         if sess.workspace is None:
@@ -688,7 +691,7 @@ class Events(PageUpdates):
             return {}
         try:
             H.load_time_point(sess, index)
-        except PromptOnceError as exc:
+        except Exception as exc:  # noqa: BLE001 - any failed load: one message, upload fields emptied
             return self.failed_load(sess, exc)
         return self.after_load(sess, window_of(wname, ww, wl), show)
 

@@ -288,3 +288,15 @@ def test_reference_label_names_are_offered_and_typed(app, ct_small, tmp_path):
     hint = ev.recover_load_updates(ws)[p.ref_labels]["placeholder"]
     assert "1 right lung" in hint and "2 left lung" in hint
     assert H.set_reference_labels(ws, "left") == (2,)
+
+
+def test_an_unexpected_load_error_is_generic_and_still_clears_the_uploads(app, ct_small, monkeypatch):
+    ev, p = app.events, app.page
+
+    def broken(*a, **k):
+        raise OSError("disk trouble at /srv/secret/path")
+
+    monkeypatch.setattr(H, "load_inputs", broken)
+    out = ev.guard(ev.on_load)([str(ct_small[0])], None, "auto", "auto", 400, 40, False, request=request("e"))
+    assert "Something went wrong on the server" in out[p.load_msg] and "/srv/secret" not in out[p.load_msg]
+    assert out[p.files] is None and out[p.refs] is None
