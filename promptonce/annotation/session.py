@@ -530,7 +530,7 @@ class AnnotationSession:
             mask, score = self._point_engine(model, eng).predict_object(vol, k, corr, window)
         else:
             mask, score = eng.predict_object(vol, k, prompt, window)
-        d.mask, d.score = np.asarray(mask, bool), float(score)
+        d.mask, d.score = _without_background(np.asarray(mask, bool), d.points), float(score)
         secs = time.perf_counter() - t0
         area = int(d.mask.sum())
         if area == 0:
@@ -887,6 +887,31 @@ class AnnotationSession:
     def export(self, folder: str | Path, summary: dict[str, Any] | None = None, window: Any = None) -> list[Path]:
         """Writes masks and metrics into ``folder``; returns the files (see :func:`promptonce.annotation.results.export`)."""
         return results.export(self, folder, summary, window)
+
+
+def _without_background(mask: np.ndarray, points: Sequence[Point]) -> np.ndarray:
+    """``mask`` without the connected region under each background click that the model left in it.
+
+    A background click says "this pixel is not the object"; a model that still covers it (a small
+    model may, e.g. MobileSAM with a click inside a uniform region) has ignored the click, and the
+    region the click lands on is removed, so that the click always changes what it lands on.
+
+    Args:
+        mask: bool ``(rows, cols)`` prediction.
+        points: the draft's clicks (image pixels); only ``label == 0`` ones act.
+    """
+    neg = [p for p in points if p.label == 0]
+    if not neg or not mask.any():
+        return mask
+    rows, cols = mask.shape
+    hits = [(min(max(int(round(p.y)), 0), rows - 1), min(max(int(round(p.x)), 0), cols - 1)) for p in neg]
+    if not any(mask[r, c] for r, c in hits):
+        return mask
+    from scipy import ndimage
+
+    lab, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    drop = {int(lab[r, c]) for r, c in hits if lab[r, c]}
+    return mask & ~np.isin(lab, list(drop))
 
 
 def _as_dataset(images: Images, images_as: str, max_voxels: int) -> Dataset:
