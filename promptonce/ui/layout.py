@@ -188,7 +188,7 @@ def _prompt_panel(p: Page) -> None:
     with gr.Group():
         gr.Markdown("### 2 · Prompt", elem_classes="po-step")
         p.mode = gr.Radio(
-            [("Object click", "positive"), ("Background click", "negative"), ("Box: drag, or 2 corners", "box")],
+            [("Object click", "positive"), ("Background click", "negative"), ("Box: 2 corners", "box")],
             value="positive", label="A click on the image adds", elem_id="po-mode",
         )  # fmt: skip
         with gr.Row(equal_height=True):
