@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import PromptOnceError
-from ..types import Volume
+from ..types import Volume, unit_name
 
 if TYPE_CHECKING:
     from .session import AnnotationSession
 
-__all__ = ["score", "export"]
+__all__ = ["score", "export", "slice_rows"]
 
 
 def score(session: AnnotationSession) -> dict[str, Any]:
@@ -28,9 +28,10 @@ def score(session: AnnotationSession) -> dict[str, Any]:
 
     Returns:
         ``{"cases": [{"case", "slices", "dice", "jaccard", "flags"}...], "per_slice": [{"case",
-        "slice" (1-based), "dice"}...], "dice_mean", "jaccard_mean", "prompts" (prompted slices),
+        "slice" (1-based), "dice"}...], "dice_mean", "jaccard_mean", "prompts" (what the person did:
+        clicks and boxes, see :meth:`AnnotationSession.prompt_count`),
         "per_slice_prompts" (slices a per-slice workflow would prompt), "saved_percent", "seconds",
-        "slices", "has_reference", "model", "scope", "strategy", "cancelled", "reference_labels"}``.
+        "slices", "has_reference", "model", "scope", "strategy", "cancelled", "reference_labels", "unit" (``images`` for an image set, else ``slices``)}``.
     """
     from ..metrics import MetricAccumulator
 
@@ -65,7 +66,7 @@ def score(session: AnnotationSession) -> dict[str, Any]:
             needed += int(sum(1 for k in np.flatnonzero(covered) if pred[k].any()))
         cases.append(row)
     overall = acc.summary()
-    prompts = len(session.prompted_slices())
+    prompts = session.prompt_count()
     return {
         "cases": cases,
         "per_slice": per_slice,
@@ -82,6 +83,7 @@ def score(session: AnnotationSession) -> dict[str, Any]:
         "strategy": info.strategy if info else "",
         "cancelled": bool(info.cancelled) if info else False,
         "reference_labels": list(session.ref_labels) if session.ref_labels else "all",
+        "unit": unit_name([c.n_slices for c in session.cases]),
     }
 
 def export(
@@ -121,9 +123,10 @@ def export(
         files.append(nifti_paths[0])
     elif nifti_paths:
         files.append(_zip(out / "masks_nifti.zip", nifti_paths))
+    names = {o.object_id: o.name for o in session.objects}
     if imgs2d:
         items = [(session.volume(v).slice_name(0), np.asarray(session.results[v][0])) for v in imgs2d]
-        files.append(writers.write_png_masks_zip(items, out / "masks_png.zip"))
+        files.append(writers.write_png_masks_zip(items, out / "masks_png.zip", label_names=names))
     seg_paths = []
     for v in [v for v in segmented if info[v].source_format == "dicom" and info[v].n_slices > 1]:
         p = out / f"{writers.safe_name(info[v].name)}_seg.dcm"
@@ -140,6 +143,9 @@ def export(
     files.append(writers.write_json(_metrics_json(summary), out / "metrics.json"))
     if summary["has_reference"]:
         files.append(writers.write_metrics_csv(summary["cases"], out / "metrics.csv"))
+    rows = slice_rows(session, segmented)
+    if rows:
+        files.append(writers.write_metrics_csv(rows, out / "slices.csv"))
     if vols3d:
         v = vols3d[0]
         p = out / f"{writers.safe_name(info[v].name)}_overlay.gif"
@@ -152,6 +158,40 @@ def export(
         writers.write_overlay_gif(stack, labels, p, window=window)
         files.append(p)
     return files
+
+
+def slice_rows(session: AnnotationSession, cases: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """One row per segmented slice and object (see :func:`promptonce.metrics.slice_rows`): case, slice,
+    object, area in px and mm² (volumes; a 2D image's pixel size is unknown), Dice when the case has a
+    reference, the confidence and the flags kept from the run."""
+    from ..metrics import slice_rows as rows_of
+
+    out: list[dict[str, Any]] = []
+    names = {o.object_id: o.name for o in session.objects}
+    for v in sorted(session.done) if cases is None else cases:
+        covered = np.flatnonzero(session.done[v])
+        if not len(covered):
+            continue
+        info = session.cases[v]
+        labels = np.asarray(session.results[v])
+        ref = session.reference(v)
+        ref_map = None
+        if ref is not None and session.ref_labels:
+            ref_map = {oid: list(session.ref_labels) for oid in names}
+        is_volume = info.n_slices > 1 or info.source_format in ("nifti", "dicom")
+        spacing = (info.spacing[1], info.spacing[0]) if is_volume else None
+        slice_names = None if is_volume else [session.volume(v).slice_name(0)]
+        scores = {k: c for (vv, k), c in session.confidence.items() if vv == v}
+        flags = {k: f for (vv, k), f in session.flags.items() if vv == v}
+        rows = rows_of(
+            labels, case=info.name, spacing=spacing, reference=ref, reference_labels=ref_map, scores=scores,
+            flags=flags, object_names=names, slice_names=slice_names,
+        )  # fmt: skip
+        keep = set(int(k) for k in covered)
+        for r in rows:
+            if r["slice_index"] in keep:
+                out.append({"case": r.pop("case"), "slice": r["slice_index"] + 1, **r})
+    return out
 
 
 def _metrics_json(summary: dict[str, Any]) -> dict[str, Any]:

@@ -99,6 +99,7 @@ class AnnotationSession:
         self.segmenter = segmenter
         self._volumes: OrderedDict[int, Volume] = OrderedDict()
         self._refs: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._ref_names: dict[int, dict[int, str]] = {}
         if cases is None:
             infos = []
             for i in range(len(self._dataset)):
@@ -124,8 +125,8 @@ class AnnotationSession:
         self.results: dict[int, np.ndarray] = {}
         self.done: dict[int, np.ndarray] = {}
         self.flags: dict[tuple[int, int], list[str]] = {}
-        #: the engine's confidence (0..1, None: unknown) of each stored slice result, for review lists
-        self.confidence: dict[tuple[int, int], float | None] = {}
+        #: per (case, slice): {object id: confidence 0..1} (the engine's quality estimate, else the model's score)
+        self.confidence: dict[tuple[int, int], dict[int, float]] = {}
         self.run_info: RunInfo | None = None
         self.correction_seconds = 0.0
         self.engines: dict[str, Engine] = {}
@@ -185,10 +186,13 @@ class AnnotationSession:
             src = self.references[case]
             if isinstance(src, Volume):
                 ref = np.asarray(src.array)
+                self._ref_names[case] = dict(src.label_names)
             elif isinstance(src, np.ndarray):
                 ref = src
             else:
-                ref = np.asarray(self.read_reference(src, self.volume(case)).array)  # type: ignore[arg-type]
+                ref_vol = self.read_reference(src, self.volume(case))  # type: ignore[arg-type]
+                ref = np.asarray(ref_vol.array)
+                self._ref_names[case] = dict(ref_vol.label_names)
             info = self.cases[case]
             if ref.shape != info.shape:
                 raise InputError(
@@ -200,6 +204,33 @@ class AnnotationSession:
             while len(self._refs) > 2:
                 self._refs.popitem(last=False)
         return ref
+
+    def reference_label_names(self) -> dict[int, str]:
+        """``{label value: name}`` of the references read so far (the file's own names, or a file beside it)."""
+        out: dict[int, str] = {}
+        for case in sorted(self._ref_names):
+            for k, v in self._ref_names[case].items():
+                out.setdefault(int(k), str(v))
+        if not out:
+            for case, src in enumerate(self.references):
+                if src is not None and case not in self._ref_names:
+                    try:
+                        self.reference(case)
+                    except InputError:
+                        continue
+                    out.update(self._ref_names.get(case, {}))
+                    break
+        return out
+
+    def set_reference_selection(self, text: str | None) -> tuple[int, ...] | None:
+        """Chooses the reference labels scored from what a person typed: numbers or names (``"liver, 2"``).
+
+        Raises:
+            InputError: a part is neither a label number nor a (unique) label name.
+        """
+        from ..io.labelnames import parse_label_selection
+
+        return self.set_reference_labels(parse_label_selection(text, self.reference_label_names()))
 
     def reference_mask(self, case: int) -> np.ndarray | None:
         """bool ``(slices, rows, cols)``: the reference labels scored (all non-zero by default), or None."""
@@ -258,6 +289,7 @@ class AnnotationSession:
         name = re.sub(r"\s+", " ", (name or "").strip())[:40] or f"object {oid}"
         if any(o.name == name for o in self.objects):
             name = f"{name} ({oid})"
+        self.history.append(Action("object", -1, -1, oid, None, previous_active=self.active))
         self.objects.append(ObjectInfo(oid, name))
         self.active = oid
         return oid
@@ -278,6 +310,14 @@ class AnnotationSession:
             if any(d.usable and (object_id is None or i == object_id) for i, d in drafts.items()):
                 out.append(key)
         return out
+
+    def prompt_count(self) -> int:
+        """The prompts the person gave and kept: every click (object or background) and every box.
+
+        Two clicks on two lungs are 2 prompts, a box is 1 (its two corners are one box); undone
+        prompts do not count.
+        """
+        return sum(len(d.points) + (d.box is not None) for slot in self.drafts.values() for d in slot.values())
 
     def click(
         self,
@@ -310,6 +350,8 @@ class AnnotationSession:
         x = min(max(float(x), 0.0), cols - 1.0)
         y = min(max(float(y), 0.0), rows - 1.0)
         oid = self.active if object_id is None else int(object_id)
+        if mode == "negative" and object_id is None:
+            oid = self._object_at(case, k, x, y) or oid  # a background click removes what it lands on
         obj = self.object(oid)
         key = (case, k)
         slot = self.drafts.setdefault(key, {})
@@ -331,12 +373,21 @@ class AnnotationSession:
             kind = "box"
         else:
             d.points.append(Point(x, y, 1 if mode == "positive" else 0))
+            d.corner = None  # a click ends a box being drawn (undo brings the corner back)
             kind = "point"
         self.history.append(Action(kind, case, k, oid, before))
         self._note_order(key)
         self.pending.add(key)
         self.last_model = model or self.model
         return self._predict(case, k, oid, model, window)
+
+    def _object_at(self, case: int, k: int, x: float, y: float) -> int | None:
+        """The object shown at image pixel ``(x, y)`` of slice ``k`` (result or preview), or None."""
+        labels = self.slice_labels(case, k)
+        r = min(max(int(round(y)), 0), labels.shape[0] - 1)
+        c = min(max(int(round(x)), 0), labels.shape[1] - 1)
+        oid = int(labels[r, c])
+        return oid if oid and self.has_object(oid) else None
 
     def add_point(
         self, case: int, slice_index: int, x: float, y: float, positive: bool = True, **kwargs: Any
@@ -352,6 +403,25 @@ class AnnotationSession:
         self.click(case, slice_index, box.x0, box.y0, "box", **kwargs)
         return self.click(case, slice_index, box.x1, box.y1, "box", **kwargs)
 
+    def drag_box(self, case: int, slice_index: int, box: Box, **kwargs: Any) -> Preview:
+        """Sets the object's box on one slice in one step (a box drawn by dragging; image pixels, XYXY).
+
+        A first corner left pending is dropped; undo removes the whole box in one step.
+        """
+        oid = self.active if kwargs.get("object_id") is None else int(kwargs["object_id"])
+        key = (case, self._slice(case, slice_index))
+        d = self.drafts.get(key, {}).get(oid)
+        before = copy.deepcopy(d)
+        if d is not None:
+            d.corner = None
+        n = len(self.history)
+        self.click(case, slice_index, box.x0, box.y0, "box", **kwargs)
+        p = self.click(case, slice_index, box.x1, box.y1, "box", **kwargs)
+        last = self.history[-1]
+        del self.history[n:]
+        self.history.append(Action(last.kind, last.case, last.slice_index, last.object_id, before))
+        return p
+
     def undo(self, *, model: str | None = None, window: Any = None) -> Action | None:
         """Steps back one action, whatever it was (a click, a box corner, a box).
 
@@ -361,6 +431,9 @@ class AnnotationSession:
         if not self.history:
             return None
         act = self.history.pop()
+        if act.kind == "object":
+            self._undo_object(act)
+            return act
         key, oid = act.key, act.object_id
         slot = self.drafts.setdefault(key, {})
         if act.before is None:
@@ -376,6 +449,23 @@ class AnnotationSession:
         if d is not None and d.usable and d.mask is None:
             self._predict(key[0], key[1], oid, model, window)
         return act
+
+    def _undo_object(self, act: Action) -> None:
+        """Removes an added object with its prompts and results (its history entries go too)."""
+        oid = act.object_id
+        self.objects = [o for o in self.objects if o.object_id != oid] or [ObjectInfo(1, "object 1")]
+        for key in list(self.drafts):
+            if self.drafts[key].pop(oid, None) is not None:
+                self.pending.add(key)
+            if not self.drafts[key]:
+                del self.drafts[key]
+                if key in self.order:
+                    self.order.remove(key)
+        self.history = [a for a in self.history if a.object_id != oid]
+        for arr in self.results.values():
+            arr[np.asarray(arr) == oid] = 0
+        prev = act.previous_active
+        self.active = prev if prev is not None and self.has_object(prev) else self.objects[0].object_id
 
     def reset(self) -> None:
         """Removes every prompt, preview and result (the cases and objects stay)."""
@@ -425,7 +515,8 @@ class AnnotationSession:
         obj = self.object(oid)
         model = model or self.model
         window = self.window if window is None else window
-        if not d.usable:
+        result_box = self._result_box(case, k, oid) if d.box is None else None
+        if not d.usable and result_box is None:
             d.mask = None
             msg = f"{obj.name}: add a click on the object (positive) or a box; background clicks only refine it."
             return Preview(case, k, oid, None, message=msg)
@@ -433,13 +524,13 @@ class AnnotationSession:
         vol = self.volume(case)
         prompt = d.prompt(obj)
         t0 = time.perf_counter()
-        box = self._result_box(case, k, oid) if d.box is None else None
+        box = result_box
         if box is not None and all(box.x0 <= p.x <= box.x1 and box.y0 <= p.y <= box.y1 for p in d.points if p.label == 1):
             corr = ObjectPrompt(points=prompt.points, box=box, object_id=oid, name=obj.name)
             mask, score = self._point_engine(model, eng).predict_object(vol, k, corr, window)
         else:
             mask, score = eng.predict_object(vol, k, prompt, window)
-        d.mask, d.score = np.asarray(mask, bool), float(score)
+        d.mask, d.score = _without_background(np.asarray(mask, bool), d.points), float(score)
         secs = time.perf_counter() - t0
         area = int(d.mask.sum())
         if area == 0:
@@ -531,10 +622,21 @@ class AnnotationSession:
         if arr is None:  # pragma: no cover - created above
             raise RuntimeError("no result map")
         k = res.slice_index
+        key = (res.volume_index, k)
+        ids = [int(i) for i in np.unique(res.labels) if i] if only is None else [int(i) for i in only]
+        conf = {
+            oid: float(res.confidence if res.confidence is not None else res.scores[oid])
+            for oid in ids
+            if res.confidence is not None or res.scores.get(oid) is not None
+        }
+        if only is None:
+            self.confidence[key] = conf
+        else:
+            kept_conf = {o: c for o, c in self.confidence.get(key, {}).items() if o not in only}
+            self.confidence[key] = {**kept_conf, **conf}
         if only is None:
             arr[k] = res.labels
             self.flags[(res.volume_index, k)] = list(res.flags)
-            self.confidence[(res.volume_index, k)] = getattr(res, "confidence", None)
         else:
             cur = np.array(arr[k])
             names = []
@@ -545,7 +647,6 @@ class AnnotationSession:
             arr[k] = cur
             kept = [f for f in self.flags.get((res.volume_index, k), []) if not any(f.startswith(n) for n in names)]
             self.flags[(res.volume_index, k)] = kept + list(res.flags)
-            self.confidence[(res.volume_index, k)] = getattr(res, "confidence", None)
         self.done[res.volume_index][k] = True
 
     def clear_results(self, cases: Sequence[int] | None = None) -> None:
@@ -786,6 +887,31 @@ class AnnotationSession:
     def export(self, folder: str | Path, summary: dict[str, Any] | None = None, window: Any = None) -> list[Path]:
         """Writes masks and metrics into ``folder``; returns the files (see :func:`promptonce.annotation.results.export`)."""
         return results.export(self, folder, summary, window)
+
+
+def _without_background(mask: np.ndarray, points: Sequence[Point]) -> np.ndarray:
+    """``mask`` without the connected region under each background click that the model left in it.
+
+    A background click says "this pixel is not the object"; a model that still covers it (a small
+    model may, e.g. MobileSAM with a click inside a uniform region) has ignored the click, and the
+    region the click lands on is removed, so that the click always changes what it lands on.
+
+    Args:
+        mask: bool ``(rows, cols)`` prediction.
+        points: the draft's clicks (image pixels); only ``label == 0`` ones act.
+    """
+    neg = [p for p in points if p.label == 0]
+    if not neg or not mask.any():
+        return mask
+    rows, cols = mask.shape
+    hits = [(min(max(int(round(p.y)), 0), rows - 1), min(max(int(round(p.x)), 0), cols - 1)) for p in neg]
+    if not any(mask[r, c] for r, c in hits):
+        return mask
+    from scipy import ndimage
+
+    lab, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    drop = {int(lab[r, c]) for r, c in hits if lab[r, c]}
+    return mask & ~np.isin(lab, list(drop))
 
 
 def _as_dataset(images: Images, images_as: str, max_voxels: int) -> Dataset:

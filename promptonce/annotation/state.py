@@ -144,13 +144,15 @@ class CaseInfo:
 
 @dataclass
 class Action:
-    """One undoable step: a point, a box corner or a finished box of one object on one slice.
+    """One undoable step: a point, a box corner or a finished box of one object on one slice, or an added object.
 
     Attributes:
         kind: ``point`` / ``corner`` (first corner of a box) / ``box`` (second corner) / ``same_corner``
-            (a second corner on the first one's pixel: the box was dropped).
+            (a second corner on the first one's pixel: the box was dropped) / ``object`` (an object was
+            added; ``case`` and ``slice_index`` are -1).
         case, slice_index, object_id: where it happened.
         before: the object's draft on that slice before the step (None: it had none).
+        previous_active: for ``object``, the object that was active before.
     """
 
     kind: str
@@ -158,6 +160,7 @@ class Action:
     slice_index: int
     object_id: int
     before: Draft | None
+    previous_active: int | None = None
 
     @property
     def key(self) -> tuple[int, int]:

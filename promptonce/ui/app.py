@@ -9,9 +9,10 @@ Serving model
 * Each browser tab is a session (``request.session_hash``) with a private folder and workspace in a
   :class:`~promptonce.ui.session.SessionStore`; ``gr.State`` is not used at all: the page sends the
   case, slice and window it shows with every event, and the server keeps the data.
-* Model work (click previews, runs, corrections) shares one queue slot (``concurrency_id="model"``,
-  limit ``PROMPTONCE_MODEL_CONCURRENCY``, default 1); display events (slider, window, case) run
-  beside it. Models are loaded once per process by the backend registry.
+* Model work (click previews, runs, corrections, undo) waits in the process's model line
+  (:mod:`.modelqueue`, ``PROMPTONCE_MODEL_CONCURRENCY`` at a time, default 1), which tells a waiting
+  page its place and an estimate, and lets Stop leave the line; display events (slider, window,
+  case) run beside it. Models are loaded once per process by the backend registry.
 * Uploads are limited by ``max_file_size`` (``PROMPTONCE_MAX_FILE_MB``, default 512) and by a
   per-session quota (``PROMPTONCE_SESSION_MB``, default 2048) that also bounds what zips expand to;
   every image read is limited to ``PROMPTONCE_MAX_VOXELS`` voxels (default 512 x 512 x 1000);

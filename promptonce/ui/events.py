@@ -24,6 +24,7 @@ from ..errors import InputError, PromptOnceError
 from . import handlers as H
 from . import review as R  # --- review
 from .layout import WINDOW_CHOICES, Page
+from .modelqueue import ModelQueue, Waiting
 from .session import Session, SessionStore
 from .updates import PageUpdates, Updates
 from .view import ViewState, display_options
@@ -66,7 +67,8 @@ def guard(store: SessionStore) -> Callable[[Callable[..., Any]], Callable[..., A
             @functools.wraps(fn)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
                 try:
-                    yield from fn(*args, **kwargs)
+                    for out in fn(*args, **kwargs):
+                        yield _no_change(out)
                 except gr.Error:
                     raise
                 except Exception as exc:  # noqa: BLE001 - converted for the page
@@ -77,7 +79,7 @@ def guard(store: SessionStore) -> Callable[[Callable[..., Any]], Callable[..., A
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
-                return fn(*args, **kwargs)
+                return _no_change(fn(*args, **kwargs))
             except gr.Error:
                 raise
             except Exception as exc:  # noqa: BLE001 - converted for the page
@@ -86,6 +88,85 @@ def guard(store: SessionStore) -> Callable[[Callable[..., Any]], Callable[..., A
         return wrapper
 
     return deco
+
+
+def _no_change(out: Any) -> Any:
+    """A handler's return value for Gradio: an empty dict (nothing to update) becomes ``gr.skip()``
+    (Gradio reads an empty dict as one value, and fails an event with several outputs)."""
+    if isinstance(out, dict) and not out:
+        return gr.skip()
+    return out
+
+
+#: Draws a box by dragging on the image: a drag (more than 8 screen px) fills ``#po-drag`` with the
+#: two corners in display pixels and presses the hidden ``#po-drag-go``; the click that ends a drag
+#: is swallowed, so it adds no point or corner. A short press stays a click (Gradio's select event).
+DRAG_JS = """
+() => {
+  if (window.__poDrag) return;
+  window.__poDrag = true;
+  let start = null, swallow = false;
+  const img = () => document.querySelector('#po-view img');
+  const at = (e, im) => {
+    const r = im.getBoundingClientRect();
+    const s = Math.min(r.width / im.naturalWidth, r.height / im.naturalHeight, 1);
+    const ox = (r.width - im.naturalWidth * s) / 2, oy = (r.height - im.naturalHeight * s) / 2;
+    return [(e.clientX - r.left - ox) / s, (e.clientY - r.top - oy) / s];
+  };
+  document.addEventListener('pointerdown', (e) => {
+    const im = img();
+    start = (im && e.target === im && e.button === 0) ? [e.clientX, e.clientY, at(e, im)] : null;
+  }, true);
+  document.addEventListener('pointerup', (e) => {
+    const im = img();
+    if (start && im && Math.hypot(e.clientX - start[0], e.clientY - start[1]) > 8) {
+      const p1 = at(e, im);
+      const box = document.querySelector('#po-drag textarea, #po-drag input');
+      if (box) {
+        swallow = true;
+        setTimeout(() => { swallow = false; }, 400);  // no click comes when the drag ended off the image
+        box.value = [start[2][0], start[2][1], p1[0], p1[1]].map((v) => v.toFixed(1)).join(',');
+        box.dispatchEvent(new Event('input', { bubbles: true }));
+        setTimeout(() => { const b = document.querySelector('#po-drag-go'); if (b) b.click(); }, 60);
+      }
+    }
+    start = null;
+  }, true);
+  document.addEventListener('click', (e) => {
+    if (swallow) { swallow = false; e.stopPropagation(); e.preventDefault(); }
+  }, true);
+  document.addEventListener('dragstart', (e) => { if (e.target === img()) e.preventDefault(); }, true);
+}
+"""
+
+
+def _soft(fn: Callable[..., Any], status: Any) -> Callable[..., Any]:
+    """``fn`` with a ``gr.Error`` turned into a warning toast and the status line (see :meth:`Events.soften_errors`)."""
+
+    def told(err: gr.Error) -> dict[Any, Any]:
+        text = str(getattr(err, "message", "") or err)
+        gr.Warning(text)
+        return {status: f"⚠ {text}"}
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen(*args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error as err:
+                yield told(err)
+
+        return gen
+
+    @functools.wraps(fn)
+    def plain(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error as err:
+            return told(err)
+
+    return plain
 
 
 def _all_uploads(paths: list[Any]) -> bool:
@@ -117,7 +198,11 @@ class Events(PageUpdates):
         super().__init__(page)
         self.store = store
         self.guard = guard(store)
-        self.model_kw: dict[str, Any] = dict(concurrency_limit=model_limit, concurrency_id="model")
+        # model work waits in this process's line (ui/modelqueue.py), which tells the page its place;
+        # Gradio's own limit only bounds the threads (a request waiting there would get no word)
+        self.line = ModelQueue(model_limit)
+        self.waiting: set[str] = set()  # sessions whose request waits in the line
+        self.model_kw: dict[str, Any] = dict(concurrency_limit=max(16, 4 * int(model_limit)), concurrency_id="model")
         self.view_kw: dict[str, Any] = dict(concurrency_limit=8, concurrency_id="view")
         self.nav_kw: dict[str, Any] = dict(concurrency_limit=8, concurrency_id="view", show_progress="hidden")
 
@@ -130,6 +215,8 @@ class Events(PageUpdates):
         self.wire_running()
         self.wire_review()  # --- review
         self.wire_api(demo)
+        self.wire_recover()
+        self.soften_errors(demo)
 
     # ------------------------------------------------------------------ shared pieces
     def sess(self, request: gr.Request) -> Session:
@@ -149,9 +236,9 @@ class Events(PageUpdates):
         upd.update(self.result_updates(sess, window))
         n_ref = sum(r is not None for r in ws.references)
         kinds = sorted({m.source_format for m in ws.metas})
+        n_items = sum(m.n_slices for m in ws.metas)
         upd[p.status] = (
-            f"Loaded **{ws.n_volumes} case(s)** ({', '.join(kinds)}; "
-            f"{sum(m.n_slices for m in ws.metas)} image(s)/slice(s)"
+            f"Loaded **{ws.n_volumes} case(s)** ({', '.join(kinds)}; {n_items} {H.unit_of(ws, n_items)}"
             + (f", {n_ref} with a reference" if n_ref else "")
             + "). Click on the object in the image."
         )
@@ -161,6 +248,7 @@ class Events(PageUpdates):
         image_set = ws.n_volumes > 1 and all(m.n_slices == 1 for m in ws.metas)
         upd[p.scope] = "dataset" if image_set else "volume"
         upd[p.ref_labels] = ""
+        upd.update(self.recover_load_updates(ws))  # --- recover: load notes, time point, label names
         self.notes(ws)
         return upd
 
@@ -171,6 +259,8 @@ class Events(PageUpdates):
         rpaths = [f if isinstance(f, str) else getattr(f, "name", f) for f in (rs or [])]
         try:
             H.load_inputs(sess, paths, rpaths, images_as=as_ or "auto", remove_sources=_all_uploads(paths + rpaths))
+        except Exception as exc:  # noqa: BLE001 - any failed load: one message, upload fields emptied
+            return self.failed_load(sess, exc)
         finally:
             self.store.sweep_upload_temps()  # Gradio's empty temp files of earlier uploads
         return self.after_load(sess, window_of(wname, ww, wl), show)
@@ -179,7 +269,10 @@ class Events(PageUpdates):
         def on_example(wname, ww, wl, show, request: gr.Request):
             sess = self.sess(request)
             _not_running(sess, "A run is in progress; stop it before loading an example.")
-            H.load_example(sess, name)
+            try:
+                H.load_example(sess, name)
+            except Exception as exc:  # noqa: BLE001 - any failed load: one message
+                return self.failed_load(sess, exc)
             return self.after_load(sess, "auto" if wname == "custom" else wname, show)
 
         on_example.__name__ = f"on_example_{name}"
@@ -188,7 +281,7 @@ class Events(PageUpdates):
     def wire_loading(self) -> None:
         p = self.p
         outputs = [*p.view_outputs, *p.object_outputs, *p.result_outputs, p.status, p.files, p.refs, p.scope,
-                   p.ref_labels]  # fmt: skip
+                   p.ref_labels, *self.recover_outputs]  # fmt: skip
         kw = dict(concurrency_limit=4, concurrency_id="load")
         p.load_btn.click(self.guard(self.on_load), [p.files, p.refs, p.images_as, *p.window_inputs], outputs,
                          api_name="load", **kw)  # fmt: skip
@@ -286,16 +379,26 @@ class Events(PageUpdates):
         self.notes(ws)
         return upd
 
+    def clicking(self, sess: Session, vs: ViewState, x: float, y: float, md: str, mdl: str | None) -> Iterator[Updates]:
+        """A click through the model line: the page hears its place while it waits."""
+        H.workspace(sess)
+        _not_running(sess, "A run is in progress; wait for it or press Stop before clicking.")
+        sess.cancel.clear()
+        yield from self.queued(sess, "click", lambda: self.do_click(sess, vs, x, y, md, mdl))
+
     def on_select(self, v, k1, md, mdl, wname, ww, wl, show, evt: gr.SelectData, request: gr.Request):
         if evt is None or evt.index is None:
-            return {}
+            yield {}
+            return
         vs = self.state(v, k1, wname, ww, wl, show)
-        return self.do_click(self.sess(request), vs, evt.index[0], evt.index[1], md, mdl)
+        yield from self.clicking(self.sess(request), vs, evt.index[0], evt.index[1], md, mdl)
 
     def on_click_at(self, v, k1, x, y, md, mdl, wname, ww, wl, show, request: gr.Request):
         """API: a click at display pixel (x, y) of the shown case/slice (what a click on the image does)."""
         vs = self.state(v, k1, wname, ww, wl, show)
-        return self.do_click(self.sess(request), vs, float(x), float(y), md, mdl)
+        if x is None or y is None:
+            raise gr.Error("Give the click's x and y (display pixels).", print_exception=False)
+        yield from self.clicking(self.sess(request), vs, float(x), float(y), md, mdl)
 
     def on_add_object(self, name, request: gr.Request):
         sess = self.sess(request)
@@ -316,18 +419,23 @@ class Events(PageUpdates):
 
     def on_undo(self, v, k1, mdl, wname, ww, wl, show, request: gr.Request):
         sess = self.sess(request)
-        ws = H.workspace(sess)
+        H.workspace(sess)
         _not_running(sess)
+        sess.cancel.clear()
         vs = self.state(v, k1, wname, ww, wl, show)
+        yield from self.queued(sess, "click", lambda: self.do_undo(sess, vs, mdl))
+
+    def do_undo(self, sess: Session, vs: ViewState, mdl: str | None) -> Updates:
+        ws = H.workspace(sess)
         with sess.lock:
-            key = H.undo(ws, mdl or "auto", vs.window)
-        if key is None:
+            act = H.undo_action(ws, mdl or "auto", vs.window)
+        if act is None or act.case < 0:
             upd = self.view_updates(sess, vs)
-            upd[self.p.status] = "Nothing to undo."
-            return upd
-        upd = self.view_updates(sess, vs.at(key[0], key[1] + 1))
-        upd[self.p.case_dd] = gr.update(value=key[0])
-        upd[self.p.status] = f"Undone on {ws.metas[key[0]].name}, slice {key[1] + 1}."
+        else:
+            upd = self.view_updates(sess, vs.at(act.case, act.slice_index + 1))
+            upd[self.p.case_dd] = gr.update(value=act.case)
+        upd.update(self.objects_updates(sess))
+        upd[self.p.status] = H.undo_message(ws, act)
         return upd
 
     def on_reset(self, v, k1, wname, ww, wl, show, request: gr.Request):
@@ -357,30 +465,34 @@ class Events(PageUpdates):
         p.add_obj.click(g(self.on_add_object), [p.obj_name], obj_outputs, api_name="add_object", **self.view_kw)
         p.obj_name.submit(g(self.on_add_object), [p.obj_name], obj_outputs, api_visibility="private", **self.view_kw)
         p.obj_dd.input(g(self.on_object), [p.obj_dd], p.object_outputs, api_name="set_object", **self.view_kw)
-        p.undo_btn.click(g(self.on_undo), [p.case_dd, p.slider, p.model, *p.window_inputs], click_outputs,
-                         api_name="undo", **self.model_kw)  # fmt: skip
+        p.undo_btn.click(g(self.on_undo), [p.case_dd, p.slider, p.model, *p.window_inputs],
+                         [*click_outputs, *p.object_outputs], api_name="undo", **self.model_kw)  # fmt: skip
         p.reset_btn.click(g(self.on_reset), p.view_inputs, [*p.view_outputs, *p.result_outputs, p.status],
                           api_name="reset", **self.view_kw)  # fmt: skip
 
     # ------------------------------------------------------------------ running
-    def run_loop(self, sess: Session, gen: Iterator[H.RunProgress], vs: ViewState, progress: gr.Progress) -> Iterator[Updates]:
+    def run_loop(self, sess: Session, gen: Iterator[H.RunProgress], vs: ViewState, progress: gr.Progress,
+                 ticket: Any = None) -> Iterator[Updates]:  # fmt: skip
         """Streams a run's progress to the page, then shows the result."""
         p = self.p
         ws = H.workspace(sess)
+        unit = H.unit_of(ws)
         last = None
         for rp in gen:
             last = rp
             sess.touch()
             if rp.finished:
                 break
-            progress((rp.done, rp.total), desc=H.progress_text(rp), unit="slices")
-            upd: Updates = {p.status: H.progress_text(rp)}
+            if ticket is not None:
+                self.line.report(ticket, rp.eta_s)  # what the next in line is told
+            progress((rp.done, rp.total), desc=H.progress_text(rp, unit), unit=unit)
+            upd: Updates = {p.status: H.progress_text(rp, unit)}
             if rp.volume_index == vs.v and rp.slice_index >= 0:
                 upd.update(self.view_updates(sess, vs.at(rp.volume_index, rp.slice_index + 1)))
             yield upd
         upd = self.view_updates(sess, vs)
         upd.update(self.result_updates(sess, vs.window))
-        upd[p.status] = H.progress_text(last) if last is not None else "Nothing was run."
+        upd[p.status] = H.progress_text(last, unit) if last is not None else "Nothing was run."
         self.notes(ws)
         yield upd
 
@@ -389,9 +501,16 @@ class Events(PageUpdates):
         _not_running(sess, "A run is already in progress in this tab.")
         sess.cancel.clear()
         sess.running.set()
+        ticket = self.line.join("run")
         try:
-            yield from self.run_loop(sess, start(), vs, progress)
+            try:
+                yield from self.wait_in_line(sess, ticket)
+            except Waiting:
+                yield {self.p.status: "Stopped while waiting in line: nothing was run."}
+                return
+            yield from self.run_loop(sess, start(), vs, progress, ticket)
         finally:
+            self.line.leave(ticket)
             sess.running.clear()
 
     def on_run(self, v, k1, sc, st, mdl, wname, ww, wl, show, request: gr.Request, progress=gr.Progress()):
@@ -412,6 +531,7 @@ class Events(PageUpdates):
 
     def on_stop(self, v, k1, wname, ww, wl, show, request: gr.Request):
         sess = self.sess(request)
+        was_waiting = sess.session_id in self.waiting
         sess.cancel.set()
         was_running = sess.running.is_set()
         # wait (briefly) for the run to notice, so what is shown is what was kept
@@ -422,13 +542,16 @@ class Events(PageUpdates):
         ws = sess.workspace
         if ws is None:
             return {self.p.status: "Nothing is running."}
+        if was_waiting:
+            return {self.p.status: "Stopped while waiting in line: nothing was run."}
         vs = self.state(v, k1, wname, ww, wl, show)
         if ws.run_info is not None and was_running:
             ws.run_info.cancelled = True
         upd = self.view_updates(sess, vs)
         upd.update(self.result_updates(sess, vs.window))
         done = int(sum(d.sum() for d in ws.done.values()))
-        upd[self.p.status] = f"Stopped. {done} slice(s) segmented so far are kept." if was_running else "Nothing is running."
+        kept = f"Stopped. {done} {H.unit_of(ws, done)} segmented so far are kept."
+        upd[self.p.status] = kept if was_running else "Nothing is running."
         return upd
 
     def wire_running(self) -> None:
@@ -619,3 +742,148 @@ class Events(PageUpdates):
         if p.thumbs is not None:
             p.thumbs.select(g(self.on_thumb), p.window_inputs, outputs, api_visibility="private", **nav_kw)
     # --- end review
+    # --- recover: the model line (queue honesty) -----------------------------------------------------
+    def wait_in_line(self, sess: Session, ticket: Any) -> Iterator[Updates]:
+        """Yields the page's "waiting" line until ``ticket``'s turn.
+
+        Raises:
+            Waiting: the person pressed Stop (the ticket has left the line).
+        """
+        self.waiting.add(sess.session_id)
+        try:
+            for place in self.line.wait(ticket, sess.cancel):
+                sess.touch()
+                yield {self.p.status: place.text()}
+        finally:
+            self.waiting.discard(sess.session_id)
+
+    def queued(self, sess: Session, kind: str, work: Callable[[], Updates]) -> Iterator[Updates]:
+        """Runs ``work`` when the model line lets it (the page hears its place meanwhile)."""
+        ticket = self.line.join(kind)
+        try:
+            try:
+                yield from self.wait_in_line(sess, ticket)
+            except Waiting:
+                yield {self.p.status: "Stopped while waiting in line: nothing was done."}
+                return
+            yield work()
+        finally:
+            self.line.leave(ticket)
+
+    # --- recover: one message, no error badges ---------------------------------------------------------
+    def soften_errors(self, demo: gr.Blocks) -> None:
+        """Events that update the status line report their errors there and in a warning toast.
+
+        A raised ``gr.Error`` marks every output of the event with a red "Error" badge (a click before
+        loading put one on nine panels). For these events the message goes to the status line (and a
+        warning toast, which marks nothing), and every other component stays as it was.
+        """
+        status = self.p.status
+        for bf in demo.fns.values():
+            if bf.fn is not None and any(o is status for o in bf.outputs):
+                bf.fn = _soft(bf.fn, status)
+
+    # --- recover: failed loads, the time point of a 4D input ---------------------------------------
+    @property
+    def recover_outputs(self) -> list[Any]:
+        """What a load (or a failed one) also updates: the load panel's message and the time point control."""
+        return [self.p.load_msg, self.p.time_point]
+
+    def recover_load_updates(self, ws: H.Workspace) -> Updates:
+        """The load message cleared, and the time point control shown for a 4D input (hidden otherwise)."""
+        p = self.p
+        tp = ws.time_points
+        # the load's notes (e.g. references not used) stay on the page under the Load button
+        notes = "\n\n".join(f"⚠ {html.escape(n)}" for n in ws.notes)
+        ws.notes.clear()
+        upd: Updates = {p.ref_labels: gr.update(value="", placeholder=self.ref_labels_hint(ws))}
+        if tp is None:
+            upd.update({p.load_msg: notes, p.time_point: gr.update(visible=False, value=1)})
+            return upd
+        t = (ws.time_index or 0) + 1
+        four_d = f"4D input: showing time point **{t} of {tp.count}**; choose another below."
+        return upd | {
+            p.load_msg: four_d + ("\n\n" + notes if notes else ""),
+            p.time_point: gr.update(visible=True, minimum=1, maximum=tp.count, value=t, step=1, interactive=True,
+                                    label=f"Time point (1–{tp.count})"),
+        }  # fmt: skip
+
+    @staticmethod
+    def ref_labels_hint(ws: H.Workspace) -> str:
+        """The reference-label box's placeholder: the label names the reference carries, when it has some."""
+        try:
+            names = ws.reference_label_names()
+        except PromptOnceError:
+            names = {}
+        if not names:
+            return "all; e.g. 1,2"
+        shown = ", ".join(f"{k} {v}" for k, v in sorted(names.items())[:6])
+        return f"all; numbers or names: {shown}" + (" …" if len(names) > 6 else "")
+
+    def failed_load(self, sess: Session, exc: Exception) -> Updates:
+        """A load that failed: its one message under the Load button, the upload fields emptied (their
+        files are gone from the server), the page back to "nothing loaded" and every control usable.
+        Errors other than PromptOnce's are logged and shown as a generic message."""
+        p = self.p
+        if not isinstance(exc, PromptOnceError):
+            log.error("loading failed", exc_info=exc)
+        msg = H.user_message(exc, sess)
+        upd = self.view_updates(sess, ViewState(0, None, "auto", False)) if sess.workspace is None else {}
+        if sess.workspace is None:
+            upd.update({p.slider: gr.update(visible=False), p.flagged: gr.update(choices=[], value=None)})
+            upd.update(self.result_updates(sess, "auto"))
+            upd.update(self.objects_updates(sess))
+            upd[p.status] = "Load images to start."
+            upd[p.time_point] = gr.update(visible=False, value=1)
+        upd[p.load_msg] = f"**Not loaded:** {html.escape(msg)}"
+        upd[p.files] = None
+        upd[p.refs] = None
+        return upd
+
+    def on_time_point(self, t, wname, ww, wl, show, request: gr.Request):
+        sess = self.sess(request)
+        ws = H.workspace(sess)
+        _not_running(sess, "A run is in progress; stop it before choosing another time point.")
+        if ws.time_points is None or t is None:
+            return {}
+        index = int(t) - 1
+        if index == (ws.time_index or 0):
+            return {}
+        try:
+            H.load_time_point(sess, index)
+        except Exception as exc:  # noqa: BLE001 - any failed load: one message, upload fields emptied
+            return self.failed_load(sess, exc)
+        return self.after_load(sess, window_of(wname, ww, wl), show)
+
+    def on_drag(self, corners, v, k1, mdl, wname, ww, wl, show, request: gr.Request):
+        """A box drawn by dragging on the image (``corners``: ``"x0,y0,x1,y1"`` display pixels)."""
+        sess = self.sess(request)
+        ws = H.workspace(sess)
+        _not_running(sess, "A run is in progress; wait for it or press Stop before drawing.")
+        if not mdl:
+            raise gr.Error("No model is available on this server.", print_exception=False)
+        if not corners:
+            yield {}
+            return
+        vs = self.state(v, k1, wname, ww, wl, show)
+        sess.cancel.clear()
+
+        def work() -> Updates:
+            with sess.lock:
+                msg = H.drag_box(ws, vs.v, vs.k, corners, mdl, vs.window)
+            upd = self.view_updates(sess, vs)
+            upd[self.p.status] = msg
+            return upd
+
+        yield from self.queued(sess, "click", work)
+
+    def wire_recover(self) -> None:
+        p = self.p
+        p.drag_go.click(self.guard(self.on_drag), [p.drag_box, p.case_dd, p.slider, p.model, *p.window_inputs],
+                        [*p.view_outputs, p.status], api_name="drag_box", show_progress="minimal",
+                        **self.model_kw)  # fmt: skip
+        p.view.change(None, None, None, js=DRAG_JS)  # (re)installs the drag listener once the image exists
+        outputs = [*p.view_outputs, *p.object_outputs, *p.result_outputs, p.status, p.files, p.refs, p.scope,
+                   p.ref_labels, *self.recover_outputs]  # fmt: skip
+        p.time_point.release(self.guard(self.on_time_point), [p.time_point, *p.window_inputs], outputs,
+                             api_name="time_point", concurrency_limit=4, concurrency_id="load")  # fmt: skip

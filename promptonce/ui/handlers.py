@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..annotation import MODES, SCOPES, STRATEGIES, Draft, ObjectInfo, RunInfo, RunProgress
+from ..annotation import MODES, SCOPES, STRATEGIES, Action, Draft, ObjectInfo, RunInfo, RunProgress
 from ..errors import InputError
 from .messages import hide_paths, progress_text, summary_markdown, user_message, write_json_text
-from .uploads import ASSETS, EXAMPLES, MAX_ZIP_DEPTH, MAX_ZIPS, load_example, load_inputs
+from .uploads import ASSETS, EXAMPLES, MAX_ZIP_DEPTH, MAX_ZIPS, load_example, load_inputs, load_time_point
 from .view import render, save_view, slice_info, to_image_xy
 from .workspace import APP_MAX_VOXELS, VolumeMeta, Workspace, app_max_voxels, workspace
 
@@ -54,8 +53,13 @@ __all__ = [
     "to_image_xy",
     "click",
     "add_object",
+    "drag_box",
     "set_active",
     "undo",
+    "undo_action",
+    "undo_message",
+    "load_time_point",
+    "unit_of",
     "reset_prompts",
     "run",
     "apply_corrections",
@@ -204,6 +208,28 @@ def click(
         return ws.click(v, k, x, y, mode, model=model or "auto", window=window).message  # type: ignore[arg-type]
 
 
+def drag_box(
+    ws: Workspace, v: int, k: int, corners: Any, model: str = "auto", window: Any = "auto"
+) -> str:
+    """A box drawn by dragging on the image: ``corners`` is ``"x0,y0,x1,y1"`` in display pixels.
+
+    Raises:
+        InputError: the text is not four numbers, or the case does not exist.
+    """
+    from ..types import Box
+
+    try:
+        x0, y0, x1, y1 = (float(t) for t in str(corners or "").split(","))
+    except ValueError:
+        raise InputError(f"A dragged box is four numbers x0,y0,x1,y1; got {corners!r}.") from None
+    if not 0 <= v < ws.n_volumes:
+        raise InputError(f"Case {v + 1} does not exist; pick a case from the list.")
+    (a, b), (c, d) = to_image_xy(ws, v, x0, y0), to_image_xy(ws, v, x1, y1)
+    with model_busy():
+        box = Box(min(a, c), min(b, d), max(a, c), max(b, d))
+        return ws.drag_box(v, k, box, model=model or "auto", window=window).message
+
+
 def add_object(ws: Workspace, name: str = "") -> int:
     """Adds an object (next free label id), makes it active and returns its id."""
     return ws.add_object(name)
@@ -215,9 +241,33 @@ def set_active(ws: Workspace, oid: int) -> None:
 
 
 def undo(ws: Workspace, model: str = "auto", window: Any = "auto") -> tuple[int, int] | None:
-    """Undoes the last click, box corner or box; returns the ``(case, slice)`` it was on, or None when nothing is left."""
-    act = ws.undo(model=model or "auto", window=window)
+    """Undoes the last click, box corner, box or added object; returns the ``(case, slice)`` it was on
+    (``(-1, -1)`` for an object), or None when nothing is left."""
+    act = undo_action(ws, model, window)
     return None if act is None else act.key
+
+
+def undo_action(ws: Workspace, model: str = "auto", window: Any = "auto") -> Action | None:
+    """Undoes the last action (see :meth:`~promptonce.annotation.AnnotationSession.undo`) and returns it."""
+    with model_busy():
+        return ws.undo(model=model or "auto", window=window)
+
+
+def undo_message(ws: Workspace, act: Action | None) -> str:
+    """What the page says after an undo."""
+    if act is None:
+        return "Nothing to undo."
+    if act.kind == "object":
+        return f"Removed the object added last; **{ws.object(ws.active).name}** is active."
+    where = f"{ws.metas[act.case].name}" + (f", slice {act.slice_index + 1}" if ws.metas[act.case].n_slices > 1 else "")
+    d = ws.drafts.get(act.key, {}).get(act.object_id)
+    what = {"point": "the last click", "corner": "the box's first corner", "box": "the box",
+            "same_corner": "the dropped box"}.get(act.kind, "the last step")  # fmt: skip
+    msg = f"Undone {what} on {where}."
+    if d is not None and d.corner is not None:
+        msg += (f" The box's first corner ({d.corner[0]:.0f}, {d.corner[1]:.0f}) is set again: click the opposite"
+                " corner in box mode, or Undo once more to remove it.")  # fmt: skip
+    return msg
 
 
 def reset_prompts(ws: Workspace) -> None:
@@ -260,6 +310,15 @@ def apply_corrections(
     return _busy_run(ws.correct(model=model or "auto", window=window, cancel=cancel))
 
 
+def unit_of(ws: Workspace | None, n: int = 2) -> str:
+    """What one item of the workspace is called: ``images`` for an image set (X-rays), else ``slices``."""
+    from ..types import unit_name
+
+    if ws is None:
+        return "slices" if n != 1 else "slice"
+    return unit_name([m.n_slices for m in ws.metas], n)
+
+
 # ---------------------------------------------------------------------------------------------- results
 def results_summary(ws: Workspace) -> dict[str, Any]:
     """The current result's figures (see :meth:`~promptonce.annotation.AnnotationSession.score`)."""
@@ -267,21 +326,13 @@ def results_summary(ws: Workspace) -> dict[str, Any]:
 
 
 def set_reference_labels(ws: Workspace, text: str | None) -> tuple[int, ...] | None:
-    """Chooses which reference labels the metrics compare with (``"1,2"``; empty = every non-zero label).
+    """Chooses which reference labels the metrics compare with: numbers or the reference's label names
+    (``"1,2"``, ``"liver, spleen"``; empty = every non-zero label).
 
     Raises:
-        InputError: when the text is not a list of integers 1..65535.
+        InputError: a part is neither a number from 1 to 65535 nor a (unique) label name.
     """
-    text = (text or "").strip()
-    if not text:
-        return ws.set_reference_labels(None)
-    try:
-        labels = tuple(sorted({int(t) for t in re.split(r"[,\s;]+", text) if t}))
-    except ValueError:
-        raise InputError(f"Reference labels {text!r}: give label numbers separated by commas, e.g. 1,2.") from None
-    if not labels or any(not 1 <= x <= 65535 for x in labels):
-        raise InputError(f"Reference labels {text!r}: give numbers from 1 up, e.g. 1,2 (empty = all).")
-    return ws.set_reference_labels(labels)
+    return ws.set_reference_selection(text if isinstance(text, str) else None)
 
 
 def write_downloads(ws: Workspace, summary: dict[str, Any] | None = None, window: Any = "auto") -> list[Path]:

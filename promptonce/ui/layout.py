@@ -116,6 +116,11 @@ class Page:
     thumbs: Any = None
     reformat_col: Any = None
     # --- end review
+    # --- recover: the load panel's message line and the time point of a 4D input
+    load_msg: Any = None
+    time_point: Any = None
+    drag_box: Any = None
+    drag_go: Any = None
 
     # ------------------------------------------------------------------ groups the events share
     @property
@@ -188,6 +193,13 @@ def _load_panel(p: Page) -> None:
                 value="auto", label="Several 2D images are", elem_id="po-images-as",
             )  # fmt: skip
         p.load_btn = gr.Button("Load files", variant="primary", elem_id="po-load")
+        # --- recover: one message where the user looks (a failed load says why here), and the
+        # time point of a 4D input (hidden until one is loaded)
+        p.load_msg = gr.Markdown("", elem_id="po-load-msg")
+        p.time_point = gr.Slider(
+            1, 2, value=1, step=1, label="Time point (4D input)", visible=False, elem_id="po-time",
+        )  # fmt: skip
+        # --- end recover
         with gr.Row():
             p.ex_ct = gr.Button("Example: CT phantom", size="sm", elem_id="po-ex-ct")
             p.ex_xr = gr.Button("Example: 4 X-rays", size="sm", elem_id="po-ex-xray")
@@ -208,6 +220,10 @@ def _prompt_panel(p: Page) -> None:
             p.obj_name = gr.Textbox(label="New object", placeholder="e.g. left lung", scale=2)
             p.add_obj = gr.Button("Add", size="sm", scale=1, elem_id="po-add-object")
         p.legend = gr.HTML(elem_id="po-legend")
+        # --- recover: a box drawn by dragging on the image (ui/events.py DRAG_JS fills these)
+        p.drag_box = gr.Textbox(visible="hidden", elem_id="po-drag")
+        p.drag_go = gr.Button(visible="hidden", elem_id="po-drag-go")
+        # --- end recover
         with gr.Row():
             p.undo_btn = gr.Button("Undo last", size="sm", elem_id="po-undo")
             p.reset_btn = gr.Button("Reset all", size="sm", variant="secondary", elem_id="po-reset")

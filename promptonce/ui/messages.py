@@ -37,8 +37,11 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         return "No result yet: click on the object, then **Run**."
     lines = []
     state = " (stopped: the slices finished are kept)" if summary["cancelled"] else ""
+    unit = summary.get("unit") or "slices"
+    if summary["slices"] == 1:
+        unit = unit.rstrip("s")
     lines.append(
-        f"**{summary['slices']} image(s)/slice(s) segmented** in {summary['seconds']:.1f} s "
+        f"**{summary['slices']} {unit} segmented** in {summary['seconds']:.1f} s "
         f"with `{summary['model']}`, scope *{summary['scope']}*{state}."
     )
     if summary["has_reference"] and summary["dice_mean"] is not None:
@@ -51,10 +54,13 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     else:
         lines.append("Upload reference masks to see Dice and Jaccard.")
     if summary["saved_percent"] is not None:
+        item = "image" if (summary.get("unit") or "").startswith("image") else "slice"
         basis = "with the object in the reference" if summary["has_reference"] else "with the object found"
+        saved = summary["saved_percent"]
+        versus = f"**{saved:.2f}% fewer**" if saved >= 0 else f"{-saved:.0f}% more"
         lines.append(
-            f"**Prompts: {summary['prompts']}** vs {summary['per_slice_prompts']} for a per-slice workflow "
-            f"(one per slice {basis}): **{summary['saved_percent']:.2f}% fewer**."
+            f"**Prompts: {summary['prompts']}** (clicks and boxes) vs {summary['per_slice_prompts']} for a "
+            f"per-{item} workflow (one per {item} {basis}): {versus}."
         )
     return "\n\n".join(lines)
 
@@ -64,12 +70,13 @@ def write_json_text(obj: Any) -> str:
     return json.dumps(obj, indent=2, default=float)
 
 
-def progress_text(p: RunProgress) -> str:
-    """``"12 / 40 slices · 5 s left"``-style progress line."""
+def progress_text(p: RunProgress, unit: str = "slices") -> str:
+    """``"12 / 40 slices · 5 s left"``-style progress line (``unit``: ``slices`` or ``images`` for an X-ray set)."""
+    unit = unit if unit in ("slices", "images") else "slices"
     if p.finished:
         verb = {"stopped": "Stopped", "corrected": "Corrections applied"}.get(p.message, "Done")
-        return f"{verb}: {p.done} slice(s) in {p.seconds:.1f} s."
+        return f"{verb}: {p.done} {unit[:-1] if p.done == 1 else unit} in {p.seconds:.1f} s."
     eta = p.eta_s
     left = f" · {eta:.0f} s left" if eta is not None else ""
-    return f"{p.done} / {p.total} slices{left} · {p.message}"
+    return f"{p.done} / {p.total} {unit}{left} · {p.message}"
 

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..annotation import CaseInfo
-from ..errors import InputError, TooLargeError
+from ..errors import InputError, PromptOnceError, TooLargeError
 from ..io import natural_key
+from ..io.timepoints import TimePoints
 from ..types import Volume
 from .session import Session
 from .workspace import Workspace, app_max_voxels, server_budget
 
-__all__ = ["ASSETS", "EXAMPLES", "MAX_ZIP_DEPTH", "MAX_ZIPS", "load_inputs", "load_example", "drop_workspace"]
+__all__ = ["ASSETS", "EXAMPLES", "MAX_ZIP_DEPTH", "MAX_ZIPS", "load_inputs", "load_example", "load_time_point", "drop_workspace"]
 
 #: Repository assets (synthetic examples made by scripts/make_assets.py).
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -75,6 +76,7 @@ def load_inputs(
     images_as: str = "auto",
     remove_sources: bool = False,
     max_voxels: int | None = None,
+    time_index: int | None = None,
 ) -> Workspace:
     """Loads uploaded files into a new workspace of the session (the previous one is dropped).
 
@@ -91,6 +93,8 @@ def load_inputs(
         remove_sources: delete the uploaded originals once copied (they sit in Gradio's upload
             folder; the copies live in the session folder and go with it).
         max_voxels: voxel budget per image and reference (default: :func:`app_max_voxels`).
+        time_index: the time point (0-based) of a 4D input (default: the first; see
+            :func:`load_time_point` to show another).
 
     Returns:
         The new workspace (also stored as ``session.workspace``).
@@ -100,8 +104,6 @@ def load_inputs(
             zips nested too deep, ...
         TooLargeError: over the session's quota, or an image over the voxel budget.
     """
-    from ..io.readers import load_dataset, pair_references
-
     if not paths:
         raise InputError("No file was uploaded; choose one or more images or volumes, or pick an example.")
     if images_as not in ("auto", "set", "stack"):
@@ -119,38 +121,124 @@ def load_inputs(
                     except OSError:
                         pass
         drop_workspace(session)
-        session.clear("results", "out", "view", "unzipped", "unzipped-references")
+        session.clear("results", "out", "unzipped", "unzipped-references")  # views stay: see _last_view
         budget = app_max_voxels() if max_voxels is None else int(max_voxels)
-        dataset = load_dataset(_unzip_into(session, inputs), images_as=images_as, max_voxels=budget)
-        if len(dataset) == 0:
-            raise InputError("No image was found in the upload; upload NIfTI, DICOM, PNG or JPG files.")
-        metas: list[CaseInfo] = []
-        first: Volume | None = None
-        for i in range(len(dataset)):
-            with server_budget(budget):
-                vol = dataset[i]
-            metas.append(CaseInfo.of(vol))
-            if i == 0:
-                first = vol
-            del vol
-        ref_list: list[Path | None] = [None] * len(dataset)
-        ref_note = ""
-        if refs:
+        sources = _unzip_into(session, inputs)
+        return _build_workspace(session, sources, refs, inputs, images_as, budget, time_index)
+
+
+def _count_time_points(sources: Sequence[Path]) -> TimePoints | None:
+    """The time points of a 4D input among ``sources`` (the one with the most), or None when all are 2D/3D."""
+    from ..io import time_points
+
+    best: TimePoints | None = None
+    for src in sources:
+        try:
+            tp = time_points(src)
+        except PromptOnceError:
+            continue  # the reader says what is wrong when it loads the file
+        if tp.is_4d and (best is None or tp.count > best.count):
+            best = tp
+    return best
+
+
+def _build_workspace(
+    session: Session,
+    sources: Sequence[Path],
+    refs: Sequence[Path],
+    inputs: list[Path],
+    images_as: str,
+    budget: int,
+    time_index: int | None,
+    paired_refs: Sequence[Path | None] | None = None,
+) -> Workspace:
+    """Reads ``sources`` (at ``time_index`` for a 4D input, 0 by default), pairs the references and
+    stores the new workspace on the session (the caller holds the session's lock)."""
+    from ..io.readers import load_dataset, pair_references
+
+    tp = _count_time_points(sources)
+    if tp is not None:
+        time_index = 0 if time_index is None else int(time_index)
+        if not 0 <= time_index < tp.count:
+            raise InputError(f"Time point {time_index + 1} does not exist; this input has {tp.count}.")
+    else:
+        time_index = None
+    dataset = load_dataset(list(sources), images_as=images_as, max_voxels=budget, time_index=time_index)
+    if len(dataset) == 0:
+        raise InputError("No image was found in the upload; upload NIfTI, DICOM, PNG or JPG files.")
+    metas: list[CaseInfo] = []
+    first: Volume | None = None
+    for i in range(len(dataset)):
+        with server_budget(budget):
+            vol = dataset[i]
+        metas.append(CaseInfo.of(vol))
+        if i == 0:
+            first = vol
+        del vol
+    ref_list: list[Path | None] = [None] * len(dataset)
+    ref_note = ""
+    if paired_refs is not None and len(paired_refs) == len(dataset):
+        ref_list[:] = list(paired_refs)
+    elif refs:
+        try:
+            paired = [Path(p) for p in pair_references(dataset, refs)]
+        except InputError as exc:
+            ref_note = f"The reference masks are not used: {exc}"
+        else:
+            ref_list[:] = _unzip_references(session, paired)
+    ws = Workspace(session, dataset, metas, ref_list, inputs, max_voxels=budget, first=first)
+    ws.view_counter = _last_view(session)
+    ws.sources, ws.reference_files, ws.images_as = list(sources), list(refs), images_as
+    ws.time_points, ws.time_index = tp, time_index
+    if ref_note:
+        ws.notes.append(ref_note)
+    session.workspace = ws
+    # check the references now, so a mismatch is reported at upload time (the images stay loaded)
+    for v in range(len(ref_list)):
+        if ref_list[v] is not None and v < 3:
             try:
-                paired = [Path(p) for p in pair_references(dataset, refs)]
-            except InputError as exc:
-                ref_note = f"The reference masks are not used: {exc}"
-            else:
-                ref_list[:] = _unzip_references(session, paired)
-        ws = Workspace(session, dataset, metas, ref_list, inputs, max_voxels=budget, first=first)
-        if ref_note:
-            ws.notes.append(ref_note)
-        session.workspace = ws
-        # check the references now, so a mismatch is reported at upload time
-        for v in range(len(ref_list)):
-            if ref_list[v] is not None and v < 3:
                 ws.reference(v)
-        return ws
+            except PromptOnceError as exc:
+                ws.references = [None] * len(ref_list)
+                ws.notes.append(f"The images are loaded; the reference masks are not used: {exc}")
+                break
+    return ws
+
+
+def _last_view(session: Session) -> int:
+    """The number of the session's newest view image: a new workspace numbers its views after it, so
+    that no view URL is used twice (a browser would show its cached picture of the old one)."""
+    folder = session.path("view")
+    best = 0
+    for p in folder.glob("view_*.png") if folder.is_dir() else []:
+        tail = p.stem[5:]
+        if tail.isdigit() and len(tail) <= 9:
+            best = max(best, int(tail))
+    return best
+
+
+def load_time_point(session: Session, index: int) -> Workspace:
+    """Reloads the session's 4D input at time point ``index`` (0-based): a new workspace (prompts and
+    results start afresh; the references stay paired).
+
+    Raises:
+        InputError: nothing loaded, the input has one time point, or ``index`` is out of range.
+    """
+    ws = session.workspace
+    if ws is None:
+        raise InputError("Load images first: upload files or pick an example.")
+    tp = ws.time_points
+    if tp is None:
+        raise InputError("This input has a single time point; there is no other to show.")
+    index = int(index)
+    if not 0 <= index < tp.count:
+        raise InputError(f"Time point {index + 1} does not exist; this input has {tp.count} (1..{tp.count}).")
+    sources, refs, paired = ws.sources, ws.reference_files, list(ws.references)
+    images_as, inputs, budget = ws.images_as, ws.input_paths, ws.max_voxels
+    with session.lock:
+        drop_workspace(session)
+        session.clear("results", "out")
+        return _build_workspace(session, sources, refs, inputs, images_as, budget, index, paired_refs=paired)
 
 
 def _is_archive(path: Path) -> bool:

@@ -145,6 +145,13 @@ class Workspace(AnnotationSession):
         self.input_paths = input_paths
         self._frames: dict[tuple[int, Any], Any] = {}
         self.view_counter = 0
+        #: what :func:`~promptonce.ui.uploads.load_time_point` reloads from: the files read (zips
+        #: unpacked), the reference files, the loading mode; and the time points of a 4D input
+        self.sources: list[Path] = list(input_paths)
+        self.reference_files: list[Path] = []
+        self.images_as = "auto"
+        self.time_points: Any = None  # promptonce.io.TimePoints of a 4D input, else None
+        self.time_index: int | None = None
         if first is not None:
             self._volumes[0] = first
 

@@ -189,7 +189,7 @@ def volume_flow(page, ct_small, model_label: str, tmp_path: Path, tag: str) -> f
     page.wait_for_selector("#po-metrics >> text=Dice")
     metrics = page.inner_text("#po-metrics")
     assert "Prompts: 1" in metrics and "fewer" in metrics
-    assert "8 image(s)/slice(s) segmented" in metrics
+    assert "8 slices segmented" in metrics
     # score the right lung only (the one clicked): reference label 1
     page.fill("#po-ref-labels textarea, #po-ref-labels input", "1")
     page.press("#po-ref-labels textarea, #po-ref-labels input", "Enter")
@@ -244,7 +244,7 @@ def test_xray_set_dataset_scope(browser, xray_small, model_label, tmp_path):
     page.click("#po-run")
     wait_status(page, "Done", "Stopped", timeout=90)
     page.wait_for_selector("#po-metrics >> text=Dice")
-    assert "3 image(s)/slice(s) segmented" in page.inner_text("#po-metrics")
+    assert "3 images segmented" in page.inner_text("#po-metrics")
     # the per-case table has the three images
     table = page.inner_text("#po-table")
     assert all(n in table for n in ("cxr_01", "cxr_02", "cxr_03"))

@@ -94,19 +94,19 @@ def test_two_clients_never_see_each_other(app_server, tmp_path, ct_small, xray_s
 
 
 def test_bad_upload_is_a_readable_error_and_server_keeps_serving(app_server, tmp_path, ct_small):
-    from gradio_client.exceptions import AppError
 
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(b"\x1f\x8b not really gzip" * 20)
     c = client(app_server, tmp_path, "bad")
-    with pytest.raises(AppError) as err:
-        load(c, [bad])
-    text = str(err.value)
+    # a failed load is not an error of the event (that would put an error badge on every output): its
+    # one message comes back in the load panel, and the upload fields are emptied
+    out = load(c, [bad])
+    text = next(str(o) for o in out if "Not loaded" in str(o))
     assert "broken.nii.gz" in text
     assert str(app_server.gradio_tmp) not in text and "Traceback" not in text
     # a click before anything is loaded says what to do
-    with pytest.raises(AppError, match="Load images first"):
-        click_at(c, 1, 1)
+    # (for the page, not an event error: the status line says it, no error badge on the outputs)
+    assert "Load images first" in str(click_at(c, 1, 1)[-1])
     # the same client can go on
     out = load(c, [ct_small[0]])
     assert any("Loaded" in str(o) for o in out)
