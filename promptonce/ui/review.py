@@ -161,9 +161,10 @@ def review_choices(
 
 def case_ranking(ws: Workspace) -> list[tuple[int, float | None, int]]:
     """``(case, confidence, flagged slices)`` of every case with a result, "review these first"
-    (:func:`promptonce.engine.quality.rank_for_review`; the case confidence is
+    (:func:`promptonce.flagscore.review_order`: lowest confidence first; the case confidence is
     :func:`~promptonce.engine.quality.case_confidence` of its slices)."""
-    from ..engine.quality import case_confidence, rank_for_review
+    from ..engine.quality import case_confidence
+    from ..flagscore import review_order
 
     conf = _confidences(ws)
     rows = []
@@ -173,9 +174,8 @@ def case_ranking(ws: Workspace) -> list[tuple[int, float | None, int]]:
         c = case_confidence(conf.get((v, int(k))) for k in np.flatnonzero(done))
         n_flags = sum(1 for (vv, _k), f in ws.flags.items() if vv == v and f)
         rows.append((v, c, n_flags))
-    order = rank_for_review([(str(v), c, n) for v, c, n in rows])
-    by_name = {str(v): (v, c, n) for v, c, n in rows}
-    return [by_name[name] for name in order]
+    order = review_order([{"confidence": c, "flags": [None] * n} for _, c, n in rows])
+    return [rows[i] for i in order]
 
 
 def review_heading(ws: Workspace, items: list[ReviewItem] | None = None) -> str:
