@@ -629,6 +629,8 @@ class AnnotationSession:
             for oid in ids
             if res.confidence is not None or res.scores.get(oid) is not None
         }
+        if not conf and res.confidence is not None and res.flags:
+            conf = {0: float(res.confidence)}  # a slice where an object was lost: the slice's own confidence
         if only is None:
             self.confidence[key] = conf
         else:
