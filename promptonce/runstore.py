@@ -8,7 +8,7 @@ Layout (inside the output folder)::
         manifest.json        what the run is: inputs (path, size, mtime), prompt, model, options, version
         cases.jsonl          one line per event, appended and fsync'ed: a case written (its files with
                              size and CRC-32), a case failed (its reason); the last line of a case wins
-        exemplars/<i>.pkl    the exemplar of case ``i`` while it is in the exemplar set (at most the
+        exemplars/<i>.npz    the exemplar of case ``i`` while it is in the exemplar set (at most the
                              set's size: an exemplar leaving the set is deleted)
         summary.json         written at the end: done / skipped with reasons / timing
 
@@ -29,12 +29,14 @@ import dataclasses
 import json
 import logging
 import os
-import pickle
+import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .errors import InputError
 from .io.writers import atomic_path, write_json
@@ -293,26 +295,38 @@ class RunStore:
 
     # ------------------------------------------------------------------ exemplars
     def save_exemplar(self, index: int, exemplar: Any) -> None:
-        """Stores case ``index``'s exemplar (atomic; pickled: the run folder is this program's own data)."""
+        """Stores case ``index``'s exemplar (atomic; plain arrays in an ``.npz``, never pickled)."""
         if exemplar is None:
             return
-        with atomic_path(self.exemplar_dir / f"{index}.pkl") as tmp:
-            tmp.write_bytes(pickle.dumps(exemplar, protocol=pickle.HIGHEST_PROTOCOL))
+        meta = {"name": exemplar.name, "position": exemplar.position, "confidence": exemplar.confidence,
+                "key": exemplar.key, "objects": [int(o) for o in exemplar.masks]}  # fmt: skip
+        arrays = {"image": np.asarray(exemplar.image, np.float32), "meta": np.array(json.dumps(meta))}
+        arrays.update({f"mask_{int(o)}": np.asarray(m, bool) for o, m in exemplar.masks.items()})
+        with atomic_path(self.exemplar_dir / f"{index}.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
 
     def drop_exemplar(self, index: int) -> None:
         """Removes case ``index``'s stored exemplar (it left the exemplar set)."""
-        p = self.exemplar_dir / f"{index}.pkl"
+        p = self.exemplar_dir / f"{index}.npz"
         if p.exists():
             p.unlink()
 
     def load_exemplars(self) -> Iterator[tuple[int, Any]]:
         """``(case index, exemplar)`` of every stored exemplar, loaded one at a time (unreadable ones skipped)."""
+        from .engine import Exemplar
+
         if not self.exemplar_dir.exists():
             return
-        for p in sorted(self.exemplar_dir.glob("*.pkl")):
+        for p in sorted(self.exemplar_dir.glob("*.npz")):
             try:
-                yield int(p.stem), pickle.loads(p.read_bytes())
-            except (OSError, ValueError, pickle.UnpicklingError, EOFError) as exc:
+                with np.load(p, allow_pickle=False) as z:
+                    meta = json.loads(str(z["meta"]))
+                    masks = {int(o): np.asarray(z[f"mask_{int(o)}"], bool) for o in meta["objects"]}
+                    ex = Exemplar(meta["name"], np.asarray(z["image"], np.float32), masks, float(meta["position"]),
+                                  float(meta["confidence"]), str(meta["key"]))  # fmt: skip
+                yield int(p.stem), ex
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
                 log.warning("stored exemplar %s is unreadable (%s); not used", p.name, exc)
 
     def write_summary(self, summary: Mapping[str, Any]) -> Path:

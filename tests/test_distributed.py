@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -170,11 +169,10 @@ class _Outcome:
         self.confidence = float(np.mean([v for r in results for v in r.scores.values()] or [0.0]))
 
 
-@dataclass(frozen=True)
-class _Ex:
-    name: str
-    confidence: float
-    key: str
+def _Ex(name: str, confidence: float, key: str):  # noqa: N802 - a small real exemplar
+    from promptonce.engine import Exemplar
+
+    return Exemplar(name, np.zeros((4, 4), np.float32), {1: np.eye(4, dtype=bool)}, 0.5, confidence, key)
 
 
 class _QualityTransfer:
@@ -241,7 +239,7 @@ def test_quality_pass_runs_on_weak_cases_and_resumes(tmp_path, monkeypatch):
     for name, m in want.items():
         assert np.array_equal(got[name], m), name
     # the run folder keeps only the exemplar set (the 3 largest masks)
-    assert len(list((tmp_path / "run" / "exemplars").glob("*.pkl"))) == 3
+    assert len(list((tmp_path / "run" / "exemplars").glob("*.npz"))) == 3
     # interrupted between the passes: the rerun redoes the quality pass only, with the same exemplars
     store = RunStore(tmp_path)
     recs = store.open_existing()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,8 +108,10 @@ def _numpy(path: Path) -> TimePoints:
         else:
             with open(path, "rb") as fp:
                 shape = _npy_shape(fp)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise CorruptFileError(f"{path.name}: not a readable NumPy file ({exc}).") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError, zlib.error) as exc:
+        raise CorruptFileError(
+            f"{path.name}: not a readable NumPy file, or its archive uses an unsupported compression ({exc})."
+        ) from exc
     return TimePoints(int(shape[0])) if len(shape) == 4 else TimePoints(1)
 
 

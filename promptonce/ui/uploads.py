@@ -21,6 +21,7 @@ from ..errors import InputError, PromptOnceError, TooLargeError
 from ..io import natural_key
 from ..io.timepoints import TimePoints
 from ..types import Volume
+from .messages import user_message
 from .session import Session
 from .workspace import Workspace, app_max_voxels, server_budget
 
@@ -200,7 +201,7 @@ def _build_workspace(
                 ws.reference(v)
             except PromptOnceError as exc:
                 ws.references = [None] * len(ref_list)
-                ws.notes.append(f"The images are loaded; the reference masks are not used: {exc}")
+                ws.notes.append(f"The images are loaded; the reference masks are not used: {user_message(exc, session)}")
                 break
     return ws
 
