@@ -5,10 +5,8 @@ labels by name, and the per-slice rows kept from a run. Fake backend: millisecon
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,30 +15,7 @@ import promptonce as po
 from promptonce.annotation import AnnotationSession
 from promptonce.errors import InputError
 
-REPO = Path(__file__).resolve().parents[1]
-MODEL = "fake"
-
-
-def _make_assets():
-    spec = importlib.util.spec_from_file_location("make_assets_for_recover", REPO / "scripts" / "make_assets.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-make_assets = _make_assets()
-
-
-@pytest.fixture
-def phantom() -> tuple[po.Volume, np.ndarray]:
-    """A 64 x 64 x 8 CT phantom: right lung (label 1) centred near (20, 30), left lung (2) near (44, 30)."""
-    hu, labels = make_assets.ct_phantom(64, 8)
-    return po.Volume(hu.astype(np.float32), name="phantom", modality="CT"), labels
-
-
-def session(phantom, **kw) -> AnnotationSession:
-    vol, labels = phantom
-    return AnnotationSession(vol, references=[labels], model=MODEL, **kw)
+from test_annotation import MODEL, phantom, session  # noqa: F401 - the shared phantom fixture and session helper
 
 
 def test_background_click_on_the_preview_changes_it(phantom):
