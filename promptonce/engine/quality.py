@@ -35,6 +35,7 @@ __all__ = [
     "slice_confidence",
     "case_confidence",
     "dice",
+    "extent",
     "with_stability",
     "MIN_STABILITY",
     "REVIEW_BELOW",
@@ -88,7 +89,8 @@ class ObjectCheck:
     stability: float | None = None
 
 
-def _size(mask: np.ndarray) -> float:
+def extent(mask: np.ndarray) -> float:
+    """The longer side (pixels) of a mask's bounding box; 0 for an empty mask."""
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
         return 0.0
@@ -120,7 +122,7 @@ def check_against_prior(mask: np.ndarray, prior: np.ndarray | None, score: float
     core = prior >= 0.5
     agreement = dice(mask, core)
     area = int(mask.sum())
-    grow = max(2, int(round(0.05 * _size(core))))
+    grow = max(2, int(round(0.05 * extent(core))))
     halo = ndimage.binary_dilation(core, iterations=grow)
     leak = float(np.count_nonzero(mask & ~halo)) / area if area else 0.0
     lab, n = ndimage.label(core)

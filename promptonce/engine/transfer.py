@@ -22,7 +22,7 @@ from ..registration import image_similarity, register, thumbnail, warp
 from ..types import Box, Dataset, ObjectPrompt, SlicePrompt, SliceResult, Volume
 from .config import Strategy
 from .predict import predict
-from .quality import ObjectCheck, SequenceMonitor, case_confidence, check_against_prior, dice, with_stability
+from .quality import ObjectCheck, SequenceMonitor, case_confidence, check_against_prior, dice, extent, with_stability
 
 __all__ = [
     "DatasetTransfer",
@@ -126,8 +126,12 @@ def make_exemplar(name: str, gray: np.ndarray, labels: np.ndarray, object_ids, p
     """An :class:`Exemplar` from a case's key slice (``gray`` ``(rows, cols)``) and its label map."""
     image = thumbnail(gray, EXEMPLAR_SIZE)
     masks = {int(o): _shrink_mask(labels == o, image.shape) for o in object_ids}
-    digest = hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()[:12]
-    return Exemplar(name, image, masks, float(position), float(confidence), f"{name}:{digest}")
+    return Exemplar(name, image, masks, float(position), float(confidence), exemplar_key(name, image))
+
+
+def exemplar_key(name: str, image: np.ndarray) -> str:
+    """An order-free tie-breaker for exemplars: the case name and a digest of its thumbnail."""
+    return f"{name}:{hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()[:12]}"
 
 
 class DatasetTransfer:
@@ -323,8 +327,7 @@ def prior_guided_mask(
         mask, score = eng.predict_object(volume, k, fallback, window, refine=True)
         return mask, score, check_against_prior(mask, prior, score, name)
     emb = eng.embedding(backend, volume, k, window)
-    ys, xs = np.nonzero(core)
-    size = float(max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1))
+    size = extent(core)
     point = interior_point(core) if backend.info.points else None
     best: tuple[float, np.ndarray, float, ObjectCheck] | None = None
     candidates: list[np.ndarray] = []
@@ -342,7 +345,7 @@ def prior_guided_mask(
         pred = predict(eng, backend, emb, obj)
         mask, score = pred.best, float(np.max(pred.scores))
         if mask.any():
-            m = float(max(cfg.transfer_margin_frac * _extent(mask), cfg.margin_px))
+            m = float(max(cfg.transfer_margin_frac * extent(mask), cfg.margin_px))
             rbox = box_from_mask(mask, margin=m, shape=shape)
             if rbox is not None:
                 again = predict(eng, backend, emb, replace(obj, box=rbox))
@@ -358,11 +361,6 @@ def prior_guided_mask(
     _, mask, score, check = best
     check = with_stability(check, [dice(mask, c) for c in candidates if c is not mask], name)
     return mask, score, check
-
-
-def _extent(mask: np.ndarray) -> float:
-    ys, xs = np.nonzero(mask)
-    return float(max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)) if len(xs) else 0.0
 
 
 def segment_dataset(
@@ -502,8 +500,7 @@ def dataset_sequence(
         if conf is not None and conf >= EXEMPLAR_MIN_CONFIDENCE and key is not None and key.labels.any():
             fm = engine.frames(vol, window)
             thumb = thumbnail(fm.gray(k), EXEMPLAR_SIZE)
-            digest = hashlib.sha1(np.ascontiguousarray(thumb).tobytes()).hexdigest()[:12]
-            candidates.append((conf, f"{vol.name}:{digest}", vol.name, fm.frame(k), key.labels.copy(), thumb))
+            candidates.append((conf, exemplar_key(vol.name, thumb), vol.name, fm.frame(k), key.labels.copy(), thumb))
             candidates = sorted(candidates, key=lambda c: (-round(c[0], 6), c[1]))[:MAX_EXEMPLARS]
     for i, results, conf in weak:
         check_cancel(cancel)
