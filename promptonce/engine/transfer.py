@@ -122,9 +122,14 @@ def _shrink_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out >= 0.5
 
 
-def make_exemplar(name: str, gray: np.ndarray, labels: np.ndarray, object_ids, position: float, confidence: float) -> Exemplar:
-    """An :class:`Exemplar` from a case's key slice (``gray`` ``(rows, cols)``) and its label map."""
-    image = thumbnail(gray, EXEMPLAR_SIZE)
+def make_exemplar(name: str, gray: np.ndarray, labels: np.ndarray, object_ids, position: float, confidence: float,
+                  image: np.ndarray | None = None) -> Exemplar:
+    """An :class:`Exemplar` from a case's key slice (``gray`` ``(rows, cols)``) and its label map.
+
+    ``image``: the slice's thumbnail when already computed (``thumbnail(gray, EXEMPLAR_SIZE)``).
+    """
+    if image is None:
+        image = thumbnail(gray, EXEMPLAR_SIZE)
     masks = {int(o): _shrink_mask(labels == o, image.shape) for o in object_ids}
     return Exemplar(name, image, masks, float(position), float(confidence), exemplar_key(name, image))
 
@@ -225,8 +230,12 @@ class DatasetTransfer:
         return first
 
     # ------------------------------------------------------------------ one case
-    def priors(self, gray: np.ndarray, sources: Sequence[Exemplar]) -> tuple[dict[int, np.ndarray | None], list[str]]:
+    def priors(self, gray: np.ndarray, sources: Sequence[Exemplar],
+               thumb: np.ndarray | None = None) -> tuple[dict[int, np.ndarray | None], list[str]]:
         """Each object's prior on ``gray``: the sources' masks warped onto it and fused.
+
+        ``thumb``: ``gray``'s thumbnail (``thumbnail(gray, EXEMPLAR_SIZE)``) when already computed;
+        every source is registered to it (positions are relative) and warped onto ``gray``'s size.
 
         Returns:
             ``({object_id: float32 (rows, cols) prior or None}, notes)``; fusion weights are each
@@ -236,14 +245,15 @@ class DatasetTransfer:
         notes: list[str] = []
         acc: dict[int, np.ndarray] = {}
         wsum = 0.0
+        fixed = thumb if thumb is not None else thumbnail(gray, EXEMPLAR_SIZE)
         for src in sources:
-            reg = register(gray, src.image)
+            reg = register(fixed, src.image)
             if not reg.trusted:
                 notes.append(f"registration to {src.name} kept the relative position ({reg.reason or 'no gain'})")
             w = max(reg.similarity, 0.05)
             wsum += w
             for oid, m in src.masks.items():
-                warped = warp(m.astype(np.float32), reg)
+                warped = warp(m.astype(np.float32), reg, shape=gray.shape[:2])
                 acc[oid] = acc.get(oid, 0.0) + w * warped
         out: dict[int, np.ndarray | None] = {}
         for oid in self.names:
@@ -264,7 +274,8 @@ class DatasetTransfer:
         check_cancel(cancel)
         k = _slice_at(sources[0].position, volume.n_slices)
         gray = eng.frames(volume, self.window).gray(k)
-        priors, notes = self.priors(gray, sources)
+        thumb = thumbnail(gray, EXEMPLAR_SIZE)
+        priors, notes = self.priors(gray, sources, thumb)
         seeds: dict[int, tuple[np.ndarray, float]] = {}
         checks = {}
         objs = []
@@ -295,7 +306,7 @@ class DatasetTransfer:
         labels = next((r.labels for r in results if r.slice_index == k), None)
         exemplar = None
         if labels is not None and conf is not None and conf >= EXEMPLAR_MIN_CONFIDENCE:
-            exemplar = make_exemplar(volume.name, gray, labels, list(self.names), sources[0].position, conf)
+            exemplar = make_exemplar(volume.name, gray, labels, list(self.names), sources[0].position, conf, thumb)
         return CaseOutcome(volume_index, volume.name, results, conf, case_flags, exemplar, passes,
                            tuple(s.name for s in sources))
 
