@@ -222,6 +222,38 @@ def same_masks(a: Path, b: Path) -> bool | None:
     return [f.name for f in fa] == [f.name for f in fb] and all(x.read_bytes() == y.read_bytes() for x, y in zip(fa, fb))
 
 
+def _mask_array(path: Path):
+    import numpy as np
+
+    if path.name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        return np.asarray(nib.load(str(path)).dataobj)
+    from PIL import Image
+
+    return np.asarray(Image.open(path))
+
+
+def masks_min_dice(a: Path, b: Path) -> float | None:
+    """The lowest Dice (label > 0) between same-named mask files of two run folders (1.0 = identical).
+
+    Byte equality is the strict check; when it fails this says by how much (ONNX Runtime's float sums
+    depend on its thread count, so a pixel at a mask's edge may flip between 1 and 2 threads)."""
+
+    fa = {f.name: f for f in (a / "masks").iterdir() if not f.name.endswith(".csv")}
+    fb = {f.name: f for f in (b / "masks").iterdir() if not f.name.endswith(".csv")}
+    if not fa or set(fa) != set(fb):
+        return None
+    worst = 1.0
+    for name in sorted(fa):
+        x, y = _mask_array(fa[name]) > 0, _mask_array(fb[name]) > 0
+        if x.shape != y.shape:
+            return 0.0
+        denom = int(x.sum()) + int(y.sum())
+        worst = min(worst, 1.0 if denom == 0 else 2.0 * int((x & y).sum()) / denom)
+    return round(worst, 6)
+
+
 def part(name: str, cases: int, model: str, tmp: Path, timeout: float, threads_local: int | None,
          light: bool = False, checkpoint: int | None = None, ray_workers=(1, 2)) -> list[dict]:
     rows = []
@@ -237,8 +269,10 @@ def part(name: str, cases: int, model: str, tmp: Path, timeout: float, threads_l
     for r in rows:
         if "error" in r:
             continue
-        r["masks_equal_local"] = same_masks(Path(local["out"]), Path(tmp / (f"{name}-local" if r["executor"] == "local"
-                                                                            else f"{name}-ray{r['workers']}")))
+        mine = Path(tmp / (f"{name}-local" if r["executor"] == "local" else f"{name}-ray{r['workers']}"))
+        r["masks_equal_local"] = same_masks(Path(local["out"]), mine)
+        if r["masks_equal_local"] is False:
+            r["masks_min_dice_vs_local"] = masks_min_dice(Path(local["out"]), mine)
         if one and r["executor"] == "ray" and r.get(key):
             r["speedup_vs_1_worker"] = round(r[key] / one[key], 3)
             r["efficiency"] = round(r[key] / (r["workers"] * one[key]), 3)
@@ -308,6 +342,8 @@ def main() -> int:
             row = run_child({"part": "real", "cases": a.real_cases, "model": "litemedsam", "executor": "local",
                              "workers": 1, "threads": 1, "out": str(tmp / "real-local1")}, a.timeout)
             row["masks_equal_local"] = same_masks(tmp / "real-local", tmp / "real-local1")
+            if row["masks_equal_local"] is False:
+                row["masks_min_dice_vs_local"] = masks_min_dice(tmp / "real-local", tmp / "real-local1")
             result["rows"].append(row)
             save()
         if a.fake_big:
