@@ -159,3 +159,57 @@ def test_walk_with_registration_follows_a_moving_object():
     for r in segment(vol, prompt, scope="volume", engine=eng):
         pred[r.slice_index] = r.labels == 1
     assert dice(pred, ref) > 0.9
+
+
+def tall_object(shape=(120, 80)):
+    """A tall bright bar (rows 10-70) on a dark textured background, and the bar cut at row 50."""
+    h, w = shape
+    rng = np.random.default_rng(5)
+    img = 30 + rng.normal(0, 2, shape)
+    obj = np.zeros(shape, bool)
+    obj[10:71, 25:55] = True
+    img = np.where(obj, 200.0, img)
+    cut = obj.copy()
+    cut[50:] = False
+    return Volume(img[None].astype(np.float32), name="tall"), obj, cut
+
+
+def test_side_contrast_tells_an_edge_from_a_cut():
+    from promptonce.engine.quality import side_contrast
+
+    vol, obj, cut = tall_object()
+    gray = vol.array[0]
+    whole, short = side_contrast(gray, obj, 4), side_contrast(gray, cut, 4)
+    assert min(whole.values()) > 0.5  # every side of the bar is an image edge
+    assert short["bottom"] < 0.05 < short["top"]  # the cut side has the same tissue on both sides
+
+
+def test_a_mask_cut_short_by_its_box_continues_to_the_object_edge():
+    from promptonce.engine.transfer import extend_soft_sides
+
+    vol, obj, cut = tall_object()
+    eng = Engine(FakeBackend(), prefetch=False)
+    emb = eng.embedding(eng.backend, vol, 0)
+    gray = eng.frames(vol).gray(0)
+    longer, _ = extend_soft_sides(eng, eng.backend, emb, gray, cut, None, 1)
+    assert dice(longer, obj) > 0.9 > dice(cut, obj) + 0.1
+    # a mask that already ends at the object's edges is left as it is (the same array back)
+    same, _ = extend_soft_sides(eng, eng.backend, emb, gray, obj, None, 1)
+    assert same is obj
+
+
+def test_an_extension_that_runs_to_the_new_box_edge_is_refused():
+    """Past a soft side the object must end inside the extension; one that runs on (a leak into the
+    next dark region, the image border) is not taken."""
+    from promptonce.engine.transfer import extend_soft_sides
+
+    h, w = 120, 80
+    rng = np.random.default_rng(6)
+    img = 30 + rng.normal(0, 2, (h, w))
+    img[10:, 25:55] = 200.0  # the bar runs to the bottom of the image
+    vol = Volume(img[None].astype(np.float32), name="runs-on")
+    cut = np.zeros((h, w), bool)
+    cut[10:40, 25:55] = True
+    eng = Engine(FakeBackend(), prefetch=False)
+    out, _ = extend_soft_sides(eng, eng.backend, eng.embedding(eng.backend, vol, 0), eng.frames(vol).gray(0), cut, None, 1)
+    assert out is cut

@@ -45,6 +45,11 @@ class PropagationConfig:
             and the unrefined prediction is kept instead.
         prior_margins: dataset scope: box margins (fraction of the prior's size) tried around each
             object's registration prior; the candidate agreeing best with the prior wins.
+        soft_side_contrast: dataset scope: a side of the chosen mask whose boundary contrast
+            (:func:`.quality.side_contrast`) is below this looks cut short by its box rather than
+            ended by an image edge; the box is extended on that side (``soft_side_extend`` of the
+            mask's size) and the longer mask kept when its new boundary there is sharper by at
+            least ``soft_side_gain``. 0 turns this off.
         transfer_scales: (no usable prior) a transferred box is tried at these sizes (relative, about its centre) and
             the masks vote (pixel majority); box models are sensitive to box size, and a vote over
             sizes is steadier than any single guess. Centred above 1 because box models were trained
@@ -72,6 +77,9 @@ class PropagationConfig:
     regrow_ratio: float = 1.5
     regrow_trough: float = 0.3
     prior_margins: tuple[float, ...] = (0.0, 0.05, 0.10)
+    soft_side_contrast: float = 0.05
+    soft_side_extend: float = 0.2
+    soft_side_gain: float = 0.03
     transfer_scales: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.3)
     transfer_refine: int = 2
     transfer_margin_frac: float = 0.05

@@ -22,7 +22,17 @@ from ..registration import image_similarity, register, thumbnail, warp
 from ..types import Box, Dataset, ObjectPrompt, SlicePrompt, SliceResult, Volume
 from .config import Strategy
 from .predict import predict
-from .quality import ObjectCheck, SequenceMonitor, case_confidence, check_against_prior, dice, extent, with_stability
+from .quality import (
+    SIDES,
+    ObjectCheck,
+    SequenceMonitor,
+    case_confidence,
+    check_against_prior,
+    dice,
+    extent,
+    side_contrast,
+    with_stability,
+)
 
 __all__ = [
     "DatasetTransfer",
@@ -54,6 +64,8 @@ SECOND_PASS_BELOW = 0.85
 #: How many exemplars are fused for one case, and how many are kept for a dataset.
 EXEMPLARS_PER_CASE = 3
 MAX_EXEMPLARS = 24
+#: How many extension steps are tried past a soft side of a mask (see :func:`extend_soft_sides`).
+SOFT_SIDE_STEPS = 3
 #: Longer side of an exemplar's stored image and masks (pixels; registration works at 128).
 EXEMPLAR_SIZE = 256
 
@@ -370,8 +382,68 @@ def prior_guided_mask(
         mask, score = eng.predict_object(volume, k, fallback, window, refine=True)
         return mask, score, check_against_prior(mask, prior, score, name)
     _, mask, score, check = best
+    if cfg.soft_side_contrast > 0:
+        gray = eng.frames(volume, window).gray(k)
+        longer, longer_score = extend_soft_sides(eng, backend, emb, gray, mask, point, fallback.object_id)
+        if longer is not mask:
+            log.debug("%s: extended past a soft side of its box (%d -> %d pixels)", name, int(mask.sum()), int(longer.sum()))
+            mask, score = longer, longer_score
+            check = check_against_prior(mask, prior, score, name)
     check = with_stability(check, [dice(mask, c) for c in candidates if c is not mask], name)
     return mask, score, check
+
+
+def extend_soft_sides(eng: Engine, backend: Backend, emb, gray: np.ndarray, mask: np.ndarray, point,
+                      object_id: int) -> tuple[np.ndarray, float]:
+    """Lets a mask cut short by its box continue past it, up to the object's own edge.
+
+    A side is soft when the image does not change across it (:func:`.quality.side_contrast` below
+    ``config.soft_side_contrast``): the same tissue continues beyond, so the box, not an edge of
+    the object, ended the mask. There the box is extended in steps of ``soft_side_extend`` of the
+    mask's size (at most ``SOFT_SIDE_STEPS``) and the model asked again each time. A new mask is
+    kept when it still holds 90% of the old one, grew by at least 3%, ends inside the extension (a
+    quarter of a step short of the new box edge: it found an edge; while it runs to the box edge the
+    next step is tried) and its boundary on that side is sharper by ``soft_side_gain``. On X-rays
+    this lets a lung reach a diaphragm that a seed with shallow inspiration put too high; without
+    the "ends inside" rule, extensions ran up the trachea and down into the gastric bubble.
+
+    Returns:
+        ``(mask, score)``: ``mask`` itself (same object) when nothing was extended.
+    """
+    cfg = eng.config
+    shape = mask.shape
+    h, w = shape
+    size = extent(mask)
+    band = max(3, int(round(0.06 * size)))
+    contrast = side_contrast(gray, mask, band)
+    soft = sorted((c, side) for side, c in contrast.items() if c is not None and c < cfg.soft_side_contrast)
+    out, out_score = mask, 0.0
+    step = cfg.soft_side_extend * size
+    for _, side in soft:
+        base = box_from_mask(out, margin=max(cfg.transfer_margin_frac * size, cfg.margin_px), shape=shape)
+        if base is None:
+            break
+        dy, dx = SIDES[side]
+        for n in range(1, SOFT_SIDE_STEPS + 1):
+            d = n * step
+            box = Box(max(0.0, base.x0 + min(dx, 0) * d), max(0.0, base.y0 + min(dy, 0) * d),
+                      min(float(w), base.x1 + max(dx, 0) * d), min(float(h), base.y1 + max(dy, 0) * d))
+            obj = ObjectPrompt(points=(point,) if point is not None else (), box=box, object_id=object_id)
+            pred = predict(eng, backend, emb, obj)
+            new = pred.best
+            if not new.any() or np.count_nonzero(new & out) < 0.9 * np.count_nonzero(out):
+                break  # the model answered with something else: no extension on this side
+            ys, xs = np.nonzero(new)
+            reach = {"bottom": ys.max() + 1 - box.y1, "top": box.y0 - ys.min(),
+                     "right": xs.max() + 1 - box.x1, "left": box.x0 - xs.min()}[side]
+            if reach > -0.25 * step:  # still running into the box edge: the object goes on
+                continue
+            after = side_contrast(gray, new, band).get(side)
+            if np.count_nonzero(new) >= 1.03 * np.count_nonzero(out) and after is not None \
+                    and after >= (contrast[side] or 0.0) + cfg.soft_side_gain:
+                out, out_score = new, float(np.max(pred.scores))
+            break
+    return out, out_score
 
 
 def segment_dataset(
