@@ -213,3 +213,10 @@ def test_an_extension_that_runs_to_the_new_box_edge_is_refused():
     eng = Engine(FakeBackend(), prefetch=False)
     out, _ = extend_soft_sides(eng, eng.backend, eng.embedding(eng.backend, vol, 0), eng.frames(vol).gray(0), cut, None, 1)
     assert out is cut
+
+
+def test_side_contrast_on_images_smaller_than_the_band():
+    from promptonce.engine.quality import side_contrast
+
+    out = side_contrast(np.array([[1.0, 2.0]]), np.array([[True, False]]), 3)
+    assert set(out) == {"bottom", "top", "right", "left"} and all(v is None for v in out.values())

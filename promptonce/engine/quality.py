@@ -198,6 +198,8 @@ def _shifted(m: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """``m`` moved by (dy, dx) pixels, False where it moved in from outside the image."""
     out = np.zeros_like(m)
     h, w = m.shape
+    if abs(dy) >= h or abs(dx) >= w:  # moved out of the image entirely
+        return out
     ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
     xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
     out[yd, xd] = m[ys, xs]
