@@ -13,9 +13,9 @@ the longer side, 64 by default), so a pair costs about a tenth of a second on on
 Defaults (working grid 64, 80 demons iterations, field smoothing 1.5 pixels) were chosen by atlas
 accuracy: the Dice of a case's reference mask warped onto another case against that case's own
 reference. On Shenzhen X-ray pairs (tuning images 0-39) it rose from 0.862 (grid 128, 40 iterations,
-smoothing 2) to 0.891, on held-out images 300-339 from 0.898 to 0.920, on ACDC mid-ventricular slices
-from 0.520 to 0.585 and on hippocampus slices from 0.645 to 0.671, at half the time
-(``benchmarks/registration_accuracy.py``).
+smoothing 2) to 0.891, on held-out images 300-339 from 0.897 to 0.919, on ACDC largest-label slices
+from 0.520 to 0.585 and on hippocampus slices from 0.645 to 0.671, at about half the time
+(``benchmarks/registration_accuracy.py``; only the tuning images were used to choose).
 
 ITK runs on one thread while registering (``ITK_THREADS``): on a 64-pixel grid threads cost more than they
 save, and ITK's multi-threaded metric sums depend on the thread count, so masks would differ between
@@ -51,10 +51,9 @@ log = logging.getLogger(__name__)
 _UNIT = 128.0
 #: Images with a side shorter than this are not registered (relative position instead).
 MIN_SIDE = 16
-#: Threads of every ITK filter here (one: faster on small grids, and results independent of the machine).
+#: ITK's threads while registering (one: faster on small grids, and results independent of the machine).
 ITK_THREADS = 1
 _ITK_LOCK = threading.Lock()
-AFFINE_MIN_STEP = 1e-4
 
 
 @dataclass(frozen=True)
@@ -244,7 +243,7 @@ def _register(sitk, fixed, moving, size, deformable, affine_iterations, demons_i
         reg.SetMetricSamplingPercentage(0.5, seed=7)
         reg.SetInterpolator(sitk.sitkLinear)
         reg.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=1.0, minStep=AFFINE_MIN_STEP, numberOfIterations=affine_iterations, relaxationFactor=0.6
+            learningRate=1.0, minStep=1e-4, numberOfIterations=affine_iterations, relaxationFactor=0.6
         )
         reg.SetOptimizerScalesFromPhysicalShift()
         reg.SetShrinkFactorsPerLevel([4, 2, 1])

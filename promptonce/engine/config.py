@@ -47,9 +47,10 @@ class PropagationConfig:
             object's registration prior; the candidate agreeing best with the prior wins.
         soft_side_contrast: dataset scope: a side of the chosen mask whose boundary contrast
             (:func:`.quality.side_contrast`) is below this looks cut short by its box rather than
-            ended by an image edge; the box is extended on that side (``soft_side_extend`` of the
-            mask's size) and the longer mask kept when its new boundary there is sharper by at
-            least ``soft_side_gain``. 0 turns this off.
+            ended by an image edge; the box is extended on that side in steps of
+            ``soft_side_extend`` of the mask's size and the longer mask kept when it ends inside
+            the extension with a boundary there sharper by at least ``soft_side_gain``
+            (:func:`.transfer.extend_soft_sides`). 0 turns this off.
         transfer_scales: (no usable prior) a transferred box is tried at these sizes (relative, about its centre) and
             the masks vote (pixel majority); box models are sensitive to box size, and a vote over
             sizes is steadier than any single guess. Centred above 1 because box models were trained

@@ -66,7 +66,7 @@ EXEMPLARS_PER_CASE = 3
 MAX_EXEMPLARS = 24
 #: How many extension steps are tried past a soft side of a mask (see :func:`extend_soft_sides`).
 SOFT_SIDE_STEPS = 3
-#: Longer side of an exemplar's stored image and masks (pixels; registration works at 128).
+#: Longer side of an exemplar's stored image and masks (pixels; registration works at 64).
 EXEMPLAR_SIZE = 256
 
 
