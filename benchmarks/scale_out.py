@@ -223,15 +223,9 @@ def same_masks(a: Path, b: Path) -> bool | None:
 
 
 def _mask_array(path: Path):
-    import numpy as np
+    from promptonce.io.readers import load
 
-    if path.name.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        return np.asarray(nib.load(str(path)).dataobj)
-    from PIL import Image
-
-    return np.asarray(Image.open(path))
+    return load(path).array
 
 
 def masks_min_dice(a: Path, b: Path) -> float | None:

@@ -180,7 +180,6 @@ def side_contrast(gray: np.ndarray, mask: np.ndarray, band: int) -> dict[str, fl
     lo, hi = np.percentile(g, [5, 95])
     span = max(float(hi - lo), 1e-6)
     out: dict[str, float | None] = {}
-    h, w = m.shape
     for name, (dy, dx) in SIDES.items():
         beyond = np.zeros_like(m)
         for step in range(1, band + 1):  # pixels reached by moving out of the mask in this direction

@@ -114,6 +114,11 @@ def view_src(page) -> str:
 
 def click_image(page, x_img: float, y_img: float, scale: float) -> None:
     """Clicks the view at image pixel (x, y) (display pixel = (x + 0.5) * scale), as Gradio maps clicks."""
+    page.mouse.click(*screen_point(page, x_img, y_img, scale))
+
+
+def screen_point(page, x_img: float, y_img: float, scale: float) -> tuple[float, float]:
+    """The page position of image pixel (x, y) of the view (display pixel = (x + 0.5) * scale)."""
     page.wait_for_function(
         "() => { const im = document.querySelector('#po-view img'); return im && im.complete && im.naturalWidth > 0; }"
     )
@@ -124,7 +129,7 @@ def click_image(page, x_img: float, y_img: float, scale: float) -> None:
     r = min(box["w"] / box["nw"], box["h"] / box["nh"], 1.0)
     ox, oy = (box["w"] - box["nw"] * r) / 2, (box["h"] - box["nh"] * r) / 2
     X, Y = (x_img + 0.5) * scale, (y_img + 0.5) * scale
-    page.mouse.click(box["l"] + ox + X * r, box["t"] + oy + Y * r)
+    return box["l"] + ox + X * r, box["t"] + oy + Y * r
 
 
 def overlay_pixels(page, tmp_path: Path) -> np.ndarray:

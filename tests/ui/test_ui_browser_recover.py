@@ -21,6 +21,7 @@ from test_ui_browser import (  # noqa: F401 - fixtures (playwright, browser, mod
     model_label,
     overlay_pixels,
     playwright,
+    screen_point,
     shot,
     status,
     upload,
@@ -158,23 +159,11 @@ def test_box_by_drag(browser, ct_small, model_label, tmp_path):
     page.click("#po-load")
     wait_status(page, "Loaded")
     choose(page, "po-model", model_label)
-    page.wait_for_function(
-        "() => { const im = document.querySelector('#po-view img'); return im && im.complete && im.naturalWidth > 0; }"
-    )
-    box = page.evaluate(
-        """() => { const im = document.querySelector('#po-view img'); const r = im.getBoundingClientRect();
-                   return {l: r.left, t: r.top, w: r.width, h: r.height, nw: im.naturalWidth, nh: im.naturalHeight}; }"""
-    )
-    r = min(box["w"] / box["nw"], box["h"] / box["nh"], 1.0)
-    ox, oy = (box["w"] - box["nw"] * r) / 2, (box["h"] - box["nh"] * r) / 2
-
-    def screen(x_img: float, y_img: float) -> tuple[float, float]:
-        return box["l"] + ox + (x_img + 0.5) * 8.0 * r, box["t"] + oy + (y_img + 0.5) * 8.0 * r
-
-    page.mouse.move(*screen(10, 14))
+    a, b, c = (screen_point(page, x, y, 8.0) for x, y in ((10, 14), (20, 30), (31, 47)))
+    page.mouse.move(*a)
     page.mouse.down()
-    page.mouse.move(*screen(20, 30), steps=4)
-    page.mouse.move(*screen(31, 47), steps=4)
+    page.mouse.move(*b, steps=4)
+    page.mouse.move(*c, steps=4)
     page.mouse.up()
     wait_status(page, "preview", "nothing")
     info = page.inner_text("#po-info")
