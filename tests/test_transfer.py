@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
+from scipy import ndimage
 
 from promptonce.backends.fake import FakeBackend
 from promptonce.engine import DatasetTransfer, Engine, segment
@@ -220,3 +223,48 @@ def test_side_contrast_on_images_smaller_than_the_band():
 
     out = side_contrast(np.array([[1.0, 2.0]]), np.array([[True, False]]), 3)
     assert set(out) == {"bottom", "top", "right", "left"} and all(v is None for v in out.values())
+
+
+def test_the_image_not_the_prior_chooses_among_candidates():
+    """A prior warped from one seed carries the seed's shape: a candidate that agrees with it better
+    but whose boundary runs through flat background loses to one on the object's edges; a candidate
+    the prior flags (a leak) is passed over even when its boundary is sharper."""
+    from promptonce.engine.transfer import choose_candidate
+
+    vol, obj = case(3)
+    gray = vol.array[0]
+    prior = ndimage.binary_dilation(obj, iterations=6).astype(np.float32)  # the seed's lung was larger
+    bigger = ndimage.binary_dilation(obj, iterations=5)  # agrees better with that prior, off the edges
+    leak = obj.copy()
+    leak[obj.any(axis=1).nonzero()[0].max():, :] = True  # sharp edges, but spills far below the prior
+    cands = [(bigger, 0.9, check_against_prior(bigger, prior, 0.9, "o")),
+             (obj, 0.9, check_against_prior(obj, prior, 0.9, "o")),
+             (leak, 0.95, check_against_prior(leak, prior, 0.95, "o"))]
+    assert cands[0][2].confidence > cands[1][2].confidence  # the old rule (agreement) took `bigger`
+    assert cands[2][2].flags and not cands[1][2].flags
+    assert choose_candidate(gray, cands)[0] is obj
+    # when the prior flags every candidate, the image still decides among them
+    flagged = [(m, s, replace(c, flags=["x"])) for m, s, c in cands]
+    assert choose_candidate(gray, flagged)[0] is not bigger
+
+
+def test_the_first_pass_reaches_as_far_as_the_users_box_did():
+    """Where the model's seed mask stops short of the user's box (a lung base behind the heart), the
+    user's box, not the mask, says how far the object goes: every case's boxes reach that far too."""
+    from promptonce.engine import PropagationConfig
+
+    pairs = [case(i) for i in range(3)]
+    vols = [v for v, _ in pairs]
+    seed_obj = pairs[0][1]
+    ys = np.nonzero(seed_obj.any(axis=1))[0]
+    short = seed_obj.copy()
+    short[ys.min() + int(0.6 * (ys.max() - ys.min())):] = False  # the model's seed mask: the top 60%
+    prompt = SlicePrompt((ObjectPrompt(box=box_of(seed_obj)),), slice_index=0, volume_index=0)
+    eng = Engine(FakeBackend(), prefetch=False, config=PropagationConfig(soft_side_contrast=0.0))
+    t = DatasetTransfer(eng, vols[0], prompt, seed_labels=short.astype(np.uint8))
+    left, top, right, bottom = t.seed.reach[1]
+    assert bottom > 0.3 and max(left, top, right) < 0.05
+    with_reach = t.first_pass(vols[1], 1).results[0].labels == 1
+    t.seed = replace(t.seed, reach={})  # the mask alone
+    without = t.first_pass(vols[1], 1).results[0].labels == 1
+    assert dice(with_reach, pairs[1][1]) > 0.95 > dice(without, pairs[1][1]) + 0.1

@@ -193,6 +193,19 @@ def side_contrast(gray: np.ndarray, mask: np.ndarray, band: int) -> dict[str, fl
     return out
 
 
+def boundary_evidence(gray: np.ndarray, mask: np.ndarray) -> float:
+    """How well a mask's boundary follows image edges: the mean :func:`side_contrast` of its sides.
+
+    0 for an empty mask or one whose sides are all too short to measure. The band is 6% of the
+    mask's size (at least 3 pixels), as in :func:`.transfer.extend_soft_sides`.
+    """
+    m = np.asarray(mask, bool)
+    if not m.any():
+        return 0.0
+    values = [c for c in side_contrast(gray, m, max(3, int(round(0.06 * extent(m))))).values() if c is not None]
+    return float(np.mean(values)) if values else 0.0
+
+
 def _shifted(m: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """``m`` moved by (dy, dx) pixels, False where it moved in from outside the image."""
     out = np.zeros_like(m)

@@ -26,6 +26,7 @@ from .quality import (
     SIDES,
     ObjectCheck,
     SequenceMonitor,
+    boundary_evidence,
     case_confidence,
     check_against_prior,
     dice,
@@ -38,6 +39,7 @@ __all__ = [
     "DatasetTransfer",
     "CaseOutcome",
     "Exemplar",
+    "choose_candidate",
     "make_exemplar",
     "prior_guided_mask",
     "relative_prompt",
@@ -66,6 +68,10 @@ EXEMPLARS_PER_CASE = 3
 MAX_EXEMPLARS = 24
 #: How many extension steps are tried past a soft side of a mask (see :func:`extend_soft_sides`).
 SOFT_SIDE_STEPS = 3
+#: A seed mask that stops short of a side of the user's box by more than this fraction of its size
+#: missed part of the object there (:attr:`Exemplar.reach`); less is the usual slack of a mask in a
+#: tight box (0-4% on the tuning X-rays' seeds; 8% where the model left out a lung base).
+MIN_REACH = 0.05
 #: Longer side of an exemplar's stored image and masks (pixels; registration works at 64).
 EXEMPLAR_SIZE = 256
 
@@ -82,6 +88,8 @@ class Exemplar:
         confidence: the case's confidence when it became an exemplar.
         key: an order-free tie-breaker (name and a digest of the image), so exemplar choice never
             depends on the order of the cases.
+        reach: object id -> ``(left, top, right, bottom)``: how far the user's box reached past the
+            mask on each side, as fractions of the mask's size (the seed only; see :func:`make_exemplar`).
     """
 
     name: str
@@ -90,6 +98,7 @@ class Exemplar:
     position: float
     confidence: float
     key: str
+    reach: dict[int, tuple[float, float, float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -135,15 +144,26 @@ def _shrink_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def make_exemplar(name: str, gray: np.ndarray, labels: np.ndarray, object_ids, position: float, confidence: float,
-                  image: np.ndarray | None = None) -> Exemplar:
+                  image: np.ndarray | None = None, boxes: dict[int, Box] | None = None) -> Exemplar:
     """An :class:`Exemplar` from a case's key slice (``gray`` ``(rows, cols)``) and its label map.
 
     ``image``: the slice's thumbnail when already computed (``thumbnail(gray, EXEMPLAR_SIZE)``).
+    ``boxes``: object id -> the user's box on ``gray`` (pixels); where the mask stops short of a side
+    of it, the shortfall is kept (:attr:`Exemplar.reach`): the user said the object goes that far.
     """
     if image is None:
         image = thumbnail(gray, EXEMPLAR_SIZE)
     masks = {int(o): _shrink_mask(labels == o, image.shape) for o in object_ids}
-    return Exemplar(name, image, masks, float(position), float(confidence), exemplar_key(name, image))
+    reach = {}
+    for oid, b in (boxes or {}).items():
+        m = np.asarray(labels) == oid
+        if b is None or not m.any():
+            continue
+        ys, xs = np.nonzero(m)
+        size = float(extent(m))
+        short = (xs.min() - b.x0, ys.min() - b.y0, b.x1 - xs.max(), b.y1 - ys.max())
+        reach[int(oid)] = tuple(float(d) / size if d > MIN_REACH * size else 0.0 for d in short)
+    return Exemplar(name, image, masks, float(position), float(confidence), exemplar_key(name, image), reach)
 
 
 def exemplar_key(name: str, image: np.ndarray) -> str:
@@ -200,6 +220,7 @@ class DatasetTransfer:
             [o.object_id for o in prompt.objects],
             _relative_position(k0, seed_volume.n_slices),
             1.0,
+            boxes={o.object_id: o.box for o in prompt.objects if o.box is not None},
         )
         self.names = {o.object_id: o.name or f"object {o.object_id}" for o in prompt.objects}
 
@@ -288,13 +309,16 @@ class DatasetTransfer:
         gray = eng.frames(volume, self.window).gray(k)
         thumb = thumbnail(gray, EXEMPLAR_SIZE)
         priors, notes = self.priors(gray, sources, thumb)
+        # the first pass (the seed alone) reaches as far past the warped seed mask as the user's box did
+        reach = self.seed.reach if len(sources) == 1 and sources[0] is self.seed else {}
         seeds: dict[int, tuple[np.ndarray, float]] = {}
         checks = {}
         objs = []
         base = relative_prompt(self.prompt, self.seed_volume, volume)
         for obj_src, obj_rel in zip(self.prompt.objects, base.objects):
             oid = obj_src.object_id
-            mask, score, check = prior_guided_mask(eng, volume, k, priors.get(oid), obj_rel, self.names[oid], self.window)
+            mask, score, check = prior_guided_mask(eng, volume, k, priors.get(oid), obj_rel, self.names[oid], self.window,
+                                                   reach=reach.get(oid))
             seeds[oid] = (mask, score)
             checks[oid] = check
             box = box_from_mask(mask, margin=0, shape=mask.shape) or obj_rel.box
@@ -331,14 +355,19 @@ def prior_guided_mask(
     fallback: ObjectPrompt,
     name: str,
     window=None,
+    reach: tuple[float, float, float, float] | None = None,
 ) -> tuple[np.ndarray, float, ObjectCheck]:
     """One object's mask on slice ``k`` from its registration prior.
 
-    Boxes are derived from the prior's core (``prior >= 0.5``) with margins of 0, 5 and 10% of its
-    size (plus its interior point for point-capable models); each candidate is refined once from its
-    own mask, and the candidate that agrees best with the prior (:func:`.quality.check_against_prior`,
-    which also weighs the model's score) wins. Without a usable prior, ``fallback`` (the prompt
-    mapped by relative position) goes through :func:`.predict.predict_object`.
+    Boxes are derived from the prior's core (``prior >= 0.5``), each side first pushed out by
+    ``reach`` (``(left, top, right, bottom)`` in fractions of the core's size: how far the user's box
+    reached past the seed's own mask, :attr:`Exemplar.reach`; where the model cut the seed's mask
+    short, a box from the mask alone cut every case short the same way), then with margins of 0, 5
+    and 10% of the core's size (plus its interior point for point-capable models). Each candidate is
+    refined once from its
+    own mask; :func:`choose_candidate` keeps one (the image decides, the prior only vetoes). The
+    kept mask's confidence still comes from its agreement with the prior. Without a usable prior,
+    ``fallback`` (the prompt mapped by relative position) goes through :func:`.predict.predict_object`.
 
     Returns:
         ``(mask bool (rows, cols), model score, ObjectCheck)``.
@@ -352,13 +381,20 @@ def prior_guided_mask(
     emb = eng.embedding(backend, volume, k, window)
     size = extent(core)
     point = interior_point(core) if backend.info.points else None
-    best: tuple[float, np.ndarray, float, ObjectCheck] | None = None
-    candidates: list[np.ndarray] = []
+    candidates: list[tuple[np.ndarray, float, ObjectCheck]] = []
     cfg = eng.config
+    gray = eng.frames(volume, window).gray(k)
+    base = box_from_mask(core, shape=shape)
+    if base is not None and reach is not None:
+        left, top, right, bottom = (r * size for r in reach)
+        base = Box(max(base.x0 - left, 0.0), max(base.y0 - top, 0.0), min(base.x1 + right, shape[1] - 1.0),
+                   min(base.y1 + bottom, shape[0] - 1.0))
     for frac in cfg.prior_margins:
-        box = box_from_mask(core, margin=max(frac, 0.0) * size, shape=shape)
-        if box is None:
-            continue
+        if base is None:
+            break
+        d = max(frac, 0.0) * size
+        box = Box(max(base.x0 - d, 0.0), max(base.y0 - d, 0.0), min(base.x1 + d, shape[1] - 1.0),
+                  min(base.y1 + d, shape[0] - 1.0))
         if frac < 0:  # a box inside the prior's: for priors that overreach (registration not exact)
             d = -frac * size
             if box.x1 - box.x0 <= 4 * d or box.y1 - box.y0 <= 4 * d:
@@ -374,23 +410,44 @@ def prior_guided_mask(
                 again = predict(eng, backend, emb, replace(obj, box=rbox))
                 if again.best.any() and again.best.sum() <= cfg.max_growth * mask.sum():
                     mask, score = again.best, float(np.max(again.scores))
-        check = check_against_prior(mask, prior, score, name)
-        candidates.append(mask)
-        if best is None or check.confidence > best[0]:
-            best = (check.confidence, mask, score, check)
-    if best is None:
+        candidates.append((mask, score, check_against_prior(mask, prior, score, name)))
+    if not candidates:
         mask, score = eng.predict_object(volume, k, fallback, window, refine=True)
         return mask, score, check_against_prior(mask, prior, score, name)
-    _, mask, score, check = best
+    mask, score, check = choose_candidate(gray, candidates)
     if cfg.soft_side_contrast > 0:
-        gray = eng.frames(volume, window).gray(k)
         longer, longer_score = extend_soft_sides(eng, backend, emb, gray, mask, point, fallback.object_id)
         if longer is not mask:
             log.debug("%s: extended past a soft side of its box (%d -> %d pixels)", name, int(mask.sum()), int(longer.sum()))
             mask, score = longer, longer_score
             check = check_against_prior(mask, prior, score, name)
-    check = with_stability(check, [dice(mask, c) for c in candidates if c is not mask], name)
+    check = with_stability(check, [dice(mask, c) for c, _, _ in candidates if c is not mask], name)
     return mask, score, check
+
+
+def choose_candidate(
+    gray: np.ndarray, candidates: Sequence[tuple[np.ndarray, float, ObjectCheck]]
+) -> tuple[np.ndarray, float, ObjectCheck]:
+    """The candidate a transferred object keeps: the image decides, the prior only vetoes.
+
+    Among the candidates whose check against the prior raised no flag (no leak beyond it, no missed
+    part, agreement with it at least ``MIN_PRIOR_AGREEMENT``, a model score above ``MIN_SCORE``), or
+    among all when every one was flagged, the highest model score plus
+    :func:`.quality.boundary_evidence` (how sharply the mask's boundary follows image edges) wins;
+    ties keep the earlier candidate. A prior warped from one seed carries that seed's shape, and
+    choosing by agreement with it pulled every case towards the seed (``benchmarks/candidate_choice.py``).
+
+    Args:
+        gray: the slice's float image.
+        candidates: ``(mask, model score, check_against_prior result)`` per candidate (at least one).
+    """
+    best, best_rank = candidates[0], None
+    for cand in candidates:
+        mask, score, check = cand
+        rank = (not check.flags, score + boundary_evidence(gray, mask))
+        if best_rank is None or rank > best_rank:
+            best, best_rank = cand, rank
+    return best
 
 
 def extend_soft_sides(eng: Engine, backend: Backend, emb, gray: np.ndarray, mask: np.ndarray, point,
