@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -129,7 +128,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .annotation import slices_in_scope
     from .engine import make_engine, segment
     from .engine.quality import QualityReport
-    from .io.readers import load_dataset, load_reference
+    from .io.readers import load_dataset
     from .io.writers import ResultWriter, write_json, write_metrics_csv
     from .metrics import MetricAccumulator
 
@@ -213,7 +212,7 @@ def _score_case(acc, rows, current, refs, preds) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import EvalConfig, evaluate, write_summary_line
-    from .io.readers import load_dataset, load_reference, pair_references
+    from .io.readers import load_dataset, load_reference
 
     images = load_dataset(args.images, images_as=args.images_as, time_index=args.time_index)
     if args.limit:

@@ -176,9 +176,11 @@ class DatasetTransfer:
 
     * First pass (:meth:`first_pass`): the seed case's masks on the prompted slice are warped onto
       the case's slice at the same relative position by registration (:mod:`promptonce.registration`:
-      affine + demons); each warped mask is a *prior*: boxes are derived from it, the model's
-      candidates are judged by agreement with it (:mod:`.quality`), and inside a volume the chosen
-      masks seed the slice walk.
+      affine + demons); each warped mask is a *prior*: boxes are derived from it (reaching as far
+      as the user's box did, :attr:`Exemplar.reach`), the image chooses among the model's
+      candidates while the prior vetoes leaks and misses (:func:`choose_candidate`), the confidence
+      is the agreement with the prior (:mod:`.quality`), and inside a volume the chosen masks seed
+      the slice walk.
     * Exemplars: cases whose confidence reaches ``EXEMPLAR_MIN_CONFIDENCE`` (plus the seed).
     * Second pass (:meth:`second_pass`): a case below ``SECOND_PASS_BELOW`` is segmented again from
       its ``EXEMPLARS_PER_CASE`` most similar exemplars, their warped masks fused (weighted by how

@@ -136,7 +136,7 @@ def display_ornt(affine: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(ornt[:2])):
         log.warning("degenerate affine %s: showing the array as stored", np.round(affine, 3).tolist())
         return _IDENTITY_ORNT.copy()
-    (w0, d0), (w1, d1) = ornt[0], ornt[1]
+    w0, w1 = ornt[0, 0], ornt[1, 0]
     col_axis, row_axis = (0, 1) if w0 <= w1 else (1, 0)
     out = np.zeros((3, 2), dtype=float)
     out[col_axis] = [0, -ornt[col_axis, 1]]

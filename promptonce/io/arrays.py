@@ -48,7 +48,7 @@ def _check_shape(shape: tuple[int, ...], dtype: np.dtype, what: str, time_index:
     if dtype.hasobject:
         raise UnsupportedFormatError(f"{what}: holds Python objects (pickled data), which PromptOnce does not load; save a numeric array.")
     if dtype.fields is not None or np.issubdtype(dtype, np.complexfloating) or not (
-        np.issubdtype(dtype, np.number) or dtype == bool
+        np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)
     ):
         raise UnsupportedFormatError(f"{what}: dtype {dtype} is not a real number type; save a numeric array.")
     if len(shape) not in (2, 3, 4):
