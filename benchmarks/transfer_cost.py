@@ -1,0 +1,119 @@
+"""Where a dataset-scope X-ray run spends its time: decoder calls, encoder, registration, against image scope.
+
+One process, LiteMedSAM on ONNX Runtime, a slice of the Shenzhen X-rays (default: 12 held-out images
+from 100). First every image at image scope (its reference box, one engine, as ``promptonce evaluate
+--scope image`` runs them), then the same images at dataset scope from the first image's reference box
+on a fresh engine (a cold run: every image encoded once). The decoder and the registration are timed
+inside the run by wrapping the backend's decoder session and ``promptonce.registration.register``.
+
+    .venv/bin/python benchmarks/transfer_cost.py                       # ~1 minute on 2 cores
+    .venv/bin/python benchmarks/transfer_cost.py --decoder-threads 1 \
+        --out benchmarks/results/transfer_cost_1thread.json             # the decoder on one thread
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DATA = Path(os.environ.get("PROMPTONCE_SHARED_DATA", ROOT.parent / "shared" / "data")) / "cxr_shenzhen"
+
+
+class _Timed:
+    """Wraps a callable and adds up its calls and seconds."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.calls, self.seconds = fn, 0, 0.0
+
+    def __call__(self, *args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - t
+            self.calls += 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--start", type=int, default=100, help="first image (sorted names); 0-99 were the tuning set")
+    ap.add_argument("--count", type=int, default=12)
+    ap.add_argument("--decoder-threads", type=int, default=None, help="default: the backend's (every core)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transfer_cost.json")
+    args = ap.parse_args(argv)
+    if not DATA.is_dir():
+        print(f"skipped: {DATA} not found", file=sys.stderr)
+        return 0
+    from PIL import Image
+
+    import promptonce.engine.transfer as transfer_module
+    from promptonce.backends.litemedsam import LiteMedSAMBackend
+    from promptonce.engine import Engine, segment
+    from promptonce.evaluate import reference_prompt
+    from promptonce.io.readers import load
+    from promptonce.types import Dataset
+
+    paths = sorted((DATA / "images").glob("*.png"))[args.start:args.start + args.count]
+    vols = [load(p) for p in paths]
+    refs = [np.asarray(Image.open(DATA / "masks" / p.name).convert("L")) > 127 for p in paths]
+    backend = LiteMedSAMBackend(decoder_threads=args.decoder_threads)
+    if backend.runtime != "onnx":
+        print(f"skipped: LiteMedSAM runs on {backend.runtime}, not ONNX Runtime", file=sys.stderr)
+        return 0
+    decoder = _Timed(backend._onnx_decoder)
+    backend._onnx_decoder = decoder
+
+    def prompt(i: int):
+        return reference_prompt(refs[i].astype(np.uint8), labels=None, protocol="box", slice_index=0,
+                                volume_index=0)
+
+    t = time.perf_counter()
+    eng = Engine(backend)
+    for i, v in enumerate(vols):
+        list(segment(Dataset([v]), prompt(i), scope="image", engine=eng))
+    image_s = time.perf_counter() - t
+    image_calls = decoder.calls
+    decoder.calls, decoder.seconds = 0, 0.0
+
+    register = _Timed(transfer_module.register)
+    transfer_module.register = register
+    try:
+        t = time.perf_counter()
+        results = list(segment(Dataset(vols), prompt(0), scope="dataset", engine=Engine(backend)))
+        dataset_s = time.perf_counter() - t
+    finally:
+        transfer_module.register = register.fn
+    n = len(vols)
+    dice = [2 * int(((r.labels > 0) & refs[r.volume_index]).sum())
+            / max(int((r.labels > 0).sum()) + int(refs[r.volume_index].sum()), 1) for r in results if r.volume_index]
+    out = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]), "loadavg": os.getloadavg(),
+        "images": f"cxr_shenzhen {args.start}-{args.start + n - 1}", "decoder_threads": backend._decoder_threads,
+        "image_scope_s_per_image": round(image_s / n, 3),
+        "image_scope_decoder_calls_per_image": round(image_calls / n, 1),
+        "dataset_scope_s_per_image": round(dataset_s / n, 3),
+        "cost_ratio": round(dataset_s / image_s, 2),
+        "decoder_calls_per_image": round(decoder.calls / n, 1),
+        "decoder_ms_per_call": round(1000 * decoder.seconds / max(decoder.calls, 1), 1),
+        "decoder_s_per_image": round(decoder.seconds / n, 3),
+        "registrations_per_image": round(register.calls / n, 1),
+        "registration_s_per_image": round(register.seconds / n, 3),
+        "dataset_dice_mean": round(float(np.mean(dice)), 4),
+    }
+    print(json.dumps(out, indent=1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
