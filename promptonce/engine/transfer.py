@@ -366,10 +366,10 @@ def prior_guided_mask(
     reached past the seed's own mask, :attr:`Exemplar.reach`; where the model cut the seed's mask
     short, a box from the mask alone cut every case short the same way), then with margins of 0, 5
     and 10% of the core's size (plus its interior point for point-capable models). Each candidate is
-    refined once from its
-    own mask; :func:`choose_candidate` keeps one (the image decides, the prior only vetoes). The
-    kept mask's confidence still comes from its agreement with the prior. Without a usable prior,
-    ``fallback`` (the prompt mapped by relative position) goes through :func:`.predict.predict_object`.
+    refined once from its own mask; :func:`choose_candidate` keeps one (the image decides, the prior
+    only vetoes). The kept mask's confidence still comes from its agreement with the prior. Without
+    a usable prior, ``fallback`` (the prompt mapped by relative position) goes through
+    :func:`.predict.predict_object`.
 
     Returns:
         ``(mask bool (rows, cols), model score, ObjectCheck)``.
