@@ -2,16 +2,16 @@
 
 For each seed image and each other image of a range of Shenzhen X-rays, the seed's lung masks are
 warped onto the image by registration (the dataset transfer's first pass, ``DatasetTransfer.priors``),
-and the candidates of :func:`promptonce.engine.transfer.prior_guided_mask` are made exactly as the
-product makes them (box around the prior's core with margins 0, 5 and 10% of its size, each refined
-once from its own mask). Each candidate's Dice with the image's reference lung is recorded, and the
+and the candidates of :func:`promptonce.engine.transfer.prior_guided_mask` are made by the product's
+own ``prior_candidates`` (box around the prior's core with margins 0, 5 and 10% of its size, each
+refined once from its own mask). Each candidate's Dice with the image's reference lung is recorded, and the
 selection rules are scored on the same candidates:
 
 * ``agreement`` - the rule before this change: highest ``check_against_prior`` confidence
   (0.75 x Dice with the prior + 0.25 x model score, minus leak/missed penalties);
 * ``score`` - the model's own score;
 * ``boundary`` - :func:`promptonce.engine.quality.boundary_evidence` (boundary on image edges);
-* ``score+boundary (prior veto)`` - the product's rule now: among the candidates the prior raises
+* ``score+boundary, prior veto`` - the product's rule now: among the candidates the prior raises
   no flag on, the highest score + boundary evidence;
 * ``oracle`` - the best candidate by reference Dice (the ceiling of any rule over these candidates).
 
@@ -57,31 +57,13 @@ PRODUCT = "score+boundary, prior veto (choose_candidate)"
 
 
 def candidates(eng, volume, prior: np.ndarray, ref: np.ndarray, gray: np.ndarray) -> list[dict]:
-    """The product's candidates for one object (same margins, same refinement), with what each rule reads."""
-    from dataclasses import replace
+    """The product's candidates for one object (``transfer.prior_candidates``), with what each rule reads."""
+    from promptonce.engine.quality import boundary_evidence, check_against_prior
+    from promptonce.engine.transfer import choose_candidate, prior_candidates
 
-    from promptonce.engine.predict import predict
-    from promptonce.engine.quality import boundary_evidence, check_against_prior, extent
-    from promptonce.engine.transfer import choose_candidate
-    from promptonce.prompts import box_from_mask
-    from promptonce.types import ObjectPrompt
-
-    be, cfg = eng.backend, eng.config
-    emb = eng.embedding(be, volume, 0)
-    core = prior >= 0.5
-    size = extent(core)
+    emb = eng.embedding(eng.backend, volume, 0)
     out, kept = [], []
-    for frac in cfg.prior_margins:
-        box = box_from_mask(core, margin=max(frac, 0.0) * size, shape=core.shape)
-        obj = ObjectPrompt(box=box, object_id=1)
-        pred = predict(eng, be, emb, obj)
-        mask, score = pred.best, float(np.max(pred.scores))
-        if mask.any():
-            rbox = box_from_mask(mask, margin=float(max(cfg.transfer_margin_frac * extent(mask), cfg.margin_px)),
-                                 shape=core.shape)
-            again = predict(eng, be, emb, replace(obj, box=rbox))
-            if again.best.any() and again.best.sum() <= cfg.max_growth * mask.sum():
-                mask, score = again.best, float(np.max(again.scores))
+    for frac, (mask, score) in zip(eng.config.prior_margins, prior_candidates(eng, eng.backend, emb, prior >= 0.5, None, 1)):
         check = check_against_prior(mask, prior, score, "lung")
         out.append({"margin": frac, "dice": _dice(mask, ref), "score": score, "confidence": check.confidence,
                     "boundary": boundary_evidence(gray, mask), "prior_flags": bool(check.flags)})

@@ -193,16 +193,20 @@ def side_contrast(gray: np.ndarray, mask: np.ndarray, band: int) -> dict[str, fl
     return out
 
 
+def side_band(size: float) -> int:
+    """The band width :func:`side_contrast` uses for a mask of ``size`` pixels: 6% of it, at least 3."""
+    return max(3, int(round(0.06 * size)))
+
+
 def boundary_evidence(gray: np.ndarray, mask: np.ndarray) -> float:
     """How well a mask's boundary follows image edges: the mean :func:`side_contrast` of its sides.
 
-    0 for an empty mask or one whose sides are all too short to measure. The band is 6% of the
-    mask's size (at least 3 pixels), as in :func:`.transfer.extend_soft_sides`.
+    0 for an empty mask or one whose sides are all too short to measure (band: :func:`side_band`).
     """
     m = np.asarray(mask, bool)
     if not m.any():
         return 0.0
-    values = [c for c in side_contrast(gray, m, max(3, int(round(0.06 * extent(m))))).values() if c is not None]
+    values = [c for c in side_contrast(gray, m, side_band(extent(m))).values() if c is not None]
     return float(np.mean(values)) if values else 0.0
 
 

@@ -31,6 +31,7 @@ from .quality import (
     check_against_prior,
     dice,
     extent,
+    side_band,
     side_contrast,
     with_stability,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "CaseOutcome",
     "Exemplar",
     "choose_candidate",
+    "prior_candidates",
     "make_exemplar",
     "prior_guided_mask",
     "relative_prompt",
@@ -375,44 +377,16 @@ def prior_guided_mask(
         ``(mask bool (rows, cols), model score, ObjectCheck)``.
     """
     backend = eng.backend
-    shape = volume.shape[1:]
     core = prior >= 0.5 if prior is not None else None
     if core is None or not core.any() or not isinstance(backend, Backend) or not backend.info.boxes:
         mask, score = eng.predict_object(volume, k, fallback, window, refine=True)
         return mask, score, check_against_prior(mask, prior, score, name)
     emb = eng.embedding(backend, volume, k, window)
-    size = extent(core)
     point = interior_point(core) if backend.info.points else None
-    candidates: list[tuple[np.ndarray, float, ObjectCheck]] = []
     cfg = eng.config
     gray = eng.frames(volume, window).gray(k)
-    base = box_from_mask(core, shape=shape)
-    if base is not None and reach is not None:
-        left, top, right, bottom = (r * size for r in reach)
-        base = Box(max(base.x0 - left, 0.0), max(base.y0 - top, 0.0), min(base.x1 + right, shape[1] - 1.0),
-                   min(base.y1 + bottom, shape[0] - 1.0))
-    for frac in cfg.prior_margins:
-        if base is None:
-            break
-        d = max(frac, 0.0) * size
-        box = Box(max(base.x0 - d, 0.0), max(base.y0 - d, 0.0), min(base.x1 + d, shape[1] - 1.0),
-                  min(base.y1 + d, shape[0] - 1.0))
-        if frac < 0:  # a box inside the prior's: for priors that overreach (registration not exact)
-            d = -frac * size
-            if box.x1 - box.x0 <= 4 * d or box.y1 - box.y0 <= 4 * d:
-                continue
-            box = Box(box.x0 + d, box.y0 + d, box.x1 - d, box.y1 - d)
-        obj = ObjectPrompt(points=(point,) if point is not None else (), box=box, object_id=fallback.object_id)
-        pred = predict(eng, backend, emb, obj)
-        mask, score = pred.best, float(np.max(pred.scores))
-        if mask.any():
-            m = float(max(cfg.transfer_margin_frac * extent(mask), cfg.margin_px))
-            rbox = box_from_mask(mask, margin=m, shape=shape)
-            if rbox is not None:
-                again = predict(eng, backend, emb, replace(obj, box=rbox))
-                if again.best.any() and again.best.sum() <= cfg.max_growth * mask.sum():
-                    mask, score = again.best, float(np.max(again.scores))
-        candidates.append((mask, score, check_against_prior(mask, prior, score, name)))
+    candidates = [(mask, score, check_against_prior(mask, prior, score, name))
+                  for mask, score in prior_candidates(eng, backend, emb, core, point, fallback.object_id, reach)]
     if not candidates:
         mask, score = eng.predict_object(volume, k, fallback, window, refine=True)
         return mask, score, check_against_prior(mask, prior, score, name)
@@ -425,6 +399,59 @@ def prior_guided_mask(
             check = check_against_prior(mask, prior, score, name)
     check = with_stability(check, [dice(mask, c) for c, _, _ in candidates if c is not mask], name)
     return mask, score, check
+
+
+def prior_candidates(
+    eng: Engine,
+    backend: Backend,
+    emb,
+    core: np.ndarray,
+    point,
+    object_id: int,
+    reach: tuple[float, float, float, float] | None = None,
+) -> list[tuple[np.ndarray, float]]:
+    """The model's candidates for an object from its prior's core (bool ``(rows, cols)``, not empty).
+
+    One per margin of ``config.prior_margins`` (fractions of the core's size) around the core's box,
+    pushed out first by ``reach`` (see :func:`prior_guided_mask`); a negative margin is a box inside
+    the core's, for priors that overreach. Each candidate is refined once from its own mask (box with
+    ``config.transfer_margin_frac``), unless that grows it past ``config.max_growth``.
+
+    Returns:
+        ``[(mask bool (rows, cols), model score)]`` in margin order.
+    """
+    cfg = eng.config
+    shape = core.shape
+    size = extent(core)
+    base = box_from_mask(core, shape=shape)
+    if base is None:
+        return []
+    if reach is not None:
+        base = _grown(base, *(r * size for r in reach), shape=shape)
+    out = []
+    for frac in cfg.prior_margins:
+        d = frac * size
+        if frac < 0 and (base.x1 - base.x0 <= -4 * d or base.y1 - base.y0 <= -4 * d):
+            continue  # too small to shrink
+        box = _grown(base, d, d, d, d, shape=shape)
+        obj = ObjectPrompt(points=(point,) if point is not None else (), box=box, object_id=object_id)
+        pred = predict(eng, backend, emb, obj)
+        mask, score = pred.best, float(np.max(pred.scores))
+        if mask.any():
+            m = float(max(cfg.transfer_margin_frac * extent(mask), cfg.margin_px))
+            rbox = box_from_mask(mask, margin=m, shape=shape)
+            if rbox is not None:
+                again = predict(eng, backend, emb, replace(obj, box=rbox))
+                if again.best.any() and again.best.sum() <= cfg.max_growth * mask.sum():
+                    mask, score = again.best, float(np.max(again.scores))
+        out.append((mask, score))
+    return out
+
+
+def _grown(box: Box, left: float, top: float, right: float, bottom: float, shape: tuple[int, int]) -> Box:
+    """``box`` with each side moved out by its amount (in when negative), clipped to the image."""
+    h, w = shape
+    return Box(max(box.x0 - left, 0.0), max(box.y0 - top, 0.0), min(box.x1 + right, w - 1.0), min(box.y1 + bottom, h - 1.0))
 
 
 def choose_candidate(
@@ -443,13 +470,7 @@ def choose_candidate(
         gray: the slice's float image.
         candidates: ``(mask, model score, check_against_prior result)`` per candidate (at least one).
     """
-    best, best_rank = candidates[0], None
-    for cand in candidates:
-        mask, score, check = cand
-        rank = (not check.flags, score + boundary_evidence(gray, mask))
-        if best_rank is None or rank > best_rank:
-            best, best_rank = cand, rank
-    return best
+    return max(candidates, key=lambda c: (not c[2].flags, c[1] + boundary_evidence(gray, c[0])))
 
 
 def extend_soft_sides(eng: Engine, backend: Backend, emb, gray: np.ndarray, mask: np.ndarray, point,
@@ -473,7 +494,7 @@ def extend_soft_sides(eng: Engine, backend: Backend, emb, gray: np.ndarray, mask
     shape = mask.shape
     h, w = shape
     size = extent(mask)
-    band = max(3, int(round(0.06 * size)))
+    band = side_band(size)
     contrast = side_contrast(gray, mask, band)
     soft = sorted((c, side) for side, c in contrast.items() if c is not None and c < cfg.soft_side_contrast)
     out, out_score = mask, 0.0
