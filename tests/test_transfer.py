@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 from scipy import ndimage
 
 from promptonce.backends.fake import FakeBackend
 from promptonce.engine import DatasetTransfer, Engine, segment
 from promptonce.engine.quality import check_against_prior, lost_flag
+from promptonce.engine.transfer import prior_guided_mask
+from promptonce.errors import InputError
 from promptonce.metrics import dice
 from promptonce.types import Box, Dataset, ObjectPrompt, SlicePrompt, Volume
 
@@ -216,6 +219,50 @@ def test_an_extension_that_runs_to_the_new_box_edge_is_refused():
     eng = Engine(FakeBackend(), prefetch=False)
     out, _ = extend_soft_sides(eng, eng.backend, eng.embedding(eng.backend, vol, 0), eng.frames(vol).gray(0), cut, None, 1)
     assert out is cut
+
+
+def test_a_side_left_where_the_seed_had_it_moves_to_the_image_edge():
+    """The lung base case: the transferred mask's lower end sits where the seed's did, short of the
+    object's edge (or past it); the side search puts it on the edge, and leaves the other sides."""
+    from promptonce.engine.transfer import search_sides
+
+    vol, obj, _ = tall_object()  # rows 10-70
+    eng = Engine(FakeBackend(), prefetch=False)
+    emb = eng.embedding(eng.backend, vol, 0)
+    gray = eng.frames(vol).gray(0)
+    short = obj.copy()
+    short[64:] = False  # ends 7 rows (12%) above the object's edge
+    placed, _ = search_sides(eng, eng.backend, emb, gray, short, None, 1, ("bottom",))
+    assert dice(placed, obj) > 0.99 > dice(short, obj)
+    # a mask already on the object's edges comes back as it is (the same array)
+    assert search_sides(eng, eng.backend, emb, gray, obj, None, 1, ("bottom",))[0] is obj
+    # nothing is searched on a side that is not asked for
+    assert search_sides(eng, eng.backend, emb, gray, short, None, 1, ("top",))[0] is short
+
+
+def test_the_side_search_runs_on_x_ray_sets_only_and_rejects_unknown_sides():
+    from promptonce.engine import PropagationConfig
+
+    with pytest.raises(InputError, match="unknown sides"):
+        PropagationConfig(side_search=("down",))
+    vol, obj, _ = tall_object()
+    short = obj.copy()
+    short[64:] = False
+    prior = short.astype(np.float32)
+    calls = {}
+    for name, v in (("image", vol), ("volume", Volume(np.repeat(vol.array, 3, axis=0), name="stack"))):
+        eng = Engine(FakeBackend(), prefetch=False, config=PropagationConfig(soft_side_contrast=0.0))
+        real = eng.backend.predict
+        n = [0]
+
+        def counted(*a, _real=real, _n=n, **k):
+            _n[0] += 1
+            return _real(*a, **k)
+
+        eng.backend.predict = counted
+        prior_guided_mask(eng, v, 0, prior, ObjectPrompt(box=box_of(short)), "o")
+        calls[name] = n[0]
+    assert calls["image"] == calls["volume"] + len(PropagationConfig().side_search_offsets)
 
 
 def test_side_contrast_on_images_smaller_than_the_band():

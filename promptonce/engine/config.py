@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..errors import InputError
+
 __all__ = ["PropagationConfig", "Strategy"]
 
 Strategy = Literal["transfer", "chain"]
@@ -51,6 +53,11 @@ class PropagationConfig:
             ``soft_side_extend`` of the mask's size and the longer mask kept when it ends inside
             the extension with a boundary there sharper by at least ``soft_side_gain``
             (:func:`.transfer.extend_soft_sides`). 0 turns this off.
+        side_search, side_search_offsets: dataset scope, single images (X-ray sets): these sides
+            of each transferred mask are tried at these offsets (fractions of the mask's size, out
+            when positive) and the placement whose boundary follows image edges best is kept
+            (:func:`.transfer.search_sides`); the lung base is where a seed's shape misleads most.
+            ``()`` turns this off.
         transfer_scales: (no usable prior) a transferred box is tried at these sizes (relative, about its centre) and
             the masks vote (pixel majority); box models are sensitive to box size, and a vote over
             sizes is steadier than any single guess. Centred above 1 because box models were trained
@@ -81,6 +88,13 @@ class PropagationConfig:
     soft_side_contrast: float = 0.05
     soft_side_extend: float = 0.2
     soft_side_gain: float = 0.03
+    side_search: tuple[str, ...] = ("bottom",)
+    side_search_offsets: tuple[float, ...] = (-0.05, 0.10, 0.20)
     transfer_scales: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.3)
     transfer_refine: int = 2
     transfer_margin_frac: float = 0.05
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.side_search if s not in ("left", "top", "right", "bottom")]
+        if bad:
+            raise InputError(f"side_search names unknown sides {bad}; use left, top, right or bottom.")
