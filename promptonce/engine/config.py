@@ -46,7 +46,8 @@ class PropagationConfig:
         max_growth: a propagated mask larger than this factor of the previous one is treated as a leak
             and the unrefined prediction is kept instead.
         prior_margins: dataset scope: box margins (fraction of the prior's size) tried around each
-            object's registration prior; the candidate agreeing best with the prior wins.
+            object's registration prior; the image chooses among them, the prior only vetoes
+            (:func:`.transfer.choose_candidate`).
         soft_side_contrast: dataset scope: a side of the chosen mask whose boundary contrast
             (:func:`.quality.side_contrast`) is below this looks cut short by its box rather than
             ended by an image edge; the box is extended on that side in steps of
