@@ -70,6 +70,10 @@ def test_failed_upload_then_a_good_one_in_the_same_tab(browser, ct_small, model_
     upload(page, "po-refs", [ct_small[1]])
     page.click("#po-load")
     wait_status(page, "Loaded")
+    # the old failure message is cleared (Gradio may still show its progress text there for a moment)
+    deadline = time.time() + 30
+    while page.inner_text("#po-load-msg").strip() and time.time() < deadline:
+        time.sleep(0.2)
     assert page.inner_text("#po-load-msg").strip() == ""
     choose(page, "po-model", model_label)
     click_image(page, 20, 30, scale=8.0)
