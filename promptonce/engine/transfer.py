@@ -374,9 +374,8 @@ def prior_guided_mask(
     only vetoes); a side cut by the box is extended (:func:`extend_soft_sides`) and, on single images
     (``volume.n_slices == 1``: X-ray sets), the sides in ``config.side_search`` are placed on the
     image's edges (:func:`search_sides`). The kept mask's confidence still comes from its agreement
-    with the prior. Without
-    a usable prior, ``fallback`` (the prompt mapped by relative position) goes through
-    :func:`.predict.predict_object`.
+    with the prior. Without a usable prior, ``fallback`` (the prompt mapped by relative position)
+    goes through :func:`.predict.predict_object`.
 
     Returns:
         ``(mask bool (rows, cols), model score, ObjectCheck)``.
@@ -491,9 +490,9 @@ def search_sides(eng: Engine, backend: Backend, emb, gray: np.ndarray, mask: np.
     the model mostly ends the mask where the box ends; a side whose position varies from case to case
     more than registration follows stays where the seed had it. On chest X-rays that is the lung
     base: the diaphragm's height varies with inspiration, and on the tuning images the masks' lower
-    ends were off by 5-13% of the lung's size on average (other sides 1-2%; one seed put every base
-    13% too high). For each side in ``sides`` (one after the other), that side of the mask's box is
-    moved to each of ``config.side_search_offsets`` (fractions of the mask's size, out when
+    ends were off by 4.9-13.5% of the lung's size on average (other sides 1-2%; one seed put the
+    bases 12.8% too high on average; ``benchmarks/side_errors.py`` measures it). For each side in
+    ``sides`` (one after the other), that side of the mask's box is moved to each of ``config.side_search_offsets`` (fractions of the mask's size, out when
     positive; the other sides keep a 2% margin) and the model asked again; of these masks and the
     current one, the one whose boundary follows image edges best (:func:`.quality.boundary_evidence`)
     is kept. Searching the other sides the same way lowered Dice (the apex and the heart border have
