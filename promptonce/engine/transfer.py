@@ -492,11 +492,12 @@ def search_sides(eng: Engine, backend: Backend, emb, gray: np.ndarray, mask: np.
     base: the diaphragm's height varies with inspiration, and on the tuning images the masks' lower
     ends were off by 4.9-13.5% of the lung's size on average (other sides 1-2%; one seed put the
     bases 12.8% too high on average; ``benchmarks/side_errors.py`` measures it). For each side in
-    ``sides`` (one after the other), that side of the mask's box is moved to each of ``config.side_search_offsets`` (fractions of the mask's size, out when
-    positive; the other sides keep a 2% margin) and the model asked again; of these masks and the
-    current one, the one whose boundary follows image edges best (:func:`.quality.boundary_evidence`)
-    is kept. Searching the other sides the same way lowered Dice (the apex and the heart border have
-    weak edges that the rule mistakes).
+    ``sides`` (one after the other), that side of the mask's box is moved to each of
+    ``config.side_search_offsets`` (fractions of the mask's size, out when positive; the other sides
+    keep a 2% margin) and the model asked again; of these masks and the current one, the one whose
+    boundary follows image edges best (:func:`.quality.boundary_evidence`) is kept. Searching the
+    other sides the same way lowered Dice (the apex and the heart border have weak edges that the
+    rule mistakes).
 
     Returns:
         ``(mask, score)``: ``mask`` itself (same object) when no other placement was better.
