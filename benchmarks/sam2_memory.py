@@ -126,7 +126,7 @@ def run_stock(model: Any, frames: list[np.ndarray], n: int, prompt: Any, meter: 
             images[i] = distinct[i % len(frames)]
         del distinct
         orig = svp.load_video_frames
-        svp.load_video_frames = lambda **kw: (images, h, w)
+        svp.load_video_frames = lambda _images=images, **kw: (_images, h, w)
         try:
             state = model.init_state("in-memory")
         finally:

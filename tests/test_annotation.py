@@ -31,11 +31,16 @@ def _make_assets():
 make_assets = _make_assets()
 
 
-@pytest.fixture
-def phantom() -> tuple[po.Volume, np.ndarray]:
+def make_phantom() -> tuple[po.Volume, np.ndarray]:
     """A 64 x 64 x 8 CT phantom: right lung (label 1) centred near (20, 30), left lung (2) near (44, 30)."""
     hu, labels = make_assets.ct_phantom(64, 8)
     return po.Volume(hu.astype(np.float32), name="phantom", modality="CT"), labels
+
+
+@pytest.fixture
+def phantom() -> tuple[po.Volume, np.ndarray]:
+    """:func:`make_phantom` as a fixture."""
+    return make_phantom()
 
 
 def session(phantom, **kw) -> AnnotationSession:

@@ -15,7 +15,13 @@ import promptonce as po
 from promptonce.annotation import AnnotationSession
 from promptonce.errors import InputError
 
-from test_annotation import MODEL, phantom, session  # noqa: F401 - the shared phantom fixture and session helper
+from test_annotation import MODEL, make_phantom, session
+
+
+@pytest.fixture
+def phantom() -> tuple[po.Volume, np.ndarray]:
+    """The CT phantom of ``test_annotation`` (two lungs, labels 1 and 2)."""
+    return make_phantom()
 
 
 def test_background_click_on_the_preview_changes_it(phantom):

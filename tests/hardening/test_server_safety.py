@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fuzzcorpus import build_corpus  # tests/hardening/fuzzcorpus.py
-from hardsynth import phantom, save_nifti, zeros_deflated, RawZip
+from hardsynth import RawZip, save_nifti, zeros_deflated
 
 REPO = Path(__file__).resolve().parents[2]
 PKG = REPO / "promptonce"
