@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DATA = Path(os.environ.get("PROMPTONCE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+from _xrays import add_range_args, load_range  # noqa: E402
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -76,25 +76,19 @@ def candidates(eng, volume, prior: np.ndarray, ref: np.ndarray, gray: np.ndarray
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--start", type=int, default=0)
-    ap.add_argument("--count", type=int, default=100)
+    add_range_args(ap, count=100, start=0)
     ap.add_argument("--seeds", default="0,30,60,90", help="seed images, relative to --start")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "candidate_choice.json")
     args = ap.parse_args(argv)
-    if not (DATA / "cxr_shenzhen").is_dir():
-        print(f"skipped: {DATA / 'cxr_shenzhen'} not found", file=sys.stderr)
+    loaded = load_range(args.start, args.count)
+    if loaded is None:
         return 0
-    from PIL import Image
-    from scipy import ndimage
-
+    paths, vols, refs = loaded
     from promptonce.engine import make_engine
     from promptonce.engine.transfer import DatasetTransfer
     from promptonce.evaluate import reference_prompt
-    from promptonce.io.readers import load
+    from scipy import ndimage
 
-    paths = sorted((DATA / "cxr_shenzhen" / "images").glob("*.png"))[args.start:args.start + args.count]
-    vols = [load(p) for p in paths]
-    refs = [np.asarray(Image.open(DATA / "cxr_shenzhen" / "masks" / p.name).convert("L")) > 127 for p in paths]
     eng = make_engine(None, "litemedsam", None, cache_size=len(vols) + 2)
     t0 = time.time()
     per_seed: dict[str, dict] = {}

@@ -32,11 +32,10 @@ sys.path.insert(0, str(ROOT))
 from promptonce.engine import make_engine, segment  # noqa: E402
 from promptonce.engine import transfer as transfer_module  # noqa: E402
 from promptonce.evaluate import reference_prompt  # noqa: E402
-from promptonce.io.readers import load  # noqa: E402
 from promptonce.metrics import dice  # noqa: E402
 from promptonce.types import Dataset  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "cxr_shenzhen"
+from _xrays import add_range_args, load_range  # noqa: E402
 
 
 def recall_precision(rows: list[dict], fail_below: float = 0.85, ok_above: float = 0.90) -> dict:
@@ -50,17 +49,14 @@ def recall_precision(rows: list[dict], fail_below: float = 0.85, ok_above: float
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--start", type=int, default=100, help="first image (sorted names); 0-99 were the tuning set")
-    ap.add_argument("--count", type=int, default=60)
+    add_range_args(ap, count=60)
     ap.add_argument("--seeds", type=int, default=5, help="seed images spread evenly over the slice")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cxr_seed_sweep.json")
     args = ap.parse_args(argv)
-    if not DATA.is_dir():
-        print(f"skipped: {DATA} not found", file=sys.stderr)
+    loaded = load_range(args.start, args.count)
+    if loaded is None:
         return 0
-    paths = sorted((DATA / "images").glob("*.png"))[args.start : args.start + args.count]
-    vols = [load(p) for p in paths]
-    refs = [load(DATA / "masks" / p.name).array[0] > 127 for p in paths]
+    paths, vols, refs = loaded
     ds = Dataset(vols)
     eng = make_engine(None, "litemedsam", None)
     eng.cache_size = len(vols) + 4

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,18 +31,11 @@ sys.path.insert(0, str(ROOT))
 from promptonce.engine import make_engine, segment  # noqa: E402
 from promptonce.engine.transfer import DatasetTransfer  # noqa: E402
 from promptonce.evaluate import reference_prompt  # noqa: E402
-from promptonce.io.readers import load  # noqa: E402
 from promptonce.metrics import dice  # noqa: E402
 
-DATA = Path(os.environ.get("PROMPTONCE_SHARED_DATA", ROOT.parent / "shared" / "data")) / "cxr_shenzhen"
+from _xrays import add_range_args, load_range, lungs  # noqa: E402
+
 SIDES = ("left", "top", "right", "bottom")
-
-
-def lungs(ref: np.ndarray) -> list[np.ndarray]:
-    """The two largest connected components of a reference mask."""
-    lab, n = ndimage.label(ref, np.ones((3, 3)))
-    sizes = ndimage.sum(ref, lab, range(1, n + 1))
-    return [lab == (i + 1) for i in np.argsort(-np.asarray(sizes))[:2]]
 
 
 def side_offsets(mask: np.ndarray, ref: np.ndarray) -> list[float]:
@@ -58,17 +49,14 @@ def side_offsets(mask: np.ndarray, ref: np.ndarray) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--start", type=int, default=100, help="first image (sorted names); 0-99 were the tuning set")
-    ap.add_argument("--count", type=int, default=40)
+    add_range_args(ap, count=40)
     ap.add_argument("--seeds", type=int, default=2, help="seed images spread evenly over the range")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "side_errors.json")
     args = ap.parse_args(argv)
-    if not DATA.is_dir():
-        print(f"skipped: {DATA} not found", file=sys.stderr)
+    loaded = load_range(args.start, args.count)
+    if loaded is None:
         return 0
-    paths = sorted((DATA / "images").glob("*.png"))[args.start : args.start + args.count]
-    vols = [load(p) for p in paths]
-    refs = [load(DATA / "masks" / p.name).array[0] > 127 for p in paths]
+    paths, vols, refs = loaded
     eng = make_engine(None, "litemedsam", None)
     eng.cache_size = len(vols) + 4
     default = eng.config

@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DATA = Path(os.environ.get("PROMPTONCE_SHARED_DATA", ROOT.parent / "shared" / "data")) / "cxr_shenzhen"
+from _xrays import add_range_args, load_range  # noqa: E402
 
 
 class _Timed:
@@ -45,26 +45,21 @@ class _Timed:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--start", type=int, default=100, help="first image (sorted names); 0-99 were the tuning set")
-    ap.add_argument("--count", type=int, default=12)
+    add_range_args(ap, count=12)
     ap.add_argument("--decoder-threads", type=int, default=None, help="default: the backend's (every core)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transfer_cost.json")
     args = ap.parse_args(argv)
-    if not DATA.is_dir():
-        print(f"skipped: {DATA} not found", file=sys.stderr)
+    loaded = load_range(args.start, args.count)
+    if loaded is None:
         return 0
-    from PIL import Image
+    paths, vols, refs = loaded
 
     import promptonce.engine.transfer as transfer_module
     from promptonce.backends.litemedsam import LiteMedSAMBackend
     from promptonce.engine import Engine, segment
     from promptonce.evaluate import reference_prompt
-    from promptonce.io.readers import load
     from promptonce.types import Dataset
 
-    paths = sorted((DATA / "images").glob("*.png"))[args.start:args.start + args.count]
-    vols = [load(p) for p in paths]
-    refs = [np.asarray(Image.open(DATA / "masks" / p.name).convert("L")) > 127 for p in paths]
     backend = LiteMedSAMBackend(decoder_threads=args.decoder_threads)
     if backend.runtime != "onnx":
         print(f"skipped: LiteMedSAM runs on {backend.runtime}, not ONNX Runtime", file=sys.stderr)

@@ -1,0 +1,53 @@
+"""The Shenzhen X-ray ranges the X-ray benchmarks run on: images 0-99 were the tuning set, 100 on are held out.
+
+Shared by ``cxr_seed_sweep.py``, ``side_errors.py``, ``transfer_cost.py`` and ``candidate_choice.py``:
+the data folder (``$PROMPTONCE_SHARED_DATA/cxr_shenzhen``, default ``../shared/data/cxr_shenzhen``),
+the ``--start``/``--count`` options and the loading of one range of images with their reference
+masks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("PROMPTONCE_SHARED_DATA", ROOT.parent / "shared" / "data")) / "cxr_shenzhen"
+
+
+def add_range_args(ap: argparse.ArgumentParser, count: int, start: int = 100) -> None:
+    """``--start`` (first image of the sorted names) and ``--count``."""
+    ap.add_argument("--start", type=int, default=start, help="first image (sorted names); 0-99 were the tuning set")
+    ap.add_argument("--count", type=int, default=count)
+
+
+def load_range(start: int, count: int) -> tuple[list[Path], list, list[np.ndarray]] | None:
+    """``(image paths, Volumes, reference masks bool (rows, cols))`` of images ``start`` to ``start + count - 1``.
+
+    None, after saying so on stderr, when the data folder is absent (the benchmark is skipped).
+    """
+    if not DATA.is_dir():
+        print(f"skipped: {DATA} not found", file=sys.stderr)
+        return None
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from PIL import Image
+    from promptonce.io.readers import load
+
+    paths = sorted((DATA / "images").glob("*.png"))[start:start + count]
+    vols = [load(p) for p in paths]
+    refs = [np.asarray(Image.open(DATA / "masks" / p.name).convert("L")) > 127 for p in paths]
+    return paths, vols, refs
+
+
+def lungs(ref: np.ndarray) -> list[np.ndarray]:
+    """The two largest connected components (8-connected) of a reference mask, largest first."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(ref, np.ones((3, 3)))
+    sizes = ndimage.sum(ref, lab, range(1, n + 1))
+    return [lab == (i + 1) for i in np.argsort(-np.asarray(sizes))[:2]]
