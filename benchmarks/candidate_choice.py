@@ -2,7 +2,7 @@
 
 For each seed image and each other image of a range of Shenzhen X-rays, the seed's lung masks are
 warped onto the image by registration (the dataset transfer's first pass, ``DatasetTransfer.priors``),
-and the candidates of :func:`promptonce.engine.transfer.prior_guided_mask` are made by the product's
+and the candidates of :func:`promptonce.engine.prior_mask.prior_guided_mask` are made by the product's
 own ``prior_candidates`` (box around the prior's core with margins 0, 5 and 10% of its size, each
 refined once from its own mask). Each candidate's Dice with the image's reference lung is recorded, and the
 selection rules are scored on the same candidates:
@@ -57,9 +57,9 @@ PRODUCT = "score+boundary, prior veto (choose_candidate)"
 
 
 def candidates(eng, volume, prior: np.ndarray, ref: np.ndarray, gray: np.ndarray) -> list[dict]:
-    """The product's candidates for one object (``transfer.prior_candidates``), with what each rule reads."""
+    """The product's candidates for one object (``prior_mask.prior_candidates``), with what each rule reads."""
     from promptonce.engine.quality import boundary_evidence, check_against_prior
-    from promptonce.engine.transfer import choose_candidate, prior_candidates
+    from promptonce.engine.prior_mask import choose_candidate, prior_candidates
 
     emb = eng.embedding(eng.backend, volume, 0)
     out, kept = [], []

@@ -3,7 +3,7 @@
 For seeds spread over a range of Shenzhen X-rays, the dataset transfer's first pass
 (``DatasetTransfer.first_pass``: registration prior, candidates, soft-side extension) segments every
 other image, once with ``PropagationConfig.side_search`` off and once with the default (the lung
-base searched, :func:`promptonce.engine.transfer.search_sides`). For each lung (reference component,
+base searched, :func:`promptonce.engine.prior_mask.search_sides`). For each lung (reference component,
 matched to the object that overlaps it most) it records Dice and the offset of each side of the
 mask's box from the reference's box, as a fraction of the reference lung's size (positive: further
 right / lower). Both configurations share one engine, so every image is encoded once.

@@ -11,7 +11,7 @@ from scipy import ndimage
 from promptonce.backends.fake import FakeBackend
 from promptonce.engine import DatasetTransfer, Engine, segment
 from promptonce.engine.quality import check_against_prior, lost_flag
-from promptonce.engine.transfer import prior_guided_mask
+from promptonce.engine.prior_mask import prior_guided_mask
 from promptonce.errors import InputError
 from promptonce.metrics import dice
 from promptonce.types import Box, Dataset, ObjectPrompt, SlicePrompt, Volume
@@ -191,7 +191,7 @@ def test_side_contrast_tells_an_edge_from_a_cut():
 
 
 def test_a_mask_cut_short_by_its_box_continues_to_the_object_edge():
-    from promptonce.engine.transfer import extend_soft_sides
+    from promptonce.engine.prior_mask import extend_soft_sides
 
     vol, obj, cut = tall_object()
     eng = Engine(FakeBackend(), prefetch=False)
@@ -207,7 +207,7 @@ def test_a_mask_cut_short_by_its_box_continues_to_the_object_edge():
 def test_an_extension_that_runs_to_the_new_box_edge_is_refused():
     """Past a soft side the object must end inside the extension; one that runs on (a leak into the
     next dark region, the image border) is not taken."""
-    from promptonce.engine.transfer import extend_soft_sides
+    from promptonce.engine.prior_mask import extend_soft_sides
 
     h, w = 120, 80
     rng = np.random.default_rng(6)
@@ -224,7 +224,7 @@ def test_an_extension_that_runs_to_the_new_box_edge_is_refused():
 def test_a_side_left_where_the_seed_had_it_moves_to_the_image_edge():
     """The lung base case: the transferred mask's lower end sits where the seed's did, short of the
     object's edge (or past it); the side search puts it on the edge, and leaves the other sides."""
-    from promptonce.engine.transfer import search_sides
+    from promptonce.engine.prior_mask import search_sides
 
     vol, obj, _ = tall_object()  # rows 10-70
     eng = Engine(FakeBackend(), prefetch=False)
@@ -276,7 +276,7 @@ def test_the_image_not_the_prior_chooses_among_candidates():
     """A prior warped from one seed carries the seed's shape: a candidate that agrees with it better
     but whose boundary runs through flat background loses to one on the object's edges; a candidate
     the prior flags (a leak) is passed over even when its boundary is sharper."""
-    from promptonce.engine.transfer import choose_candidate
+    from promptonce.engine.prior_mask import choose_candidate
 
     vol, obj = case(3)
     gray = vol.array[0]

@@ -47,18 +47,21 @@ class PropagationConfig:
             and the unrefined prediction is kept instead.
         prior_margins: dataset scope: box margins (fraction of the prior's size) tried around each
             object's registration prior; the image chooses among them, the prior only vetoes
-            (:func:`.transfer.choose_candidate`).
+            (:func:`.prior_mask.choose_candidate`).
         soft_side_contrast: dataset scope: a side of the chosen mask whose boundary contrast
             (:func:`.quality.side_contrast`) is below this looks cut short by its box rather than
             ended by an image edge; the box is extended on that side in steps of
             ``soft_side_extend`` of the mask's size and the longer mask kept when it ends inside
             the extension with a boundary there sharper by at least ``soft_side_gain``
-            (:func:`.transfer.extend_soft_sides`). 0 turns this off.
+            (:func:`.prior_mask.extend_soft_sides`). 0 turns this off.
         side_search, side_search_offsets: dataset scope, single images (X-ray sets): these sides
             of each transferred mask are tried at these offsets (fractions of the mask's size, out
             when positive) and the placement whose boundary follows image edges best is kept
-            (:func:`.transfer.search_sides`); the lung base is where a seed's shape misleads most.
+            (:func:`.prior_mask.search_sides`); the lung base is where a seed's shape misleads most.
             ``()`` turns this off.
+        pair_base_gap: dataset scope, single images: when two side-by-side objects (the lungs) end
+            further apart than this fraction of their height, the shorter one is tried down to the
+            other's lower end and the pair flagged if the gap remains (:mod:`.pairs`). 0 turns it off.
         transfer_scales: (no usable prior) a transferred box is tried at these sizes (relative, about its centre) and
             the masks vote (pixel majority); box models are sensitive to box size, and a vote over
             sizes is steadier than any single guess. Centred above 1 because box models were trained
@@ -91,6 +94,7 @@ class PropagationConfig:
     soft_side_gain: float = 0.03
     side_search: tuple[str, ...] = ("bottom",)
     side_search_offsets: tuple[float, ...] = (-0.05, 0.10, 0.20)
+    pair_base_gap: float = 0.15
     transfer_scales: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.3)
     transfer_refine: int = 2
     transfer_margin_frac: float = 0.05

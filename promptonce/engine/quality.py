@@ -11,6 +11,7 @@ Flags are sentences that name the object and say what looks wrong:
 * ``"<object>: disagrees with its neighbours (Dice 0.41 with the slice before)"``
 * ``"<object>: object lost mid-volume (ended at 64% of its largest area)"``
 * ``"<object>: low agreement with the prior (Dice 0.62)"``
+* ``"<object>: ends 27% of its height above <other> (...): check its lower end"`` (:mod:`.pairs`)
 * ``"<object>: low model confidence 0.31"``
 * ``"<object>: low confidence 0.72, review; unstable: Dice 0.75 between prompts a few pixels apart"``
 
