@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -97,3 +99,19 @@ def test_objects_that_are_no_pair_on_the_seed_are_left_alone():
     eng = Engine(FakeBackend(), prefetch=False)
     results = {r.volume_index: r for r in segment(Dataset([seed, case]), prompt, scope="dataset", engine=eng)}
     assert not any("ends" in f for f in results[1].flags), results[1].flags
+
+
+def test_a_seed_with_one_high_base_does_not_cut_the_cases_short():
+    """The seed's left object really ends 30 rows higher; a case whose objects end level gets both whole,
+    without a flag (the part below the seed's lower end is not a leak beyond the prior)."""
+    seed, sl, sr = two_bars(60, 90, name="seed", seed=1)
+    case, cl, cr = two_bars(90, 90, name="case", seed=2)
+    prompt = SlicePrompt((ObjectPrompt(box=box_of(sl), object_id=1, name="left"),
+                          ObjectPrompt(box=box_of(sr), object_id=2, name="right")), slice_index=0, volume_index=0)
+    cfg = PropagationConfig(soft_side_contrast=0.0, side_search=())  # only the pair check can fix the base
+    for gap, whole in ((0.0, False), (0.15, True)):
+        eng = Engine(FakeBackend(), prefetch=False, config=replace(cfg, pair_base_gap=gap))
+        res = [r for r in segment(Dataset([seed, case]), prompt, scope="dataset", engine=eng) if r.volume_index == 1][0]
+        assert (dice(res.labels == 1, cl) > 0.98) is whole, (gap, dice(res.labels == 1, cl))
+        if whole:
+            assert res.flags == [], res.flags

@@ -366,9 +366,13 @@ class DatasetTransfer:
         if levelled is not None:
             oid, mask, score = levelled
             log.debug("%s: %s reaches down to the other object's lower end", volume.name, self.names[oid])
-            old = checks[oid]
+            old, prior = checks[oid], priors.get(oid)
+            if prior is not None:  # below the old lower end the pair, not the seed, says where the object is
+                below = np.zeros_like(mask)
+                below[int(np.nonzero(seeds[oid][0])[0].max()) + 1:] = True
+                prior = np.where(mask & below, np.float32(1.0), prior)
             seeds[oid] = (mask, score)
-            checks[oid] = with_stability(check_against_prior(mask, priors.get(oid), score, self.names[oid]),
+            checks[oid] = with_stability(check_against_prior(mask, prior, score, self.names[oid]),
                                          [] if old.stability is None else [old.stability], self.names[oid])
         (ia, (a, _)), (ib, (b, _)) = seeds.items()
         gap = base_gap(a, b)
