@@ -354,15 +354,17 @@ class DatasetTransfer:
                      seeds: dict[int, tuple[np.ndarray, float]], checks: dict[int, ObjectCheck]) -> None:
         """Two side-by-side objects on one image (the lungs): lower ends brought level, or flagged (:mod:`.pairs`)."""
         eng = self.engine
-        if eng.config.pair_base_gap <= 0 or not isinstance(eng.backend, Backend):
+        if eng.config.pair_base_gap <= 0:
             return
-        emb = eng.embedding(eng.backend, volume, k, self.window)
 
         def point_of(oid: int):
             p = priors.get(oid)
             return interior_point(p >= 0.5) if eng.backend.info.points and p is not None and (p >= 0.5).any() else None
 
-        levelled = level_bases(eng, emb, gray, {oid: m for oid, (m, _) in seeds.items()}, point_of)
+        levelled = None
+        if isinstance(eng.backend, Backend) and eng.backend.info.boxes:
+            emb = eng.embedding(eng.backend, volume, k, self.window)
+            levelled = level_bases(eng, emb, gray, {oid: m for oid, (m, _) in seeds.items()}, point_of)
         if levelled is not None:
             oid, mask, score = levelled
             log.debug("%s: %s reaches down to the other object's lower end", volume.name, self.names[oid])
