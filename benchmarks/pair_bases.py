@@ -13,7 +13,9 @@ cases below 0.85, case flag recall/precision (:mod:`promptonce.flagscore`), case
 "ends ... above" flag, decoder calls an image.
 
     .venv/bin/python benchmarks/pair_bases.py --start 100 --count 40 --seeds 2 \\
-        --out benchmarks/results/pair_bases_report.json        # ~15 minutes on 2 cores
+        --out benchmarks/results/pair_bases_report.json        # ~19 minutes on 2 cores
+    .venv/bin/python benchmarks/pair_bases.py --start 0 --count 100 --seed-images 90,0,30,60 \
+        --no-uneven-seed --out benchmarks/results/pair_bases_tune.json   # the tuning seeds, ~55 minutes
 
 Tuning was done on images 0-99; report on images >= 100.
 """
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_range_args(ap, count=40)
     ap.add_argument("--seeds", type=int, default=2, help="seed images spread evenly over the range")
+    ap.add_argument("--seed-images", default=None,
+                    help="comma-separated seed images (indices within the range) instead of --seeds")
     ap.add_argument("--no-uneven-seed", dest="uneven_seed", action="store_false",
                     help="do not add the image with the most uneven reference lung bases as a seed")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pair_bases.json")
@@ -61,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     paths, vols, refs = loaded
     gaps = [reference_gap(r) for r in refs]
-    seeds = sorted({int(round(x)) for x in np.linspace(0, len(vols) - 1, args.seeds)})
+    if args.seed_images:
+        seeds = sorted({int(x) for x in args.seed_images.split(",")})
+        if not all(0 <= x < len(vols) for x in seeds):
+            ap.error(f"--seed-images must lie in 0..{len(vols) - 1}")
+    else:
+        seeds = sorted({int(round(x)) for x in np.linspace(0, len(vols) - 1, args.seeds)})
     if args.uneven_seed:
         seeds = sorted({*seeds, int(np.argmax([g if g is not None else -1.0 for g in gaps]))})
     eng = make_engine(None, "litemedsam", None)
