@@ -9,6 +9,7 @@ masks.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -36,6 +37,7 @@ def load_range(start: int, count: int) -> tuple[list[Path], list, list[np.ndarra
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     from PIL import Image
+
     from promptonce.io.readers import load
 
     paths = sorted((DATA / "images").glob("*.png"))[start:start + count]
@@ -51,3 +53,11 @@ def lungs(ref: np.ndarray) -> list[np.ndarray]:
     lab, n = ndimage.label(ref, np.ones((3, 3)))
     sizes = ndimage.sum(ref, lab, range(1, n + 1))
     return [lab == (i + 1) for i in np.argsort(-np.asarray(sizes))[:2]]
+
+
+def write_result(out: Path, argv: list[str] | None, start: int, count: int, **fields) -> None:
+    """Writes a benchmark's JSON to ``out``: the command that made it, the image range, then ``fields``."""
+    doc = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
+           "images": f"cxr_shenzhen {start}-{start + count - 1}", **fields}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1))

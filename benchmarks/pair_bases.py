@@ -23,7 +23,6 @@ Tuning was done on images 0-99; report on images >= 100.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
@@ -34,14 +33,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _xrays import add_range_args, load_range, lungs, write_result  # noqa: E402
+
 from promptonce.engine import make_engine, segment  # noqa: E402
 from promptonce.engine.pairs import base_gap  # noqa: E402
 from promptonce.evaluate import reference_prompt  # noqa: E402
 from promptonce.flagscore import flag_score  # noqa: E402
 from promptonce.metrics import dice  # noqa: E402
 from promptonce.types import Dataset  # noqa: E402
-
-from _xrays import add_range_args, load_range, lungs  # noqa: E402
 
 
 def reference_gap(ref: np.ndarray) -> float | None:
@@ -113,13 +112,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"(recall {fs.recall}, precision {fs.precision}), uneven {run['uneven_flagged']}", flush=True)
     eng.config = default
     g = np.array([x for x in gaps if x is not None])
-    out = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
-           "images": f"cxr_shenzhen {args.start}-{args.start + len(paths) - 1}", "seconds": time.perf_counter() - t0,
-           "reference_gap": {"p50": float(np.median(g)), "p90": float(np.percentile(g, 90)),
-                             "share_above_0.15": float(np.mean(g > 0.15)), "share_above_0.20": float(np.mean(g > 0.2))},
-           "runs": runs}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
+    write_result(args.out, argv, args.start, len(paths), seconds=time.perf_counter() - t0,
+                 reference_gap={"p50": float(np.median(g)), "p90": float(np.percentile(g, 90)),
+                                "share_above_0.15": float(np.mean(g > 0.15)),
+                                "share_above_0.20": float(np.mean(g > 0.2))},
+                 runs=runs)
     return 0
 
 

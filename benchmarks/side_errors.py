@@ -17,7 +17,6 @@ Tuning was done on images 0-99; report on images >= 100.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
@@ -28,12 +27,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _xrays import add_range_args, load_range, lungs, write_result  # noqa: E402
+
 from promptonce.engine import make_engine, segment  # noqa: E402
 from promptonce.engine.transfer import DatasetTransfer  # noqa: E402
 from promptonce.evaluate import reference_prompt  # noqa: E402
 from promptonce.metrics import dice  # noqa: E402
-
-from _xrays import add_range_args, load_range, lungs  # noqa: E402
 
 SIDES = ("left", "top", "right", "bottom")
 
@@ -89,11 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {paths[s].name}, {label}: Dice per lung {run['dice_per_lung']:.4f}, "
                   f"|side offset| {run['side_abs_mean']}", flush=True)
     eng.config = default
-    out = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
-           "images": f"cxr_shenzhen {args.start}-{args.start + len(paths) - 1}", "seconds": time.perf_counter() - t0,
-           "runs": runs}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
+    write_result(args.out, argv, args.start, len(paths), seconds=time.perf_counter() - t0, runs=runs)
     return 0
 
 
