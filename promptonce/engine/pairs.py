@@ -15,6 +15,7 @@ looks at it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,11 +23,12 @@ import numpy as np
 if TYPE_CHECKING:
     from .core import Engine
 
-from ..types import Box, ObjectPrompt
+from ..prompts import box_from_mask
+from ..types import ObjectPrompt
 from .predict import predict
 from .quality import boundary_evidence, extent
 
-__all__ = ["base_gap", "is_pair", "level_bases", "uneven_bases_flag"]
+__all__ = ["base_gap", "is_pair", "level_bases", "shorter", "uneven_bases_flag"]
 
 #: Side by side: the column ranges overlap by less than this fraction of the narrower object ...
 MAX_COLUMN_OVERLAP = 0.2
@@ -73,6 +75,12 @@ def is_pair(masks: dict[int, np.ndarray]) -> bool:
     return max(ha, hb) <= MAX_HEIGHT_RATIO * min(ha, hb)
 
 
+def shorter(masks: dict[int, np.ndarray]) -> tuple[int, int]:
+    """``(id of the object whose lower end is higher, id of the other)`` of two non-empty masks."""
+    (ia, a), (ib, b) = masks.items()
+    return (ia, ib) if np.nonzero(a)[0].max() < np.nonzero(b)[0].max() else (ib, ia)
+
+
 def uneven_bases_flag(name: str, other: str, gap: float) -> str:
     """The flag of a pair whose lower ends stay ``gap`` (fraction of their height) apart."""
     return (f"{name}: ends {gap:.0%} of its height above {other} (side-by-side objects such as the two "
@@ -102,17 +110,14 @@ def level_bases(
     cfg = eng.config
     if cfg.pair_base_gap <= 0 or len(masks) != 2:
         return None
-    (ia, a), (ib, b) = masks.items()
-    gap = base_gap(a, b)
+    gap = base_gap(*masks.values())
     if gap is None or gap <= cfg.pair_base_gap:
         return None
-    bottom_a, bottom_b = int(np.nonzero(a)[0].max()), int(np.nonzero(b)[0].max())
-    oid, short, target = (ia, a, bottom_b) if bottom_a < bottom_b else (ib, b, bottom_a)
-    h, w = short.shape
-    ys, xs = np.nonzero(short)
+    oid, other = shorter(masks)
+    short = masks[oid]
     pad = 0.02 * extent(short)
-    box = Box(max(xs.min() - pad, 0.0), max(ys.min() - pad, 0.0), min(xs.max() + pad, w - 1.0),
-              min(target + pad, h - 1.0))
+    box = box_from_mask(short, margin=pad, shape=short.shape)  # lower side: down to the other's lower end
+    box = replace(box, y1=min(float(np.nonzero(masks[other])[0].max()) + pad, short.shape[0] - 1.0))
     point = point_of(oid)
     pred = predict(eng, eng.backend, emb,
                    ObjectPrompt(points=(point,) if point is not None else (), box=box, object_id=oid))

@@ -21,7 +21,7 @@ from ..prompts import box_from_mask, interior_point, map_prompt
 from ..registration import image_similarity, register, thumbnail, warp
 from ..types import Box, Dataset, ObjectPrompt, SlicePrompt, SliceResult, Volume
 from .config import Strategy
-from .pairs import base_gap, is_pair, level_bases, uneven_bases_flag
+from .pairs import base_gap, is_pair, level_bases, shorter, uneven_bases_flag
 from .prior_mask import prior_guided_mask
 from .quality import (
     ObjectCheck,
@@ -376,10 +376,10 @@ class DatasetTransfer:
             seeds[oid] = (mask, score)
             checks[oid] = with_stability(check_against_prior(mask, prior, score, self.names[oid]),
                                          [] if old.stability is None else [old.stability], self.names[oid])
-        (ia, (a, _)), (ib, (b, _)) = seeds.items()
-        gap = base_gap(a, b)
+        masks = {oid: m for oid, (m, _) in seeds.items()}
+        gap = base_gap(*masks.values())
         if gap is not None and gap > eng.config.pair_base_gap:
-            short, other = (ia, ib) if np.nonzero(a)[0].max() < np.nonzero(b)[0].max() else (ib, ia)
+            short, other = shorter(masks)
             checks[short] = replace(checks[short], flags=[*checks[short].flags,
                                                           uneven_bases_flag(self.names[short], self.names[other], gap)])
 
