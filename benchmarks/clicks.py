@@ -71,6 +71,8 @@ def main() -> int:
     ap.add_argument("--slices", type=int, default=4, help="slices per volume (volume sets)")
     ap.add_argument("--cxr", type=int, default=None, help="override the number of X-rays (first N)")
     ap.add_argument("--cases", type=int, default=None, help="at most this many volumes per volume set")
+    ap.add_argument("--first-case", type=int, default=0,
+                    help="skip this many cases of every set (held-out cases: the first ones tuned the click path)")
     ap.add_argument("--protocols", nargs="*", default=list(PROTOCOLS), choices=PROTOCOLS)
     ap.add_argument("--min-frac", type=float, default=0.25, help="slices whose object is >= this of its max area")
     ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "clicks.json"))
@@ -97,7 +99,7 @@ def main() -> int:
             n_cases = args.cxr
         elif name != "cxr_shenzhen" and args.cases:
             n_cases = min(n_cases, args.cases)
-        ds = load_dataset(str(data / images))[:n_cases]
+        ds = load_dataset(str(data / images))[args.first_case : args.first_case + n_cases]
         rp = data / refs
         ref_paths = [rp] * len(ds) if rp.is_file() else pair_references(ds, [str(rp)])
         dices: dict[str, list[float]] = {p: [] for p in PROTOCOLS}

@@ -16,7 +16,9 @@ from ..backends.base import Backend, Embedding, Prediction
 from ..errors import PromptError
 from ..prompts import box_from_mask
 from ..types import Box, ObjectPrompt, Volume
+from .click_choice import GROW_STARTS, GROW_STEPS, ClickCandidate, choose, click_component, grown_box, start_box
 from .clicks import agreement, click_region, contains_points, leaks, remove_negative
+from .quality import boundary_evidence, dice
 
 __all__ = [
     "predict",
@@ -112,20 +114,19 @@ def predict_object(
 def click_to_box_model(
     eng: Engine, clicker: Backend, backend: Backend, volume: Volume, k: int, obj: ObjectPrompt, window=None
 ) -> tuple[np.ndarray, float]:
-    """Clicks on a box-only model: the click model's candidate that agrees best with the intensity
-    region grown from the click, boxed for the box model.
+    """Clicks on a box-only model: the click's guesses of the object, boxed for the box model.
 
-    The click model's candidates (all three multimask outputs for a single click) that hold the
-    positive clicks and are not the whole frame are ranked by their Dice with the click region
-    (:func:`.clicks.click_region`; ties: the model's score); without a usable region (a click on
-    texture, a region over a third of the slice, or a single projection image such as an X-ray,
-    where ribs cut the region short: on 10 Shenzhen X-rays the region made clicks worse) the click
-    model's own choice (:func:`best_containing`) is taken, as before. Its box (with the usual margin) goes to the box
-    model and is refined once from its own mask. A box-model mask that leaks far beyond the chosen
-    candidate (:func:`.clicks.leaks`) is replaced by the candidate itself. The box model is then also
-    run on the region's own box, and that result is taken when it agrees better with the region
-    (when all the click model's candidates took neighbours, as on CT liver next to the spleen or a
-    cardiac MR right ventricle).
+    On a projection image (an X-ray) the click model's own choice (:func:`best_containing`) is
+    boxed. On a cross-section (CT, MR) every guess of the object's extent is: the click model's
+    candidates (all three multimask outputs for a single click) that hold the positive clicks and
+    are not the whole frame, the intensity region grown from the click
+    (:func:`.clicks.click_region`) and, for a single positive click, boxes grown outwards from the
+    click by the box model itself (:data:`.click_choice.GROW_STARTS`). Each guess's box (with the
+    usual margin) goes to the box model and is refined once from its own mask (:func:`_boxed`; a
+    result that leaks far beyond its guess is dropped), and the box model is asked once more on
+    that mask's box to measure its stability; :func:`.click_choice.choose` keeps one. This replaced
+    "the click model's candidate that agrees best with the region, or the region's own box":
+    ``benchmarks/README.md`` ("Clicks, second round") has the tuning and held-out figures.
 
     Returns:
         ``(mask bool (rows, cols), score)``.
@@ -142,32 +143,65 @@ def click_to_box_model(
         only = replace(obj, points=tuple(pos))
         pred = predict(eng, clicker, emb_c, only, multimask=len(pos) == 1)
         first = best_containing(pred, only)
-    region = click_region(eng.frames(volume, window).gray(k), obj.points) if pos and _cross_section(volume) else None
-    chosen = first
-    if region is not None:
-        ok = [j for j in range(len(pred.scores)) if contains_points(pred.masks[j], pos) and not _whole_frame(pred.masks[j])]
-        if ok:
-            chosen = pred.masks[max(ok, key=lambda j: (round(agreement(pred.masks[j], region), 3), pred.scores[j]))]
     emb = eng.embedding(backend, volume, k, window)
-    mask, score = _boxed(eng, backend, emb, chosen, obj.object_id, shape)
-    if mask is None:
-        mask, score = chosen, float(np.max(pred.scores))
-    if region is not None and agreement(mask, region) < REGION_TRUST:
-        # on a cross-section (CT, MR) the click's own region is a guess of the object's extent too:
-        # the box model on its box, taken when it agrees better with the region
-        alt, alt_score = _boxed(eng, backend, emb, region, obj.object_id, shape)
-        # (the region itself is no alternative: it would always agree best with itself; on a
-        # cardiac MR slice that replaced a 0.97 left ventricle by a 0.44 region)
-        if alt is not None and contains_points(alt, pos) and agreement(alt, region) > agreement(mask, region):
-            log.debug("slice %d: the click's region replaced the click model's candidates", k)
-            return alt, alt_score
-    return mask, score
+    if not _cross_section(volume):
+        # a projection image (an X-ray): the click model's own choice, boxed. The candidates below
+        # lowered click Dice on 20 held-out Shenzhen X-rays from 0.861 to 0.749 (grown boxes and
+        # stable half-lungs won; the intensity region and edges do not follow a lung there)
+        mask, score = _boxed(eng, backend, emb, first, obj.object_id, shape)
+        return (first, float(np.max(pred.scores))) if mask is None else (mask, score)
+    gray = eng.frames(volume, window).gray(k)
+    region = click_region(gray, obj.points) if pos else None
+    ok = [j for j in range(len(pred.scores)) if contains_points(pred.masks[j], pos) and not _whole_frame(pred.masks[j])]
+    guides = [(f"click model {j}", pred.masks[j]) for j in ok] or [("click model", first)]
+    if region is not None:
+        guides.append(("region", region))
+    memo: dict[tuple[int, int, int, int], tuple[np.ndarray, float]] = {}
+    if len(pos) == 1 and len(obj.points) == 1:
+        for frac in GROW_STARTS:
+            grown = _grow_from_click(eng, backend, emb, pos[0], frac * min(shape), shape, obj.object_id)
+            if grown is not None:
+                guides.append((f"grown {frac}", grown))
+    candidates: list[ClickCandidate] = []
+    seen: list[np.ndarray] = []
+    for source, guide in guides:
+        mask, score = _boxed(eng, backend, emb, guide, obj.object_id, shape, memo)
+        if mask is None or any(np.array_equal(mask, m) for m in seen):
+            continue
+        seen.append(mask)
+        again, _ = _boxed(eng, backend, emb, mask, obj.object_id, shape, memo)
+        candidates.append(ClickCandidate(
+            mask=mask, score=score, stability=dice(mask, again) if again is not None else 0.0,
+            contains=contains_points(mask, pos), region_agreement=agreement(mask, region) if region is not None else None,
+            edge=boundary_evidence(gray, mask), source=source,
+        ))
+    if not candidates:
+        return first, float(np.max(pred.scores))
+    best = choose(candidates)
+    log.debug("slice %d: click -> %s (of %d candidates)", k, best.source, len(candidates))
+    return best.mask, best.score
 
 
-#: the box model is also tried on the click region's box when the click candidate's result agrees
-#: with the region less than this (Dice); 1.0 = always. Measured on CT liver (3 slices,
-#: benchmarks/clicks.py): a threshold of 0.6 gave Dice 0.858, always trying 0.968.
-REGION_TRUST = 1.0
+def _grow_from_click(
+    eng: Engine, backend: Backend, emb: Embedding, point, half: float, shape: tuple[int, int], object_id: int
+) -> np.ndarray | None:
+    """The box model's mask from a square box around the click, grown while the mask touches its sides
+    (:func:`.click_choice.grown_box`, at most ``GROW_STEPS`` calls); the part under the click."""
+    box: Box | None = start_box(point, max(3.0, half), shape)
+    mask = None
+    for _ in range(GROW_STEPS):
+        if box is None:
+            break
+        part = click_component(predict(eng, backend, emb, ObjectPrompt(box=box, object_id=object_id)).best, point)
+        if part is None:
+            break
+        mask = part
+        box = grown_box(box, mask)
+    return mask
+
+
+def _box_key(box: Box) -> tuple[int, int, int, int]:
+    return (int(round(box.x0)), int(round(box.y0)), int(round(box.x1)), int(round(box.y1)))
 
 
 def _cross_section(volume: Volume) -> bool:
@@ -178,17 +212,27 @@ def _cross_section(volume: Volume) -> bool:
 
 
 def _boxed(
-    eng: Engine, backend: Backend, emb: Embedding, guide: np.ndarray, object_id: int, shape: tuple[int, int]
+    eng: Engine, backend: Backend, emb: Embedding, guide: np.ndarray, object_id: int, shape: tuple[int, int],
+    memo: dict | None = None,
 ) -> tuple[np.ndarray | None, float]:
-    """The box model on ``guide``'s box, refined once; None when it is empty or leaks beyond ``guide``."""
+    """The box model on ``guide``'s box, refined once; None when it is empty or leaks beyond ``guide``.
+
+    ``memo`` (box -> refined result) saves the model calls when several guides have the same box.
+    """
     box = box_from_mask(guide, margin=margin(eng, guide), shape=shape)
     if box is None:
         return None, 0.0
-    boxed = ObjectPrompt(box=box, object_id=object_id)
-    pred_b = predict(eng, backend, emb, boxed)
-    mask, score = pred_b.best, float(np.max(pred_b.scores))
-    if mask.any():
-        mask, score = refine_mask(eng, backend, emb, mask, score, boxed, shape)
+    key = _box_key(box)
+    if memo is not None and key in memo:
+        mask, score = memo[key]
+    else:
+        boxed = ObjectPrompt(box=box, object_id=object_id)
+        pred_b = predict(eng, backend, emb, boxed)
+        mask, score = pred_b.best, float(np.max(pred_b.scores))
+        if mask.any():
+            mask, score = refine_mask(eng, backend, emb, mask, score, boxed, shape)
+        if memo is not None:
+            memo[key] = (mask, score)
     if not mask.any() or leaks(mask, guide):
         return None, 0.0
     return mask, score

@@ -1,0 +1,129 @@
+"""Which box-model mask a click meant on a cross-section: candidates, how each is scored, and a box grown from the click.
+
+A click on a box-only model (LiteMedSAM) has to become a box. On a CT or MR slice each guess of
+the object's extent (the click model's candidates, the intensity region grown from the click, and
+boxes grown outwards from the click by the box model itself, :func:`grown_box`) is boxed for the
+box model; what comes back is a :class:`ClickCandidate`. One of them is kept by :func:`choose`:
+
+* it must hold the positive clicks (when any candidate does);
+* then the highest sum of four terms, each in [0, 1], equally weighted: the box model's own score;
+  its **stability** (Dice between the mask and the box model's answer to the mask's own box: an
+  object is a fixed point of "box it and ask again", a fragment or a mask that took a neighbour
+  changes); its agreement (Dice) with the click's intensity region; and its **boundary evidence**
+  (how sharply its outline follows image edges, :func:`.quality.boundary_evidence`).
+
+Projection images (X-rays) do not come here: there ribs and overlapping organs cut the region short
+and put edges inside the lung, and these candidates lowered click Dice (see
+:func:`.predict.click_to_box_model`). Measured with ``benchmarks/clicks.py``; the collection that
+set the equal weights and the grow starts, and the held-out slices, cases and organs, are in
+``benchmarks/README.md`` ("Clicks, second round").
+
+All arrays are ``(rows, cols)``; points are ``(x, y)`` = (column, row) pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from ..types import Box, Point
+
+__all__ = ["GROW_STARTS", "GROW_STEPS", "ClickCandidate", "choose", "click_component", "grown_box", "start_box"]
+
+#: half-sizes of the boxes grown from a single click, as fractions of the slice's shorter side
+GROW_STARTS = (0.04, 0.08)
+#: at most this many box-model calls while one box grows
+GROW_STEPS = 8
+#: a side the mask comes within this fraction of the box's size (at least 2 px) of is "touched"
+TOUCH = 0.1
+#: a touched side moves out by this factor of the box's size minus one (1.5: half the size)
+GROWTH = 1.5
+
+
+@dataclass(frozen=True)
+class ClickCandidate:
+    """One box-model mask for a click, with what :func:`choose` ranks it by.
+
+    Attributes:
+        mask: bool ``(rows, cols)``.
+        score: the box model's predicted IoU.
+        stability: Dice with the box model's answer to this mask's own box.
+        contains: the mask holds every positive click.
+        region_agreement: Dice with the click's intensity region (None: no region).
+        edge: :func:`.quality.boundary_evidence` of the mask.
+        source: where the guess came from ("click model 0", "region", "grown 0.04"), for the log.
+    """
+
+    mask: np.ndarray
+    score: float
+    stability: float
+    contains: bool
+    region_agreement: float | None
+    edge: float
+    source: str = ""
+
+    @property
+    def merit(self) -> float:
+        """The sum :func:`choose` maximises (see the module text); a missing region counts 0."""
+        return self.score + self.stability + (self.region_agreement or 0.0) + self.edge
+
+
+def choose(candidates: Sequence[ClickCandidate]) -> ClickCandidate:
+    """The candidate kept: one that holds the clicks, then the highest :attr:`ClickCandidate.merit`;
+    ties keep the earlier one. ``candidates`` must not be empty."""
+    if not candidates:
+        raise ValueError("choose() needs at least one candidate")
+    best = candidates[0]
+    for c in candidates[1:]:
+        if (c.contains, c.merit) > (best.contains, best.merit):
+            best = c
+    return best
+
+
+def start_box(point: Point, half: float, shape: tuple[int, int]) -> Box:
+    """A square box of half-size ``half`` pixels around the click, clipped to the slice."""
+    h, w = shape
+    return Box(max(point.x - half, 0.0), max(point.y - half, 0.0), min(point.x + half, w - 1.0), min(point.y + half, h - 1.0))
+
+
+def click_component(mask: np.ndarray, point: Point) -> np.ndarray | None:
+    """The connected part of ``mask`` under the click, else the part nearest to it; None when empty."""
+    if not mask.any():
+        return None
+    lab, _ = ndimage.label(mask)
+    h, w = mask.shape
+    r, c = min(max(int(round(point.y)), 0), h - 1), min(max(int(round(point.x)), 0), w - 1)
+    v = int(lab[r, c])
+    if v == 0:
+        _, (ri, ci) = ndimage.distance_transform_edt(lab == 0, return_indices=True)
+        v = int(lab[ri[r, c], ci[r, c]])
+    return lab == v
+
+
+def grown_box(box: Box, mask: np.ndarray) -> Box | None:
+    """The next box while growing from a click, or None when ``mask`` no longer touches ``box``.
+
+    Each side of ``box`` that the mask comes within ``TOUCH`` of the box's size of (and that is
+    not at the slice's border) moves out by ``GROWTH - 1`` of that size: the object goes on past it.
+    """
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    bw, bh = box.x1 - box.x0, box.y1 - box.y0
+    tx, ty = max(2.0, TOUCH * bw), max(2.0, TOUCH * bh)
+    gx, gy = (GROWTH - 1.0) * bw, (GROWTH - 1.0) * bh
+    x0, y0, x1, y1 = box.x0, box.y0, box.x1, box.y1
+    if xs.min() - box.x0 < tx and box.x0 > 0:
+        x0 = max(box.x0 - gx, 0.0)
+    if box.x1 - xs.max() < tx and box.x1 < w - 1:
+        x1 = min(box.x1 + gx, w - 1.0)
+    if ys.min() - box.y0 < ty and box.y0 > 0:
+        y0 = max(box.y0 - gy, 0.0)
+    if box.y1 - ys.max() < ty and box.y1 < h - 1:
+        y1 = min(box.y1 + gy, h - 1.0)
+    new = Box(x0, y0, x1, y1)
+    return None if new == box else new
