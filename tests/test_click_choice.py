@@ -84,3 +84,55 @@ def test_a_click_whose_click_model_sees_a_fragment_gives_the_whole_object_on_ct(
     mask, _ = eng.predict_object(vol, 0, ObjectPrompt(points=(Point(70, 60, 1),)), window=(255, 127.5))
     d = 2 * (mask & disc).sum() / (mask.sum() + disc.sum())
     assert d > 0.95
+
+
+class TwoDiscClicker:
+    """A stand-in click model (not a model) whose preferred candidate for any click is both discs."""
+
+    def __init__(self, both: np.ndarray, left: np.ndarray) -> None:
+        from promptonce.backends.fake import FakeBackend
+
+        self._fake = FakeBackend()
+        self.info = self._fake.info
+        self.both, self.left = both, left
+
+    def embed(self, frame):
+        return self._fake.embed(frame)
+
+    def embed_many(self, frames):
+        return [self._fake.embed(f) for f in frames]
+
+    def predict(self, embedding, points=None, point_labels=None, box=None, mask_logits=None, multimask=False):
+        from promptonce.backends.base import Prediction
+
+        masks = np.stack([self.both, self.left, self.left])
+        return Prediction(masks=masks, scores=np.array([0.99, 0.8, 0.7], np.float32), logits=None)
+
+
+def _two_discs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:96, 0:96]
+    left = (xx - 28) ** 2 + (yy - 48) ** 2 <= 14**2
+    right = (xx - 68) ** 2 + (yy - 48) ** 2 <= 14**2
+    img = np.full((96, 96), 20.0, np.float32)
+    img[left | right] = 200.0
+    return img, left, right
+
+
+@pytest.mark.parametrize("modality", ["", "CT"])
+def test_a_clicked_object_does_not_take_another_objects_click(modality: str) -> None:
+    from promptonce.engine import segment
+    from promptonce.types import Dataset, SlicePrompt
+
+    img, left, right = _two_discs()
+    vol = Volume(img[None], name="discs", modality=modality)  # "" = a projection image (an X-ray)
+    eng = Engine(BoxOnlyFake(), click_backend=TwoDiscClicker(left | right, left))
+    lclick, rclick = Point(28, 48, 1), Point(68, 48, 1)
+    if not modality:  # on CT the click's intensity region already ranks the left disc first
+        alone, _ = eng.predict_object(vol, 0, ObjectPrompt(points=(lclick,)), window=(255, 127.5))
+        assert alone[48, 68], "without the other object's click the click model's favourite (both discs) stays"
+    kept, _ = eng.predict_object(vol, 0, ObjectPrompt(points=(lclick,)), window=(255, 127.5), avoid=(rclick,))
+    assert kept[48, 28] and not kept[48, 68]
+    assert (kept & left).sum() > 0.95 * left.sum()
+    prompt = SlicePrompt((ObjectPrompt(points=(lclick,), object_id=1), ObjectPrompt(points=(rclick,), object_id=2)), 0)
+    (res,) = list(segment(Dataset([vol]), prompt, scope="image", engine=eng, window=(255, 127.5)))
+    assert res.labels[48, 28] == 1 and res.labels[48, 68] == 2

@@ -529,7 +529,8 @@ class AnnotationSession:
             corr = ObjectPrompt(points=prompt.points, box=box, object_id=oid, name=obj.name)
             mask, score = self._point_engine(model, eng).predict_object(vol, k, corr, window)
         else:
-            mask, score = eng.predict_object(vol, k, prompt, window)
+            others = tuple(p for o, od in self.drafts[(case, k)].items() if o != oid for p in od.points if p.label == 1)
+            mask, score = eng.predict_object(vol, k, prompt, window, avoid=others)
         d.mask, d.score = _without_background(np.asarray(mask, bool), d.points), float(score)
         secs = time.perf_counter() - t0
         area = int(d.mask.sum())

@@ -94,10 +94,10 @@ class Engine:
 
     # ------------------------------------------------------------------ work
     def predict_object(
-        self, volume: Volume, k: int, obj: ObjectPrompt, window=None, refine: bool | int = False
+        self, volume: Volume, k: int, obj: ObjectPrompt, window=None, refine: bool | int = False, avoid=()
     ) -> tuple[np.ndarray, float]:
         """Segments one object on slice ``k`` (see :func:`.predict.predict_object`)."""
-        return _predict_mod.predict_object(self, volume, k, obj, window, refine)
+        return _predict_mod.predict_object(self, volume, k, obj, window, refine, avoid)
 
     def segment_volume(self, volume: Volume, prompt: SlicePrompt, **kwargs) -> Iterator[SliceResult]:
         """Propagates one prompt through one volume (see :func:`.walk.segment_volume` for the arguments)."""

@@ -22,6 +22,7 @@ from ..registration import image_similarity, register, thumbnail, warp
 from ..types import Box, Dataset, ObjectPrompt, SlicePrompt, SliceResult, Volume
 from .config import Strategy
 from .pairs import base_gap, is_pair, level_bases, shorter, uneven_bases_flag
+from .predict import other_clicks
 from .prior_mask import prior_guided_mask
 from .quality import (
     ObjectCheck,
@@ -207,7 +208,7 @@ class DatasetTransfer:
         if seed_labels is None:
             seed_labels = np.zeros(seed_volume.shape[1:], np.uint8)
             for obj in prompt.objects:
-                mask, _ = engine.predict_object(seed_volume, k0, obj, window)
+                mask, _ = engine.predict_object(seed_volume, k0, obj, window, avoid=other_clicks(prompt, obj))
                 seed_labels[mask & (seed_labels == 0)] = obj.object_id
         self.seed = make_exemplar(
             seed_volume.name,

@@ -20,7 +20,7 @@ from ..errors import PromptError, check_cancel
 from ..prompts import box_from_mask, interior_point
 from ..registration import register, warp
 from ..types import Box, ObjectPrompt, Point, SlicePrompt, SliceResult, Volume
-from .predict import check_prompt_inside, margin, predict, predict_object
+from .predict import check_prompt_inside, margin, other_clicks, predict, predict_object
 from .quality import MIN_NEIGHBOUR_AGREEMENT, SequenceMonitor, lost_flag, neighbour_agreement, slice_confidence
 
 __all__ = ["ObjectState", "segment_volume", "step", "vanished", "walk", "walk_both_ways", "paint"]
@@ -225,7 +225,7 @@ def segment_volume(
             mask = np.asarray(mask, bool)
         else:
             refine = eng.config.transfer_refine if refine_seed else False
-            mask, score = predict_object(eng, volume, k0, obj, window, refine=refine)
+            mask, score = predict_object(eng, volume, k0, obj, window, refine=refine, avoid=other_clicks(prompt, obj))
         if not mask.any():
             flags.append(f"{obj.name or f'object {obj.object_id}'}: empty mask on the prompted slice")
         st = ObjectState(obj.object_id, mask, int(mask.sum()), score, bool(mask.any()), obj.name)
