@@ -95,7 +95,7 @@ def click_component(mask: np.ndarray, point: Point) -> np.ndarray | None:
         return None
     lab, _ = ndimage.label(mask)
     h, w = mask.shape
-    r, c = min(max(int(round(point.y)), 0), h - 1), min(max(int(round(point.x)), 0), w - 1)
+    r, c = min(max(round(point.y), 0), h - 1), min(max(round(point.x), 0), w - 1)
     v = int(lab[r, c])
     if v == 0:
         _, (ri, ci) = ndimage.distance_transform_edt(lab == 0, return_indices=True)

@@ -224,7 +224,7 @@ def _grow_from_click(
 
 
 def _box_key(box: Box) -> tuple[int, int, int, int]:
-    return (int(round(box.x0)), int(round(box.y0)), int(round(box.x1)), int(round(box.y1)))
+    return (round(box.x0), round(box.y0), round(box.x1), round(box.y1))
 
 
 def _cross_section(volume: Volume) -> bool:
