@@ -136,3 +136,14 @@ def test_a_clicked_object_does_not_take_another_objects_click(modality: str) -> 
     prompt = SlicePrompt((ObjectPrompt(points=(lclick,), object_id=1), ObjectPrompt(points=(rclick,), object_id=2)), 0)
     (res,) = list(segment(Dataset([vol]), prompt, scope="image", engine=eng, window=(255, 127.5)))
     assert res.labels[48, 28] == 1 and res.labels[48, 68] == 2
+
+
+def test_a_click_model_used_directly_also_passes_over_another_objects_click() -> None:
+    img, left, right = _two_discs()
+    vol = Volume(img[None], name="discs")
+    eng = Engine(TwoDiscClicker(left | right, left))  # a model that takes clicks itself (SAM, MobileSAM)
+    lclick, rclick = Point(28, 48, 1), Point(68, 48, 1)
+    alone, _ = eng.predict_object(vol, 0, ObjectPrompt(points=(lclick,)), window=(255, 127.5))
+    assert alone[48, 68]
+    kept, _ = eng.predict_object(vol, 0, ObjectPrompt(points=(lclick,)), window=(255, 127.5), avoid=(rclick,))
+    assert kept[48, 28] and not kept[48, 68]

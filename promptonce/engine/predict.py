@@ -107,7 +107,7 @@ def predict_object(
     if multimask:
         use = obj.points[0].label == 1 and _cross_section(volume)
         region = click_region(eng.frames(volume, window).gray(k), obj.points) if use else None
-        mask = best_containing(pred, obj, region=region)
+        mask = best_containing(pred, obj, region=region, avoid=avoid)
     else:
         mask = pred.best
     score = float(np.max(pred.scores))
@@ -347,7 +347,8 @@ def _whole_frame(m: np.ndarray, max_fraction: float = 0.5) -> bool:
 
 
 def best_containing(
-    pred: Prediction, obj: ObjectPrompt, max_fraction: float = 0.5, region: np.ndarray | None = None
+    pred: Prediction, obj: ObjectPrompt, max_fraction: float = 0.5, region: np.ndarray | None = None,
+    avoid: Sequence[Point] = (),
 ) -> np.ndarray:
     """Best candidate that contains the positive clicks (SAM's multimask ambiguity resolved).
 
@@ -356,12 +357,18 @@ def best_containing(
     top-scored candidate was the whole radiograph (score 1.0 on ~92% of the frame), which says
     nothing about the object the user pointed at. With ``region`` (bool ``(rows, cols)``, the
     intensity region grown from the click, :func:`.clicks.click_region`), the candidates that
-    contain the clicks are ranked by their Dice with it first, then by score.
+    contain the clicks are ranked by their Dice with it first, then by score. Candidates that hold one
+    of the ``avoid`` points (other objects' clicks) are passed over while another one qualifies.
     """
     pos = [p for p in obj.points if p.label == 1]
     order = [int(j) for j in np.argsort(-pred.scores)]
+    if avoid:
+        free = [j for j in order if not any(contains_points(pred.masks[j], [q]) for q in avoid)]
+        order = free + [j for j in order if j not in free]
     if region is not None:
         ok = [j for j in order if contains_points(pred.masks[j], pos) and not _whole_frame(pred.masks[j], max_fraction)]
+        if avoid:
+            ok = [j for j in ok if j in free] or ok
         if ok:
             return pred.masks[max(ok, key=lambda j: (round(agreement(pred.masks[j], region), 3), pred.scores[j]))]
 
