@@ -73,3 +73,20 @@ def test_robustness_skips_without_data(tmp_path, monkeypatch, capsys):
     out = tmp_path / "rob.json"
     assert rb.main(["--out", str(out)]) == 0
     assert not out.exists() and "skipped" in capsys.readouterr().err
+
+
+def test_second_pass_threshold_reads_a_run_where_every_case_had_both_passes():
+    sp = _script("second_pass")
+    recs = {  # hand-checkable: case a is weak and its second pass is better; b is confident; c's second is worse
+        "a": {"conf1": 0.7, "dice1": 0.80, "flags1": True, "calls1": 10, "conf2": 0.9, "dice2": 0.95, "flags2": False, "calls2": 8},
+        "b": {"conf1": 0.95, "dice1": 0.96, "flags1": False, "calls1": 10, "conf2": 0.97, "dice2": 0.90, "flags2": False, "calls2": 8},
+        "c": {"conf1": 0.75, "dice1": 0.92, "flags1": False, "calls1": 10, "conf2": 0.6, "dice2": 0.70, "flags2": True, "calls2": 8},
+    }
+    none = sp.at_threshold(recs, 0.0)
+    assert (none["second_passes"], none["decoder_calls_per_image"], none["dice_mean"]) == (0, 10.0, round((0.8 + 0.96 + 0.92) / 3, 4))
+    assert (none["below_0.85"], none["flagged"], none["flag_recall"], none["flag_precision"]) == (1, 1, 1.0, 1.0)
+    mid = sp.at_threshold(recs, 0.8)  # a and c get a second pass; only a's raises its confidence
+    assert (mid["second_passes"], mid["decoder_calls_per_image"]) == (2, round((30 + 16) / 3, 1))
+    assert mid["dice_mean"] == round((0.95 + 0.96 + 0.92) / 3, 4) and mid["flagged"] == 0 and mid["flag_recall"] is None
+    every = sp.at_threshold(recs, 1.01)  # b's second pass raises its confidence and is taken
+    assert every["dice_mean"] == round((0.95 + 0.90 + 0.92) / 3, 4) and every["second_passes"] == 3
