@@ -16,7 +16,7 @@ Projection images (X-rays) do not come here: there ribs and overlapping organs c
 and put edges inside the lung, and these candidates lowered click Dice (see
 :func:`.predict.click_to_box_model`). Measured with ``benchmarks/clicks.py``; the collection that
 set the equal weights and the grow starts, and the held-out slices, cases and organs, are in
-``benchmarks/README.md`` ("Clicks, second round").
+``benchmarks/README.md`` ("Sixth round").
 
 All arrays are ``(rows, cols)``; points are ``(x, y)`` = (column, row) pixels.
 """

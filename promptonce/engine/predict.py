@@ -133,7 +133,7 @@ def click_to_box_model(
     result that leaks far beyond its guess is dropped), and the box model is asked once more on
     that mask's box to measure its stability; :func:`.click_choice.choose` keeps one. This replaced
     "the click model's candidate that agrees best with the region, or the region's own box":
-    ``benchmarks/README.md`` ("Clicks, second round") has the tuning and held-out figures.
+    ``benchmarks/README.md`` ("Sixth round") has the tuning and held-out figures.
 
     A mask that holds another object's click (``avoid``) is passed over: on 21 held-out Shenzhen
     X-rays (11-32), 4 of the 42 lungs took both lungs this way (Dice 0.37-0.66).
@@ -240,7 +240,8 @@ def _boxed(
 ) -> tuple[np.ndarray | None, float]:
     """The box model on ``guide``'s box, refined once; None when it is empty or leaks beyond ``guide``.
 
-    ``memo`` (box -> refined result) saves the model calls when several guides have the same box.
+    ``memo`` (box rounded to whole pixels -> refined result) saves the model calls when several guides
+    have the same box.
     """
     box = box_from_mask(guide, margin=margin(eng, guide), shape=shape)
     if box is None:
