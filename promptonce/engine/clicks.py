@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from ..types import Point
 
-__all__ = ["click_region", "agreement", "remove_negative", "contains_points", "leaks"]
+__all__ = ["click_region", "agreement", "remove_negative", "contains_any", "contains_points", "leaks"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,11 @@ def _pixel(p: Point, shape: tuple[int, int]) -> tuple[int, int]:
 def contains_points(mask: np.ndarray, points: Sequence[Point]) -> bool:
     """True when every point lies on the mask (bool ``(rows, cols)``)."""
     return all(mask[_pixel(p, mask.shape)] for p in points)
+
+
+def contains_any(mask: np.ndarray, points: Sequence[Point]) -> bool:
+    """True when at least one point lies on the mask (e.g. another object's click)."""
+    return any(mask[_pixel(p, mask.shape)] for p in points)
 
 
 def _scale(shape: tuple[int, int]) -> float:

@@ -11,7 +11,7 @@ import numpy as np
 from ..backends.base import Backend, Embedding, SequenceBackend
 from ..errors import InputError, PromptError
 from ..preprocess import FrameMaker
-from ..types import Dataset, ObjectPrompt, Scope, SlicePrompt, SliceResult, Volume
+from ..types import Dataset, ObjectPrompt, Point, Scope, SlicePrompt, SliceResult, Volume
 from . import predict as _predict_mod
 from . import transfer as _transfer_mod
 from . import walk as _walk_mod
@@ -94,7 +94,8 @@ class Engine:
 
     # ------------------------------------------------------------------ work
     def predict_object(
-        self, volume: Volume, k: int, obj: ObjectPrompt, window=None, refine: bool | int = False, avoid=()
+        self, volume: Volume, k: int, obj: ObjectPrompt, window=None, refine: bool | int = False,
+        avoid: Sequence[Point] = (),
     ) -> tuple[np.ndarray, float]:
         """Segments one object on slice ``k`` (see :func:`.predict.predict_object`)."""
         return _predict_mod.predict_object(self, volume, k, obj, window, refine, avoid)

@@ -18,7 +18,7 @@ from ..errors import PromptError
 from ..prompts import box_from_mask
 from ..types import Box, ObjectPrompt, Point, SlicePrompt, Volume
 from .click_choice import GROW_STARTS, GROW_STEPS, ClickCandidate, choose, click_component, grown_box, start_box
-from .clicks import agreement, click_region, contains_points, leaks, remove_negative
+from .clicks import agreement, click_region, contains_any, contains_points, leaks, remove_negative
 from .quality import boundary_evidence, dice
 
 __all__ = [
@@ -154,23 +154,18 @@ def click_to_box_model(
         pred = predict(eng, clicker, emb_c, only, multimask=len(pos) == 1)
         first = best_containing(pred, only)
     emb = eng.embedding(backend, volume, k, window)
-    avoid = list(avoid)
-
-    def holds_other(m: np.ndarray) -> bool:
-        return any(contains_points(m, [q]) for q in avoid)
-
     if not _cross_section(volume):
         # a projection image (an X-ray): the click model's own choice, boxed. The candidates below
         # lowered click Dice on 20 held-out Shenzhen X-rays from 0.861 to 0.749 (grown boxes and
         # stable half-lungs won; the intensity region and edges do not follow a lung there)
         mask, score = _boxed(eng, backend, emb, first, obj.object_id, shape)
-        if avoid and (holds_other(first) or (mask is not None and holds_other(mask))):
+        if avoid and (contains_any(first, avoid) or (mask is not None and contains_any(mask, avoid))):
             for j in (int(j) for j in np.argsort(-pred.scores)):  # the next candidate that keeps to its own object
                 m = pred.masks[j]
-                if not contains_points(m, pos) or _whole_frame(m) or holds_other(m):
+                if not contains_points(m, pos) or _whole_frame(m) or contains_any(m, avoid):
                     continue
                 alt, alt_score = _boxed(eng, backend, emb, m, obj.object_id, shape)
-                if alt is not None and contains_points(alt, pos) and not holds_other(alt):
+                if alt is not None and contains_points(alt, pos) and not contains_any(alt, avoid):
                     return alt, alt_score
         return (first, float(np.max(pred.scores))) if mask is None else (mask, score)
     gray = eng.frames(volume, window).gray(k)
@@ -195,7 +190,8 @@ def click_to_box_model(
         again, _ = _boxed(eng, backend, emb, mask, obj.object_id, shape, memo)
         candidates.append(ClickCandidate(
             mask=mask, score=score, stability=dice(mask, again) if again is not None else 0.0,
-            contains=contains_points(mask, pos) and not holds_other(mask), region_agreement=agreement(mask, region) if region is not None else None,
+            contains=contains_points(mask, pos) and not contains_any(mask, avoid),
+            region_agreement=dice(mask, region) if region is not None else None,
             edge=boundary_evidence(gray, mask), source=source,
         ))
     if not candidates:
@@ -364,7 +360,7 @@ def best_containing(
     pos = [p for p in obj.points if p.label == 1]
     order = [int(j) for j in np.argsort(-pred.scores)]
     if avoid:
-        free = [j for j in order if not any(contains_points(pred.masks[j], [q]) for q in avoid)]
+        free = [j for j in order if not contains_any(pred.masks[j], avoid)]
         order = free + [j for j in order if j not in free]
     if region is not None:
         ok = [j for j in order if contains_points(pred.masks[j], pos) and not _whole_frame(pred.masks[j], max_fraction)]
