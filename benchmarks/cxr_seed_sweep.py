@@ -12,8 +12,14 @@ Tune/report split: tuning was done on images 0-99 (sorted file names); report on
 
 Writes JSON: per seed the dataset Dice (mean over the non-seed images), worst image, the flag
 recall (images with Dice < 0.85 that carry a flag) and precision (flagged images really below
-0.90), seconds and the registration's seconds (its share of a cold run: encoding + the seed's run);
-plus the per-image reference-box mean and the cost of the first seed's cold run over the per-image run.
+0.90), how well the case confidence ranks the failures first (``confidence_auc``: Dice < 0.85;
+``confidence_auc_bad``: Dice < 0.90; 0.5 is chance), seconds and the registration's seconds (its
+share of a cold run: encoding + the seed's run); plus the per-image reference-box mean and the cost
+of the first seed's cold run over the per-image run.
+
+``--evidence off`` runs without the image's evidence in the confidence (``quality.EVIDENCE_FULL = 0``:
+the confidence before the seventh round); ``both`` runs every seed both ways on the same embeddings
+and writes ``runs_evidence_off`` and ``flags_pooled_evidence_off`` beside the usual fields.
 """
 
 from __future__ import annotations
@@ -30,12 +36,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from promptonce.engine import make_engine, segment  # noqa: E402
+from promptonce.engine import quality as quality_module  # noqa: E402
 from promptonce.engine import transfer as transfer_module  # noqa: E402
 from promptonce.evaluate import reference_prompt  # noqa: E402
+from promptonce.flagscore import confidence_auc  # noqa: E402
 from promptonce.metrics import dice  # noqa: E402
 from promptonce.types import Dataset  # noqa: E402
 
 from _xrays import add_range_args, load_range  # noqa: E402
+
+
+def pooled_auc(runs: list[dict]) -> dict:
+    """The case confidence's AUC for Dice < 0.85 and < 0.90 over every run's cases."""
+    cases = [c for r in runs for c in r["cases"]]
+    d, c = [x["dice"] for x in cases], [x["confidence"] for x in cases]
+    return {"fail_below_0.85": confidence_auc(d, c), "bad_below_0.90": confidence_auc(d, c, fail_below=0.90)}
 
 
 def recall_precision(rows: list[dict], fail_below: float = 0.85, ok_above: float = 0.90) -> dict:
@@ -47,11 +62,43 @@ def recall_precision(rows: list[dict], fail_below: float = 0.85, ok_above: float
     return {"failures": len(fails), "flagged": len(flagged), "recall": rec, "precision": prec}
 
 
+def seed_runs(ds, paths, refs, seeds, eng, reg_seconds, t_encode: float, start: int) -> list[dict]:
+    """One dataset-scope run per seed image: Dice, flags and confidence of every other image."""
+    runs = []
+    for s in seeds:
+        sp = reference_prompt(refs[s].astype(np.uint8), labels=None, protocol="box", slice_index=0, volume_index=s)
+        t = time.perf_counter()
+        reg_seconds[0] = 0.0
+        rows = []
+        for r in segment(ds, sp, scope="dataset", engine=eng):
+            if r.volume_index == s:
+                continue
+            d = float(dice(r.labels > 0, refs[r.volume_index]))
+            conf = r.confidence
+            flagged = bool(r.flags)  # the product's own flags ("low confidence" below REVIEW_BELOW among them)
+            rows.append({"image": paths[r.volume_index].name, "dice": d, "confidence": conf,
+                         "flags": list(r.flags), "flagged": flagged})
+        dd = np.array([r["dice"] for r in rows])
+        run = {"seed": paths[s].name, "seed_index": start + s, "dice_mean": float(dd.mean()),
+               "dice_worst": float(dd.min()), "below_0.85": int((dd < 0.85).sum()),
+               "seconds": time.perf_counter() - t, "registration_seconds": reg_seconds[0], **recall_precision(rows),
+               **{f"confidence_{k}": v for k, v in pooled_auc([{"cases": rows}]).items()}, "cases": rows}
+        # a user's cold run = encoding every image + this run (decode, registration, quality pass)
+        run["registration_share_of_cold_run"] = reg_seconds[0] / (run["seconds"] + t_encode)
+        runs.append(run)
+        print(f"seed {paths[s].name}: Dice {run['dice_mean']:.4f} (worst {run['dice_worst']:.3f}), "
+              f"recall {run['recall']}, precision {run['precision']}, confidence AUC "
+              f"{run['confidence_fail_below_0.85']}, {run['seconds']:.0f} s", flush=True)
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_range_args(ap, count=60)
     ap.add_argument("--seeds", type=int, default=5, help="seed images spread evenly over the slice")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cxr_seed_sweep.json")
+    ap.add_argument("--evidence", choices=["on", "off", "both"], default="on",
+                    help="the image's evidence in the confidence (off: as before the seventh round)")
     args = ap.parse_args(argv)
     loaded = load_range(args.start, args.count)
     if loaded is None:
@@ -82,30 +129,16 @@ def main(argv: list[str] | None = None) -> int:
         per_image.append(float(dice(res.labels > 0, refs[i])))
     t_image = time.perf_counter() - t0
     seeds = sorted({int(round(x)) for x in np.linspace(0, len(vols) - 1, args.seeds)})
-    runs = []
-    for s in seeds:
-        sp = reference_prompt(refs[s].astype(np.uint8), labels=None, protocol="box", slice_index=0, volume_index=s)
-        t = time.perf_counter()
-        reg_seconds[0] = 0.0
-        rows = []
-        for r in segment(ds, sp, scope="dataset", engine=eng):
-            if r.volume_index == s:
-                continue
-            d = float(dice(r.labels > 0, refs[r.volume_index]))
-            conf = r.confidence
-            flagged = bool(r.flags)  # the product's own flags ("low confidence" below REVIEW_BELOW among them)
-            rows.append({"image": paths[r.volume_index].name, "dice": d, "confidence": conf,
-                         "flags": list(r.flags), "flagged": flagged})
-        dd = np.array([r["dice"] for r in rows])
-        run = {"seed": paths[s].name, "seed_index": args.start + s, "dice_mean": float(dd.mean()),
-               "dice_worst": float(dd.min()), "below_0.85": int((dd < 0.85).sum()),
-               "seconds": time.perf_counter() - t, "registration_seconds": reg_seconds[0], **recall_precision(rows),
-               "cases": rows}
-        # a user's cold run = encoding every image + this run (decode, registration, quality pass)
-        run["registration_share_of_cold_run"] = reg_seconds[0] / (run["seconds"] + t_encode)
-        runs.append(run)
-        print(f"seed {paths[s].name}: Dice {run['dice_mean']:.4f} (worst {run['dice_worst']:.3f}), "
-              f"recall {run['recall']}, precision {run['precision']}, {run['seconds']:.0f} s", flush=True)
+    full = quality_module.EVIDENCE_FULL
+    modes = {"on": [full], "off": [0.0], "both": [full, 0.0]}[args.evidence]
+    by_mode: dict[float, list[dict]] = {}
+    for mode in modes:
+        quality_module.EVIDENCE_FULL = mode
+        try:
+            by_mode[mode] = seed_runs(ds, paths, refs, seeds, eng, reg_seconds, t_encode, args.start)
+        finally:
+            quality_module.EVIDENCE_FULL = full
+    runs = by_mode[modes[0]]
     means = [r["dice_mean"] for r in runs]
     pooled = recall_precision([c for r in runs for c in r["cases"]])
     summary = {
@@ -116,8 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         "registration_share_of_cold_run_mean": float(np.mean([r["registration_share_of_cold_run"] for r in runs])),
         "dataset_scope_mean_over_seeds": float(np.mean(means)), "dataset_scope_worst_seed": float(np.min(means)),
         "dataset_scope_spread": float(np.max(means) - np.min(means)), "flags_pooled": pooled,
+        "confidence_auc_pooled": pooled_auc(runs), "evidence_full": modes[0],
         "runs": runs,
     }
+    if len(modes) > 1:
+        off = by_mode[0.0]
+        summary.update(runs_evidence_off=off, flags_pooled_evidence_off=recall_precision([c for r in off for c in r["cases"]]),
+                       confidence_auc_pooled_evidence_off=pooled_auc(off))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1))
     print(f"per-image box {summary['per_image_reference_box']:.4f}; one prompt: mean {np.mean(means):.4f}, "

@@ -90,3 +90,17 @@ def test_second_pass_threshold_reads_a_run_where_every_case_had_both_passes():
     assert mid["dice_mean"] == round((0.95 + 0.96 + 0.92) / 3, 4) and mid["flagged"] == 0 and mid["flag_recall"] is None
     every = sp.at_threshold(recs, 1.01)  # b's second pass raises its confidence and is taken
     assert every["dice_mean"] == round((0.95 + 0.90 + 0.92) / 3, 4) and every["second_passes"] == 3
+
+
+def test_cxr_seed_sweep_pools_flags_and_confidence_ranking_over_runs():
+    sw = _script("cxr_seed_sweep")
+    runs = [  # hand-checkable: one failure (0.80), one borderline (0.88), two good cases
+        {"cases": [{"dice": 0.80, "confidence": 0.5, "flagged": True}, {"dice": 0.95, "confidence": 0.9, "flagged": False}]},
+        {"cases": [{"dice": 0.88, "confidence": 0.95, "flagged": True}, {"dice": 0.96, "confidence": 0.7, "flagged": False}]},
+    ]
+    auc = sw.pooled_auc(runs)
+    # Dice < 0.85: the failure (0.5) is below all three others -> 1.0
+    # Dice < 0.90: failures 0.5 and 0.95 against good 0.9 and 0.7 -> (1 + 1 + 0 + 0) / 4
+    assert auc == {"fail_below_0.85": 1.0, "bad_below_0.90": 0.5}
+    pooled = sw.recall_precision([c for r in runs for c in r["cases"]])
+    assert pooled == {"failures": 1, "flagged": 2, "recall": 1.0, "precision": 1.0}

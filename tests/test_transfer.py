@@ -315,3 +315,45 @@ def test_the_first_pass_reaches_as_far_as_the_users_box_did():
     t.seed = replace(t.seed, reach={})  # the mask alone
     without = t.first_pass(vols[1], 1).results[0].labels == 1
     assert dice(with_reach, pairs[1][1]) > 0.95 > dice(without, pairs[1][1]) + 0.1
+
+
+def test_an_outline_through_even_tissue_lowers_confidence_and_says_why():
+    """A mask that agrees with its prior but whose outline follows no image edge (the prior was wrong
+    in the same way, e.g. the seed's own anatomy) is not trusted; the same mask on the object is."""
+    from promptonce.engine.quality import EVIDENCE_FULL, REVIEW_BELOW, boundary_evidence, with_stability
+
+    yy, xx = np.mgrid[0:120, 0:120]
+    gray = np.random.default_rng(0).normal(40.0, 2.0, (120, 120)).astype(np.float32)
+    on = (yy - 40) ** 2 + (xx - 40) ** 2 <= 18 ** 2
+    gray[on] = 200.0
+    off = (yy - 85) ** 2 + (xx - 85) ** 2 <= 18 ** 2  # same disc, in even background
+    checks = {}
+    for name, m in (("on", on), ("off", off)):
+        base = check_against_prior(m, m.astype(np.float32), 0.95, name)
+        assert base.confidence > 0.95  # prior and score cannot tell the two apart
+        checks[name] = with_stability(base, [0.97], name, evidence=boundary_evidence(gray, m))
+    assert checks["on"].evidence > EVIDENCE_FULL and checks["on"].confidence > REVIEW_BELOW
+    assert not checks["on"].flags
+    assert checks["off"].evidence < 0.05 and checks["off"].confidence < 0.5
+    assert any("weak edges" in f and "review" in f for f in checks["off"].flags)
+    # without an image the confidence is the stability-scaled one, as before
+    plain = with_stability(check_against_prior(off, off.astype(np.float32), 0.95, "off"), [0.97], "off")
+    assert plain.evidence is None and plain.confidence > REVIEW_BELOW
+
+
+def test_a_transferred_case_carries_the_evidence_of_its_outline(monkeypatch):
+    import promptonce.engine.prior_mask as pm
+
+    vols_refs = [case(i) for i in range(3)]
+    seed_mask = vols_refs[0][1]
+    prompt = SlicePrompt((ObjectPrompt(box=box_of(seed_mask), object_id=1),), slice_index=0, volume_index=0)
+    transfer = DatasetTransfer(Engine(FakeBackend(), prefetch=False), vols_refs[0][0], prompt,
+                               seed_labels=seed_mask.astype(np.uint8))
+    seen, real = [], pm.with_stability
+    monkeypatch.setattr(pm, "with_stability",
+                        lambda check, agreements, name, evidence=None: seen.append(evidence)
+                        or real(check, agreements, name, evidence=evidence))
+    out = transfer.first_pass(vols_refs[1][0], 1)
+    # the phantom's ellipse stands 170 grey levels above its background: strong evidence, full confidence
+    assert seen and all(e is not None and e > 0.3 for e in seen)
+    assert out.confidence is not None and out.confidence > 0.8

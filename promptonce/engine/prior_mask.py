@@ -103,7 +103,8 @@ def prior_guided_mask(
         if placed is not mask:
             mask, score = placed, placed_score
             check = check_against_prior(mask, prior, score, name)
-    check = with_stability(check, [dice(mask, c) for c, _, _ in candidates if c is not mask], name)
+    check = with_stability(check, [dice(mask, c) for c, _, _ in candidates if c is not mask], name,
+                           evidence=boundary_evidence(gray, mask))
     return mask, score, check
 
 
