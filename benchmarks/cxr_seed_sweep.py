@@ -53,6 +53,25 @@ def pooled_auc(runs: list[dict]) -> dict:
     return {"fail_below_0.85": confidence_auc(d, c), "bad_below_0.90": confidence_auc(d, c, fail_below=0.90)}
 
 
+REVIEW_THRESHOLDS = (0.80, 0.775, 0.75, 0.725, 0.70)
+
+
+def review_thresholds(cases: list[dict], thresholds=REVIEW_THRESHOLDS) -> list[dict]:
+    """Flag recall/precision had ``quality.REVIEW_BELOW`` been each of ``thresholds``.
+
+    Exact from one run: that threshold only adds the "low confidence ..., review" flag to an object
+    whose confidence is below it (masks, passes and the other flags do not depend on it), and an
+    X-ray case's confidence is its lowest object's. So a case is flagged at ``t`` when it has any
+    other flag or its confidence is below ``t``.
+    """
+    out = []
+    for t in thresholds:
+        rows = [{"dice": c["dice"], "flagged": any("review" not in f or "low confidence" not in f for f in c["flags"])
+                 or (c["confidence"] is not None and c["confidence"] < t)} for c in cases]
+        out.append({"review_below": t, **recall_precision(rows)})
+    return out
+
+
 def recall_precision(rows: list[dict], fail_below: float = 0.85, ok_above: float = 0.90) -> dict:
     """Flag recall (of Dice < ``fail_below``, the share flagged) and precision (of flagged, Dice < ``ok_above``)."""
     fails = [r for r in rows if r["dice"] < fail_below]
@@ -99,7 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cxr_seed_sweep.json")
     ap.add_argument("--evidence", choices=["on", "off", "both"], default="on",
                     help="the image's evidence in the confidence (off: as before the seventh round)")
+    ap.add_argument("--rescore", type=Path, default=None,
+                    help="add the review-threshold tables to an existing result file (no model run)")
     args = ap.parse_args(argv)
+    if args.rescore is not None:
+        doc = json.loads(args.rescore.read_text())
+        doc["review_thresholds"] = review_thresholds([c for r in doc["runs"] for c in r["cases"]])
+        if "runs_evidence_off" in doc:
+            doc["review_thresholds_evidence_off"] = review_thresholds([c for r in doc["runs_evidence_off"] for c in r["cases"]])
+        args.rescore.write_text(json.dumps(doc, indent=1))
+        return 0
     loaded = load_range(args.start, args.count)
     if loaded is None:
         return 0
@@ -150,12 +178,15 @@ def main(argv: list[str] | None = None) -> int:
         "dataset_scope_mean_over_seeds": float(np.mean(means)), "dataset_scope_worst_seed": float(np.min(means)),
         "dataset_scope_spread": float(np.max(means) - np.min(means)), "flags_pooled": pooled,
         "confidence_auc_pooled": pooled_auc(runs), "evidence_full": modes[0],
+        "review_below": quality_module.REVIEW_BELOW,
+        "review_thresholds": review_thresholds([c for r in runs for c in r["cases"]]),
         "runs": runs,
     }
     if len(modes) > 1:
         off = by_mode[0.0]
         summary.update(runs_evidence_off=off, flags_pooled_evidence_off=recall_precision([c for r in off for c in r["cases"]]),
-                       confidence_auc_pooled_evidence_off=pooled_auc(off))
+                       confidence_auc_pooled_evidence_off=pooled_auc(off),
+                       review_thresholds_evidence_off=review_thresholds([c for r in off for c in r["cases"]]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1))
     print(f"per-image box {summary['per_image_reference_box']:.4f}; one prompt: mean {np.mean(means):.4f}, "

@@ -104,3 +104,17 @@ def test_cxr_seed_sweep_pools_flags_and_confidence_ranking_over_runs():
     assert auc == {"fail_below_0.85": 1.0, "bad_below_0.90": 0.5}
     pooled = sw.recall_precision([c for r in runs for c in r["cases"]])
     assert pooled == {"failures": 1, "flagged": 2, "recall": 1.0, "precision": 1.0}
+
+
+def test_cxr_seed_sweep_reads_any_review_threshold_off_one_run():
+    sw = _script("cxr_seed_sweep")
+    cases = [  # a failure caught only by the review flag, a good case flagged by it, one with another flag
+        {"dice": 0.80, "confidence": 0.72, "flags": ["object 1: low confidence 0.72, review"]},
+        {"dice": 0.95, "confidence": 0.78, "flags": ["object 2: low confidence 0.78, review; weak edges: ..."]},
+        {"dice": 0.88, "confidence": 0.90, "flags": ["object 1: leaked beyond the prior (20% of the mask outside it)"]},
+        {"dice": 0.96, "confidence": 0.95, "flags": []},
+    ]
+    at = {r["review_below"]: r for r in sw.review_thresholds(cases, (0.80, 0.75, 0.70))}
+    assert (at[0.80]["flagged"], at[0.80]["recall"], at[0.80]["precision"]) == (3, 1.0, 2 / 3)
+    assert (at[0.75]["flagged"], at[0.75]["recall"], at[0.75]["precision"]) == (2, 1.0, 1.0)
+    assert (at[0.70]["flagged"], at[0.70]["recall"], at[0.70]["precision"]) == (1, 0.0, 1.0)
