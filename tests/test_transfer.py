@@ -339,6 +339,14 @@ def test_an_outline_through_even_tissue_lowers_confidence_and_says_why():
     # without an image the confidence is the stability-scaled one, as before
     plain = with_stability(check_against_prior(off, off.astype(np.float32), 0.95, "off"), [0.97], "off")
     assert plain.evidence is None and plain.confidence > REVIEW_BELOW
+    # a speck a few pixels across cannot be measured: unmeasured is not weak
+    from promptonce.engine.quality import outline_evidence
+
+    speck = np.zeros_like(on)
+    speck[84:87, 84:87] = True
+    assert boundary_evidence(gray, speck) == 0.0 and outline_evidence(gray, speck) is None
+    assert outline_evidence(gray, np.zeros_like(on)) is None
+    assert outline_evidence(gray, on) == boundary_evidence(gray, on)
 
 
 def test_a_transferred_case_carries_the_evidence_of_its_outline(monkeypatch):

@@ -30,6 +30,7 @@ from .quality import (
     check_against_prior,
     dice,
     extent,
+    outline_evidence,
     side_band,
     side_contrast,
     with_stability,
@@ -104,7 +105,7 @@ def prior_guided_mask(
             mask, score = placed, placed_score
             check = check_against_prior(mask, prior, score, name)
     check = with_stability(check, [dice(mask, c) for c, _, _ in candidates if c is not mask], name,
-                           evidence=boundary_evidence(gray, mask))
+                           evidence=outline_evidence(gray, mask))
     return mask, score, check
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "MIN_STABILITY",
     "EVIDENCE_FULL",
     "boundary_evidence",
+    "outline_evidence",
     "REVIEW_BELOW",
     "lost_flag",
     "LEAK_FRACTION",
@@ -85,7 +86,7 @@ class ObjectCheck:
         confidence: 0..1 summary.
         flags: readable sentences.
         stability: lowest Dice of another candidate with the chosen mask (:func:`with_stability`).
-        evidence: how sharply the mask's outline follows image edges (:func:`boundary_evidence`).
+        evidence: how sharply the mask's outline follows image edges (:func:`outline_evidence`).
     """
 
     agreement: float | None
@@ -210,11 +211,18 @@ def boundary_evidence(gray: np.ndarray, mask: np.ndarray) -> float:
 
     0 for an empty mask or one whose sides are all too short to measure (band: :func:`side_band`).
     """
+    ev = outline_evidence(gray, mask)
+    return 0.0 if ev is None else ev
+
+
+def outline_evidence(gray: np.ndarray, mask: np.ndarray) -> float | None:
+    """:func:`boundary_evidence`, but None where it cannot be measured (an empty mask, or one a few
+    pixels across whose sides are all too short): for a confidence, unmeasured is not weak."""
     m = np.asarray(mask, bool)
     if not m.any():
-        return 0.0
+        return None
     values = [c for c in side_contrast(gray, m, side_band(extent(m))).values() if c is not None]
-    return float(np.mean(values)) if values else 0.0
+    return float(np.mean(values)) if values else None
 
 
 def _shifted(m: np.ndarray, dy: int, dx: int) -> np.ndarray:

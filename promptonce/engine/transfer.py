@@ -27,10 +27,10 @@ from .prior_mask import prior_guided_mask
 from .quality import (
     ObjectCheck,
     SequenceMonitor,
-    boundary_evidence,
     case_confidence,
     check_against_prior,
     extent,
+    outline_evidence,
     with_stability,
 )
 
@@ -380,7 +380,7 @@ class DatasetTransfer:
             seeds[oid] = (mask, score)
             checks[oid] = with_stability(check_against_prior(mask, prior, score, self.names[oid]),
                                          [] if old.stability is None else [old.stability], self.names[oid],
-                                         evidence=boundary_evidence(gray, mask))
+                                         evidence=outline_evidence(gray, mask))
         masks = {oid: m for oid, (m, _) in seeds.items()}
         gap = base_gap(*masks.values())
         if gap is not None and gap > eng.config.pair_base_gap:
