@@ -12,8 +12,9 @@ Tune/report split: tuning was done on images 0-99 (sorted file names); report on
 
 Writes JSON: per seed the dataset Dice (mean over the non-seed images), worst image, the flag
 recall (images with Dice < 0.85 that carry a flag) and precision (flagged images really below
-0.90), how well the case confidence ranks the failures first (``confidence_auc``: Dice < 0.85;
-``confidence_auc_bad``: Dice < 0.90; 0.5 is chance), seconds and the registration's seconds (its
+0.90), how well the case confidence ranks the failures first (``confidence_fail_below_0.85`` and
+``confidence_bad_below_0.90``, AUCs: 0.5 is chance; pooled over the seeds in
+``confidence_auc_pooled``), the flags at other review thresholds (``review_thresholds``), seconds and the registration's seconds (its
 share of a cold run: encoding + the seed's run); plus the per-image reference-box mean and the cost
 of the first seed's cold run over the per-image run.
 
@@ -66,7 +67,7 @@ def review_thresholds(cases: list[dict], thresholds=REVIEW_THRESHOLDS) -> list[d
     """
     out = []
     for t in thresholds:
-        rows = [{"dice": c["dice"], "flagged": any("review" not in f or "low confidence" not in f for f in c["flags"])
+        rows = [{"dice": c["dice"], "flagged": any(not ("low confidence" in f and "review" in f) for f in c["flags"])
                  or (c["confidence"] is not None and c["confidence"] < t)} for c in cases]
         out.append({"review_below": t, **recall_precision(rows)})
     return out
