@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from promptonce.backends.fake import FakeBackend
 from promptonce.engine import DatasetTransfer, Engine, segment
-from promptonce.engine.quality import check_against_prior, lost_flag
+from promptonce.engine.quality import check_against_prior, lost_flag, uncertain_end_flag
 from promptonce.engine.prior_mask import prior_guided_mask
 from promptonce.errors import InputError
 from promptonce.metrics import dice
@@ -148,6 +148,73 @@ def test_an_object_lost_mid_volume_is_flagged():
     assert any("may continue here" in f for f in res[11].flags), res[11].flags
     assert res[10].confidence is not None and res[10].confidence < 0.5
     assert all(res[k].confidence is not None and res[k].confidence > 0.8 for k in (6, 7, 8, 9))
+
+
+def cone_volume(change_at: int | None):
+    """A bright disc shrinking from radius 11 (slice 6) by 1.5 px a slice; from ``change_at`` on it is darker."""
+    n, size = 14, 64
+    zz, yy, xx = np.mgrid[0:n, 0:size, 0:size]
+    r = np.maximum(11.0 - 1.5 * np.maximum(zz - 6, 0), 0.0)
+    obj = (xx - 32) ** 2 + (yy - 30) ** 2 <= r**2
+    value = np.where(zz >= change_at, 110.0, 200.0) if change_at is not None else 200.0
+    arr = np.where(obj, value, 20.0) + np.random.default_rng(1).normal(0, 2, obj.shape)
+    return Volume(arr.astype(np.float32), name="cone"), obj
+
+
+def test_an_object_ending_without_fading_out_is_flagged_where_it_ended():
+    from promptonce.engine.walk import ends_uncertainly
+
+    assert ends_uncertainly("intensity changed (z 9.1)") and ends_uncertainly("no overlap with the neighbouring slice")
+    for natural in ("too small", "no mask", "confidence 0.12", "area x3.1", "area grows again after a tip (4 -> 9 px)",
+                    "the mask fills its prompt box (background, not the object)"):
+        assert not ends_uncertainly(natural), natural
+    assert uncertain_end_flag("x", 30, 100, "intensity changed (z 3.0)") is not None
+    assert uncertain_end_flag("x", 10, 100, "intensity changed (z 3.0)") is None  # a tip
+    assert uncertain_end_flag("x", 50, 100, "intensity changed (z 3.0)") is None  # large: lost_flag's
+    # small and darker from slice 10 on: the model still sees it there, the walk ends it on intensity
+    vol, obj = cone_volume(change_at=10)
+    prompt = SlicePrompt((ObjectPrompt(box=box_of(obj[6]), name="cone"),), slice_index=6)
+    res = {r.slice_index: r for r in segment(vol, prompt, scope="volume", backend=FakeBackend(), click_backend=None)}
+    assert not res[10].labels.any() and obj[10].any()
+    assert any("ended here without fading out (intensity changed" in f for f in res[10].flags), res[10].flags
+    assert not any("lost mid-volume" in f for f in res[10].flags)  # it was small (under 40% of its peak)
+    assert res[10].confidence is not None and res[10].confidence <= 0.5
+    assert not res[11].flags  # one slice, not a span
+    # the same cone fading out at its tip: a natural end, no flag anywhere
+    vol, obj = cone_volume(change_at=None)
+    res = {r.slice_index: r for r in segment(vol, prompt, scope="volume", backend=FakeBackend(), click_backend=None)}
+    assert not any(r.flags for r in res.values()), {k: r.flags for k, r in res.items() if r.flags}
+    assert max(k for k, r in res.items() if r.labels.any()) >= 10  # followed down to its small end
+
+
+def test_a_seed_mask_inside_every_side_of_the_users_box_is_flagged():
+    """A box drawn around a ring whose model takes the cavity (the myocardium's case) is flagged; a disc is not."""
+    from promptonce.engine.quality import inside_box_flag
+
+    n, size = 5, 64
+    yy, xx = np.mgrid[0:size, 0:size]
+    r2 = (xx - 32) ** 2 + (yy - 32) ** 2
+    ring = (r2 <= 14**2) & (r2 > 8**2)
+    arr = np.where(ring, 200.0, np.where(r2 <= 8**2, 20.0, 110.0))[None].repeat(n, 0)
+    arr = arr + np.random.default_rng(2).normal(0, 2, arr.shape)
+    vol = Volume(arr.astype(np.float32), name="ring")
+    prompt = SlicePrompt((ObjectPrompt(box=box_of(ring), name="wall"),), slice_index=2)
+    res = list(segment(vol, prompt, scope="image", backend=FakeBackend(), click_backend=None))[0]
+    assert res.labels.any() and not (res.labels.astype(bool) & ring).any()  # the fake model took the cavity
+    assert any("wall: stays inside its box on every side" in f for f in res.flags), res.flags
+    assert res.confidence is not None and res.confidence <= 0.5
+    disc = r2 <= 14**2
+    vol2 = Volume(np.where(disc, 200.0, 110.0)[None].repeat(n, 0).astype(np.float32), name="disc")
+    res2 = list(segment(vol2, prompt, scope="image", backend=FakeBackend(), click_backend=None))[0]
+    assert res2.labels.any() and not res2.flags, res2.flags
+    # the rule: every side at least INSIDE_BOX_FRACTION inside the box
+    box = Box(10.0, 10.0, 59.0, 59.0)  # 50 x 50
+    m = np.zeros((70, 70), bool)
+    m[14:56, 14:56] = True  # 4 px = 8% inside every side
+    assert inside_box_flag("x", m, box) is not None
+    m[14:56, 11:56] = True  # the left side reaches the box (1 px = 2%)
+    assert inside_box_flag("x", m, box) is None
+    assert inside_box_flag("x", np.zeros((70, 70), bool), box) is None and inside_box_flag("x", m, None) is None
 
 
 def test_walk_with_registration_follows_a_moving_object():

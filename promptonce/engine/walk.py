@@ -21,14 +21,28 @@ from ..prompts import box_from_mask, interior_point
 from ..registration import register, warp
 from ..types import Box, ObjectPrompt, Point, SlicePrompt, SliceResult, Volume
 from .predict import check_prompt_inside, margin, other_clicks, predict, predict_object
-from .quality import MIN_NEIGHBOUR_AGREEMENT, SequenceMonitor, lost_flag, neighbour_agreement, slice_confidence
+from .quality import (
+    INSIDE_BOX_CONFIDENCE,
+    MIN_NEIGHBOUR_AGREEMENT,
+    UNCERTAIN_END_CONFIDENCE,
+    SequenceMonitor,
+    inside_box_flag,
+    lost_flag,
+    neighbour_agreement,
+    slice_confidence,
+    uncertain_end_flag,
+)
 
-__all__ = ["ObjectState", "segment_volume", "step", "vanished", "walk", "walk_both_ways", "paint"]
+__all__ = ["ObjectState", "ends_uncertainly", "segment_volume", "step", "vanished", "walk", "walk_both_ways", "paint"]
 
 log = logging.getLogger(__name__)
 
 #: After an object is lost mid-volume, this many further slices are flagged "may continue here".
 LOST_SPAN = 5
+
+#: :func:`vanished`'s reasons where the model still answered with a region like the object's, only
+#: darker/brighter or elsewhere (the others: no mask, a tiny or unsure one, a leak, regrowth after a tip).
+INTENSITY_CHANGED, NO_OVERLAP = "intensity changed", "no overlap with the neighbouring slice"
 
 
 @dataclass
@@ -162,10 +176,22 @@ def vanished(
         # shape-consistent object (on the CIP chest CT it cut a lung at 84-88% of its peak area).
         steady = area >= cfg.steady_area_frac * max(state.peak, 1) and overlap >= cfg.steady_overlap
         if z > cfg.max_intensity_z and not steady:
-            return f"intensity changed (z {z:.1f})"
+            return f"{INTENSITY_CHANGED} (z {z:.1f})"
         if overlap < cfg.min_consistency:
-            return "no overlap with the neighbouring slice"
+            return NO_OVERLAP
     return None
+
+
+def ends_uncertainly(why: str) -> bool:
+    """Whether :func:`vanished`'s reason leaves the object possibly going on (:func:`walk` flags it).
+
+    True when the model's answer was still a region of about the object's size, only of another
+    intensity or away from the previous mask: the walk cannot tell a changed object from a
+    neighbour. False for the ends where the object is gone from the model's view: no mask, a tiny
+    or unsure one, a mask that jumped in size or filled its box (the model took the background),
+    regrowth after a tip (a new structure).
+    """
+    return why.startswith((INTENSITY_CHANGED, NO_OVERLAP))
 
 
 # ------------------------------------------------------------------ a volume
@@ -210,6 +236,7 @@ def segment_volume(
         return
     states: list[ObjectState] = []
     scores: dict[int, float] = {}
+    conf_cap: dict[int, float] = {}  # a seed's confidence where a check lowered it below its score
     flags: list[str] = []
     backend = eng.backend
     if lo < hi and isinstance(backend, Backend):
@@ -226,6 +253,10 @@ def segment_volume(
         else:
             refine = eng.config.transfer_refine if refine_seed else False
             mask, score = predict_object(eng, volume, k0, obj, window, refine=refine, avoid=other_clicks(prompt, obj))
+            inside = None if refine_seed else inside_box_flag(obj.name or f"object {obj.object_id}", mask, obj.box)
+            if inside is not None:  # the user's box, and the mask keeps away from all its sides
+                flags.append(inside)
+                conf_cap[obj.object_id] = min(score, INSIDE_BOX_CONFIDENCE)
         if not mask.any():
             flags.append(f"{obj.name or f'object {obj.object_id}'}: empty mask on the prompted slice")
         st = ObjectState(obj.object_id, mask, int(mask.sum()), score, bool(mask.any()), obj.name)
@@ -233,7 +264,8 @@ def segment_volume(
         st.values = _robust_stats(volume.array[k0][mask], volume) if mask.any() else None
         states.append(st)
         scores[obj.object_id] = score
-    seed_conf = [float(np.clip(st.score, 0, 1)) for st in states if st.mask is not None and st.mask.any()]
+    seed_conf = [float(np.clip(conf_cap.get(st.object_id, st.score), 0, 1))
+                 for st in states if st.mask is not None and st.mask.any()]
     yield SliceResult(
         volume_index, k0, paint(states, shape), scores, flags, True, volume.name, n,
         confidence=min(seed_conf) if seed_conf else None,
@@ -305,11 +337,17 @@ def walk(
             why = vanished(eng, mask, score, st, values)
             if why is not None and eng.config.stop_on_vanish:
                 log.debug("%s slice %d: object %d ends (%s)", volume.name, k, st.object_id, why)
-                lost = lost_flag(name, int(prev_mask.sum()) if prev_mask is not None else 0, st.peak, why)
+                before = int(prev_mask.sum()) if prev_mask is not None else 0
+                lost = lost_flag(name, before, st.peak, why)
                 if lost is not None:
                     flags.append(lost)
                     confidences.append(0.3)
                     st.lost_at = k
+                elif ends_uncertainly(why):
+                    uncertain = uncertain_end_flag(name, before, st.peak, why)
+                    if uncertain is not None:
+                        flags.append(uncertain)
+                        confidences.append(UNCERTAIN_END_CONFIDENCE)
                 st.alive = False
                 st.mask = None
                 continue
