@@ -173,6 +173,20 @@ def test_image_scope_keeps_what_was_previewed(phantom):
     assert np.array_equal(np.asarray(s.results[0][6]) == 1, p6.mask)
 
 
+def test_a_box_whose_preview_stays_inside_it_is_flagged_in_the_preview_and_the_result():
+    """A box around a ring whose (fake) model takes the cavity: the preview says so, and the run flags the slice."""
+    yy, xx = np.mgrid[0:64, 0:64]
+    r2 = (xx - 32) ** 2 + (yy - 32) ** 2
+    ring = (r2 <= 14**2) & (r2 > 8**2)
+    arr = np.where(ring, 200.0, np.where(r2 <= 8**2, 20.0, 110.0))[None].repeat(4, 0).astype(np.float32)
+    s = AnnotationSession(po.Volume(arr, name="ring"), model=MODEL)
+    ys, xs = np.nonzero(ring)
+    p = s.add_box(0, 2, po.Box(float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())))
+    assert p.mask is not None and "stays inside its box on every side" in p.message, p.message
+    list(s.run("image"))
+    assert any(k == 2 and "stays inside its box" in text for _, k, text in s.flagged()), s.flagged()
+
+
 def test_dataset_scope_over_three_cases(phantom):
     vols = [po.Volume(phantom[0].array, name=f"case{i}", modality="CT") for i in range(3)]
     s = AnnotationSession(po.Dataset(vols), references=[phantom[1]] * 3, model=MODEL)

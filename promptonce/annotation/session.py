@@ -538,6 +538,11 @@ class AnnotationSession:
             msg = f"{obj.name}: the model found nothing there; click inside the object or draw a box around it."
         else:
             msg = f"{obj.name}: preview {area} px, confidence {score:.2f} ({secs * 1000:.0f} ms)."
+            from ..engine.quality import inside_box_flag
+
+            inside = inside_box_flag(obj.name, d.mask, d.box)
+            if inside is not None:
+                msg += f" Check it: {inside.split(': ', 1)[1]}."
         return Preview(case, k, oid, d.mask, d.score, secs, msg)
 
     def _result_box(self, case: int, k: int, oid: int) -> Box | None:

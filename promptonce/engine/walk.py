@@ -253,10 +253,12 @@ def segment_volume(
         else:
             refine = eng.config.transfer_refine if refine_seed else False
             mask, score = predict_object(eng, volume, k0, obj, window, refine=refine, avoid=other_clicks(prompt, obj))
-            inside = None if refine_seed else inside_box_flag(obj.name or f"object {obj.object_id}", mask, obj.box)
-            if inside is not None:  # the user's box, and the mask keeps away from all its sides
-                flags.append(inside)
-                conf_cap[obj.object_id] = min(score, INSIDE_BOX_CONFIDENCE)
+        # a box drawn by the user (a transferred one is refined; the engine's own seeds come with the
+        # mask's tight box) whose mask keeps away from all its sides
+        inside = None if refine_seed else inside_box_flag(obj.name or f"object {obj.object_id}", mask, obj.box)
+        if inside is not None:
+            flags.append(inside)
+            conf_cap[obj.object_id] = min(score, INSIDE_BOX_CONFIDENCE)
         if not mask.any():
             flags.append(f"{obj.name or f'object {obj.object_id}'}: empty mask on the prompted slice")
         st = ObjectState(obj.object_id, mask, int(mask.sum()), score, bool(mask.any()), obj.name)
