@@ -122,8 +122,12 @@ def main(argv: list[str] | None = None) -> int:
             result = evaluate(ds, loaders, None, EvalConfig(model="litemedsam", scope="volume", protocol="oneclick",
                                                              labels=labels, write_masks=False, config=config))
         by_name = {ds[i].name: i for i in range(len(ds))}
+        ref_of: dict[int, np.ndarray] = {}  # each case's reference foreground, read once
         for e in rec.ends:
-            ref = np.isin(load_reference(str(refs[by_name[e["volume"]]]), ds[by_name[e["volume"]]]).array, labels)
+            i = by_name[e["volume"]]
+            if i not in ref_of:
+                ref_of[i] = np.isin(load_reference(str(refs[i]), ds[i]).array, labels)
+            ref = ref_of[i]
             k, d, beyond = e["slice"], e["direction"] or 1, 0
             while 0 <= k < ref.shape[0] and ref[k].any():
                 beyond, k = beyond + 1, k + d

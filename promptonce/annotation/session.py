@@ -542,7 +542,7 @@ class AnnotationSession:
 
             inside = inside_box_flag(obj.name, d.mask, d.box)
             if inside is not None:
-                msg += f" Check it: {inside.split(': ', 1)[1]}."
+                msg += f" {inside}."
         return Preview(case, k, oid, d.mask, d.score, secs, msg)
 
     def _result_box(self, case: int, k: int, oid: int) -> Box | None:

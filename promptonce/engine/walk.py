@@ -245,6 +245,7 @@ def segment_volume(
             eng.prefetch(backend, volume, k0, window)
         eng.prefetch(backend, volume, k0 + 1 if k0 + 1 <= hi else k0 - 1, window)
     for obj in prompt.objects:
+        name = obj.name or f"object {obj.object_id}"
         check_prompt_inside(obj, shape, volume.name)
         if seed_masks is not None and obj.object_id in seed_masks:
             given = seed_masks[obj.object_id]
@@ -255,12 +256,12 @@ def segment_volume(
             mask, score = predict_object(eng, volume, k0, obj, window, refine=refine, avoid=other_clicks(prompt, obj))
         # a box drawn by the user (a transferred one is refined; the engine's own seeds come with the
         # mask's tight box) whose mask keeps away from all its sides
-        inside = None if refine_seed else inside_box_flag(obj.name or f"object {obj.object_id}", mask, obj.box)
+        inside = None if refine_seed else inside_box_flag(name, mask, obj.box)
         if inside is not None:
             flags.append(inside)
             conf_cap[obj.object_id] = min(score, INSIDE_BOX_CONFIDENCE)
         if not mask.any():
-            flags.append(f"{obj.name or f'object {obj.object_id}'}: empty mask on the prompted slice")
+            flags.append(f"{name}: empty mask on the prompted slice")
         st = ObjectState(obj.object_id, mask, int(mask.sum()), score, bool(mask.any()), obj.name)
         st.peak = st.seed_area
         st.values = _robust_stats(volume.array[k0][mask], volume) if mask.any() else None
