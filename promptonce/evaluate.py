@@ -28,7 +28,7 @@ import numpy as np
 
 from .engine import Engine, PropagationConfig, make_engine, segment
 from .errors import InputError, check_cancel
-from .engine.quality import case_confidence
+from .engine.quality import case_confidence, flag_lines
 from .flagscore import BAD_BELOW, FAIL_BELOW, confidence_auc, flag_score, review_order
 from .metrics import MetricAccumulator, per_slice
 from .prompts import nmt_prompt, prompt_from_reference, seed_slice
@@ -426,7 +426,7 @@ def _score_case(acc: MetricAccumulator, case: _Case, labels: list[int] | None) -
         row["hd95_mm"] = row.pop("hd95")
     if vol.source is not None and vol.source.extra.get("path"):
         row["image_path"] = str(vol.source.extra["path"])
-    flags = [f"slice {k}: {f}" for k in sorted(k for k in case.slice_flags if k >= 0) for f in case.slice_flags[k]]
+    flags = flag_lines({k: v for k, v in case.slice_flags.items() if k >= 0})
     flags = case.slice_flags.get(-1, []) + flags
     conf = case.case_conf if case.case_conf is not None else case_confidence(case.slice_conf)
     row.update({
@@ -530,7 +530,8 @@ def _case_json(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def _case_csv(r: dict[str, Any]) -> dict[str, Any]:
-    """A CSV row: the case's figures, its confidence, the number of flags and their texts (``;``-joined)."""
+    """A CSV row: the case's figures, its confidence, the number of flag lines (a run of slices with one flag
+    is one line, :func:`~.engine.quality.flag_lines`) and their texts (``;``-joined)."""
     d = _case_json(r)
     for k in ("slice_dice", "slice_confidence", "slice_flags"):
         d.pop(k, None)

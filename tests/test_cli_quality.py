@@ -30,3 +30,20 @@ def test_segment_writes_quality_json_and_confidence_in_metrics(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["cases"][0]["confidence"] == case["confidence"]
     assert "flags" in (out / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_a_run_of_slices_with_one_flag_is_one_line():
+    from promptonce.engine.quality import QualityReport, flag_lines
+    from promptonce.types import SliceResult
+
+    assert flag_lines({4: ["a"], 5: ["a"], 6: ["a", "b"], 9: ["a"], 10: []}) == [
+        "slices 4-6: a", "slice 6: b", "slice 9: a"]
+    assert flag_lines({}) == [] and flag_lines({3: ["x", "x"]}) == ["slice 3: x"]
+    q = QualityReport()
+    lab = np.zeros((4, 4), np.uint8)
+    for k in range(8):
+        flags = ["lost"] if k == 2 else ["may continue here"] if 3 <= k <= 6 else []
+        q.add(SliceResult(0, k, lab, {}, flags, k == 0, "vol", 8, confidence=0.3 if flags else 0.9))
+    case = q.cases()[0]
+    assert case["flags"] == ["slice 2: lost", "slices 3-6: may continue here"]
+    assert case["slices_to_review"] == [2, 3, 4, 5, 6]

@@ -217,6 +217,32 @@ def test_a_seed_mask_inside_every_side_of_the_users_box_is_flagged():
     assert inside_box_flag("x", np.zeros((70, 70), bool), box) is None and inside_box_flag("x", m, None) is None
 
 
+def test_slices_walked_from_a_flagged_seed_carry_its_doubt():
+    """Every slice walked from a seed that took a ring's cavity is flagged, at most at the seed's confidence."""
+    n, size = 7, 64
+    yy, xx = np.mgrid[0:size, 0:size]
+    r2 = (xx - 32) ** 2 + (yy - 32) ** 2
+    ring = (r2 <= 14**2) & (r2 > 8**2)
+    arr = np.where(ring, 200.0, np.where(r2 <= 8**2, 20.0, 110.0))[None].repeat(n, 0)
+    arr = arr + np.random.default_rng(2).normal(0, 2, arr.shape)
+    prompt = SlicePrompt((ObjectPrompt(box=box_of(ring), name="wall"),), slice_index=3)
+    res = {r.slice_index: r for r in segment(Volume(arr.astype(np.float32), name="ring"), prompt, scope="volume",
+                                             backend=FakeBackend(), click_backend=None)}
+    walked = [k for k, r in res.items() if k != 3 and r.labels.any()]
+    assert len(walked) >= 4, sorted(walked)  # the walk went on with the cavity, as the model answered
+    for k in walked:
+        assert any("wall: carried from prompted slice 3, whose mask was flagged" in f for f in res[k].flags), res[k].flags
+        assert res[k].confidence is not None and res[k].confidence <= 0.5
+    # a disc walked from a box drawn close around it: no such flag, confident slices
+    disc = r2 <= 14**2
+    arr2 = np.where(disc, 200.0, 110.0)[None].repeat(n, 0) + np.random.default_rng(3).normal(0, 2, (n, size, size))
+    res2 = {r.slice_index: r for r in segment(Volume(arr2.astype(np.float32), name="disc"), prompt, scope="volume",
+                                              backend=FakeBackend(), click_backend=None)}
+    assert all(r.labels.any() for r in res2.values())
+    assert not any("carried from" in f for r in res2.values() for f in r.flags)
+    assert all(r.confidence is not None and r.confidence > 0.5 for r in res2.values())
+
+
 def test_walk_with_registration_follows_a_moving_object():
     from promptonce.engine import PropagationConfig
 

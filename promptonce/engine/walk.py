@@ -26,6 +26,7 @@ from .quality import (
     MIN_NEIGHBOUR_AGREEMENT,
     UNCERTAIN_END_CONFIDENCE,
     SequenceMonitor,
+    carried_doubt_flag,
     inside_box_flag,
     lost_flag,
     neighbour_agreement,
@@ -60,6 +61,8 @@ class ObjectState:
     trough: int | None = None
     values: tuple[float, float] | None = None  # (median, robust scale) of the seed mask's voxels
     lost_at: int | None = None  # slice where the object was lost mid-volume (flagged), if it was
+    doubted_seed: int | None = None  # the prompted slice, when its mask of this object was flagged
+    seed_cap: float = 1.0  # the most confidence a slice carried from a flagged seed may have
 
     def copy(self) -> ObjectState:
         return replace(self)
@@ -263,6 +266,8 @@ def segment_volume(
         if not mask.any():
             flags.append(f"{name}: empty mask on the prompted slice")
         st = ObjectState(obj.object_id, mask, int(mask.sum()), score, bool(mask.any()), obj.name)
+        if inside is not None:  # every slice walked from this seed inherits its doubt
+            st.doubted_seed, st.seed_cap = k0, conf_cap[obj.object_id]
         st.peak = st.seed_area
         st.values = _robust_stats(volume.array[k0][mask], volume) if mask.any() else None
         states.append(st)
@@ -359,7 +364,11 @@ def walk(
                 agree = neighbour_agreement(mask, prev_mask)
                 if agree is not None and agree < MIN_NEIGHBOUR_AGREEMENT:
                     flags.append(f"{name}: disagrees with its neighbours (Dice {agree:.2f} with the slice before)")
-                confidences.append(slice_confidence(score, agree))
+                conf = slice_confidence(score, agree)
+                if st.doubted_seed is not None and mask.any():
+                    flags.append(carried_doubt_flag(name, st.doubted_seed))
+                    conf = min(conf, st.seed_cap)
+                confidences.append(conf)
             st.mask, st.score = mask, score
             if mask is not None:
                 st.update_area(int(mask.sum()))
