@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from promptonce.backends.base import BackendInfo
 from promptonce.backends.fake import FakeBackend
 from promptonce.engine import DatasetTransfer, Engine, segment
 from promptonce.engine.quality import check_against_prior, lost_flag, uncertain_end_flag
@@ -148,6 +149,35 @@ def test_an_object_lost_mid_volume_is_flagged():
     assert any("may continue here" in f for f in res[11].flags), res[11].flags
     assert res[10].confidence is not None and res[10].confidence < 0.5
     assert all(res[k].confidence is not None and res[k].confidence > 0.8 for k in (6, 7, 8, 9))
+
+
+class CavitySequence:
+    """A stand-in memory model (SAM 2's interface) that answers every frame with the same disc of radius 7."""
+
+    info = BackendInfo("fake-sequence", "fake sequence", points=True, boxes=True, input_size=64, sequence=True)
+
+    def propagate(self, n_frames, get_frame, seeds, start, reverse=False, end=None):
+        yy, xx = np.mgrid[0:64, 0:64]
+        disc = (xx - 32) ** 2 + (yy - 32) ** 2 <= 49
+        stop = (0 if reverse else n_frames - 1) if end is None else end
+        step = -1 if reverse else 1
+        for k in range(start, stop + step, step):
+            yield k, {o.object_id: disc.copy() for o in seeds[start]}, {o.object_id: 0.95 for o in seeds[start]}
+
+
+def test_a_memory_model_run_gets_the_inside_box_and_carried_flags():
+    """SAM 2's path: the prompted slice's mask inside every side of the box is flagged, the slices carried from it too."""
+    vol = Volume(np.random.default_rng(0).normal(100, 5, (5, 64, 64)).astype(np.float32), name="v")
+    wide = SlicePrompt((ObjectPrompt(box=Box(14.0, 14.0, 50.0, 50.0), name="wall"),), slice_index=2)
+    res = {r.slice_index: r for r in segment(vol, wide, scope="volume", engine=Engine(CavitySequence()))}
+    assert sorted(res) == [0, 1, 2, 3, 4]
+    assert any("wall: stays inside its box on every side" in f for f in res[2].flags), res[2].flags
+    for k in (0, 1, 3, 4):
+        assert any("wall: carried from prompted slice 2, whose mask was flagged" in f for f in res[k].flags), res[k].flags
+    assert all(r.confidence is not None and r.confidence <= 0.5 for r in res.values())
+    close = SlicePrompt((ObjectPrompt(box=Box(25.0, 25.0, 39.0, 39.0), name="wall"),), slice_index=2)
+    res = list(segment(vol, close, scope="volume", engine=Engine(CavitySequence())))
+    assert not any(r.flags for r in res) and all(r.confidence > 0.5 for r in res)
 
 
 def cone_volume(change_at: int | None):

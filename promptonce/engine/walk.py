@@ -446,7 +446,9 @@ def segment_volume_sequence(
     shape = volume.shape[1:]
     k0 = prompt.slice_index
     seeds = {k0: list(prompt.objects)}
-    monitor = SequenceMonitor({o.object_id: o.name or f"object {o.object_id}" for o in prompt.objects})
+    names = {o.object_id: o.name or f"object {o.object_id}" for o in prompt.objects}
+    monitor = SequenceMonitor(names)
+    doubted: set[int] = set()  # objects whose mask on the prompted slice was flagged (as in :func:`segment_volume`)
     for reverse, end in ((False, hi), (True, lo)):
         monitor.reset()
         for k, masks, scores in backend.propagate(n, fm.frame, seeds, k0, reverse=reverse, end=end):  # type: ignore[union-attr]
@@ -457,6 +459,21 @@ def segment_volume_sequence(
             for oid, m in masks.items():
                 labels[m.astype(bool) & (labels == 0)] = oid
             conf, flags = monitor.observe(masks, scores)
+            for o in prompt.objects:
+                m = masks.get(o.object_id)
+                if m is None or not np.any(m):
+                    continue
+                if k == k0:
+                    inside = inside_box_flag(names[o.object_id], m, o.box)
+                    if inside is None:
+                        continue
+                    flags.append(inside)
+                    doubted.add(o.object_id)
+                elif o.object_id in doubted:
+                    flags.append(carried_doubt_flag(names[o.object_id], k0))
+                else:
+                    continue
+                conf = INSIDE_BOX_CONFIDENCE if conf is None else min(conf, INSIDE_BOX_CONFIDENCE)
             yield SliceResult(volume_index, k, labels, dict(scores), flags, k == k0, volume.name, n, confidence=conf)
 
 
