@@ -180,6 +180,22 @@ def test_a_memory_model_run_gets_the_inside_box_and_carried_flags():
     assert not any(r.flags for r in res) and all(r.confidence > 0.5 for r in res)
 
 
+def test_may_continue_here_runs_to_the_end_past_an_object_lost_while_large():
+    """Nothing tells where a lost object ends: every slice past the loss is flagged, none before it."""
+    n, size = 30, 64
+    zz, yy, xx = np.mgrid[0:n, 0:size, 0:size]
+    rod = ((xx - 32) ** 2 + (yy - 30) ** 2 <= 100) & (zz <= 24)  # a rod from slice 0 to 24
+    arr = np.where(rod, 200.0, 20.0) + np.random.default_rng(0).normal(0, 2, rod.shape)
+    arr[10] = 20.0  # missing from one slice: lost mid-volume there
+    vol = Volume(arr.astype(np.float32), name="rod")
+    prompt = SlicePrompt((ObjectPrompt(box=box_of(rod[7]), name="rod"),), slice_index=7)
+    res = {r.slice_index: r for r in segment(vol, prompt, scope="volume", backend=FakeBackend(), click_backend=None)}
+    assert any("object lost mid-volume" in f for f in res[10].flags), res[10].flags
+    may = [k for k, r in res.items() if any("may continue here" in f for f in r.flags)]
+    assert may == list(range(11, 30)), may
+    assert all(res[k].confidence == 0.3 for k in may)
+
+
 def cone_volume(change_at: int | None):
     """A bright disc shrinking from radius 11 (slice 6) by 1.5 px a slice; from ``change_at`` on it is darker."""
     n, size = 14, 64

@@ -346,7 +346,7 @@ def uncertain_end_flag(name: str, area_before: int, peak: int, why: str) -> str 
     Where that answer was still a region like the object's, only of another intensity or away from
     the previous mask (:func:`.walk.ends_uncertainly`), the walk cannot tell a changed object from a
     neighbour, and the user should look at that slice. Objects still large there get
-    :func:`lost_flag` (and a span of "may continue here") instead; below ``UNCERTAIN_END_FRACTION``
+    :func:`lost_flag` (and "may continue here" on every slice past it) instead; below ``UNCERTAIN_END_FRACTION``
     of the peak, what may be missed is a tip of a few pixels (None: not flagged). On the tuning
     volumes (ACDC 1-10, CT liver/spleen/kidneys, hippocampus 1-20) the reference went on past 3 of
     the 4 ends this flags, and past 5 of the 6 it leaves (tips of 1-56 pixels).

@@ -38,9 +38,6 @@ __all__ = ["ObjectState", "ends_uncertainly", "segment_volume", "step", "vanishe
 
 log = logging.getLogger(__name__)
 
-#: After an object is lost mid-volume, this many further slices are flagged "may continue here".
-LOST_SPAN = 5
-
 #: :func:`vanished`'s reasons where the model still answered with a region like the object's, only
 #: darker/brighter or elsewhere (the others: no mask, a tiny or unsure one, a leak, regrowth after a tip).
 INTENSITY_CHANGED, NO_OVERLAP = "intensity changed", "no overlap with the neighbouring slice"
@@ -332,8 +329,9 @@ def walk(
         for st in cur:
             if not st.alive:
                 st.mask = None
-                if st.lost_at is not None and abs(k - st.lost_at) <= LOST_SPAN:
-                    # the object may go on here: the user should look at the next few slices too
+                if st.lost_at is not None:
+                    # lost while still large, so nothing tells where it ends: every slice past the
+                    # loss may hold it (one review item for the run, :func:`flag_lines` one line)
                     flags.append(f"{st.name or f'object {st.object_id}'}: may continue here "
                                  f"(lost mid-volume at slice {st.lost_at})")
                     confidences.append(0.3)

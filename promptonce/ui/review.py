@@ -64,15 +64,23 @@ class ReviewItem:
 
     Attributes:
         case: case index.
-        slice_index: 0-based slice index.
-        confidence: the engine's confidence 0..1, or None when unknown.
+        slice_index: 0-based slice index (the first of a run).
+        confidence: the engine's confidence 0..1 (a run's lowest), or None when unknown.
         flags: the readable flags of that slice.
+        last_slice: the last slice of a run of consecutive slices with the same flags (e.g. every
+            slice walked from a flagged seed), None for a single slice.
     """
 
     case: int
     slice_index: int
     confidence: float | None
     flags: tuple[str, ...]
+    last_slice: int | None = None
+
+    def covers(self, case: int, slice_index: int) -> bool:
+        """Whether ``(case, slice_index)`` is this item's slice or in its run."""
+        last = self.slice_index if self.last_slice is None else self.last_slice
+        return case == self.case and self.slice_index <= slice_index <= last
 
     @property
     def key(self) -> str:
@@ -104,20 +112,27 @@ def _confidences(ws: Workspace) -> dict[tuple[int, int], float | None]:
 def review_items(ws: Workspace) -> list[ReviewItem]:
     """The slices to review, lowest confidence first.
 
-    A slice is listed when it has a flag or its confidence is below :data:`REVIEW_BELOW`. Order:
+    A slice is listed when it has a flag or its confidence is below :data:`REVIEW_BELOW`.
+    Consecutive slices of a case with the same flags are one item (a run, at its lowest
+    confidence): a walk from a flagged seed or past a lost object flags every slice it covers. Order:
     confidence ascending (unknown confidence counts as :data:`REVIEW_BELOW`), then more flags first,
     then case and slice order. At most :data:`MAX_ITEMS` items.
     """
     conf = _confidences(ws)
     keys = {key for key, f in ws.flags.items() if f}
     keys |= {key for key, c in conf.items() if c is not None and c < REVIEW_BELOW}
-    items = []
-    for v, k in keys:
+    items: list[ReviewItem] = []
+    for v, k in sorted(keys):
         if v in ws.done and not ws.done[v][k]:
             continue
-        items.append(
-            ReviewItem(v, k, conf.get((v, k)), tuple(ws.flags.get((v, k), ())))
-        )
+        flags, c = tuple(ws.flags.get((v, k), ())), conf.get((v, k))
+        prev = items[-1] if items else None
+        if prev is not None and flags and prev.flags == flags and prev.case == v \
+                and (prev.last_slice if prev.last_slice is not None else prev.slice_index) == k - 1:
+            low = c if prev.confidence is None else prev.confidence if c is None else min(c, prev.confidence)
+            items[-1] = ReviewItem(v, prev.slice_index, low, flags, k)
+            continue
+        items.append(ReviewItem(v, k, c, flags))
 
     def rank(it: ReviewItem) -> tuple[float, int, int, int]:
         c = (
@@ -151,6 +166,8 @@ def review_choices(
             name
             if image_set or ws.metas[it.case].n_slices == 1
             else f"{name} · slice {it.slice_index + 1}"
+            if it.last_slice is None
+            else f"{name} · slices {it.slice_index + 1}-{it.last_slice + 1}"
         )
         conf = "?" if it.confidence is None else f"{it.confidence:.2f}"
         text = "; ".join(it.flags) if it.flags else "low confidence"
@@ -183,12 +200,14 @@ def review_heading(ws: Workspace, items: list[ReviewItem] | None = None) -> str:
     items = review_items(ws) if items is None else items
     if not ws.has_results():
         return "Review (after a run: the slices to check, lowest confidence first)"
-    unit = unit_name([m.n_slices for m in ws.metas], len(items))
+    n = sum((it.slice_index if it.last_slice is None else it.last_slice) - it.slice_index + 1 for it in items)
+    unit = unit_name([m.n_slices for m in ws.metas], n)
     if not items:
         return "Review: nothing flagged, every result has confidence ≥ 0.5"
     cases = len({it.case for it in items})
     tail = "" if _is_image_set(ws) else f" in {cases} case(s)"
-    text = f"Review: {len(items)} {unit}{tail}, lowest confidence first (key r: next)"
+    runs = f" ({len(items)} items)" if len(items) != n else ""
+    text = f"Review: {n} {unit}{tail}{runs}, lowest confidence first (key r: next)"
     ranked = case_ranking(ws) if ws.n_cases > 1 and not _is_image_set(ws) else []
     if len(ranked) > 1:
         worst = [f"{ws.metas[v].name} {'?' if c is None else f'{c:.2f}'}" for v, c, _n in ranked[:4]]
@@ -214,11 +233,10 @@ def next_to_review(
     if not items:
         return None
     keys = [(it.case, it.slice_index) for it in items]
-    try:
-        i = keys.index((case, slice_index))
-    except ValueError:
+    at = [i for i, it in enumerate(items) if it.covers(case, slice_index)]
+    if not at:
         return keys[0]
-    return keys[(i + 1) % len(keys)]
+    return keys[(at[0] + 1) % len(keys)]
 
 
 # ---------------------------------------------------------------------------------------------- reformats

@@ -255,3 +255,18 @@ def test_per_object_confidences_count_as_their_lowest(gap_ws):
     assert (items[0].case, items[0].slice_index, items[0].confidence) == (0, 10, 0.2)
     ws.confidence[(0, 3)] = {1: 0.95, 2: 0.1}
     assert [(it.case, it.slice_index) for it in R.review_items(ws)][:2] == [(0, 3), (0, 10)]
+
+
+def test_a_run_of_slices_with_the_same_flags_is_one_item(gap_ws):
+    """Slices walked from a flagged seed all carry its flag: one review item for the run, not one per slice."""
+    ws = gap_ws
+    ws.flags = {(0, k): ["wall: carried from prompted slice 7, whose mask was flagged"] for k in range(2, 7)}
+    ws.flags[(0, 9)] = ["wall: disagrees with its neighbours"]
+    ws.confidence = {(0, k): 0.9 for k in range(15)} | {(0, k): 0.5 for k in range(2, 7)} | {(0, 4): 0.4, (0, 9): 0.6}
+    items = R.review_items(ws)
+    assert [(it.slice_index, it.last_slice, it.confidence) for it in items] == [(2, 6, 0.4), (9, None, 0.6)]
+    labels = R.review_choices(ws, items)
+    assert "slices 3-7" in labels[0][0] and labels[0][1] == "0:2" and "slice 10" in labels[1][0]
+    assert "Review: 6 slices in 1 case(s) (2 items)" in R.review_heading(ws, items)
+    assert R.next_to_review(ws, 0, 4) == (0, 9)  # from inside the run to the next item
+    assert R.next_to_review(ws, 0, 9) == (0, 2)
