@@ -384,7 +384,7 @@ def inside_box_flag(name: str, mask: np.ndarray, box) -> str | None:
             "close around the object, the model took a part inside it (e.g. a cavity, not its wall)")
 
 
-def carried_doubt_flag(name: str, seed_slice: int) -> str:
+def carried_doubt_flag(name: str) -> str:
     """The flag of a slice walked from a prompted slice whose mask was flagged (see :func:`inside_box_flag`).
 
     A walked slice takes its object from the slice before it, back to the prompted one: when that
@@ -392,9 +392,10 @@ def carried_doubt_flag(name: str, seed_slice: int) -> str:
     it follows the same wrong thing, as confidently as the seed (ACDC myocardium, tuning volumes
     1-10: Dice 0.00-0.09 on the 79 walked slices that carried no flag, at slice confidences
     0.85-0.98, median 0.97). Those slices get this flag and at most the seed's lowered confidence
-    (:data:`INSIDE_BOX_CONFIDENCE`).
+    (:data:`INSIDE_BOX_CONFIDENCE`). The text names no slice number: the app counts slices from 1,
+    the library from 0, and the run has one prompted slice.
     """
-    return f"{name}: carried from prompted slice {seed_slice}, whose mask was flagged; check that slice first"
+    return f"{name}: carried from the prompted slice, whose mask was flagged; check that slice first"
 
 
 def flag_lines(slice_flags: Mapping[int, Sequence[str]]) -> list[str]:

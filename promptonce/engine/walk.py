@@ -58,7 +58,7 @@ class ObjectState:
     trough: int | None = None
     values: tuple[float, float] | None = None  # (median, robust scale) of the seed mask's voxels
     lost_at: int | None = None  # slice where the object was lost mid-volume (flagged), if it was
-    doubted_seed: int | None = None  # the prompted slice, when its mask of this object was flagged
+    seed_doubted: bool = False  # the prompted slice's mask of this object was flagged
     seed_cap: float = 1.0  # the most confidence a slice carried from a flagged seed may have
 
     def copy(self) -> ObjectState:
@@ -264,7 +264,7 @@ def segment_volume(
             flags.append(f"{name}: empty mask on the prompted slice")
         st = ObjectState(obj.object_id, mask, int(mask.sum()), score, bool(mask.any()), obj.name)
         if inside is not None:  # every slice walked from this seed inherits its doubt
-            st.doubted_seed, st.seed_cap = k0, conf_cap[obj.object_id]
+            st.seed_doubted, st.seed_cap = True, conf_cap[obj.object_id]
         st.peak = st.seed_area
         st.values = _robust_stats(volume.array[k0][mask], volume) if mask.any() else None
         states.append(st)
@@ -363,8 +363,8 @@ def walk(
                 if agree is not None and agree < MIN_NEIGHBOUR_AGREEMENT:
                     flags.append(f"{name}: disagrees with its neighbours (Dice {agree:.2f} with the slice before)")
                 conf = slice_confidence(score, agree)
-                if st.doubted_seed is not None and mask.any():
-                    flags.append(carried_doubt_flag(name, st.doubted_seed))
+                if st.seed_doubted and mask.any():
+                    flags.append(carried_doubt_flag(name))
                     conf = min(conf, st.seed_cap)
                 confidences.append(conf)
             st.mask, st.score = mask, score
@@ -468,7 +468,7 @@ def segment_volume_sequence(
                     flags.append(inside)
                     doubted.add(o.object_id)
                 elif o.object_id in doubted:
-                    flags.append(carried_doubt_flag(names[o.object_id], k0))
+                    flags.append(carried_doubt_flag(names[o.object_id]))
                 else:
                     continue
                 conf = INSIDE_BOX_CONFIDENCE if conf is None else min(conf, INSIDE_BOX_CONFIDENCE)

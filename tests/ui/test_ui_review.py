@@ -260,7 +260,7 @@ def test_per_object_confidences_count_as_their_lowest(gap_ws):
 def test_a_run_of_slices_with_the_same_flags_is_one_item(gap_ws):
     """Slices walked from a flagged seed all carry its flag: one review item for the run, not one per slice."""
     ws = gap_ws
-    ws.flags = {(0, k): ["wall: carried from prompted slice 7, whose mask was flagged"] for k in range(2, 7)}
+    ws.flags = {(0, k): ["wall: carried from the prompted slice, whose mask was flagged"] for k in range(2, 7)}
     ws.flags[(0, 9)] = ["wall: disagrees with its neighbours"]
     ws.confidence = {(0, k): 0.9 for k in range(15)} | {(0, k): 0.5 for k in range(2, 7)} | {(0, 4): 0.4, (0, 9): 0.6}
     items = R.review_items(ws)
