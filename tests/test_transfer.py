@@ -233,23 +233,27 @@ def test_an_object_ending_without_fading_out_is_flagged_where_it_ended():
     assert max(k for k, r in res.items() if r.labels.any()) >= 10  # followed down to its small end
 
 
-def test_a_seed_mask_inside_every_side_of_the_users_box_is_flagged():
-    """A box drawn around a ring whose model takes the cavity (the myocardium's case) is flagged; a disc is not."""
-    from promptonce.engine.quality import inside_box_flag
-
-    n, size = 5, 64
+def ring_volume(n: int, size: int = 64):
+    """``(volume, ring, disc)``: a bright ring (radius 8-14) around a dark cavity on every slice, and the disc it bounds."""
     yy, xx = np.mgrid[0:size, 0:size]
     r2 = (xx - 32) ** 2 + (yy - 32) ** 2
     ring = (r2 <= 14**2) & (r2 > 8**2)
     arr = np.where(ring, 200.0, np.where(r2 <= 8**2, 20.0, 110.0))[None].repeat(n, 0)
     arr = arr + np.random.default_rng(2).normal(0, 2, arr.shape)
-    vol = Volume(arr.astype(np.float32), name="ring")
+    return Volume(arr.astype(np.float32), name="ring"), ring, r2 <= 14**2
+
+
+def test_a_seed_mask_inside_every_side_of_the_users_box_is_flagged():
+    """A box drawn around a ring whose model takes the cavity (the myocardium's case) is flagged; a disc is not."""
+    from promptonce.engine.quality import inside_box_flag
+
+    n = 5
+    vol, ring, disc = ring_volume(n)
     prompt = SlicePrompt((ObjectPrompt(box=box_of(ring), name="wall"),), slice_index=2)
     res = list(segment(vol, prompt, scope="image", backend=FakeBackend(), click_backend=None))[0]
     assert res.labels.any() and not (res.labels.astype(bool) & ring).any()  # the fake model took the cavity
     assert any("wall: stays inside its box on every side" in f for f in res.flags), res.flags
     assert res.confidence is not None and res.confidence <= 0.5
-    disc = r2 <= 14**2
     vol2 = Volume(np.where(disc, 200.0, 110.0)[None].repeat(n, 0).astype(np.float32), name="disc")
     res2 = list(segment(vol2, prompt, scope="image", backend=FakeBackend(), click_backend=None))[0]
     assert res2.labels.any() and not res2.flags, res2.flags
@@ -265,23 +269,17 @@ def test_a_seed_mask_inside_every_side_of_the_users_box_is_flagged():
 
 def test_slices_walked_from_a_flagged_seed_carry_its_doubt():
     """Every slice walked from a seed that took a ring's cavity is flagged, at most at the seed's confidence."""
-    n, size = 7, 64
-    yy, xx = np.mgrid[0:size, 0:size]
-    r2 = (xx - 32) ** 2 + (yy - 32) ** 2
-    ring = (r2 <= 14**2) & (r2 > 8**2)
-    arr = np.where(ring, 200.0, np.where(r2 <= 8**2, 20.0, 110.0))[None].repeat(n, 0)
-    arr = arr + np.random.default_rng(2).normal(0, 2, arr.shape)
+    n = 7
+    vol, ring, disc = ring_volume(n)
     prompt = SlicePrompt((ObjectPrompt(box=box_of(ring), name="wall"),), slice_index=3)
-    res = {r.slice_index: r for r in segment(Volume(arr.astype(np.float32), name="ring"), prompt, scope="volume",
-                                             backend=FakeBackend(), click_backend=None)}
+    res = {r.slice_index: r for r in segment(vol, prompt, scope="volume", backend=FakeBackend(), click_backend=None)}
     walked = [k for k, r in res.items() if k != 3 and r.labels.any()]
     assert len(walked) >= 4, sorted(walked)  # the walk went on with the cavity, as the model answered
     for k in walked:
         assert any("wall: carried from the prompted slice, whose mask was flagged" in f for f in res[k].flags), res[k].flags
         assert res[k].confidence is not None and res[k].confidence <= 0.5
     # a disc walked from a box drawn close around it: no such flag, confident slices
-    disc = r2 <= 14**2
-    arr2 = np.where(disc, 200.0, 110.0)[None].repeat(n, 0) + np.random.default_rng(3).normal(0, 2, (n, size, size))
+    arr2 = np.where(disc, 200.0, 110.0)[None].repeat(n, 0) + np.random.default_rng(3).normal(0, 2, (n, *disc.shape))
     res2 = {r.slice_index: r for r in segment(Volume(arr2.astype(np.float32), name="disc"), prompt, scope="volume",
                                               backend=FakeBackend(), click_backend=None)}
     assert all(r.labels.any() for r in res2.values())
