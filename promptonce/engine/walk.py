@@ -236,7 +236,6 @@ def segment_volume(
         return
     states: list[ObjectState] = []
     scores: dict[int, float] = {}
-    conf_cap: dict[int, float] = {}  # a seed's confidence where a check lowered it below its score
     flags: list[str] = []
     backend = eng.backend
     if lo < hi and isinstance(backend, Backend):
@@ -254,22 +253,21 @@ def segment_volume(
         else:
             refine = eng.config.transfer_refine if refine_seed else False
             mask, score = predict_object(eng, volume, k0, obj, window, refine=refine, avoid=other_clicks(prompt, obj))
-        # a box drawn by the user (a transferred one is refined; the engine's own seeds come with the
-        # mask's tight box) whose mask keeps away from all its sides
-        inside = None if refine_seed else inside_box_flag(name, mask, obj.box)
-        if inside is not None:
-            flags.append(inside)
-            conf_cap[obj.object_id] = min(score, INSIDE_BOX_CONFIDENCE)
         if not mask.any():
             flags.append(f"{name}: empty mask on the prompted slice")
         st = ObjectState(obj.object_id, mask, int(mask.sum()), score, bool(mask.any()), obj.name)
-        if inside is not None:  # every slice walked from this seed inherits its doubt
-            st.seed_doubted, st.seed_cap = True, conf_cap[obj.object_id]
+        # a box drawn by the user (a transferred one is refined; the engine's own seeds come with the
+        # mask's tight box) whose mask keeps away from all its sides: the seed and every slice walked
+        # from it are doubtful
+        inside = None if refine_seed else inside_box_flag(name, mask, obj.box)
+        if inside is not None:
+            flags.append(inside)
+            st.seed_doubted, st.seed_cap = True, min(score, INSIDE_BOX_CONFIDENCE)
         st.peak = st.seed_area
         st.values = _robust_stats(volume.array[k0][mask], volume) if mask.any() else None
         states.append(st)
         scores[obj.object_id] = score
-    seed_conf = [float(np.clip(conf_cap.get(st.object_id, st.score), 0, 1))
+    seed_conf = [float(np.clip(min(st.score, st.seed_cap), 0, 1))
                  for st in states if st.mask is not None and st.mask.any()]
     yield SliceResult(
         volume_index, k0, paint(states, shape), scores, flags, True, volume.name, n,
@@ -461,17 +459,12 @@ def segment_volume_sequence(
                 m = masks.get(o.object_id)
                 if m is None or not np.any(m):
                     continue
-                if k == k0:
-                    inside = inside_box_flag(names[o.object_id], m, o.box)
-                    if inside is None:
-                        continue
-                    flags.append(inside)
+                doubt = (inside_box_flag(names[o.object_id], m, o.box) if k == k0
+                         else carried_doubt_flag(names[o.object_id]) if o.object_id in doubted else None)
+                if doubt is not None:
                     doubted.add(o.object_id)
-                elif o.object_id in doubted:
-                    flags.append(carried_doubt_flag(names[o.object_id]))
-                else:
-                    continue
-                conf = INSIDE_BOX_CONFIDENCE if conf is None else min(conf, INSIDE_BOX_CONFIDENCE)
+                    flags.append(doubt)
+                    conf = INSIDE_BOX_CONFIDENCE if conf is None else min(conf, INSIDE_BOX_CONFIDENCE)
             yield SliceResult(volume_index, k, labels, dict(scores), flags, k == k0, volume.name, n, confidence=conf)
 
 

@@ -77,10 +77,14 @@ class ReviewItem:
     flags: tuple[str, ...]
     last_slice: int | None = None
 
+    @property
+    def last(self) -> int:
+        """The item's last slice (its only one unless it is a run)."""
+        return self.slice_index if self.last_slice is None else self.last_slice
+
     def covers(self, case: int, slice_index: int) -> bool:
         """Whether ``(case, slice_index)`` is this item's slice or in its run."""
-        last = self.slice_index if self.last_slice is None else self.last_slice
-        return case == self.case and self.slice_index <= slice_index <= last
+        return case == self.case and self.slice_index <= slice_index <= self.last
 
     @property
     def key(self) -> str:
@@ -127,8 +131,7 @@ def review_items(ws: Workspace) -> list[ReviewItem]:
             continue
         flags, c = tuple(ws.flags.get((v, k), ())), conf.get((v, k))
         prev = items[-1] if items else None
-        if prev is not None and flags and prev.flags == flags and prev.case == v \
-                and (prev.last_slice if prev.last_slice is not None else prev.slice_index) == k - 1:
+        if prev is not None and flags and prev.flags == flags and prev.case == v and prev.last == k - 1:
             low = c if prev.confidence is None else prev.confidence if c is None else min(c, prev.confidence)
             items[-1] = ReviewItem(v, prev.slice_index, low, flags, k)
             continue
@@ -200,7 +203,7 @@ def review_heading(ws: Workspace, items: list[ReviewItem] | None = None) -> str:
     items = review_items(ws) if items is None else items
     if not ws.has_results():
         return "Review (after a run: the slices to check, lowest confidence first)"
-    n = sum((it.slice_index if it.last_slice is None else it.last_slice) - it.slice_index + 1 for it in items)
+    n = sum(it.last - it.slice_index + 1 for it in items)
     unit = unit_name([m.n_slices for m in ws.metas], n)
     if not items:
         return "Review: nothing flagged, every result has confidence ≥ 0.5"
