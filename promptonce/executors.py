@@ -64,7 +64,7 @@ def transfer_class():
 
 
 def _seed_flags(results: Sequence[SliceResult]) -> list[str]:
-    return [f"slice {r.slice_index}: {f}" for r in results for f in r.flags]
+    return [f"slice {r.slice_index + 1}: {f}" for r in results for f in r.flags]  # numbered from 1, as the app
 
 
 @dataclass

@@ -611,7 +611,7 @@ def _plot_thumbs(run: Run) -> tuple[bytes | None, dict[str, list[str]]]:
                 continue
             t = thumbs[c]
             ax.imshow(t.rgb, interpolation="nearest")
-            where = f", slice {t.slice_index}" if _n_slices(run, t.name) > 1 else ""
+            where = f", slice {t.slice_index + 1}" if _n_slices(run, t.name) > 1 else ""
             ax.set_title(f"{title}: {_short(t.name, 24)}\nDice {t.dice:.3f}{where}", fontsize=8)
     fig.suptitle(f"{run.label}: red fill = prediction, green outline = reference", fontsize=9)
     return _png(fig), drawn

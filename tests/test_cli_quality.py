@@ -37,13 +37,13 @@ def test_a_run_of_slices_with_one_flag_is_one_line():
     from promptonce.types import SliceResult
 
     assert flag_lines({4: ["a"], 5: ["a"], 6: ["a", "b"], 9: ["a"], 10: []}) == [
-        "slices 4-6: a", "slice 6: b", "slice 9: a"]
-    assert flag_lines({}) == [] and flag_lines({3: ["x", "x"]}) == ["slice 3: x"]
+        "slices 5-7: a", "slice 7: b", "slice 10: a"]  # indices from 0, numbered from 1 as in the app
+    assert flag_lines({}) == [] and flag_lines({3: ["x", "x"]}) == ["slice 4: x"]
     q = QualityReport()
     lab = np.zeros((4, 4), np.uint8)
     for k in range(8):
         flags = ["lost"] if k == 2 else ["may continue here"] if 3 <= k <= 6 else []
         q.add(SliceResult(0, k, lab, {}, flags, k == 0, "vol", 8, confidence=0.3 if flags else 0.9))
     case = q.cases()[0]
-    assert case["flags"] == ["slice 2: lost", "slices 3-6: may continue here"]
+    assert case["flags"] == ["slice 3: lost", "slices 4-7: may continue here"]
     assert case["slices_to_review"] == [2, 3, 4, 5, 6]

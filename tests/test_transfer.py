@@ -193,6 +193,7 @@ def test_may_continue_here_runs_to_the_end_past_an_object_lost_while_large():
     assert any("object lost mid-volume" in f for f in res[10].flags), res[10].flags
     may = [k for k, r in res.items() if any("may continue here" in f for f in r.flags)]
     assert may == list(range(11, 30)), may
+    assert all("(lost mid-volume at slice 11)" in " ".join(res[k].flags) for k in may)  # numbered from 1, as in the app
     assert all(res[k].confidence == 0.3 for k in may)
 
 

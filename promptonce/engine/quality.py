@@ -401,8 +401,9 @@ def carried_doubt_flag(name: str) -> str:
 def flag_lines(slice_flags: Mapping[int, Sequence[str]]) -> list[str]:
     """A case's slice flags as lines to read: one per flag text and run of consecutive slices.
 
-    ``{4: ["a"], 5: ["a"], 6: ["a", "b"], 9: ["a"]}`` -> ``["slices 4-6: a", "slice 6: b", "slice 9: a"]``,
-    ordered by the run's first slice. A walk from a flagged seed flags every slice it covers, and an
+    ``{4: ["a"], 5: ["a"], 6: ["a", "b"], 9: ["a"]}`` -> ``["slices 5-7: a", "slice 7: b", "slice 10: a"]``,
+    ordered by the run's first slice. The keys are slice indices (from 0); the lines number slices from
+    1, as the app and every other text a user reads does. A walk from a flagged seed flags every slice it covers, and an
     object lost mid-volume flags the slices after it: one line each instead of one per slice.
     """
     runs: list[list] = []  # [first, last, text]
@@ -415,7 +416,7 @@ def flag_lines(slice_flags: Mapping[int, Sequence[str]]) -> list[str]:
             else:
                 last_run[f] = run = [k, k, f]
                 runs.append(run)
-    return [f"slice {a}: {f}" if a == b else f"slices {a}-{b}: {f}" for a, b, f in runs]
+    return [f"slice {a + 1}: {f}" if a == b else f"slices {a + 1}-{b + 1}: {f}" for a, b, f in runs]
 
 
 class SequenceMonitor:

@@ -331,7 +331,7 @@ def walk(
                     # lost while still large, so nothing tells where it ends: every slice past the
                     # loss may hold it (one review item for the run, :func:`flag_lines` one line)
                     flags.append(f"{st.name or f'object {st.object_id}'}: may continue here "
-                                 f"(lost mid-volume at slice {st.lost_at})")
+                                 f"(lost mid-volume at slice {st.lost_at + 1})")
                     confidences.append(0.3)
                 continue
             name = st.name or f"object {st.object_id}"
