@@ -156,13 +156,28 @@ class CavitySequence:
 
     info = BackendInfo("fake-sequence", "fake sequence", points=True, boxes=True, input_size=64, sequence=True)
 
+    def __init__(self, score: float = 0.95) -> None:
+        self.score = score
+
     def propagate(self, n_frames, get_frame, seeds, start, reverse=False, end=None):
         yy, xx = np.mgrid[0:64, 0:64]
         disc = (xx - 32) ** 2 + (yy - 32) ** 2 <= 49
         stop = (0 if reverse else n_frames - 1) if end is None else end
         step = -1 if reverse else 1
         for k in range(start, stop + step, step):
-            yield k, {o.object_id: disc.copy() for o in seeds[start]}, {o.object_id: 0.95 for o in seeds[start]}
+            yield k, {o.object_id: disc.copy() for o in seeds[start]}, {o.object_id: self.score for o in seeds[start]}
+
+
+class UnsureBackend(FakeBackend):
+    """The fake model with its scores scaled by ``factor``: the same masks, told with less certainty."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def predict(self, *args, **kwargs):
+        pred = super().predict(*args, **kwargs)
+        return replace(pred, scores=(pred.scores * self.factor).astype(np.float32))
 
 
 def test_a_memory_model_run_gets_the_inside_box_and_carried_flags():
@@ -178,6 +193,38 @@ def test_a_memory_model_run_gets_the_inside_box_and_carried_flags():
     close = SlicePrompt((ObjectPrompt(box=Box(25.0, 25.0, 39.0, 39.0), name="wall"),), slice_index=2)
     res = list(segment(vol, close, scope="volume", engine=Engine(CavitySequence())))
     assert not any(r.flags for r in res) and all(r.confidence > 0.5 for r in res)
+    # a close box, but the model scores its mask on the prompted slice low: unsure, carried at that score
+    res = {r.slice_index: r for r in segment(vol, close, scope="volume", engine=Engine(CavitySequence(score=0.6)))}
+    assert any("wall: the model is unsure of its outline on the prompted slice (score 0.60)" in f for f in res[2].flags)
+    for k in (0, 1, 3, 4):
+        assert any("wall: carried from the prompted slice" in f for f in res[k].flags), res[k].flags
+    assert all(r.confidence is not None and r.confidence <= 0.6 for r in res.values())
+
+
+def test_a_seed_the_model_scores_low_is_flagged_and_its_walk_carries_the_doubt():
+    """The model's own score on the prompted slice below SEED_MIN_SCORE: the seed says so, every walked slice too."""
+    from promptonce.engine.quality import SEED_MIN_SCORE, unsure_seed_flag
+
+    n = 7
+    _, _, disc = ring_volume(n)
+    arr = np.where(disc, 200.0, 110.0)[None].repeat(n, 0) + np.random.default_rng(3).normal(0, 2, (n, *disc.shape))
+    vol = Volume(arr.astype(np.float32), name="disc")
+    prompt = SlicePrompt((ObjectPrompt(box=box_of(disc), name="disc"),), slice_index=3)
+    sure = {r.slice_index: r for r in segment(vol, prompt, scope="volume", backend=UnsureBackend(1.0), click_backend=None)}
+    assert sorted(sure) == list(range(n)) and not any(r.flags for r in sure.values())
+    seed_score = float(sure[3].scores[0]) if 0 in sure[3].scores else float(next(iter(sure[3].scores.values())))
+    assert seed_score >= SEED_MIN_SCORE
+    factor = 0.7
+    res = {r.slice_index: r for r in segment(vol, prompt, scope="volume", backend=UnsureBackend(factor), click_backend=None)}
+    for k in range(n):  # the same masks, only the scores differ
+        assert np.array_equal(res[k].labels, sure[k].labels), k
+    low = factor * seed_score
+    assert any(f.startswith(f"disc: the model is unsure of its outline on the prompted slice (score {low:.2f})")
+               for f in res[3].flags), res[3].flags
+    for k in set(range(n)) - {3}:
+        assert any("disc: carried from the prompted slice, whose mask was flagged" in f for f in res[k].flags), res[k].flags
+        assert res[k].confidence is not None and res[k].confidence <= low + 1e-6
+    assert unsure_seed_flag("x", SEED_MIN_SCORE) is None and unsure_seed_flag("x", SEED_MIN_SCORE - 0.01) is not None
 
 
 def test_may_continue_here_runs_to_the_end_past_an_object_lost_while_large():

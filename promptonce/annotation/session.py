@@ -538,11 +538,11 @@ class AnnotationSession:
             msg = f"{obj.name}: the model found nothing there; click inside the object or draw a box around it."
         else:
             msg = f"{obj.name}: preview {area} px, confidence {score:.2f} ({secs * 1000:.0f} ms)."
-            from ..engine.quality import inside_box_flag
+            from ..engine.quality import inside_box_flag, unsure_seed_flag
 
-            inside = inside_box_flag(obj.name, d.mask, d.box)
-            if inside is not None:
-                msg += f" {inside}."
+            doubt = inside_box_flag(obj.name, d.mask, d.box) or unsure_seed_flag(obj.name, d.score)
+            if doubt is not None:
+                msg += f" {doubt}."
         return Preview(case, k, oid, d.mask, d.score, secs, msg)
 
     def _result_box(self, case: int, k: int, oid: int) -> Box | None:

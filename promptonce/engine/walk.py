@@ -32,6 +32,7 @@ from .quality import (
     neighbour_agreement,
     slice_confidence,
     uncertain_end_flag,
+    unsure_seed_flag,
 )
 
 __all__ = ["ObjectState", "ends_uncertainly", "segment_volume", "step", "vanished", "walk", "walk_both_ways", "paint"]
@@ -263,6 +264,12 @@ def segment_volume(
         if inside is not None:
             flags.append(inside)
             st.seed_doubted, st.seed_cap = True, min(score, INSIDE_BOX_CONFIDENCE)
+        elif mask.any() and not refine_seed and not (seed_masks is not None and obj.object_id in seed_masks):
+            # the model's own score on the user's prompted slice (a given seed mask has its own checks)
+            unsure = unsure_seed_flag(name, score)
+            if unsure is not None:
+                flags.append(unsure)
+                st.seed_doubted, st.seed_cap = True, score
         st.peak = st.seed_area
         st.values = _robust_stats(volume.array[k0][mask], volume) if mask.any() else None
         states.append(st)
@@ -444,7 +451,7 @@ def segment_volume_sequence(
     seeds = {k0: list(prompt.objects)}
     names = {o.object_id: o.name or f"object {o.object_id}" for o in prompt.objects}
     monitor = SequenceMonitor(names)
-    doubted: set[int] = set()  # objects whose mask on the prompted slice was flagged (as in :func:`segment_volume`)
+    doubted: dict[int, float] = {}  # objects whose mask on the prompted slice was flagged -> their confidence cap
     for reverse, end in ((False, hi), (True, lo)):
         monitor.reset()
         for k, masks, scores in backend.propagate(n, fm.frame, seeds, k0, reverse=reverse, end=end):  # type: ignore[union-attr]
@@ -459,12 +466,20 @@ def segment_volume_sequence(
                 m = masks.get(o.object_id)
                 if m is None or not np.any(m):
                     continue
-                doubt = (inside_box_flag(names[o.object_id], m, o.box) if k == k0
-                         else carried_doubt_flag(names[o.object_id]) if o.object_id in doubted else None)
+                cap = INSIDE_BOX_CONFIDENCE
+                if k == k0:
+                    doubt = inside_box_flag(names[o.object_id], m, o.box)
+                    score = scores.get(o.object_id)
+                    if doubt is None and score is not None:
+                        doubt, cap = unsure_seed_flag(names[o.object_id], float(score)), float(score)
+                    if doubt is not None:
+                        doubted[o.object_id] = cap
+                else:
+                    doubt = carried_doubt_flag(names[o.object_id]) if o.object_id in doubted else None
+                    cap = doubted.get(o.object_id, cap)
                 if doubt is not None:
-                    doubted.add(o.object_id)
                     flags.append(doubt)
-                    conf = INSIDE_BOX_CONFIDENCE if conf is None else min(conf, INSIDE_BOX_CONFIDENCE)
+                    conf = cap if conf is None else min(conf, cap)
             yield SliceResult(volume_index, k, labels, dict(scores), flags, k == k0, volume.name, n, confidence=conf)
 
 
