@@ -423,9 +423,9 @@ def flag_lines(slice_flags: Mapping[int, Sequence[str]]) -> list[str]:
     """A case's slice flags as lines to read: one per flag text and run of consecutive slices.
 
     ``{4: ["a"], 5: ["a"], 6: ["a", "b"], 9: ["a"]}`` -> ``["slices 5-7: a", "slice 7: b", "slice 10: a"]``,
-    ordered by the run's first slice. The keys are slice indices (from 0); the lines number slices from
-    1, as the app and every other text a user reads does. A walk from a flagged seed flags every slice it covers, and an
-    object lost mid-volume flags the slices after it: one line each instead of one per slice.
+    ordered by the run's first slice. The keys are slice indices (from 0); the lines number slices
+    from 1, as the app does. A walk from a flagged seed flags every slice it covers, and an object
+    lost mid-volume flags the slices after it: one line each instead of one per slice.
     """
     runs: list[list] = []  # [first, last, text]
     last_run: dict[str, list] = {}
