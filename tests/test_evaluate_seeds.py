@@ -188,7 +188,7 @@ def test_case_flag_recall_precision_and_review_order(monkeypatch, tmp_path):
     assert {c["index"]: c["confidence"] for c in res["cases"]} == {0: 0.9, 1: 0.2, 2: 0.5, 3: 0.7}
     rows = {r["name"]: r for r in csv.DictReader(open(tmp_path / "metrics.csv"))}
     assert rows["cxr1"]["confidence"] == "0.2" and rows["cxr1"]["n_flags"] == "1"
-    assert rows["cxr1"]["flags"] == "slice 0: leaked beyond the prior"
+    assert rows["cxr1"]["flags"] == "leaked beyond the prior"  # a 2D image: no slice number
     assert rows["cxr0"]["flags"] == "" and rows["cxr0"]["n_flags"] == "0"
     assert "flags: 2 cases flagged, 2 below 0.85; recall 0.50 precision 0.50" in write_summary_line(res)
 
@@ -221,7 +221,7 @@ def test_slice_level_flags_in_a_volume(monkeypatch):
     sd = case["slice_dice"]
     assert sd[k_bad] == 0 and sd[k_ok] >= 0.9  # the plan's premise
     assert case["slice_flags"][str(k_bad)] == ["object lost mid-volume"]
-    assert f"slice {k_bad}: object lost mid-volume" in case["flags"]
+    assert f"slice {k_bad + 1}: object lost mid-volume" in case["flags"]  # numbered from 1, as in the app
     assert case["slice_confidence"][k_bad] == 0.1 and case["slice_confidence"][0] is None
     # expected counts from the per-slice Dice: slices with an object in the reference or the prediction
     fg_slices = [k for k in range(vol.n_slices) if ref.array[k].any()]  # the fake backend stays inside the ball
