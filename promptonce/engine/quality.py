@@ -50,6 +50,7 @@ __all__ = [
     "UNCERTAIN_END_FRACTION",
     "inside_box_flag",
     "unsure_seed_flag",
+    "SEED_FLAG_WORDS",
     "carried_doubt_flag",
     "flag_lines",
     "INSIDE_BOX_FRACTION",
@@ -85,6 +86,9 @@ INSIDE_BOX_FRACTION = 0.06
 INSIDE_BOX_CONFIDENCE = 0.5
 #: Below this model score the mask on the prompted slice is flagged as unsure (see :func:`unsure_seed_flag`).
 SEED_MIN_SCORE = 0.80
+#: Words of the flags a prompted slice's own mask gets (:func:`inside_box_flag`, :func:`unsure_seed_flag`):
+#: the slices walked from it say "check that slice first", so review lists show it first.
+SEED_FLAG_WORDS = ("stays inside its box on every side", "unsure of its outline on the prompted slice")
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

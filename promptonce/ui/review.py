@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..engine.quality import SEED_FLAG_WORDS
 from ..types import unit_name
 from .session import Session
 from .view import clamp_slice, display_options, reference_colors
@@ -119,8 +120,9 @@ def review_items(ws: Workspace) -> list[ReviewItem]:
     A slice is listed when it has a flag or its confidence is below :data:`REVIEW_BELOW`.
     Consecutive slices of a case with the same flags are one item (a run, at its lowest
     confidence): a walk from a flagged seed or past a lost object flags every slice it covers. Order:
-    confidence ascending (unknown confidence counts as :data:`REVIEW_BELOW`), then more flags first,
-    then case and slice order. At most :data:`MAX_ITEMS` items.
+    confidence ascending (unknown confidence counts as :data:`REVIEW_BELOW`), then a flagged prompted
+    slice (its walked slices, at the same capped confidence, say "check that slice first"), then more
+    flags first, then case and slice order. At most :data:`MAX_ITEMS` items.
     """
     conf = _confidences(ws)
     keys = {key for key, f in ws.flags.items() if f}
@@ -137,13 +139,14 @@ def review_items(ws: Workspace) -> list[ReviewItem]:
             continue
         items.append(ReviewItem(v, k, c, flags))
 
-    def rank(it: ReviewItem) -> tuple[float, int, int, int]:
+    def rank(it: ReviewItem) -> tuple[float, bool, int, int, int]:
         c = (
             REVIEW_BELOW
             if it.confidence is None or not math.isfinite(it.confidence)
             else float(it.confidence)
         )
-        return (c, -len(it.flags), it.case, it.slice_index)
+        seed = any(w in f for f in it.flags for w in SEED_FLAG_WORDS)
+        return (c, not seed, -len(it.flags), it.case, it.slice_index)
 
     return sorted(items, key=rank)[:MAX_ITEMS]
 

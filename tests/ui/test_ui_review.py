@@ -270,3 +270,8 @@ def test_a_run_of_slices_with_the_same_flags_is_one_item(gap_ws):
     assert "Review: 6 slices in 1 case(s) (2 items)" in R.review_heading(ws, items)
     assert R.next_to_review(ws, 0, 4) == (0, 9)  # from inside the run to the next item
     assert R.next_to_review(ws, 0, 9) == (0, 2)
+    # the flagged prompted slice comes first among slices at its confidence, though others carry more flags
+    ws.flags[(0, 1)] = ["wall: the model is unsure of its outline on the prompted slice (score 0.40); check that slice first"]
+    ws.flags[(0, 4)] = ws.flags[(0, 4)] + ["wall: disagrees with its neighbours"]
+    ws.confidence[(0, 1)] = 0.4
+    assert [it.slice_index for it in R.review_items(ws)][:2] == [1, 4]
