@@ -426,9 +426,7 @@ def _score_case(acc: MetricAccumulator, case: _Case, labels: list[int] | None) -
         row["hd95_mm"] = row.pop("hd95")
     if vol.source is not None and vol.source.extra.get("path"):
         row["image_path"] = str(vol.source.extra["path"])
-    by_slice = {k: v for k, v in case.slice_flags.items() if k >= 0}
-    # a 2D image has no slice to name (as in quality.json)
-    flags = flag_lines(by_slice) if vol.n_slices > 1 else list(dict.fromkeys(f for v in by_slice.values() for f in v))
+    flags = flag_lines({k: v for k, v in case.slice_flags.items() if k >= 0}, numbered=vol.n_slices > 1)
     flags = case.slice_flags.get(-1, []) + flags
     conf = case.case_conf if case.case_conf is not None else case_confidence(case.slice_conf)
     row.update({

@@ -423,14 +423,18 @@ def carried_doubt_flag(name: str) -> str:
     return f"{name}: carried from the prompted slice, whose mask was flagged; check that slice first"
 
 
-def flag_lines(slice_flags: Mapping[int, Sequence[str]]) -> list[str]:
+def flag_lines(slice_flags: Mapping[int, Sequence[str]], numbered: bool = True) -> list[str]:
     """A case's slice flags as lines to read: one per flag text and run of consecutive slices.
+
+    ``numbered=False`` (a 2D image: no slice to name) gives each flag text once, without a slice.
 
     ``{4: ["a"], 5: ["a"], 6: ["a", "b"], 9: ["a"]}`` -> ``["slices 5-7: a", "slice 7: b", "slice 10: a"]``,
     ordered by the run's first slice. The keys are slice indices (from 0); the lines number slices
     from 1, as the app does. A walk from a flagged seed flags every slice it covers, and an object
     lost mid-volume flags the slices after it: one line each instead of one per slice.
     """
+    if not numbered:
+        return list(dict.fromkeys(f for k in sorted(slice_flags) for f in slice_flags[k]))
     runs: list[list] = []  # [first, last, text]
     last_run: dict[str, list] = {}
     for k in sorted(slice_flags):
@@ -512,8 +516,7 @@ class QualityReport:
         for c in self._cases.values():
             slices = c["slices"]
             conf = case_confidence(v[0] for v in slices.values())
-            flags = (flag_lines({k: v[1] for k, v in slices.items()}) if len(slices) > 1
-                     else [f for v in slices.values() for f in v[1]])
+            flags = flag_lines({k: v[1] for k, v in slices.items()}, numbered=len(slices) > 1)
             review = [k for k, v in sorted(slices.items()) if v[1] or (v[0] is not None and v[0] < 0.5)]
             out.append({"case": c["case"], "volume_index": c["volume_index"],
                         "confidence": None if conf is None else round(conf, 4), "flags": flags,

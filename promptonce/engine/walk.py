@@ -247,7 +247,8 @@ def segment_volume(
     for obj in prompt.objects:
         name = obj.name or f"object {obj.object_id}"
         check_prompt_inside(obj, shape, volume.name)
-        if seed_masks is not None and obj.object_id in seed_masks:
+        given_seed = seed_masks is not None and obj.object_id in seed_masks
+        if given_seed:
             given = seed_masks[obj.object_id]
             mask, score = (given[0], float(given[1])) if isinstance(given, tuple) else (given, 1.0)
             mask = np.asarray(mask, bool)
@@ -264,7 +265,7 @@ def segment_volume(
         if inside is not None:
             flags.append(inside)
             st.seed_doubted, st.seed_cap = True, min(score, INSIDE_BOX_CONFIDENCE)
-        elif mask.any() and not refine_seed and not (seed_masks is not None and obj.object_id in seed_masks):
+        elif mask.any() and not refine_seed and not given_seed:
             # the model's own score on the user's prompted slice (a given seed mask has its own checks)
             unsure = unsure_seed_flag(name, score)
             if unsure is not None:
