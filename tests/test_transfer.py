@@ -457,6 +457,57 @@ def test_side_contrast_on_images_smaller_than_the_band():
     assert set(out) == {"bottom", "top", "right", "left"} and all(v is None for v in out.values())
 
 
+def test_side_contrast_on_the_masks_crop_equals_the_whole_image_definition():
+    """side_contrast works on the mask's box grown by the band; the bands it measures must be those
+    of the whole image, masks at the image's edges and empty masks included."""
+    from promptonce.engine.quality import SIDES, side_contrast
+
+    def whole_image(gray, mask, band):  # the definition, on every pixel
+        h, w = mask.shape
+        lo, hi = np.percentile(gray, [5, 95])
+        span = max(float(hi - lo), 1e-6)
+        yy, xx = np.mgrid[0:h, 0:w]
+        out = {}
+        for name, (dy, dx) in SIDES.items():
+            beyond = np.zeros_like(mask)
+            for s in range(1, band + 1):
+                ys, xs = yy - s * dy, xx - s * dx  # a pixel is beyond when a mask pixel lies s steps back
+                ok = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+                beyond[ok] |= mask[ys[ok], xs[ok]]
+            beyond &= ~mask
+            ys, xs = yy + band * dy, xx + band * dx  # inner: band steps out is still inside the image's mask?
+            ok = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+            further = np.zeros_like(mask)
+            further[ok] = mask[ys[ok], xs[ok]]
+            inner = mask & ~further
+            if beyond.sum() < 10 or inner.sum() < 10:
+                out[name] = None
+            else:
+                out[name] = float(abs(np.median(gray[beyond]) - np.median(gray[inner])) / span)
+        return out
+
+    rng = np.random.default_rng(3)
+    gray = (rng.random((60, 80)) * 255).astype(np.uint8)  # the engine's slices are uint8
+    cases = [np.zeros((60, 80), bool)]
+    for y0, y1, x0, x1 in ((10, 30, 12, 40), (0, 25, 50, 80), (40, 60, 0, 20), (0, 60, 0, 80), (28, 31, 30, 70)):
+        m = np.zeros((60, 80), bool)
+        m[y0:y1, x0:x1] = True
+        cases.append(m)
+    cases.append(rng.random((60, 80)) > 0.7)  # scattered pixels
+    for turn in range(2):
+        if turn:  # the same array changed in place: its intensity range is measured again
+            gray[:30] = np.sqrt(gray[:30].astype(float) * 255).astype(np.uint8)
+        image = gray
+        for m in cases:
+            for band in (1, 3, 7):
+                got, want = side_contrast(image, m, band), whole_image(image.astype(np.float32), m, band)
+                assert list(got) == list(want)
+                for k in want:
+                    assert (got[k] is None) == (want[k] is None), (k, band)
+                    if want[k] is not None:
+                        assert got[k] == pytest.approx(want[k], abs=1e-6)
+
+
 def test_the_image_not_the_prior_chooses_among_candidates():
     """A prior warped from one seed carries the seed's shape: a candidate that agrees with it better
     but whose boundary runs through flat background loses to one on the object's edges; a candidate
