@@ -122,6 +122,59 @@ def test_second_pass_uses_exemplars_and_stays_order_free():
         assert again.passes == 2 and vols[1].name not in again.sources[1:]
 
 
+def test_weak_cases_are_encoded_once_on_a_lazily_read_dataset(monkeypatch):
+    """A dataset read from files gives a new Volume on each access, and the engine keeps 32
+    embeddings: the exemplar pass of a weak case used to read and encode it again. The weak cases are
+    now held (volume and pinned key-slice embedding) until their second pass; the masks are the same
+    as when they are read and encoded again."""
+    import promptonce.engine.transfer as transfer_module
+
+    pairs = [case(i) for i in range(7)]
+    items = [(v.name, (lambda v=v: Volume(v.array.copy(), name=v.name))) for v, _ in pairs]
+    prompt = SlicePrompt((ObjectPrompt(box=box_of(pairs[0][1])),), slice_index=0, volume_index=0)
+    monkeypatch.setattr(transfer_module, "SECOND_PASS_BELOW", 1.01)  # every case is weak: every case has both passes
+
+    def go(pin_limit):
+        backend = FakeBackend()
+        eng = Engine(backend, prefetch=False, cache_size=2)
+        eng.cache.pin_limit = pin_limit
+        res = {r.volume_name: r.labels.copy() for r in segment(Dataset(items), prompt, scope="dataset", engine=eng)}
+        assert not eng.cache._pinned  # every pin released
+        return res, backend.encoder_calls
+
+    held, calls_held = go(128)
+    again, calls_again = go(0)  # nothing may be held: read and encoded again
+    part, calls_part = go(2)  # two held, the other four read and encoded again
+    assert calls_held == len(items)
+    assert calls_again == len(items) + len(items) - 1
+    assert calls_part == len(items) + len(items) - 1 - 2
+    assert held.keys() == again.keys()
+    for name in held:
+        assert np.array_equal(held[name], again[name]) and np.array_equal(held[name], part[name]), name
+
+
+def test_a_pinned_embedding_outlives_the_lru_limit_until_unpinned():
+    from promptonce.engine.cache import EmbeddingCache
+
+    cache = EmbeddingCache(size=2, background=False)
+    backend = FakeBackend()
+    vols = [case(i)[0] for i in range(4)]
+    assert cache.pin(backend, vols[0], 0) is None  # not cached: nothing pinned
+    first = cache.embedding(backend, vols[0], 0)
+    assert cache.pin(backend, vols[0], 0) is first
+    for v in vols[1:]:
+        cache.embedding(backend, v, 0)
+    assert len(cache) == 3  # two under the limit, and the pinned one
+    assert cache.embedding(backend, vols[0], 0) is first and backend.encoder_calls == 4
+    cache.unpin(backend, vols[0], 0)
+    assert len(cache) == 2
+    cache.embedding(backend, vols[3], 0)
+    cache.embedding(backend, vols[2], 0)
+    assert cache.embedding(backend, vols[0], 0) is not first  # evicted once unpinned: encoded again
+    cache.pin_limit = 1
+    assert cache.pin(backend, vols[0], 0) is not None and cache.pin(backend, vols[2], 0) is None  # at the limit
+
+
 def test_quality_check_flags_a_missed_part_and_low_agreement():
     prior = np.zeros((60, 60), np.float32)
     prior[10:50, 5:25] = 1.0

@@ -576,6 +576,7 @@ class AnnotationSession:
                     raise exc from None
                 self.notes.append(f"Clicks are unavailable with {model} here ({exc}); draw boxes.")
             eng.cache_size = self.engine_cache  # bound the memory of one session
+            eng.cache.pin_limit = self.engine_cache  # and what a dataset run holds for its exemplar pass
             self.engines[model] = eng
         return eng
 

@@ -46,11 +46,15 @@ class EmbeddingCache:
         click_backend, backend: the models :meth:`warm` encodes for.
     """
 
-    def __init__(self, size: int = 32, background: bool = True) -> None:
+    def __init__(self, size: int = 32, background: bool = True, pin_limit: int = 128) -> None:
         self._cache: OrderedDict[tuple, Embedding] = OrderedDict()
         self._size = size
+        #: how many embeddings :meth:`pin` keeps at most beside the LRU ones (0: none; a LiteMedSAM or
+        #: SAM embedding is 4 MB)
+        self.pin_limit = int(pin_limit)
         self.background = bool(background)
         self._pending: dict[tuple, Future] = {}
+        self._pinned: set[tuple] = set()  # kept past the LRU limit until unpinned (see pin)
         self._warm_ticket: object | None = None
         self._lock = threading.Lock()
         self._frames_lock = threading.Lock()
@@ -68,8 +72,15 @@ class EmbeddingCache:
     def size(self, n: int) -> None:
         with self._lock:
             self._size = max(1, int(n))
-            while len(self._cache) > self._size:
-                self._cache.popitem(last=False)
+            self._evict()
+
+    def _evict(self) -> None:
+        """Drops the least recently used unpinned embeddings past the size (caller holds the lock)."""
+        over = len(self._cache) - len(self._pinned) - self._size
+        if over <= 0:
+            return
+        for key in [k for k in self._cache if k not in self._pinned][:over]:
+            del self._cache[key]
 
     def _uid(self, volume: Volume) -> int:
         """A key for a volume that is never reused while this engine lives (``id()`` can be)."""
@@ -92,6 +103,9 @@ class EmbeddingCache:
             while len(self._frames) > 4:
                 self._frames.popitem(last=False)
             return fm
+
+    def _key(self, backend: Backend, volume: Volume, k: int, window=None) -> tuple:
+        return (backend.info.name, self._uid(volume), k, tuple(self.frames(volume, window).window))
 
     def embedding(self, backend: Backend, volume: Volume, k: int, window=None) -> Embedding:
         """The embedding of slice ``k`` of ``volume`` by ``backend``, from the cache when possible.
@@ -121,8 +135,30 @@ class EmbeddingCache:
         with self._lock:
             self._cache[key] = emb
             self._cache.move_to_end(key)
-            while len(self._cache) > self._size:
-                self._cache.popitem(last=False)
+            self._evict()
+
+    def pin(self, backend: Backend, volume: Volume, k: int, window=None) -> Embedding | None:
+        """Keeps slice ``k``'s cached embedding past the LRU limit until :meth:`unpin`.
+
+        For work that comes back to a slice later (the exemplar pass of a weak case at dataset
+        scope), so that it is not encoded twice. Returns the embedding, or None when it is not
+        cached or :attr:`pin_limit` embeddings are pinned already (nothing is pinned then). The
+        caller keeps ``volume`` alive and unpins.
+        """
+        key = self._key(backend, volume, k, window)
+        with self._lock:
+            emb = self._cache.get(key)
+            if emb is None or (key not in self._pinned and len(self._pinned) >= self.pin_limit):
+                return None
+            self._pinned.add(key)
+            return emb
+
+    def unpin(self, backend: Backend, volume: Volume, k: int, window=None) -> None:
+        """Lets a pinned embedding go back under the LRU limit (a no-op when it is not pinned)."""
+        key = self._key(backend, volume, k, window)
+        with self._lock:
+            self._pinned.discard(key)
+            self._evict()
 
     def prefetch(self, backend: Backend, volume: Volume, k: int, window=None) -> None:
         """Starts encoding slice ``k`` in the background (no-op when cached, pending, off or out of range)."""
@@ -182,6 +218,7 @@ class EmbeddingCache:
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._pinned.clear()
         with self._frames_lock:
             self._frames.clear()
 

@@ -419,23 +419,65 @@ def segment_dataset(
         return
     weak: list[CaseOutcome] = []
     candidates: list[Exemplar] = []
-    for i in range(len(dataset)):
-        if i == v0:
-            continue
-        check_cancel(cancel)
-        out = transfer.first_pass(dataset[i], i, cancel)
-        if out.exemplar is not None:
-            candidates.append(out.exemplar)
-            candidates = DatasetTransfer.select_exemplars(candidates)  # bounded memory
-        if transfer.needs_second_pass(out):
-            weak.append(out)
-            continue
-        yield from out.results
-    exemplars = DatasetTransfer.select_exemplars(candidates)
-    for out in weak:
-        check_cancel(cancel)
-        final = transfer.second_pass(dataset[out.volume_index], out.volume_index, exemplars, out, cancel) if exemplars else out
-        yield from final.results
+    held = _HeldCases(engine, transfer)
+    try:
+        for i in range(len(dataset)):
+            if i == v0:
+                continue
+            check_cancel(cancel)
+            volume = dataset[i]
+            out = transfer.first_pass(volume, i, cancel)
+            if out.exemplar is not None:
+                candidates.append(out.exemplar)
+                candidates = DatasetTransfer.select_exemplars(candidates)  # bounded memory
+            if transfer.needs_second_pass(out):
+                weak.append(out)
+                held.keep(i, volume)
+                continue
+            yield from out.results
+        exemplars = DatasetTransfer.select_exemplars(candidates)
+        for out in weak:
+            check_cancel(cancel)
+            volume = held.take(out.volume_index)
+            volume = dataset[out.volume_index] if volume is None else volume
+            final = transfer.second_pass(volume, out.volume_index, exemplars, out, cancel) if exemplars else out
+            held.release(out.volume_index)
+            yield from final.results
+    finally:
+        held.release_all()
+
+
+class _HeldCases:
+    """The weak single-image cases of a dataset-scope run, held until their exemplar pass.
+
+    A dataset read from files gives a new Volume on each access and the engine keeps few embeddings,
+    so the exemplar pass of a weak case read it and encoded it again: on 40 lazily read X-rays, 23 of
+    the 40 encodings were repeated (``benchmarks/README.md``, eleventh round). A weak image is now
+    kept with its embedding pinned in the engine's cache, up to the cache's ``pin_limit``; past it,
+    and for volumes (whose exemplar pass walks every slice again), the case is read and encoded again.
+    """
+
+    def __init__(self, engine: Engine, transfer: DatasetTransfer) -> None:
+        self.engine, self.transfer = engine, transfer
+        self.volumes: dict[int, Volume] = {}
+
+    def keep(self, i: int, volume: Volume) -> None:
+        backend = self.engine.backend
+        if volume.n_slices == 1 and isinstance(backend, Backend) \
+                and self.engine.cache.pin(backend, volume, 0, self.transfer.window) is not None:
+            self.volumes[i] = volume
+
+    def take(self, i: int) -> Volume | None:
+        return self.volumes.get(i)
+
+    def release(self, i: int) -> None:
+        volume = self.volumes.pop(i, None)
+        if volume is not None:
+            self.engine.cache.unpin(self.engine.backend, volume, 0, self.transfer.window)
+
+    def release_all(self) -> None:
+        for i in list(self.volumes):
+            self.release(i)
 
 
 def _chain(transfer: DatasetTransfer, dataset: Dataset, v0: int, cancel: threading.Event | None) -> Iterator[SliceResult]:
