@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_range_args(ap, count=12)
     ap.add_argument("--decoder-threads", type=int, default=None, help="default: the backend's (every core)")
+    ap.add_argument("--from-files", action="store_true",
+                    help="read the images as the CLI reads a folder (promptonce.io.load_dataset: each access reads the file)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transfer_cost.json")
     args = ap.parse_args(argv)
     loaded = load_range(args.start, args.count)
@@ -71,10 +73,15 @@ def main(argv: list[str] | None = None) -> int:
         return reference_prompt(refs[i].astype(np.uint8), labels=None, protocol="box", slice_index=0,
                                 volume_index=0)
 
+    data = Dataset(vols)
+    if args.from_files:
+        from promptonce.io.readers import load_dataset
+
+        data = load_dataset([str(p) for p in paths])
     t = time.perf_counter()
     eng = Engine(backend)
-    for i, v in enumerate(vols):
-        list(segment(Dataset([v]), prompt(i), scope="image", engine=eng))
+    for i in range(len(data)):
+        list(segment(Dataset([data[i]]), prompt(i), scope="image", engine=eng))
     image_s = time.perf_counter() - t
     image_calls = decoder.calls
     decoder.calls, decoder.seconds = 0, 0.0
@@ -82,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     register = _Timed(transfer_module.register)
     transfer_module.register = register
     try:
+        encoded = backend.encoded_frames
         t = time.perf_counter()
-        results = list(segment(Dataset(vols), prompt(0), scope="dataset", engine=Engine(backend)))
+        results = list(segment(data, prompt(0), scope="dataset", engine=Engine(backend)))
         dataset_s = time.perf_counter() - t
+        encoded = backend.encoded_frames - encoded
     finally:
         transfer_module.register = register.fn
     n = len(vols)
@@ -95,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         "images": f"cxr_shenzhen {args.start}-{args.start + n - 1}", "decoder_threads": backend._decoder_threads,
         "image_scope_s_per_image": round(image_s / n, 3),
         "image_scope_decoder_calls_per_image": round(image_calls / n, 1),
+        "from_files": bool(args.from_files),
         "dataset_scope_s_per_image": round(dataset_s / n, 3),
+        "dataset_scope_encodings": encoded,
         "cost_ratio": round(dataset_s / image_s, 2),
         "decoder_calls_per_image": round(decoder.calls / n, 1),
         "decoder_ms_per_call": round(1000 * decoder.seconds / max(decoder.calls, 1), 1),
