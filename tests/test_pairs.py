@@ -74,6 +74,27 @@ def test_the_shorter_object_reaches_down_to_the_others_end():
     assert level_bases(off, emb, gray, {1: cut, 2: right}, lambda oid: None) is None
 
 
+def test_the_longer_object_ends_at_the_others_end_when_it_ran_past_its_edge():
+    """A base carried too low (into the abdomen, on an X-ray): the longer mask is brought up to the
+    other's lower end, where the image has its edge; the short one is not pulled down after it."""
+    vol, left, right = two_bars(90, 90)
+    eng = Engine(FakeBackend(), prefetch=False)
+    emb = eng.embedding(eng.backend, vol, 0)
+    gray = eng.frames(vol).gray(0)
+    long = right.copy()
+    long[91:116, 60:90] = True  # 25 rows past the bar's real end, over the dark background
+    out = level_bases(eng, emb, gray, {1: left, 2: long}, lambda oid: None)
+    assert out is not None
+    oid, mask, _ = out
+    assert oid == 2 and dice(mask, right) > 0.99 > dice(long, right)
+    # a pair whose bases really differ: the longer one is not cut at the shorter one's end (its edge
+    # there is weaker than its own), and the shorter one stays on its own edge
+    vol2, l2, r2 = two_bars(60, 90)
+    emb2 = eng.embedding(eng.backend, vol2, 0)
+    out2 = level_bases(eng, emb2, eng.frames(vol2).gray(0), {1: l2, 2: r2}, lambda oid: None)
+    assert out2 is None or dice(out2[1], {1: l2, 2: r2}[out2[0]]) > 0.99
+
+
 def test_a_dataset_case_with_uneven_bases_is_flagged_and_an_even_one_is_not():
     """Seed with level bases; one case whose left object really ends 30 rows higher (flagged, mask kept
     on the object's edge) and one like the seed (no flag)."""

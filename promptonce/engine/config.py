@@ -61,7 +61,8 @@ class PropagationConfig:
             ``()`` turns this off.
         pair_base_gap: dataset scope, single images: when two side-by-side objects (the lungs) end
             further apart than this fraction of their height, the shorter one is tried down to the
-            other's lower end and the pair flagged if the gap remains (:mod:`.pairs`). 0 turns it off.
+            other's lower end and the longer one up to the shorter one's, the image choosing, and the
+            pair is flagged if the gap remains (:mod:`.pairs`). 0 turns it off.
         transfer_scales: (no usable prior) a transferred box is tried at these sizes (relative, about its centre) and
             the masks vote (pixel majority); box models are sensitive to box size, and a vote over
             sizes is steadier than any single guess. Centred above 1 because box models were trained

@@ -371,12 +371,15 @@ class DatasetTransfer:
             levelled = level_bases(eng, emb, gray, {oid: m for oid, (m, _) in seeds.items()}, point_of)
         if levelled is not None:
             oid, mask, score = levelled
-            log.debug("%s: %s reaches down to the other object's lower end", volume.name, self.names[oid])
+            old_end, new_end = int(np.nonzero(seeds[oid][0])[0].max()), int(np.nonzero(mask)[0].max())
+            log.debug("%s: %s's lower end moved to the other object's (row %d -> %d)", volume.name,
+                      self.names[oid], old_end, new_end)
             old, prior = checks[oid], priors.get(oid)
-            if prior is not None:  # below the old lower end the pair, not the seed, says where the object is
+            if prior is not None:  # between the old and the new lower end the pair, not the seed, says where the object is
                 below = np.zeros_like(mask)
-                below[int(np.nonzero(seeds[oid][0])[0].max()) + 1:] = True
-                prior = np.where(mask & below, np.float32(1.0), prior)
+                below[min(old_end, new_end) + 1:] = True
+                prior = (np.where(mask & below, np.float32(1.0), prior) if new_end > old_end
+                         else np.where(below, np.float32(0.0), prior))
             seeds[oid] = (mask, score)
             checks[oid] = with_stability(check_against_prior(mask, prior, score, self.names[oid]),
                                          [] if old.stability is None else [old.stability], self.names[oid],
