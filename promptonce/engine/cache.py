@@ -104,8 +104,9 @@ class EmbeddingCache:
                 self._frames.popitem(last=False)
             return fm
 
-    def _key(self, backend: Backend, volume: Volume, k: int, window=None) -> tuple:
-        return (backend.info.name, self._uid(volume), k, tuple(self.frames(volume, window).window))
+    def _key(self, backend: Backend, volume: Volume, k: int, fm: FrameMaker) -> tuple:
+        """The cache key of slice ``k`` of ``volume`` by ``backend`` in ``fm``'s display window."""
+        return (backend.info.name, self._uid(volume), k, tuple(fm.window))
 
     def embedding(self, backend: Backend, volume: Volume, k: int, window=None) -> Embedding:
         """The embedding of slice ``k`` of ``volume`` by ``backend``, from the cache when possible.
@@ -113,7 +114,7 @@ class EmbeddingCache:
         A slice being encoded by :meth:`prefetch` is waited for, not encoded twice.
         """
         fm = self.frames(volume, window)
-        key = (backend.info.name, self._uid(volume), k, tuple(fm.window))
+        key = self._key(backend, volume, k, fm)
         with self._lock:
             emb = self._cache.get(key)
             if emb is not None:
@@ -145,7 +146,7 @@ class EmbeddingCache:
         cached or :attr:`pin_limit` embeddings are pinned already (nothing is pinned then). The
         caller keeps ``volume`` alive and unpins.
         """
-        key = self._key(backend, volume, k, window)
+        key = self._key(backend, volume, k, self.frames(volume, window))
         with self._lock:
             emb = self._cache.get(key)
             if emb is None or (key not in self._pinned and len(self._pinned) >= self.pin_limit):
@@ -155,7 +156,7 @@ class EmbeddingCache:
 
     def unpin(self, backend: Backend, volume: Volume, k: int, window=None) -> None:
         """Lets a pinned embedding go back under the LRU limit (a no-op when it is not pinned)."""
-        key = self._key(backend, volume, k, window)
+        key = self._key(backend, volume, k, self.frames(volume, window))
         with self._lock:
             self._pinned.discard(key)
             self._evict()
@@ -170,7 +171,7 @@ class EmbeddingCache:
         if not self.background or not 0 <= k < volume.n_slices or not hasattr(backend, "embed"):
             return None
         fm = self.frames(volume, window)
-        key = (backend.info.name, self._uid(volume), k, tuple(fm.window))
+        key = self._key(backend, volume, k, fm)
         with self._lock:
             if key in self._cache or key in self._pending:
                 return self._pending.get(key)
