@@ -235,7 +235,8 @@ def evaluate(
                             writer.add(res, vol)
                     case.prompts += 1
                 elif writer is not None:
-                    writer.add(SliceResult(i, k, case.pred[k], {}, [], False, vol.name, vol.n_slices), vol)
+                    writer.add(SliceResult(volume_index=i, slice_index=k, labels=case.pred[k], volume_name=vol.name,
+                                           n_slices=vol.n_slices), vol)
                 slices_total += 1
                 if progress is not None:
                     progress(slices_total, -1, vol.name)

@@ -836,7 +836,8 @@ class AnnotationSession:
             box = box_from_mask(mask, margin=0, shape=mask.shape)
             if box is None:  # nothing found on the prompted slice: the object ends there
                 labels = np.zeros(mask.shape, np.uint8)
-                self.store(SliceResult(v, c, labels, prompted=True, volume_name=vol.name, n_slices=n), only=[oid])
+                self.store(SliceResult(volume_index=v, slice_index=c, labels=labels, prompted=True,
+                                       volume_name=vol.name, n_slices=n), only=[oid])
                 continue
             sp = SlicePrompt((ObjectPrompt(box=box, object_id=oid, name=obj.name),), slice_index=c, volume_index=v)
             for res in eng.segment_volume(

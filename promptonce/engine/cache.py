@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..backends.base import Backend, Embedding
-from ..preprocess import FrameMaker
+from ..preprocess import FrameMaker, WindowSpec
 from ..types import Volume
 
 __all__ = ["EmbeddingCache", "background_pool"]
@@ -90,7 +90,7 @@ class EmbeddingCache:
                 uid = self._uids[volume] = next(self._next_uid)
             return uid
 
-    def frames(self, volume: Volume, window=None) -> FrameMaker:
+    def frames(self, volume: Volume, window: WindowSpec = None) -> FrameMaker:
         """The frame maker of a volume (one window for the whole volume), cached per volume object."""
         key = self._uid(volume)
         with self._frames_lock:
@@ -108,7 +108,7 @@ class EmbeddingCache:
         """The cache key of slice ``k`` of ``volume`` by ``backend`` in ``fm``'s display window."""
         return (backend.info.name, self._uid(volume), k, tuple(fm.window))
 
-    def embedding(self, backend: Backend, volume: Volume, k: int, window=None) -> Embedding:
+    def embedding(self, backend: Backend, volume: Volume, k: int, window: WindowSpec = None) -> Embedding:
         """The embedding of slice ``k`` of ``volume`` by ``backend``, from the cache when possible.
 
         A slice being encoded by :meth:`prefetch` is waited for, not encoded twice.
@@ -138,7 +138,7 @@ class EmbeddingCache:
             self._cache.move_to_end(key)
             self._evict()
 
-    def pin(self, backend: Backend, volume: Volume, k: int, window=None) -> Embedding | None:
+    def pin(self, backend: Backend, volume: Volume, k: int, window: WindowSpec = None) -> Embedding | None:
         """Keeps slice ``k``'s cached embedding past the LRU limit until :meth:`unpin`.
 
         For work that comes back to a slice later (the exemplar pass of a weak case at dataset
@@ -154,19 +154,19 @@ class EmbeddingCache:
             self._pinned.add(key)
             return emb
 
-    def unpin(self, backend: Backend, volume: Volume, k: int, window=None) -> None:
+    def unpin(self, backend: Backend, volume: Volume, k: int, window: WindowSpec = None) -> None:
         """Lets a pinned embedding go back under the LRU limit (a no-op when it is not pinned)."""
         key = self._key(backend, volume, k, self.frames(volume, window))
         with self._lock:
             self._pinned.discard(key)
             self._evict()
 
-    def prefetch(self, backend: Backend, volume: Volume, k: int, window=None) -> None:
+    def prefetch(self, backend: Backend, volume: Volume, k: int, window: WindowSpec = None) -> None:
         """Starts encoding slice ``k`` in the background (no-op when cached, pending, off or out of range)."""
         self._submit("prefetch", backend, volume, k, window)
 
     def _submit(
-        self, pool: str, backend: Backend, volume: Volume, k: int, window=None, still_wanted=None
+        self, pool: str, backend: Backend, volume: Volume, k: int, window: WindowSpec = None, still_wanted=None
     ) -> Future | None:
         if not self.background or not 0 <= k < volume.n_slices or not hasattr(backend, "embed"):
             return None
@@ -191,7 +191,7 @@ class EmbeddingCache:
         return fut
 
     def warm(
-        self, backends: Sequence[object], volume: Volume, k: int, window=None, idle: Callable[[], bool] | None = None
+        self, backends: Sequence[object], volume: Volume, k: int, window: WindowSpec = None, idle: Callable[[], bool] | None = None
     ) -> list[Future]:
         """Encodes slice ``k`` in the background for the click model and the propagation model.
 

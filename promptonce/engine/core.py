@@ -10,7 +10,7 @@ import numpy as np
 
 from ..backends.base import Backend, Embedding, SequenceBackend
 from ..errors import InputError, PromptError
-from ..preprocess import FrameMaker
+from ..preprocess import FrameMaker, WindowSpec
 from ..types import Dataset, ObjectPrompt, Point, Scope, SlicePrompt, SliceResult, Volume
 from . import predict as _predict_mod
 from . import transfer as _transfer_mod
@@ -70,19 +70,19 @@ class Engine:
         return bool(getattr(self.backend.info, "sequence", False)) and hasattr(self.backend, "propagate")
 
     # ------------------------------------------------------------------ frames and embeddings
-    def frames(self, volume: Volume, window=None) -> FrameMaker:
+    def frames(self, volume: Volume, window: WindowSpec = None) -> FrameMaker:
         """The frame maker of a volume (one window for the whole volume), cached per volume object."""
         return self.cache.frames(volume, window)
 
-    def embedding(self, backend: Backend, volume: Volume, k: int, window=None) -> Embedding:
+    def embedding(self, backend: Backend, volume: Volume, k: int, window: WindowSpec = None) -> Embedding:
         """The embedding of slice ``k`` of ``volume`` by ``backend``, from the cache when possible."""
         return self.cache.embedding(backend, volume, k, window)
 
-    def prefetch(self, backend: Backend, volume: Volume, k: int, window=None) -> None:
+    def prefetch(self, backend: Backend, volume: Volume, k: int, window: WindowSpec = None) -> None:
         """Starts encoding slice ``k`` in the background (see :meth:`EmbeddingCache.prefetch`)."""
         self.cache.prefetch(backend, volume, k, window)
 
-    def warm(self, volume: Volume, k: int, window=None, idle: Callable[[], bool] | None = None) -> list[Future]:
+    def warm(self, volume: Volume, k: int, window: WindowSpec = None, idle: Callable[[], bool] | None = None) -> list[Future]:
         """Encodes slice ``k`` in the background for the click model and the propagation model.
 
         See :meth:`EmbeddingCache.warm`: only the latest request is encoded, only while ``idle()``.
@@ -94,7 +94,7 @@ class Engine:
 
     # ------------------------------------------------------------------ work
     def predict_object(
-        self, volume: Volume, k: int, obj: ObjectPrompt, window=None, refine: bool | int = False,
+        self, volume: Volume, k: int, obj: ObjectPrompt, window: WindowSpec = None, refine: bool | int = False,
         avoid: Sequence[Point] = (),
     ) -> tuple[np.ndarray, float]:
         """Segments one object on slice ``k`` (see :func:`.predict.predict_object`)."""
@@ -112,7 +112,7 @@ def segment(
     scope: Scope = "volume",
     backend: Backend | SequenceBackend | str = "auto",
     click_backend: Backend | str | None = "auto",
-    window=None,
+    window: WindowSpec = None,
     strategy: Strategy = "transfer",
     config: PropagationConfig | None = None,
     cancel: threading.Event | None = None,

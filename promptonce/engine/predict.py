@@ -15,6 +15,7 @@ import numpy as np
 
 from ..backends.base import Backend, Embedding, Prediction
 from ..errors import PromptError
+from ..preprocess import WindowSpec
 from ..prompts import box_from_mask
 from ..types import Box, ObjectPrompt, Point, SlicePrompt, Volume
 from .click_choice import GROW_STARTS, GROW_STEPS, ClickCandidate, choose, click_component, grown_box, start_box
@@ -57,7 +58,7 @@ def predict(eng: Engine, backend: Backend, emb: Embedding, obj: ObjectPrompt, mu
 
 
 def predict_object(
-    eng: Engine, volume: Volume, k: int, obj: ObjectPrompt, window=None, refine: bool | int = False,
+    eng: Engine, volume: Volume, k: int, obj: ObjectPrompt, window: WindowSpec = None, refine: bool | int = False,
     avoid: Sequence[Point] = (),
 ) -> tuple[np.ndarray, float]:
     """Segments one object on slice ``k`` from a prompt placed there.
@@ -118,7 +119,7 @@ def predict_object(
 
 
 def click_to_box_model(
-    eng: Engine, clicker: Backend, backend: Backend, volume: Volume, k: int, obj: ObjectPrompt, window=None,
+    eng: Engine, clicker: Backend, backend: Backend, volume: Volume, k: int, obj: ObjectPrompt, window: WindowSpec = None,
     avoid: Sequence[Point] = (),
 ) -> tuple[np.ndarray, float]:
     """Clicks on a box-only model: the click's guesses of the object, boxed for the box model.

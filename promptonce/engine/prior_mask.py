@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .core import Engine
 
 from ..backends.base import Backend
+from ..preprocess import WindowSpec
 from ..prompts import box_from_mask, interior_point
 from ..types import Box, ObjectPrompt, Volume
 from .predict import predict
@@ -58,7 +59,7 @@ def prior_guided_mask(
     prior: np.ndarray | None,
     fallback: ObjectPrompt,
     name: str,
-    window=None,
+    window: WindowSpec = None,
     reach: tuple[float, float, float, float] | None = None,
 ) -> tuple[np.ndarray, float, ObjectCheck]:
     """One object's mask on slice ``k`` from its registration prior.

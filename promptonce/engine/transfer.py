@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from ..backends.base import Backend
 from ..errors import InputError, check_cancel
+from ..preprocess import WindowSpec
 from ..prompts import box_from_mask, interior_point, map_prompt
 from ..registration import image_similarity, register, thumbnail, warp
 from ..types import Box, Dataset, ObjectPrompt, SlicePrompt, SliceResult, Volume
@@ -200,7 +201,7 @@ class DatasetTransfer:
         engine: Engine,
         seed_volume: Volume,
         prompt: SlicePrompt,
-        window=None,
+        window: WindowSpec = None,
         seed_labels: np.ndarray | None = None,
     ) -> None:
         self.engine = engine
@@ -397,7 +398,7 @@ def segment_dataset(
     dataset: Dataset,
     prompt: SlicePrompt,
     seed_results: list[SliceResult],
-    window=None,
+    window: WindowSpec = None,
     strategy: Strategy = "transfer",
     cancel: threading.Event | None = None,
 ) -> Iterator[SliceResult]:
@@ -503,7 +504,7 @@ def dataset_sequence(
     dataset: Dataset,
     prompt: SlicePrompt,
     v0: int,
-    window,
+    window: WindowSpec,
     strategy: Strategy,
     cancel: threading.Event | None,
 ) -> Iterator[SliceResult]:
@@ -537,7 +538,8 @@ def dataset_sequence(
                     raise InputError(f"{vol.name}: the model returned masks of shape {m.shape}, expected {shape}.")
                 labels[m & (labels == 0)] = oid
             conf, flags = monitor.observe({oid: np.asarray(m, bool) for oid, m in masks.items()}, scores)
-            out.append(SliceResult(i, k, labels, dict(scores), flags, False, vol.name, vol.n_slices, confidence=conf))
+            out.append(SliceResult(volume_index=i, slice_index=k, labels=labels, scores=dict(scores), flags=flags,
+                                   volume_name=vol.name, n_slices=vol.n_slices, confidence=conf))
         return out
 
     others = [j for j in range(len(dataset)) if j != v0]

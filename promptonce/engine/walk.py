@@ -17,6 +17,7 @@ import numpy as np
 
 from ..backends.base import Backend
 from ..errors import PromptError, check_cancel
+from ..preprocess import WindowSpec
 from ..prompts import box_from_mask, interior_point
 from ..registration import register, warp
 from ..types import Box, ObjectPrompt, Point, SlicePrompt, SliceResult, Volume
@@ -86,7 +87,7 @@ def propagated_prompt(eng: Engine, prev: np.ndarray, obj_id: int, backend: Backe
 
 
 def step(
-    eng: Engine, volume: Volume, k: int, state: ObjectState, window=None, from_slice: int | None = None
+    eng: Engine, volume: Volume, k: int, state: ObjectState, window: WindowSpec = None, from_slice: int | None = None
 ) -> tuple[np.ndarray | None, float, list[str]]:
     """Segments ``state``'s object on slice ``k`` from its mask on the neighbouring slice.
 
@@ -202,7 +203,7 @@ def segment_volume(
     prompt: SlicePrompt,
     *,
     volume_index: int = 0,
-    window=None,
+    window: WindowSpec = None,
     scope_slices: tuple[int, int] | None = None,
     cancel: threading.Event | None = None,
     seed_masks: dict[int, np.ndarray | tuple[np.ndarray, float]] | None = None,
@@ -278,7 +279,8 @@ def segment_volume(
     seed_conf = [float(np.clip(min(st.score, st.seed_cap), 0, 1))
                  for st in states if st.mask is not None and st.mask.any()]
     yield SliceResult(
-        volume_index, k0, paint(states, shape), scores, flags, True, volume.name, n,
+        volume_index=volume_index, slice_index=k0, labels=paint(states, shape), scores=scores, flags=flags,
+        prompted=True, volume_name=volume.name, n_slices=n,
         confidence=min(seed_conf) if seed_conf else None,
     )
     walker = functools.partial(walk, eng, volume, states, k0, lo, hi, window, cancel, volume_index)
@@ -302,7 +304,7 @@ def walk(
     k0: int,
     lo: int,
     hi: int,
-    window,
+    window: WindowSpec,
     cancel: threading.Event | None,
     volume_index: int,
     direction: int,
@@ -378,7 +380,8 @@ def walk(
                 st.update_area(int(mask.sum()))
             scores[st.object_id] = score
         yield SliceResult(
-            volume_index, k, paint(cur, shape), scores, flags, False, volume.name, n,
+            volume_index=volume_index, slice_index=k, labels=paint(cur, shape), scores=scores, flags=flags,
+            prompted=False, volume_name=volume.name, n_slices=n,
             confidence=min(confidences) if confidences else None,
         )
         k += direction
@@ -439,7 +442,7 @@ def segment_volume_sequence(
     volume: Volume,
     prompt: SlicePrompt,
     volume_index: int,
-    window,
+    window: WindowSpec,
     lo: int,
     hi: int,
     cancel: threading.Event | None,
@@ -481,7 +484,8 @@ def segment_volume_sequence(
                 if doubt is not None:
                     flags.append(doubt)
                     conf = cap if conf is None else min(conf, cap)
-            yield SliceResult(volume_index, k, labels, dict(scores), flags, k == k0, volume.name, n, confidence=conf)
+            yield SliceResult(volume_index=volume_index, slice_index=k, labels=labels, scores=dict(scores), flags=flags,
+                              prompted=k == k0, volume_name=volume.name, n_slices=n, confidence=conf)
 
 
 def _robust_stats(values: np.ndarray, volume: Volume) -> tuple[float, float]:
