@@ -212,7 +212,7 @@ def _score_case(acc, rows, current, refs, preds) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import EvalConfig, evaluate, write_summary_line
-    from .io.readers import load_dataset, load_reference
+    from .io.readers import load_dataset, load_reference, reference_paths_json
 
     images = load_dataset(args.images, images_as=args.images_as, time_index=args.time_index)
     if args.limit:
@@ -257,7 +257,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "command": "evaluate",
             "images": [str(p) for p in args.images],
             "references": [str(p) for p in args.references],
-            "reference_paths": {name: str(p) for name, p in zip(images.names, ref_paths)},
+            "reference_paths": reference_paths_json(images.names, ref_paths),
             "config": {k: v for k, v in vars(args).items() if k not in ("func",) and _jsonable(v)},
         },
         Path(args.out) / "run.json",
@@ -290,13 +290,16 @@ def _seed_options(args: argparse.Namespace, n_cases: int) -> tuple[int, int]:
     return seed_case, sweep
 
 
-def _pair(images: Dataset, references: Sequence[str]) -> list[Path]:
+def _pair(images: Dataset, references: Sequence[str]) -> list[Path | tuple[Path, ...]]:
     """Pairs references with images by file name; falls back to the given order when every
-    reference is a file and the counts match (e.g. ``image.nii.gz`` with ``labels.nii.gz``)."""
+    reference is a file and the counts match (e.g. ``image.nii.gz`` with ``labels.nii.gz``).
+
+    Files of one name in different ``--references`` folders are parts of one reference (a left-lung
+    and a right-lung folder): labels 1, 2, ... in the order the folders were given."""
     from .io.readers import pair_references
 
     try:
-        return pair_references(images, references)
+        return pair_references(images, references, parts=True)
     except InputError:
         paths = [Path(r) for r in references]
         if len(paths) == len(images) and all(p.is_file() for p in paths):

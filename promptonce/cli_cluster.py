@@ -110,11 +110,12 @@ def segment_distributed(args: argparse.Namespace, dataset, prompt, refs: list[Pa
     return _report(args, summary)
 
 
-def evaluate_distributed(args: argparse.Namespace, images, ref_paths: list[Path], labels: list[int] | None) -> int:
+def evaluate_distributed(args: argparse.Namespace, images, ref_paths: list[Path | tuple[Path, ...]],
+                         labels: list[int] | None) -> int:
     """``promptonce evaluate ... --scope dataset --executor ray``: the simulated user's prompt on the
     seed case's reference, the run on the cluster, then every case scored from the written masks."""
     from .evaluate import reference_prompt
-    from .io.readers import load_reference
+    from .io.readers import load_reference, reference_paths_json
     from .io.writers import write_json
     from .prompts import seed_slice
 
@@ -149,7 +150,7 @@ def evaluate_distributed(args: argparse.Namespace, images, ref_paths: list[Path]
     write_json(
         {"command": "evaluate", "executor": summary.executor, "images": [str(p) for p in args.images],
          "references": [str(p) for p in args.references],
-         "reference_paths": {name: str(p) for name, p in zip(images.names, ref_paths)},
+         "reference_paths": reference_paths_json(images.names, ref_paths),
          "config": {k: v for k, v in vars(args).items() if k != "func" and _jsonable(v)}},
         Path(args.out) / "run.json",
     )
@@ -166,7 +167,7 @@ def _jsonable(v: Any) -> bool:
 
 def score_written(
     dataset,
-    ref_paths: Sequence[Path],
+    ref_paths: Sequence[Path | tuple[Path, ...]],
     out: Path,
     *,
     labels: list[int] | None,

@@ -510,9 +510,10 @@ class _CaseFinder:
         from .io.readers import load_reference
 
         path = case.get("reference_path") or (self.run.info.get("reference_paths") or {}).get(case["name"])
-        if not path or not Path(path).exists():
+        paths = [path] if isinstance(path, str) else list(path or [])  # a list: a reference in parts
+        if not paths or not all(isinstance(p, str) and Path(p).exists() for p in paths):
             return None
-        arr = load_reference(path, vol).array
+        arr = load_reference(paths[0] if len(paths) == 1 else tuple(paths), vol).array
         labels = (self.run.info.get("config") or {}).get("labels")
         if isinstance(labels, str) and labels.strip():
             try:

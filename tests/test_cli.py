@@ -204,3 +204,36 @@ def test_real_models_segment_an_xray_and_a_volume(tmp_path, prompt_kind):
                  "--reference", str(tmp_path / "ball_ref.nii.gz")]) == 0
     m = json.loads((out2 / "metrics.json").read_text())
     assert m["summary"]["dice_mean"] > 0.7, m
+
+
+def split_lung_masks(folder, n=4):
+    """The Montgomery layout: each lung of each X-ray in its own folder, under the image's name."""
+    xray_set(folder, n)
+    for side, cols in (("leftMask", slice(0, 36)), ("rightMask", slice(36, None))):
+        (folder / side).mkdir()
+        for i in range(n):
+            m = np.asarray(Image.open(folder / "masks" / f"cxr{i}.png")).copy()
+            keep = np.zeros_like(m)
+            keep[:, cols] = m[:, cols]
+            Image.fromarray(keep).save(folder / side / f"cxr{i}.png")
+
+
+def test_evaluate_reads_a_reference_kept_in_one_folder_per_lung(tmp_path):
+    split_lung_masks(tmp_path)
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    for out, refs in ((whole, [tmp_path / "masks"]), (parts, [tmp_path / "leftMask", tmp_path / "rightMask"])):
+        code = main(["evaluate", "--images", str(tmp_path / "images"), "--references", *map(str, refs),
+                     "--out", str(out), "--model", "fake", "--scope", "dataset", "--quiet"])
+        assert code == 0
+    a = json.loads((whole / "metrics.json").read_text())
+    b = json.loads((parts / "metrics.json").read_text())
+    assert [c["dice"] for c in b["cases"]] == [c["dice"] for c in a["cases"]]  # both lungs count, as one mask
+    run = json.loads((parts / "run.json").read_text())
+    assert run["reference_paths"]["cxr0"] == [str(tmp_path / "leftMask" / "cxr0.png"),
+                                              str(tmp_path / "rightMask" / "cxr0.png")]
+    one = tmp_path / "one_lung"  # --labels picks one part: the left lung only
+    assert main(["evaluate", "--images", str(tmp_path / "images"), "--references", str(tmp_path / "leftMask"),
+                 str(tmp_path / "rightMask"), "--labels", "1", "--out", str(one), "--model", "fake",
+                 "--scope", "image", "--quiet"]) == 0
+    c = json.loads((one / "metrics.json").read_text())
+    assert c["summary"]["dice_mean"] > 0.8

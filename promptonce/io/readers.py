@@ -67,6 +67,7 @@ __all__ = [
     "load_dataset",
     "load_reference",
     "pair_references",
+    "reference_paths_json",
     "label_values",
 ]
 
@@ -524,8 +525,16 @@ def _as_labels(arr: np.ndarray, from_picture: bool, what: str) -> np.ndarray:
     return a.astype(np.int32)
 
 
-def load_reference(source: str | Path, image: Volume, *, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
+def load_reference(
+    source: str | Path | Sequence[str | Path], image: Volume, *, max_voxels: int = DEFAULT_MAX_VOXELS
+) -> Volume:
     """Reads a reference mask for ``image`` and puts it on the image's display grid.
+
+    ``source`` may also be the parts of one reference (a tuple from :func:`pair_references` with
+    ``parts=True``: a left-lung and a right-lung mask of the same X-ray): each part is read and checked
+    as below, and the foreground of part ``j`` (1-based, in the order given) becomes label ``j``; where
+    parts overlap the earlier one keeps the pixel. The labels are named after the parts' folders
+    (``leftMask``, ``rightMask``), or ``part j`` when their folders share a name.
 
     Values: NIfTI / NumPy / DICOM integer label maps keep their labels; a DICOM-SEG of a DICOM image
     gives each segment its number (:mod:`promptonce.io.dicomseg`); PNG/JPEG/TIFF/BMP masks
@@ -546,6 +555,8 @@ def load_reference(source: str | Path, image: Volume, *, max_voxels: int = DEFAU
         ReferenceMismatchError: shape or geometry differ (the message says how).
         InputError subclasses from the readers.
     """
+    if not isinstance(source, (str, Path)):
+        return _load_reference_parts([Path(p) for p in source], image, max_voxels)
     src = Path(source)
     what = f"reference {src}"
     kind = sniff(src) if src.is_file() else None
@@ -610,6 +621,33 @@ def load_reference(source: str | Path, image: Volume, *, max_voxels: int = DEFAU
     )
 
 
+def _load_reference_parts(parts: list[Path], image: Volume, max_voxels: int) -> Volume:
+    """One reference from its parts (see :func:`load_reference`): part ``j``'s foreground is label ``j``."""
+    if not parts:
+        raise InputError(f"an empty list of reference parts was given for {image.name}; give at least one file.")
+    if len(parts) > 255:
+        raise InputError(f"{len(parts)} reference parts for {image.name}; at most 255 fit one label map.")
+    first = load_reference(parts[0], image, max_voxels=max_voxels)
+    out = np.zeros(first.array.shape, np.uint8)
+    for j, part in enumerate(parts, start=1):  # one part in memory at a time besides the label map
+        fg = np.asarray((first if j == 1 else load_reference(part, image, max_voxels=max_voxels)).array) != 0
+        overlap = int(np.count_nonzero(fg & (out != 0)))
+        if overlap:
+            log.info("reference part %s overlaps an earlier part of %s in %d pixels; the earlier part keeps them",
+                     part, image.name, overlap)
+        out[fg & (out == 0)] = j
+    folders = [p.parent.name for p in parts]
+    unique = len(set(folders)) == len(folders) and all(folders)
+    names = {j: (folders[j - 1] if unique else f"part {j}") for j in range(1, len(parts) + 1)}
+    return Volume(array=out, affine=first.affine, name=first.name, source_format=first.source_format,
+                  modality="OT", source=first.source, label_names=names)
+
+
+def reference_paths_json(names: Sequence[str], ref_paths: Sequence[Path | tuple[Path, ...]]) -> dict[str, str | list[str]]:
+    """``{case: path}`` of :func:`pair_references`' result for a run's JSON; a reference in parts gives its parts."""
+    return {n: [str(q) for q in p] if isinstance(p, tuple) else str(p) for n, p in zip(names, ref_paths)}
+
+
 def label_values(labels: np.ndarray) -> list[int]:
     """The distinct non-zero values of an integer label map (fast for uint8: one bincount)."""
     arr = np.asarray(labels)
@@ -628,13 +666,21 @@ def _ref_keys(path: Path) -> list[str]:
     return keys
 
 
-def pair_references(images: Dataset, references: Sequence[str | Path]) -> list[Path]:
+def pair_references(
+    images: Dataset, references: Sequence[str | Path], *, parts: bool = False
+) -> list[Path | tuple[Path, ...]]:
     """Pairs each image of ``images`` with its reference file by name.
 
     A reference pairs with image ``name`` when its file name without suffixes (``.nii.gz``, ``.png``,
     ...) equals ``name``, or does after removing a mask suffix (``_mask``, ``_seg``, ``_label(s)``,
     ``_gt``, ...). ``references`` may hold files, folders (their files) and globs; label-name files
     (``.json``, ``.csv``, ``.txt``, ...; see :mod:`promptonce.io.labelnames`) are not references.
+
+    With ``parts=True``, files of the same name in *different* entries of ``references`` are parts of
+    one reference (the Montgomery and JSRT/SCR chest X-ray sets keep each lung in its own folder:
+    ``leftMask/MCUCXR_0001_0.png`` and ``rightMask/MCUCXR_0001_0.png``); such an image pairs with the
+    tuple of its parts in the order the entries were given, which :func:`load_reference` reads as
+    labels 1, 2, ... Two files of one name within one entry are still refused.
 
     When no name pairs at all and there are as many references as images, they pair in the order
     given: one image with one reference pairs whatever their names (``image.nii.gz`` with
@@ -644,28 +690,37 @@ def pair_references(images: Dataset, references: Sequence[str | Path]) -> list[P
     has the same size and geometry.
 
     Returns:
-        One reference path per image, in the dataset's order.
+        One reference path per image (a tuple of paths for a reference in parts), in the dataset's order.
 
     Raises:
         InputError: an image has no reference (the message lists them), or two references claim one name.
     """
-    refs: list[Path] = []
     srcs = [references] if isinstance(references, (str, Path)) else list(references)
-    for r in srcs:
+    entry: dict[Path, int] = {}  # reference file -> the entry of ``references`` it came from
+    refs: list[Path] = []
+    for i, r in enumerate(srcs):
         for p in _expand(r):
-            refs.extend(_files_in(p, recursive=False) if p.is_dir() else [p])
+            for f in _files_in(p, recursive=False) if p.is_dir() else [p]:
+                if not f.name.startswith(".") and not is_label_sidecar(f):
+                    refs.append(f)
+                    entry.setdefault(f, i)
     by_key: dict[str, Path] = {}
     exact: dict[str, Path] = {}
-    refs = [p for p in refs if not p.name.startswith(".") and not is_label_sidecar(p)]
+    more: dict[str, list[Path]] = {}  # parts=True: the further parts of the reference named by the key
     for p in refs:
         keys = _ref_keys(p)
-        if keys[0] in exact and exact[keys[0]] != p:
-            raise InputError(f"two references are both named {keys[0]!r}: {exact[keys[0]]} and {p}; keep one.")
+        prev = exact.get(keys[0])
+        if prev is not None and prev != p:
+            taken = [prev, *more.get(keys[0], [])]
+            if parts and all(entry[q] != entry[p] for q in taken):
+                more.setdefault(keys[0], []).append(p)
+                continue
+            raise InputError(f"two references are both named {keys[0]!r}: {prev} and {p}; keep one.")
         exact[keys[0]] = p
         for k in keys[1:]:
             by_key.setdefault(k, p)
     found: list[Path | None] = [exact.get(nm) or by_key.get(nm) for nm in images.names]
-    claimed = {str(p) for p in found if p is not None}
+    claimed = {str(q) for p in found if p is not None for q in (p, *more.get(_ref_keys(p)[0], []))}
     free = [p for p in refs if str(p) not in claimed]
     free = list(dict.fromkeys(free))  # a file given twice counts once
     if all(p is None for p in found) and len(free) == len(found) > 0:
@@ -673,7 +728,6 @@ def pair_references(images: Dataset, references: Sequence[str | Path]) -> list[P
         if len(found) > 1:
             log.warning("pair_references: no reference name matches an image name; %d pairs made in the order given",
                         len(found))  # fmt: skip
-    out = [p for p in found if p is not None]
     missing = [nm for nm, p in zip(images.names, found) if p is None]
     if missing:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
@@ -681,7 +735,17 @@ def pair_references(images: Dataset, references: Sequence[str | Path]) -> list[P
             f"{len(missing)} of {len(images)} images have no reference mask: {shown}. References are paired by file "
             "name without extension (optionally with _mask/_seg/_label); rename them or give them in the same order."
         )
-    unused = {str(p) for p in refs} - {str(p) for p in out}
+    out: list[Path | tuple[Path, ...]] = []
+    for p in found:
+        if p is None:
+            continue
+        extra = more.get(_ref_keys(p)[0], [])
+        out.append(tuple(sorted([p, *extra], key=lambda q: entry[q])) if extra else p)
+    used = {str(q) for p in out for q in (p if isinstance(p, tuple) else (p,))}
+    unused = {str(p) for p in refs} - used
     if unused:
         log.info("pair_references: %d reference files were not used (e.g. %s)", len(unused), sorted(unused)[0])
+    n_parts = sum(isinstance(p, tuple) for p in out)
+    if n_parts:
+        log.info("pair_references: %d of %d references come in parts (same name in different folders)", n_parts, len(out))
     return out

@@ -60,3 +60,50 @@ def test_order_pairing_still_checks_the_geometry(tmp_path):
     (paired,) = pair_references(images, [ref])
     with pytest.raises(ReferenceMismatchError, match="reference shape"):
         load_reference(paired, images[0])
+
+
+def _parts_layout(tmp_path, names=("x1", "x2")):
+    (tmp_path / "img").mkdir()
+    for side in ("leftMask", "rightMask"):
+        (tmp_path / side).mkdir()
+    for n in names:
+        Image.fromarray(np.zeros((6, 8), np.uint8)).save(tmp_path / "img" / f"{n}.png")
+        left = np.zeros((6, 8), np.uint8)
+        left[1:5, 1:3] = 255
+        right = np.zeros((6, 8), np.uint8)
+        right[1:5, 5:7] = 255
+        right[1, 2] = 255  # one pixel also in the left mask: the earlier part keeps it
+        Image.fromarray(left).save(tmp_path / "leftMask" / f"{n}.png")
+        Image.fromarray(right).save(tmp_path / "rightMask" / f"{n}.png")
+    return load_dataset([tmp_path / "img"], images_as="set")
+
+
+def test_same_names_in_two_folders_are_the_parts_of_one_reference(tmp_path):
+    images = _parts_layout(tmp_path)
+    paired = pair_references(images, [tmp_path / "leftMask", tmp_path / "rightMask"], parts=True)
+    assert paired == [(tmp_path / "leftMask" / "x1.png", tmp_path / "rightMask" / "x1.png"),
+                      (tmp_path / "leftMask" / "x2.png", tmp_path / "rightMask" / "x2.png")]
+    ref = load_reference(paired[0], images[0])
+    assert ref.array.dtype == np.uint8 and ref.array.shape == (1, 6, 8)
+    assert int((ref.array == 1).sum()) == 8 and int((ref.array == 2).sum()) == 8  # 8 right pixels, 1 kept by the left
+    assert ref.array[0, 1, 2] == 1
+    assert ref.label_names == {1: "leftMask", 2: "rightMask"}
+    # the order of the folders sets the labels
+    swapped = pair_references(images, [tmp_path / "rightMask", tmp_path / "leftMask"], parts=True)
+    assert load_reference(swapped[0], images[0]).label_names == {1: "rightMask", 2: "leftMask"}
+
+
+def test_same_names_are_refused_without_parts_or_within_one_folder(tmp_path):
+    images = _parts_layout(tmp_path)
+    with pytest.raises(InputError, match="two references are both named 'x1'"):
+        pair_references(images, [tmp_path / "leftMask", tmp_path / "rightMask"])
+    with pytest.raises(InputError, match="two references are both named 'x1'"):  # one glob, two files of one name
+        pair_references(images, [str(tmp_path / "*Mask" / "*.png")], parts=True)
+
+
+def test_a_part_of_another_size_is_refused_like_any_reference(tmp_path):
+    images = _parts_layout(tmp_path, names=("x1",))
+    Image.fromarray(np.zeros((7, 8), np.uint8)).save(tmp_path / "rightMask" / "x1.png")
+    (paired,) = pair_references(images, [tmp_path / "leftMask", tmp_path / "rightMask"], parts=True)
+    with pytest.raises(ReferenceMismatchError, match="rightMask"):
+        load_reference(paired, images[0])
