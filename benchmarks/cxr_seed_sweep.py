@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_range_args(ap, count=60)
     ap.add_argument("--seeds", type=int, default=5, help="seed images spread evenly over the slice")
+    ap.add_argument("--seed-images", default=None,
+                    help="comma-separated seed images (indices within the range) instead of --seeds")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cxr_seed_sweep.json")
     ap.add_argument("--evidence", choices=["on", "off", "both"], default="on",
                     help="the image's evidence in the confidence (off: as before the seventh round)")
@@ -153,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         res = next(iter(segment(ds, sp, scope="image", engine=eng)))
         per_image.append(float(dice(res.labels > 0, refs[i])))
     t_image = time.perf_counter() - t0  # a cold per-image run: the encoding above plus these decodes
-    seeds = sorted({int(round(x)) for x in np.linspace(0, len(vols) - 1, args.seeds)})
+    seeds = (sorted({int(x) for x in args.seed_images.split(",")}) if args.seed_images
+             else sorted({int(round(x)) for x in np.linspace(0, len(vols) - 1, args.seeds)}))
     full = quality_module.EVIDENCE_FULL
     modes = {"on": [full], "off": [0.0], "both": [full, 0.0]}[args.evidence]
     by_mode: dict[float, list[dict]] = {}
