@@ -76,3 +76,11 @@ def write_result(out: Path, argv: list[str] | None, start: int, count: int, **fi
            "images": f"cxr_shenzhen {start}-{start + count - 1}", **fields}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))
+
+
+def seed_indices(n: int, count: int, images: str | None = None) -> list[int]:
+    """The seed images of a sweep over ``n`` images: ``images`` ("0,465", indices within the range) when
+    given, else ``count`` spread evenly from the first to the last."""
+    if images:
+        return sorted({int(x) for x in images.split(",")})
+    return sorted({int(round(x)) for x in np.linspace(0, n - 1, count)})

@@ -44,7 +44,7 @@ from promptonce.flagscore import confidence_auc  # noqa: E402
 from promptonce.metrics import dice  # noqa: E402
 from promptonce.types import Dataset  # noqa: E402
 
-from _xrays import add_range_args, encoded_engine, load_range  # noqa: E402
+from _xrays import add_range_args, encoded_engine, load_range, seed_indices  # noqa: E402
 
 
 def pooled_auc(runs: list[dict]) -> dict:
@@ -155,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         res = next(iter(segment(ds, sp, scope="image", engine=eng)))
         per_image.append(float(dice(res.labels > 0, refs[i])))
     t_image = time.perf_counter() - t0  # a cold per-image run: the encoding above plus these decodes
-    seeds = (sorted({int(x) for x in args.seed_images.split(",")}) if args.seed_images
-             else sorted({int(round(x)) for x in np.linspace(0, len(vols) - 1, args.seeds)}))
+    seeds = seed_indices(len(vols), args.seeds, args.seed_images)
     full = quality_module.EVIDENCE_FULL
     modes = {"on": [full], "off": [0.0], "both": [full, 0.0]}[args.evidence]
     by_mode: dict[float, list[dict]] = {}

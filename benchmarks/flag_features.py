@@ -48,7 +48,7 @@ from promptonce.flagscore import BAD_BELOW, FAIL_BELOW, confidence_auc  # noqa: 
 from promptonce.metrics import dice  # noqa: E402
 from promptonce.types import Dataset  # noqa: E402
 
-from _xrays import add_range_args, encoded_engine, load_range  # noqa: E402
+from _xrays import add_range_args, encoded_engine, load_range, seed_indices, write_result  # noqa: E402
 
 CHECK_FIELDS = ("agreement", "leak", "parts_missed", "score", "stability", "evidence", "confidence")
 
@@ -165,6 +165,8 @@ def logistic_p(model: tuple, x: np.ndarray) -> np.ndarray:
 def at_recall(p: np.ndarray, dice_: np.ndarray, target: float) -> dict:
     """Flag the cases with the highest ``p`` until ``target`` of the failures are flagged: recall, precision."""
     fail = dice_ < FAIL_BELOW
+    if not fail.any():  # nothing to catch: no recall, no threshold
+        return {"recall": None, "precision": None, "flagged": 0}
     ranked = np.sort(p[fail])[::-1]
     cut = ranked[max(int(np.ceil(target * len(ranked))) - 1, 0)]
     flag = p >= cut
@@ -248,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     eng, t_encode = encoded_engine(vols)
     rec = Recorder()
     rec.install()
-    seeds = sorted({int(round(x)) for x in np.linspace(0, len(vols) - 1, args.seeds)})
+    seeds = seed_indices(len(vols), args.seeds)
     runs = []
     for s in seeds:
         sp = reference_prompt(refs[s].astype(np.uint8), labels=None, protocol="box", slice_index=0, volume_index=s)
@@ -274,9 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                      "below_0.85": int((dd < 0.85).sum()), "seconds": seconds, "cases": rows})
         print(f"seed {paths[s].name}: Dice {dd.mean():.4f}, {int((dd < 0.85).sum())} below 0.85, "
               f"{sum(bool(x['flags']) for x in rows)} flagged, {seconds:.0f} s", flush=True)
-    doc = {"start": args.start, "count": len(paths), "encode_seconds": t_encode, "runs": runs}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1))
+    write_result(args.out, argv, args.start, len(paths), encode_seconds=t_encode, runs=runs)
     print(f"wrote {args.out}")
     return 0
 

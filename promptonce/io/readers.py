@@ -628,9 +628,9 @@ def _load_reference_parts(parts: list[Path], image: Volume, max_voxels: int) -> 
     if len(parts) > 255:
         raise InputError(f"{len(parts)} reference parts for {image.name}; at most 255 fit one label map.")
     first = load_reference(parts[0], image, max_voxels=max_voxels)
-    out = np.zeros(first.array.shape, np.uint8)
-    for j, part in enumerate(parts, start=1):  # one part in memory at a time besides the label map
-        fg = np.asarray((first if j == 1 else load_reference(part, image, max_voxels=max_voxels)).array) != 0
+    out = (np.asarray(first.array) != 0).astype(np.uint8)
+    for j, part in enumerate(parts[1:], start=2):  # one part in memory at a time besides the label map
+        fg = np.asarray(load_reference(part, image, max_voxels=max_voxels).array) != 0
         overlap = int(np.count_nonzero(fg & (out != 0)))
         if overlap:
             log.info("reference part %s overlaps an earlier part of %s in %d pixels; the earlier part keeps them",
@@ -719,9 +719,14 @@ def pair_references(
         exact[keys[0]] = p
         for k in keys[1:]:
             by_key.setdefault(k, p)
+
+    def whole(p: Path) -> tuple[Path, ...]:  # a reference with its further parts, in the order of the entries
+        return tuple(sorted([p, *more.get(_ref_keys(p)[0], [])], key=lambda q: entry[q]))
+
     found: list[Path | None] = [exact.get(nm) or by_key.get(nm) for nm in images.names]
-    claimed = {str(q) for p in found if p is not None for q in (p, *more.get(_ref_keys(p)[0], []))}
-    free = [p for p in refs if str(p) not in claimed]
+    claimed = {str(q) for p in found if p is not None for q in whole(p)}
+    further = {q for qs in more.values() for q in qs}  # later parts go with their first part, never alone
+    free = [p for p in refs if str(p) not in claimed and p not in further]
     free = list(dict.fromkeys(free))  # a file given twice counts once
     if all(p is None for p in found) and len(free) == len(found) > 0:
         found = list(free)
@@ -735,14 +740,9 @@ def pair_references(
             f"{len(missing)} of {len(images)} images have no reference mask: {shown}. References are paired by file "
             "name without extension (optionally with _mask/_seg/_label); rename them or give them in the same order."
         )
-    out: list[Path | tuple[Path, ...]] = []
-    for p in found:
-        if p is None:
-            continue
-        extra = more.get(_ref_keys(p)[0], [])
-        out.append(tuple(sorted([p, *extra], key=lambda q: entry[q])) if extra else p)
-    used = {str(q) for p in out for q in (p if isinstance(p, tuple) else (p,))}
-    unused = {str(p) for p in refs} - used
+    groups = [whole(p) for p in found if p is not None]
+    out: list[Path | tuple[Path, ...]] = [g if len(g) > 1 else g[0] for g in groups]
+    unused = {str(p) for p in refs} - {str(q) for g in groups for q in g}
     if unused:
         log.info("pair_references: %d reference files were not used (e.g. %s)", len(unused), sorted(unused)[0])
     n_parts = sum(isinstance(p, tuple) for p in out)
