@@ -107,3 +107,16 @@ def test_a_part_of_another_size_is_refused_like_any_reference(tmp_path):
     (paired,) = pair_references(images, [tmp_path / "leftMask", tmp_path / "rightMask"], parts=True)
     with pytest.raises(ReferenceMismatchError, match="rightMask"):
         load_reference(paired, images[0])
+
+
+def test_parts_stay_together_when_references_pair_in_the_order_given(tmp_path):
+    for n in ("a", "b"):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / f"{n}.png")
+    for side in ("L", "R"):
+        (tmp_path / side).mkdir()
+        for n in ("m1", "m2"):  # no name matches an image: the order given counts
+            Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / side / f"{n}.png")
+    images = load_dataset([tmp_path / "a.png", tmp_path / "b.png"], images_as="set")
+    paired = pair_references(images, [tmp_path / "L", tmp_path / "R"], parts=True)
+    assert paired == [(tmp_path / "L" / "m1.png", tmp_path / "R" / "m1.png"),
+                      (tmp_path / "L" / "m2.png", tmp_path / "R" / "m2.png")]
