@@ -150,7 +150,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     preds: dict[int, np.ndarray] = {}
     acc = MetricAccumulator() if refs is not None else None
     rows: list[dict[str, Any]] = []
-    quality = QualityReport()
+    quality = QualityReport({o.object_id: o.name for o in prompt.objects if o.name})
     current = None
     try:
         for res in segment(dataset, prompt, scope=args.scope, engine=engine, window=args.window, strategy=args.strategy):

@@ -192,6 +192,8 @@ def score_written(
         ``{"summary": {...}, "cases": [...]}``; cases without written masks (skipped) are left out and
         named in ``summary["missing"]``.
     """
+    from .engine.set_check import object_areas
+    from .evaluate import add_set_flags
     from .io.readers import load_reference
     from .io.writers import write_json, write_metrics_csv
     from .metrics import MetricAccumulator
@@ -216,8 +218,10 @@ def score_written(
         if "hd95" in row:
             row["hd95_mm"] = row.pop("hd95")
         row.update({"images": int(vol.n_slices), "prompts": 1 if i == seed_case else 0, "flags": list(rec.flags),
-                    "slices_with_object": int(fg.reshape(fg.shape[0], -1).any(axis=1).sum())})
+                    "slices_with_object": int(fg.reshape(fg.shape[0], -1).any(axis=1).sum()),
+                    "_areas": object_areas(pred)})
         rows.append(row)
+    add_set_flags(rows)  # one prompt for the whole set: object ids mean the same object in every case
     summ = acc.summary()
     summary = {
         "model": model, "scope": "dataset", "strategy": "transfer", "prompts": prompts, "images": images,

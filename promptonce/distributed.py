@@ -170,22 +170,34 @@ def _float(v: Any) -> float | None:
     return None if v is None else float(v)
 
 
-def _write_quality(recs: dict[int, CaseRecord], out: Path) -> None:
-    """``quality.json`` as the local CLI writes it (per-case confidence, flags, review order), from the
-    per-slice records of every written case (this run's and earlier runs')."""
+def _write_quality(recs: dict[int, CaseRecord], out: Path, names: dict[int, str] | None = None) -> None:
+    """``quality.json`` as the local CLI writes it (per-case confidence, flags, review order, the set
+    check), from the per-slice records of every written case (this run's and earlier runs')."""
     from types import SimpleNamespace
 
     from .engine.quality import QualityReport
     from .io.writers import write_json
 
-    report = QualityReport()
+    report = QualityReport(names)
     for i, r in sorted(recs.items()):
         if r.status == "failed":
             continue
         for k, conf, flags in r.slices:
             report.add(SimpleNamespace(volume_index=i, volume_name=r.name, slice_index=k, confidence=conf,
                                        flags=flags))
+        report.add_areas(i, {int(k): int(v) for k, v in r.areas.items()})
     write_json(report.to_dict(), out / "quality.json")
+
+
+def _case_areas(results: Sequence[Any]) -> dict[str, int]:
+    """Pixels of each object over a case's slice results, object id as text (a run record's ``areas``)."""
+    from .engine.set_check import object_areas
+
+    total: dict[str, int] = {}
+    for r in results:
+        for oid, n in object_areas(r.labels).items():
+            total[str(oid)] = total.get(str(oid), 0) + n
+    return total
 
 
 def _prompt_json(prompt: SlicePrompt) -> dict[str, Any]:
@@ -322,7 +334,7 @@ def run_dataset(
                                 len(reply.results or []), reply.confidence, reply.flags[:50], reply.needs_second,
                                 attempts, "", pass_, str(Path(path).resolve()) if path else None,
                                 [[int(r.slice_index), _float(getattr(r, "confidence", None)), list(r.flags)]
-                                 for r in reply.results or []]))
+                                 for r in reply.results or []], _case_areas(reply.results or [])))
         if pass_ == 1:  # a case redone by the quality pass is still one case's images
             stats["images"] += len(reply.results or [])
 
@@ -403,7 +415,7 @@ def run_dataset(
     if png[0]:
         write_metrics_csv(label_table_rows(object_ids, label_names, max(object_ids) <= 1), out / "masks" / LABEL_TABLE_NAME)
     recs = store.records
-    _write_quality(recs, out)
+    _write_quality(recs, out, label_names)
     seconds = time.perf_counter() - t0
     skipped = [(r.name, r.reason) for i, r in sorted(recs.items()) if r.status == "failed"]
     summary = RunSummary(

@@ -27,16 +27,17 @@ from typing import Any, Literal
 import numpy as np
 
 from .engine import Engine, PropagationConfig, make_engine, segment
-from .errors import InputError, check_cancel
 from .engine.quality import case_confidence, flag_lines
+from .engine.set_check import object_areas, proportion_flags
+from .errors import InputError, check_cancel
 from .flagscore import BAD_BELOW, FAIL_BELOW, confidence_auc, flag_score, review_order
 from .metrics import MetricAccumulator, per_slice
 from .prompts import nmt_prompt, prompt_from_reference, seed_slice
 from .types import Dataset, ObjectPrompt, Scope, SlicePrompt, SliceResult, Volume
 
 __all__ = [
-    "EvalConfig", "check_seed_case", "evaluate", "flag_quality", "foreground_mask", "reference_prompt", "seed_prompt",
-    "write_summary_line",
+    "EvalConfig", "add_set_flags", "check_seed_case", "evaluate", "flag_quality", "foreground_mask", "reference_prompt",
+    "seed_prompt", "write_summary_line",
 ]
 
 log = logging.getLogger(__name__)
@@ -290,6 +291,8 @@ def evaluate(
     seconds = time.perf_counter() - t0 - load_s
     if writer is not None:
         writer.close()
+    if cfg.scope == "dataset":  # one prompt: object ids mean the same object in every case
+        add_set_flags(case_rows, {o.object_id: o.name for o in sp.objects if o.name})
     summ = acc.summary()
     model_name = eng.backend.info.name if eng is not None else cfg.model
     quality = flag_quality(case_rows)
@@ -443,10 +446,22 @@ def _score_case(acc: MetricAccumulator, case: _Case, labels: list[int] | None) -
         row["slice_flags"] = {str(k): v for k, v in sorted(case.slice_flags.items()) if k >= 0}
         if any(c is not None for c in case.slice_conf):
             row["slice_confidence"] = [None if c is None else round(c, 4) for c in case.slice_conf]
+    row["_areas"] = object_areas(pred)
     row["_slice_dice"] = slice_dice.tolist()
     row["_slice_flagged"] = [bool(case.slice_flags.get(k)) for k in range(vol.n_slices)]
     row["_slice_conf"] = list(case.slice_conf)
     return row
+
+
+def add_set_flags(case_rows: Sequence[dict[str, Any]], names: dict[int, str] | None = None) -> None:
+    """Adds :func:`~.engine.set_check.proportion_flags` to the rows' ``flags`` (rows with ``_areas``).
+
+    Only for runs whose object ids mean the same object in every case (dataset scope, one prompt): a
+    prompt per image or volume numbers each case's objects on their own.
+    """
+    flags = proportion_flags({i: r["_areas"] for i, r in enumerate(case_rows) if r.get("_areas")}, names)
+    for i, extra in flags.items():
+        case_rows[i]["flags"] = [*case_rows[i].get("flags", []), *extra]
 
 
 def flag_quality(case_rows: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -73,6 +73,8 @@ class CaseRecord:
         pass_: 1 or 2 (the pass that wrote the files).
         input: the input file the case was read from (absolute), when it is one file.
         slices: ``[slice_index, confidence or None, flags]`` per slice (for ``quality.json``).
+        areas: pixels (voxels) of each object in the written masks, object id (as text) -> count
+            (for ``quality.json``'s set check, :func:`promptonce.engine.set_check.proportion_flags`).
     """
 
     index: int
@@ -88,6 +90,7 @@ class CaseRecord:
     pass_: int = 1
     input: str | None = None
     slices: list[list[Any]] = field(default_factory=list)
+    areas: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)

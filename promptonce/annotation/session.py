@@ -668,6 +668,25 @@ class AnnotationSession:
             for key in [key for key in self.confidence if key[0] == v]:
                 del self.confidence[key]
 
+    def _check_set(self, volumes: Sequence[int]) -> None:
+        """Flags the cases whose objects are out of proportion with the rest of the set
+        (:func:`~promptonce.engine.set_check.proportion_flags`), on each case's slice where its objects
+        cover the most pixels."""
+        from ..engine.set_check import object_areas, proportion_flags
+
+        areas: dict[int, dict[int, int]] = {}
+        where: dict[int, int] = {}
+        for v in volumes:
+            arr = self.results.get(v)
+            if arr is None or not self.done[v].any():
+                continue
+            areas[v] = object_areas(arr)
+            where[v] = int(np.argmax((np.asarray(arr) != 0).reshape(arr.shape[0], -1).sum(axis=1)))
+        names = {oid: self.object(oid).name for oid in {o for a in areas.values() for o in a} if self.has_object(oid)}
+        for v, extra in proportion_flags(areas, names).items():
+            key = (v, where[v])
+            self.flags[key] = [*self.flags.get(key, []), *extra]
+
     def flagged(self) -> list[tuple[int, int, str]]:
         """``(case, slice, text)`` for every flagged slice, in order."""
         return [(v, k, "; ".join(f)) for (v, k), f in sorted(self.flags.items()) if f]
@@ -776,6 +795,8 @@ class AnnotationSession:
                 extra = [key for key in self.prompted_slices() if key != (v0, k0) and key[0] in volumes]
                 for key in extra:
                     yield from self._repropagate(key, model, window, cancel, t0, done, total)
+                if scope == "dataset":
+                    self._check_set(volumes)
             self.pending.clear()
         except CancelledError:
             info.cancelled = True

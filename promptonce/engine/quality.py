@@ -28,6 +28,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy import ndimage
 
+from .set_check import object_areas, proportion_flags
+
 __all__ = [
     "ObjectCheck",
     "QualityReport",
@@ -522,27 +524,45 @@ class SequenceMonitor:
 class QualityReport:
     """Collects the quality estimate of a run, slice by slice: per case confidence, flags, review order.
 
-    Holds one float and the flags per slice (no masks), so it stays small for large datasets.
+    Holds one float and the flags per slice and each object's area (no masks), so it stays small for
+    large datasets. The objects must be one prompt's (the same id, the same object in every case):
+    the cases are also checked against each other (:func:`.set_check.proportion_flags`).
     ``to_dict()`` is what ``promptonce segment`` writes as ``quality.json``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, names: Mapping[int, str] | None = None) -> None:
         self._cases: dict[int, dict] = {}
+        self.names = dict(names or {})
 
     def add(self, res) -> None:
-        """Records one :class:`~promptonce.types.SliceResult`."""
+        """Records one :class:`~promptonce.types.SliceResult` (its labels' areas when it has labels)."""
         c = self._cases.setdefault(
-            res.volume_index, {"case": res.volume_name, "volume_index": res.volume_index, "slices": {}}
+            res.volume_index, {"case": res.volume_name, "volume_index": res.volume_index, "slices": {}, "areas": {}}
         )
         c["slices"][int(res.slice_index)] = (res.confidence, list(res.flags))
+        labels = getattr(res, "labels", None)
+        if labels is not None:
+            c["areas"][int(res.slice_index)] = object_areas(labels)
+
+    def add_areas(self, volume_index: int, areas: Mapping[int, int]) -> None:
+        """Records a case's object areas counted elsewhere (a run record without its masks in memory)."""
+        c = self._cases.get(volume_index)
+        if c is not None:
+            c["areas"][-1] = dict(areas)
 
     def cases(self) -> list[dict]:
         """One dict per case: name, confidence, flags (with their slice), slices to review."""
         out = []
-        for c in self._cases.values():
+        totals: dict[int, dict[int, int]] = {}
+        for i, c in self._cases.items():
+            for per_slice in c["areas"].values():
+                for oid, n in per_slice.items():
+                    totals.setdefault(i, {})[oid] = totals.get(i, {}).get(oid, 0) + n
+        set_flags = proportion_flags(totals, self.names)
+        for i, c in self._cases.items():
             slices = c["slices"]
             conf = case_confidence(v[0] for v in slices.values())
-            flags = flag_lines({k: v[1] for k, v in slices.items()}, numbered=len(slices) > 1)
+            flags = set_flags.get(i, []) + flag_lines({k: v[1] for k, v in slices.items()}, numbered=len(slices) > 1)
             review = [k for k, v in sorted(slices.items()) if v[1] or (v[0] is not None and v[0] < 0.5)]
             out.append({"case": c["case"], "volume_index": c["volume_index"],
                         "confidence": None if conf is None else round(conf, 4), "flags": flags,
