@@ -43,6 +43,7 @@ from promptonce.engine import segment  # noqa: E402
 from promptonce.engine import transfer as transfer_module  # noqa: E402
 from promptonce.engine.pairs import base_gap  # noqa: E402
 from promptonce.engine.quality import extent, side_band, side_contrast  # noqa: E402
+from promptonce.engine.set_check import proportion_flags  # noqa: E402
 from promptonce.evaluate import reference_prompt  # noqa: E402
 from promptonce.flagscore import BAD_BELOW, FAIL_BELOW, confidence_auc  # noqa: E402
 from promptonce.metrics import dice  # noqa: E402
@@ -92,12 +93,14 @@ class Recorder:
 
 
 def mask_measures(gray: np.ndarray, labels: np.ndarray, seed_ratio: float | None) -> dict:
-    """Side contrasts of each object's mask, the pair's base gap and area ratio (to the seed's)."""
+    """Side contrasts of each object's mask, its area and mean column, the pair's base gap and area ratio (to the seed's)."""
     out: dict = {"sides": {}}
     masks = {int(i): labels == i for i in (1, 2)}
     for oid, m in masks.items():
         out["sides"][str(oid)] = side_contrast(gray, m, side_band(extent(m))) if m.any() else None
     a, b = (int(m.sum()) for m in masks.values())
+    out["areas"] = {str(oid): int(m.sum()) for oid, m in masks.items()}
+    out["centre_cols"] = {str(oid): float(np.nonzero(m)[1].mean()) if m.any() else None for oid, m in masks.items()}
     out["base_gap"] = base_gap(masks[1], masks[2]) if a and b else None
     out["area_ratio"] = (a / b) if a and b else None
     out["area_ratio_vs_seed"] = (float(np.log(out["area_ratio"] / seed_ratio))
@@ -199,6 +202,45 @@ def flags_by_kind(cases: list[dict]) -> dict:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["cases"]))
 
 
+def recall_precision(flag: np.ndarray, dice_: np.ndarray) -> dict:
+    fail = dice_ < FAIL_BELOW
+    return {"recall": float((flag & fail).sum() / max(fail.sum(), 1)),
+            "precision": float((flag & (dice_ < BAD_BELOW)).sum() / max(flag.sum(), 1)), "flagged": int(flag.sum())}
+
+
+def set_check(doc: dict) -> dict:
+    """The product's set check (:func:`promptonce.engine.set_check.proportion_flags`) on each seed's run, and
+    the flags with it: as they are, and without a low confidence whose only reason is instability.
+
+    Each run's cases are checked against each other (the seed image itself is not among the recorded
+    cases). Files recorded before the areas were kept give the pair's area ratio only, which is all the
+    check reads."""
+    cases, set_flagged, seed_of = [], [], []
+    for r in doc["runs"]:
+        seed_of += [r["seed"]] * len(r["cases"])
+        areas = {}
+        for i, c in enumerate(r["cases"]):
+            if c.get("areas"):
+                areas[i] = {int(k): int(v) for k, v in c["areas"].items()}
+            elif c.get("area_ratio"):
+                areas[i] = {1: int(round(c["area_ratio"] * 1_000_000)), 2: 1_000_000}
+        flagged = proportion_flags(areas)
+        cases += r["cases"]
+        set_flagged += [i in flagged for i in range(len(r["cases"]))]
+    d = np.array([c["dice"] for c in cases])
+    setf = np.array(set_flagged, bool)
+    now = np.array([bool(c["flags"]) for c in cases])
+    unstable = "low confidence (unstable)"
+    without = np.array([any(flag_kind(f) != unstable for f in c["flags"]) for c in cases])
+    variants = {"set_check_alone": setf, "flags_now": now, "flags_and_set_check": now | setf,
+                "without_instability_alone": without, "without_instability_alone_and_set_check": without | setf}
+    out: dict = {k: recall_precision(v, d) for k, v in variants.items()}
+    seeds = np.array(seed_of)
+    out["per_seed"] = {s: {k: recall_precision(v[seeds == s], d[seeds == s]) for k, v in variants.items()}
+                       for s in dict.fromkeys(seed_of)}
+    return out
+
+
 def analyse(path: Path) -> dict:
     """The measures' power to find failures, from a result file of this benchmark."""
     doc = json.loads(path.read_text())
@@ -216,6 +258,7 @@ def analyse(path: Path) -> dict:
            "flags_by_kind": flags_by_kind(cases),
            "auc_each_measure": {k: confidence_auc(list(d), list(-risk(measures, [k])[:, 0]))
                                 for k in measures[0]},
+           "set_check": set_check(doc),
            "logistic_leave_one_seed_out": {}}
     for name, keys in FEATURE_SETS.items():
         x, y = risk(measures, keys), fail.astype(float)

@@ -638,6 +638,31 @@ def test_an_outline_through_even_tissue_lowers_confidence_and_says_why():
     assert outline_evidence(gray, on) == boundary_evidence(gray, on)
 
 
+def test_instability_alone_lowers_confidence_without_a_flag(monkeypatch):
+    """A mask that changes with a few pixels of box margin is ranked early for review and gets the
+    exemplar pass, but is not flagged unless something else is wrong too (its edges, or its prior)."""
+    from promptonce.engine import quality
+    from promptonce.engine.quality import REVIEW_BELOW, with_stability
+
+    yy, xx = np.mgrid[0:120, 0:120]
+    gray = np.random.default_rng(0).normal(40.0, 2.0, (120, 120)).astype(np.float32)
+    on = (yy - 40) ** 2 + (xx - 40) ** 2 <= 18 ** 2
+    gray[on] = 200.0
+    good = check_against_prior(on, on.astype(np.float32), 0.95, "lung")
+    shaky = with_stability(good, [0.6], "lung", evidence=quality.boundary_evidence(gray, on))
+    assert shaky.confidence < REVIEW_BELOW and shaky.stability == 0.6
+    assert shaky.flags == []
+    weak = with_stability(good, [0.6], "lung", evidence=0.02)  # unstable and weak edges: flagged, both said
+    assert len(weak.flags) == 1 and "unstable" in weak.flags[0] and "weak edges" in weak.flags[0]
+    far = np.zeros_like(on)
+    far[80:110, 80:110] = True  # unstable and off its prior: the prior's own flag stays
+    off_prior = with_stability(check_against_prior(on, far.astype(np.float32), 0.95, "lung"), [0.6], "lung",
+                               evidence=quality.boundary_evidence(gray, on))
+    assert any("prior" in f for f in off_prior.flags)
+    monkeypatch.setattr(quality, "FLAG_INSTABILITY_ALONE", True)
+    assert "unstable" in with_stability(good, [0.6], "lung", evidence=quality.boundary_evidence(gray, on)).flags[0]
+
+
 def test_a_transferred_case_carries_the_evidence_of_its_outline(monkeypatch):
     import promptonce.engine.prior_mask as pm
 
