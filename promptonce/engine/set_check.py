@@ -4,8 +4,8 @@ The checks of :mod:`.quality` judge one case at a time, against its prior, its n
 its image. Some failures only show against the rest of the set: a lung base stopped halfway up, or a
 lung that took the heart, leave the mask smooth, confident and close to a prior that was itself
 off, but change how large that object is beside the other objects of the same case. Within one set
-(one hospital, one protocol) that proportion varies little; here the right lung is typically about
-1.2 times the left.
+(one hospital, one protocol) that proportion varies little: on the Shenzhen X-rays the right lung is
+typically about 1.2 times the left.
 
 :func:`proportion_flags` compares, for every pair of objects, each case's area ratio with the median
 ratio over the set and flags a case whose ratio is off by more than :data:`PROPORTION_FACTOR`. The
