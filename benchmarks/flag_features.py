@@ -210,7 +210,8 @@ def recall_precision(flag: np.ndarray, dice_: np.ndarray) -> dict:
 
 def set_check(doc: dict) -> dict:
     """The product's set check (:func:`promptonce.engine.set_check.proportion_flags`) on each seed's run, and
-    the flags with it: as they are, and without a low confidence whose only reason is instability.
+    the flags with it: as they are, without a low confidence whose only reason is instability, and
+    without that and the "ends ... above" flag.
 
     Each run's cases are checked against each other (the seed image itself is not among the recorded
     cases). Files recorded before the areas were kept give the pair's area ratio only, which is all the
@@ -232,8 +233,11 @@ def set_check(doc: dict) -> dict:
     now = np.array([bool(c["flags"]) for c in cases])
     unstable = "low confidence (unstable)"
     without = np.array([any(flag_kind(f) != unstable for f in c["flags"]) for c in cases])
+    ends = "ends # of its height above object #"
+    without_ends = np.array([any(flag_kind(f) not in (unstable, ends) for f in c["flags"]) for c in cases])
     variants = {"set_check_alone": setf, "flags_now": now, "flags_and_set_check": now | setf,
-                "without_instability_alone": without, "without_instability_alone_and_set_check": without | setf}
+                "without_instability_alone": without, "without_instability_alone_and_set_check": without | setf,
+                "without_instability_alone_and_ends_above_with_set_check": without_ends | setf}
     out: dict = {k: recall_precision(v, d) for k, v in variants.items()}
     seeds = np.array(seed_of)
     out["per_seed"] = {s: {k: recall_precision(v[seeds == s], d[seeds == s]) for k, v in variants.items()}
