@@ -191,13 +191,9 @@ def _write_quality(recs: dict[int, CaseRecord], out: Path, names: dict[int, str]
 
 def _case_areas(results: Sequence[Any]) -> dict[str, int]:
     """Pixels of each object over a case's slice results, object id as text (a run record's ``areas``)."""
-    from .engine.set_check import object_areas
+    from .engine.set_check import object_areas, total_areas
 
-    total: dict[str, int] = {}
-    for r in results:
-        for oid, n in object_areas(r.labels).items():
-            total[str(oid)] = total.get(str(oid), 0) + n
-    return total
+    return {str(oid): n for oid, n in total_areas(object_areas(r.labels) for r in results).items()}
 
 
 def _prompt_json(prompt: SlicePrompt) -> dict[str, Any]:

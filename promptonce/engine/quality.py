@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy import ndimage
 
-from .set_check import object_areas, proportion_flags
+from .set_check import object_areas, proportion_flags, total_areas
 
 __all__ = [
     "ObjectCheck",
@@ -565,12 +565,7 @@ class QualityReport:
     def cases(self) -> list[dict]:
         """One dict per case: name, confidence, flags (with their slice), slices to review."""
         out = []
-        totals: dict[int, dict[int, int]] = {}
-        for i, c in self._cases.items():
-            for per_slice in c["areas"].values():
-                for oid, n in per_slice.items():
-                    totals.setdefault(i, {})[oid] = totals.get(i, {}).get(oid, 0) + n
-        set_flags = proportion_flags(totals, self.names)
+        set_flags = proportion_flags({i: total_areas(c["areas"].values()) for i, c in self._cases.items()}, self.names)
         for i, c in self._cases.items():
             slices = c["slices"]
             conf = case_confidence(v[0] for v in slices.values())

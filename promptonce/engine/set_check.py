@@ -23,12 +23,12 @@ flags (and instability alone no longer a flag, :data:`.quality.FLAG_INSTABILITY_
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from itertools import combinations
 
 import numpy as np
 
-__all__ = ["PROPORTION_FACTOR", "PROPORTION_MIN_CASES", "object_areas", "proportion_flags"]
+__all__ = ["PROPORTION_FACTOR", "PROPORTION_MIN_CASES", "object_areas", "proportion_flags", "total_areas"]
 
 #: A case whose area ratio of two objects differs from the set's median ratio by more than this
 #: factor (either way) is flagged. Chosen on the tuning X-rays among 1.16-1.49 (log 0.15-0.4): 1.35
@@ -42,6 +42,15 @@ def object_areas(labels: np.ndarray) -> dict[int, int]:
     """Pixels (voxels) of each object id in a label map (or a case's label volume); 0 is background."""
     counts = np.bincount(np.asarray(labels).ravel().astype(np.int64, copy=False))
     return {int(i): int(c) for i, c in enumerate(counts) if i and c}
+
+
+def total_areas(per_slice: Iterable[Mapping[int, int]]) -> dict[int, int]:
+    """A case's object areas summed over its slices (each slice's from :func:`object_areas`)."""
+    total: dict[int, int] = {}
+    for areas in per_slice:
+        for oid, n in areas.items():
+            total[oid] = total.get(oid, 0) + n
+    return total
 
 
 def proportion_flags(
