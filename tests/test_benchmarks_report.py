@@ -118,3 +118,24 @@ def test_cxr_seed_sweep_reads_any_review_threshold_off_one_run():
     assert (at[0.80]["flagged"], at[0.80]["recall"], at[0.80]["precision"]) == (3, 1.0, 2 / 3)
     assert (at[0.75]["flagged"], at[0.75]["recall"], at[0.75]["precision"]) == (2, 1.0, 1.0)
     assert (at[0.70]["flagged"], at[0.70]["recall"], at[0.70]["precision"]) == (1, 0.0, 1.0)
+
+
+def test_exemplar_sources_sources_and_summary_by_threshold_and_rule():
+    es = _script("exemplar_sources")
+    seed, pool, ranked = "S", ["e1", "e2", "e3", "e4"], ["e2", "S", "e1", "e3"]
+    assert es.sources_for("seed_and_exemplars", seed, pool, ranked) == ["S", "e1", "e2", "e3"]
+    assert es.sources_for("exemplars_only", seed, pool, ranked) == ["e1", "e2", "e3"]
+    assert es.sources_for("ranked", seed, pool, ranked) == ["e2", "S", "e1"]
+    with pytest.raises(ValueError):
+        es.sources_for("other", seed, pool, ranked)
+    second = {"dice": 0.95, "conf": 0.70}  # a second pass with a better Dice but a lower confidence
+    cases = [{"image": "a", "dice1": 0.80, "conf1": 0.75, **{v: second for v in es.VARIANTS}},
+             {"image": "b", "dice1": 0.90, "conf1": 0.88, **{v: {"dice": 0.70, "conf": 0.95} for v in es.VARIANTS}},
+             {"image": "c", "dice1": 0.96, "conf1": 0.97}]  # confident: no second pass recorded
+    s = es.summarise({"cases": cases})
+    assert s["first_pass_only"] == round((0.80 + 0.90 + 0.96) / 3, 4) and s["redone_below_0.80"] == 1
+    assert s["ranked@0.80/by_confidence"] == s["first_pass_only"]  # a's second pass is less confident: not kept
+    assert s["ranked@0.80/always"] == round((0.95 + 0.90 + 0.96) / 3, 4)
+    assert s["exemplars_only@0.90/by_confidence"] == round((0.80 + 0.70 + 0.96) / 3, 4)  # b's is more confident
+    assert s["exemplars_only@0.90/always"] == round((0.95 + 0.70 + 0.96) / 3, 4)
+
