@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_range_args(ap, count=100, start=0)
     ap.add_argument("--seeds", type=int, default=10, help="seed images spread evenly over the range")
+    ap.add_argument("--seed-images", default=None, help="comma-separated seed images (indices in the range)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "flag_features.json")
     ap.add_argument("--analyse", type=Path, default=None, help="analyse a result file of this benchmark (no model run)")
     args = ap.parse_args(argv)
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     eng, t_encode = encoded_engine(vols)
     rec = Recorder()
     rec.install()
-    seeds = seed_indices(len(vols), args.seeds)
+    seeds = seed_indices(len(vols), args.seeds, args.seed_images)
     runs = []
     for s in seeds:
         sp = reference_prompt(refs[s].astype(np.uint8), labels=None, protocol="box", slice_index=0, volume_index=s)

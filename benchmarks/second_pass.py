@@ -1,13 +1,14 @@
 """What the exemplar pass buys at dataset scope on X-rays, and where its confidence threshold should sit.
 
 One dataset-scope run per seed (LiteMedSAM, the seed's reference box) in which EVERY case is also
-segmented again from its most similar exemplars (``transfer.SECOND_PASS_BELOW`` raised above 1), with
+segmented again from its most similar exemplars (both ``SECOND_PASS_BELOW`` thresholds raised above 1), with
 each case's first- and second-pass confidence, Dice (both lungs against the reference), flags and
 decoder calls recorded. The exemplars come from the first pass of every case whatever the threshold,
-and a second pass is kept only when it raises the case's confidence, so the run answers exactly what
-each threshold T would give: a case with first-pass confidence below T takes the better-confidence
-outcome, the others keep their first pass. Reported per T: mean and worst Dice, cases below 0.85,
-decoder calls an image, second passes, flagged cases, flag recall (Dice < 0.85) and precision (< 0.90).
+and the run answers exactly what each threshold T and keep rule would give: a case with first-pass
+confidence below T takes the better-confidence outcome (``keep: confidence``, the product on volumes)
+or the second pass (``keep: always``, the product on single images), the others keep their first
+pass. Reported per T and rule: mean and worst Dice, cases below 0.85, decoder calls an image, second
+passes, flagged cases, flag recall (Dice < 0.85) and precision (< 0.90).
 
     .venv/bin/python benchmarks/second_pass.py --start 0 --count 100 --seeds 0 90 \\
         --out benchmarks/results/second_pass_tune.json      # tuning images, ~6 minutes a seed
@@ -73,31 +74,36 @@ def record_run(vols, refs, seed: int) -> dict[str, dict]:
             recs[out.name].update(conf2=out.confidence, dice2=dice(out), flags2=flagged(out), calls2=calls[0] - c0)
         return out
 
-    saved = tr.SECOND_PASS_BELOW
-    tr.DatasetTransfer.first_pass, tr.DatasetTransfer.segment_case, tr.SECOND_PASS_BELOW = first, case, 1.01
+    saved = tr.SECOND_PASS_BELOW, tr.SECOND_PASS_BELOW_IMAGE
+    tr.DatasetTransfer.first_pass, tr.DatasetTransfer.segment_case = first, case
+    tr.SECOND_PASS_BELOW = tr.SECOND_PASS_BELOW_IMAGE = 1.01
     try:
         prompt = reference_prompt(refs[seed].astype(np.uint8), labels=None, protocol="box", slice_index=0,
                                   volume_index=seed)
         list(segment(Dataset(vols), prompt, scope="dataset", engine=Engine(backend)))
     finally:
         tr.DatasetTransfer.first_pass, tr.DatasetTransfer.segment_case = first_pass, segment_case
-        tr.SECOND_PASS_BELOW = saved
+        tr.SECOND_PASS_BELOW, tr.SECOND_PASS_BELOW_IMAGE = saved
     return recs
 
 
-def at_threshold(recs: dict[str, dict], t: float) -> dict:
-    """What threshold ``t`` gives, from a run where every case had both passes."""
+def at_threshold(recs: dict[str, dict], t: float, keep: str = "confidence") -> dict:
+    """What threshold ``t`` gives, from a run where every case had both passes.
+
+    ``keep``: ``"confidence"`` takes the second pass when it is more confident (the product on
+    volumes); ``"always"`` takes it whenever the case was redone (the product on single images since
+    the sixteenth round)."""
     dice, flags, calls, passes = [], [], 0, 0
     for c in recs.values():
         second = c["conf1"] is None or c["conf1"] < t
         passes += second
         calls += c["calls1"] + (c.get("calls2", 0) if second else 0)
-        take = second and "conf2" in c and (c["conf2"] or 0.0) > (c["conf1"] or 0.0)
+        take = second and "conf2" in c and (keep == "always" or (c["conf2"] or 0.0) > (c["conf1"] or 0.0))
         dice.append(c["dice2"] if take else c["dice1"])
         flags.append(c["flags2"] if take else c["flags1"])
     d, f = np.asarray(dice), np.asarray(flags, bool)
     fail = d < 0.85
-    return {"threshold": t, "dice_mean": round(float(d.mean()), 4), "dice_min": round(float(d.min()), 4),
+    return {"threshold": t, "keep": keep, "dice_mean": round(float(d.mean()), 4), "dice_min": round(float(d.min()), 4),
             "below_0.85": int(fail.sum()), "decoder_calls_per_image": round(calls / len(d), 1),
             "second_passes": int(passes), "flagged": int(f.sum()),
             "flag_recall": round(float((f & fail).sum() / fail.sum()), 2) if fail.any() else None,
@@ -117,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for seed in args.seeds:
         recs = record_run(vols, refs, seed)
-        rows = [at_threshold(recs, t) for t in THRESHOLDS]
+        rows = [at_threshold(recs, t, keep) for keep in ("confidence", "always") for t in THRESHOLDS]
         runs.append({"seed": paths[seed].stem, "cases": len(recs), "by_threshold": rows})
         print(f"seed {paths[seed].stem}: {len(recs)} cases")
         for r in rows:

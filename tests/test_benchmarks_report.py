@@ -90,6 +90,8 @@ def test_second_pass_threshold_reads_a_run_where_every_case_had_both_passes():
     assert mid["dice_mean"] == round((0.95 + 0.96 + 0.92) / 3, 4) and mid["flagged"] == 0 and mid["flag_recall"] is None
     every = sp.at_threshold(recs, 1.01)  # b's second pass raises its confidence and is taken
     assert every["dice_mean"] == round((0.95 + 0.90 + 0.92) / 3, 4) and every["second_passes"] == 3
+    kept = sp.at_threshold(recs, 0.8, keep="always")  # a and c redone, both second passes taken
+    assert kept["keep"] == "always" and kept["dice_mean"] == round((0.95 + 0.96 + 0.70) / 3, 4) and kept["flagged"] == 1
 
 
 def test_cxr_seed_sweep_pools_flags_and_confidence_ranking_over_runs():
@@ -139,3 +141,20 @@ def test_exemplar_sources_sources_and_summary_by_threshold_and_rule():
     assert s["exemplars_only@0.90/by_confidence"] == round((0.80 + 0.70 + 0.96) / 3, 4)  # b's is more confident
     assert s["exemplars_only@0.90/always"] == round((0.95 + 0.70 + 0.96) / 3, 4)
 
+
+
+def test_second_pass_keep_rules_by_threshold_margin_and_power():
+    sk = _script("second_pass_keep")
+    weak = {"image": "a", "dice1": 0.80, "conf1": 0.78, "p1": {"dice": 0.95, "conf": 0.70}, "p12": {"dice": 0.90, "conf": 0.80}}
+    mid = {"image": "b", "dice1": 0.93, "conf1": 0.87, "p1": {"dice": 0.91, "conf": 0.90}, "p12": {"dice": 0.94, "conf": 0.85}}
+    sure = {"image": "c", "dice1": 0.96, "conf1": 0.97}  # confident: no second pass recorded
+    assert sk.kept(weak, weak["p1"], 0.80, "conf") == 0.80  # less confident: not kept
+    assert sk.kept(weak, weak["p1"], 0.80, "m0.05") == 0.80 and sk.kept(weak, weak["p1"], 0.80, "m0.1") == 0.95
+    assert sk.kept(weak, weak["p1"], 0.80, "always") == 0.95
+    assert sk.kept(mid, mid["p1"], 0.85, "always") == 0.93  # above the threshold: never redone
+    assert sk.kept(sure, None, 0.90, "always") == 0.96
+    s = sk.summarise({"cases": [weak, mid, sure]}, (1, 12))
+    assert s["first_pass_only"] == round((0.80 + 0.93 + 0.96) / 3, 4)
+    assert s["p1@0.90/always"] == round((0.95 + 0.91 + 0.96) / 3, 4)
+    assert s["p12@0.90/conf"] == round((0.90 + 0.93 + 0.96) / 3, 4)  # b's p12 pass is less confident
+    assert (s["redone_below_0.80"], s["redone_below_0.85"], s["redone_below_0.90"]) == (1, 1, 2)

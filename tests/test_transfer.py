@@ -117,9 +117,9 @@ def test_second_pass_uses_exemplars_and_stays_order_free():
     assert DatasetTransfer.select_exemplars([o.exemplar for o in reversed(outs)]) == ex
     weak = outs[0]
     again = t.second_pass(vols[1], 1, ex, weak)
-    assert again.confidence >= weak.confidence
-    if again is not weak:
-        assert again.passes == 2 and vols[1].name not in again.sources[1:]
+    # a single image keeps its fused second pass (see the test below for volumes)
+    assert again is not weak and again.passes == 2 and vols[1].name not in again.sources[1:]
+    assert again.sources[0] == vols[0].name and set(again.sources[1:]) <= {e.name for e in ex}
 
 
 def test_weak_cases_are_encoded_once_on_a_lazily_read_dataset(monkeypatch):
@@ -132,7 +132,7 @@ def test_weak_cases_are_encoded_once_on_a_lazily_read_dataset(monkeypatch):
     pairs = [case(i) for i in range(7)]
     items = [(v.name, (lambda v=v: Volume(v.array.copy(), name=v.name))) for v, _ in pairs]
     prompt = SlicePrompt((ObjectPrompt(box=box_of(pairs[0][1])),), slice_index=0, volume_index=0)
-    monkeypatch.setattr(transfer_module, "SECOND_PASS_BELOW", 1.01)  # every case is weak: every case has both passes
+    monkeypatch.setattr(transfer_module, "SECOND_PASS_BELOW_IMAGE", 1.01)  # every case is weak: every case has both passes
 
     def go(pin_limit):
         backend = FakeBackend()
@@ -679,3 +679,40 @@ def test_a_transferred_case_carries_the_evidence_of_its_outline(monkeypatch):
     # the phantom's ellipse stands 170 grey levels above its background: strong evidence, full confidence
     assert seen and all(e is not None and e > 0.3 for e in seen)
     assert out.confidence is not None and out.confidence > 0.8
+
+
+def test_a_single_image_keeps_its_multi_atlas_second_pass_a_volume_the_more_confident(monkeypatch):
+    """On one image the first pass is scored against the seed's mask it was drawn from, so the fused
+    prior's result is kept even when it scores lower; on a volume the more confident pass is kept."""
+    from promptonce.engine import transfer as transfer_module
+
+    pairs = [case(i) for i in range(5)]
+    image_vols = [v for v, _ in pairs]
+    volume_vols = [Volume(np.repeat(v.array, 3, axis=0), name=v.name + "_3d") for v in image_vols]
+    for vols in (image_vols, volume_vols):
+        prompt = SlicePrompt((ObjectPrompt(box=box_of(pairs[0][1])),), slice_index=vols[0].n_slices // 2,
+                             volume_index=0)
+        t = DatasetTransfer(Engine(FakeBackend(), prefetch=False), vols[0], prompt)
+        outs = [t.first_pass(v, i) for i, v in enumerate(vols) if i]
+        ex = DatasetTransfer.select_exemplars([o.exemplar for o in outs])
+        assert ex
+        first = outs[0]
+        real = DatasetTransfer.segment_case
+        calls = []
+
+        def lower(self, volume, volume_index, sources, cancel, passes, real=real, calls=calls):
+            out = real(self, volume, volume_index, sources, cancel, passes)
+            calls.append([s.name for s in sources])
+            return replace(out, confidence=first.confidence - 0.1)
+
+        monkeypatch.setattr(DatasetTransfer, "segment_case", lower)
+        again = t.second_pass(vols[1], 1, ex, first)
+        monkeypatch.undo()
+        assert calls and calls[0][0] == vols[0].name  # the seed is among the fused atlases
+        if vols is image_vols:
+            assert again is not first and again.passes == 2
+        else:
+            assert again is first
+        # the threshold below which a case is redone: higher for a single image
+        weak = replace(first, confidence=(transfer_module.SECOND_PASS_BELOW + transfer_module.SECOND_PASS_BELOW_IMAGE) / 2)
+        assert t.needs_second_pass(weak) is (vols is image_vols)

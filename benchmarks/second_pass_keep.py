@@ -1,0 +1,153 @@
+"""Which result the exemplar pass should keep on an X-ray, and how its atlases should be weighted.
+
+The exemplar pass (``DatasetTransfer.second_pass``) segments a weak case again from the fused priors
+of the user's seed and the case's ``EXEMPLARS_PER_CASE`` most similar exemplars. Until the sixteenth
+round it kept that result only when its confidence beat the first pass's; but a single image's
+first-pass confidence is its agreement with the seed's warped mask, the prior it was drawn from, so
+where the seed is unlike the case both are wrong the same way and the first pass looks confident.
+
+This runs the first pass of each seed's dataset-scope run (LiteMedSAM, the seed's reference box, the
+product's own ``DatasetTransfer``), then, for every case with a first-pass confidence below 0.90,
+the second pass from the product's sources (seed + 3 most similar exemplars) once for each fusion
+power ``p`` (each atlas weighted by its registration similarity ** p; the product: p = 1). Per seed,
+offline from those records: the mean Dice for each redo threshold T (0.80, 0.85, 0.90) and keep rule
+
+* ``conf``: the second pass when its confidence beats the first's (the product until now);
+* ``mX``: the second pass unless its confidence is more than X below the first's;
+* ``always``: the second pass (the product now, on single images, with T = 0.90);
+
+and how many cases each T redoes.
+
+    .venv/bin/python benchmarks/second_pass_keep.py --start 0 --count 100 --seed-images 0,11,66 \\
+        --out benchmarks/results/second_pass_keep_tune.json        # tuning, about 30 minutes
+    .venv/bin/python benchmarks/second_pass_keep.py --start 366 --count 200 --seed-images 199,0 \\
+        --powers 1,12 --out benchmarks/results/second_pass_keep_report.json   # held out, about 35 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from _xrays import add_range_args, encoded_engine, load_range, seed_indices, write_result  # noqa: E402
+
+THRESHOLDS = (0.80, 0.85, 0.90)
+REDO_BELOW = max(THRESHOLDS)
+MARGINS = (0.05, 0.1, 0.2)
+
+
+def powered_priors(power_of):
+    """``DatasetTransfer.priors`` with each atlas weighted by ``max(similarity, 0.05) ** power_of()``."""
+    from promptonce.engine import transfer as T
+    from promptonce.registration import register, thumbnail, warp
+
+    def priors(self, gray, sources, thumb=None):  # noqa: ANN001
+        acc: dict = {}
+        wsum = 0.0
+        fixed = thumb if thumb is not None else thumbnail(gray, T.EXEMPLAR_SIZE)
+        for src in sources:
+            reg = register(fixed, src.image)
+            w = max(reg.similarity, 0.05) ** power_of()
+            wsum += w
+            for oid, m in src.masks.items():
+                acc[oid] = acc.get(oid, 0.0) + w * warp(m.astype(np.float32), reg, shape=gray.shape[:2])
+        return {oid: (acc[oid] / wsum).astype(np.float32) if oid in acc and wsum > 0 else None
+                for oid in self.names}, []
+
+    return priors
+
+
+def run_seed(eng, vols, refs, s: int, powers: tuple[int, ...]) -> dict:
+    """First pass of every case from seed ``s``; the second pass of its weak cases for each power."""
+    from promptonce.engine import transfer as T
+    from promptonce.evaluate import reference_prompt
+    from promptonce.metrics import dice
+    from promptonce.registration import image_similarity
+
+    power = {"p": 1}
+    original = T.DatasetTransfer.priors
+    T.DatasetTransfer.priors = powered_priors(lambda: power["p"])
+    try:
+        t0 = time.perf_counter()
+        sp = reference_prompt(refs[s].astype(np.uint8), labels=None, protocol="box", slice_index=0, volume_index=s)
+        tr = T.DatasetTransfer(eng, vols[s], sp)
+        outs = {i: tr.first_pass(vols[i], i) for i in range(len(vols)) if i != s}
+        ex = T.DatasetTransfer.select_exemplars([o.exemplar for o in outs.values()])
+        cases = []
+        for i, o in outs.items():
+            row = {"image": o.name, "dice1": float(dice(o.results[0].labels > 0, refs[i])), "conf1": o.confidence}
+            if ex and (o.confidence or 0.0) < REDO_BELOW:
+                gray = eng.frames(vols[i], None).gray(0)
+                pool = sorted((e for e in ex if e.name != o.name),
+                              key=lambda e: (-round(image_similarity(gray, e.image), 6), e.key))
+                sources = [tr.seed, *pool[:T.EXEMPLARS_PER_CASE]]
+                for p in powers:
+                    power["p"] = p
+                    out = tr.segment_case(vols[i], i, sources, None, passes=2)
+                    row[f"p{p}"] = {"dice": float(dice(out.results[0].labels > 0, refs[i])), "conf": out.confidence}
+            cases.append(row)
+    finally:
+        T.DatasetTransfer.priors = original
+    return {"seed_index": s, "exemplars": len(ex), "seconds": time.perf_counter() - t0, "cases": cases}
+
+
+def kept(c: dict, second: dict | None, threshold: float, rule: str) -> float:
+    """The Dice a case ends with under a redo threshold and a keep rule (``conf``, ``always``, ``m<margin>``)."""
+    c1 = c["conf1"] or 0.0
+    if second is None or c1 >= threshold:
+        return c["dice1"]
+    c2 = second["conf"] or 0.0
+    take = {"conf": c2 > c1, "always": True}.get(rule)
+    if take is None:
+        take = c2 > c1 - float(rule[1:])
+    return second["dice"] if take else c["dice1"]
+
+
+def summarise(run: dict, powers: tuple[int, ...]) -> dict:
+    """Mean Dice of the first pass alone and of each power x threshold x keep rule; cases redone per threshold."""
+    cases = run["cases"]
+    out: dict = {"first_pass_only": round(float(np.mean([c["dice1"] for c in cases])), 4)}
+    rules = ("conf", *(f"m{m}" for m in MARGINS), "always")
+    for p in powers:
+        for t in THRESHOLDS:
+            for rule in rules:
+                out[f"p{p}@{t:.2f}/{rule}"] = round(float(np.mean([kept(c, c.get(f"p{p}"), t, rule) for c in cases])), 4)
+    for t in THRESHOLDS:
+        out[f"redone_below_{t:.2f}"] = sum((c["conf1"] or 0.0) < t for c in cases)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_range_args(ap, count=100, start=0)
+    ap.add_argument("--seeds", type=int, default=3, help="seed images spread evenly over the range")
+    ap.add_argument("--seed-images", default=None, help="comma-separated seed images (indices in the range)")
+    ap.add_argument("--powers", default="1,4,12", help="fusion powers to try (1 = the product)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "second_pass_keep.json")
+    args = ap.parse_args(argv)
+    powers = tuple(int(x) for x in args.powers.split(","))
+    loaded = load_range(args.start, args.count)
+    if loaded is None:
+        return 0
+    paths, vols, refs = loaded
+    eng, t_encode = encoded_engine(vols)
+    runs = []
+    for s in seed_indices(len(vols), args.seeds, args.seed_images):
+        run = run_seed(eng, vols, refs, s, powers)
+        run["seed"] = paths[s].name
+        run["summary"] = summarise(run, powers)
+        runs.append(run)
+        print(run["seed"], run["summary"], flush=True)
+        write_result(args.out, argv, args.start, len(paths), encode_seconds=t_encode, runs=runs)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
