@@ -9,8 +9,9 @@ where the seed is unlike the case both are wrong the same way and the first pass
 This runs the first pass of each seed's dataset-scope run (LiteMedSAM, the seed's reference box, the
 product's own ``DatasetTransfer``), then, for every case with a first-pass confidence below 0.90,
 the second pass from the product's sources (seed + 3 most similar exemplars) once for each fusion
-power ``p`` (each atlas weighted by its registration similarity ** p; the product: p = 1). Per seed,
-offline from those records: the mean Dice for each redo threshold T (0.80, 0.85, 0.90) and keep rule
+power ``p`` (``transfer.FUSION_POWER``: each atlas weighted by its registration similarity ** p; the
+product: p = 1). Per seed, offline from those records: the mean Dice for each redo threshold T
+(0.80, 0.85, 0.90) and keep rule
 
 * ``conf``: the second pass when its confidence beats the first's (the product until now);
 * ``mX``: the second pass unless its confidence is more than X below the first's;
@@ -43,27 +44,6 @@ REDO_BELOW = max(THRESHOLDS)
 MARGINS = (0.05, 0.1, 0.2)
 
 
-def powered_priors(power_of):
-    """``DatasetTransfer.priors`` with each atlas weighted by ``max(similarity, 0.05) ** power_of()``."""
-    from promptonce.engine import transfer as T
-    from promptonce.registration import register, thumbnail, warp
-
-    def priors(self, gray, sources, thumb=None):  # noqa: ANN001
-        acc: dict = {}
-        wsum = 0.0
-        fixed = thumb if thumb is not None else thumbnail(gray, T.EXEMPLAR_SIZE)
-        for src in sources:
-            reg = register(fixed, src.image)
-            w = max(reg.similarity, 0.05) ** power_of()
-            wsum += w
-            for oid, m in src.masks.items():
-                acc[oid] = acc.get(oid, 0.0) + w * warp(m.astype(np.float32), reg, shape=gray.shape[:2])
-        return {oid: (acc[oid] / wsum).astype(np.float32) if oid in acc and wsum > 0 else None
-                for oid in self.names}, []
-
-    return priors
-
-
 def run_seed(eng, vols, refs, s: int, powers: tuple[int, ...]) -> dict:
     """First pass of every case from seed ``s``; the second pass of its weak cases for each power."""
     from promptonce.engine import transfer as T
@@ -71,9 +51,7 @@ def run_seed(eng, vols, refs, s: int, powers: tuple[int, ...]) -> dict:
     from promptonce.metrics import dice
     from promptonce.registration import image_similarity
 
-    power = {"p": 1}
-    original = T.DatasetTransfer.priors
-    T.DatasetTransfer.priors = powered_priors(lambda: power["p"])
+    original = T.FUSION_POWER
     try:
         t0 = time.perf_counter()
         sp = reference_prompt(refs[s].astype(np.uint8), labels=None, protocol="box", slice_index=0, volume_index=s)
@@ -89,12 +67,12 @@ def run_seed(eng, vols, refs, s: int, powers: tuple[int, ...]) -> dict:
                               key=lambda e: (-round(image_similarity(gray, e.image), 6), e.key))
                 sources = [tr.seed, *pool[:T.EXEMPLARS_PER_CASE]]
                 for p in powers:
-                    power["p"] = p
+                    T.FUSION_POWER = p
                     out = tr.segment_case(vols[i], i, sources, None, passes=2)
                     row[f"p{p}"] = {"dice": float(dice(out.results[0].labels > 0, refs[i])), "conf": out.confidence}
             cases.append(row)
     finally:
-        T.DatasetTransfer.priors = original
+        T.FUSION_POWER = original
     return {"seed_index": s, "exemplars": len(ex), "seconds": time.perf_counter() - t0, "cases": cases}
 
 

@@ -69,6 +69,9 @@ SECOND_PASS_BELOW = 0.80
 #: 0.9464/0.9465/0.9211; held out (images 366-565) seeds 0662/0435 0.9421/0.9450 -> 0.9459/0.9458
 #: (benchmarks/README.md, "Sixteenth round").
 SECOND_PASS_BELOW_IMAGE = 0.90
+#: Each atlas's fusion weight is its registration similarity (floored at 0.05) to this power; 12 was
+#: not better held out (benchmarks/README.md, "Sixteenth round").
+FUSION_POWER = 1
 #: How many exemplars are fused for one case, and how many are kept for a dataset.
 EXEMPLARS_PER_CASE = 3
 MAX_EXEMPLARS = 24
@@ -296,7 +299,7 @@ class DatasetTransfer:
 
         Returns:
             ``({object_id: float32 (rows, cols) prior or None}, notes)``; fusion weights are each
-            registration's correlation (floored at 0.05); a registration that did not beat the
+            registration's correlation (floored at 0.05, to ``FUSION_POWER``); a registration that did not beat the
             relative-position mapping still contributes (identity), and is noted.
         """
         notes: list[str] = []
@@ -307,7 +310,7 @@ class DatasetTransfer:
             reg = register(fixed, src.image)
             if not reg.trusted:
                 notes.append(f"registration to {src.name} kept the relative position ({reg.reason or 'no gain'})")
-            w = max(reg.similarity, 0.05)
+            w = max(reg.similarity, 0.05) ** FUSION_POWER
             wsum += w
             for oid, m in src.masks.items():
                 warped = warp(m.astype(np.float32), reg, shape=gray.shape[:2])
