@@ -142,7 +142,6 @@ def test_exemplar_sources_sources_and_summary_by_threshold_and_rule():
     assert s["exemplars_only@0.90/always"] == round((0.95 + 0.70 + 0.96) / 3, 4)
 
 
-
 def test_second_pass_keep_rules_by_threshold_margin_and_power():
     sk = _script("second_pass_keep")
     weak = {"image": "a", "dice1": 0.80, "conf1": 0.78, "p1": {"dice": 0.95, "conf": 0.70}, "p12": {"dice": 0.90, "conf": 0.80}}

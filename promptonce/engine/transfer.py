@@ -299,8 +299,9 @@ class DatasetTransfer:
 
         Returns:
             ``({object_id: float32 (rows, cols) prior or None}, notes)``; fusion weights are each
-            registration's correlation (floored at 0.05, to ``FUSION_POWER``); a registration that did not beat the
-            relative-position mapping still contributes (identity), and is noted.
+            registration's correlation (floored at 0.05, to the power ``FUSION_POWER``); a
+            registration that did not beat the relative-position mapping still contributes
+            (identity), and is noted.
         """
         notes: list[str] = []
         acc: dict[int, np.ndarray] = {}
