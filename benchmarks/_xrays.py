@@ -26,6 +26,12 @@ def add_range_args(ap: argparse.ArgumentParser, count: int, start: int = 100) ->
     ap.add_argument("--count", type=int, default=count)
 
 
+def add_seed_args(ap: argparse.ArgumentParser, seeds: int) -> None:
+    """``--seeds`` (that many seed images spread evenly over the range) and ``--seed-images`` (chosen ones)."""
+    ap.add_argument("--seeds", type=int, default=seeds, help="seed images spread evenly over the range")
+    ap.add_argument("--seed-images", default=None, help="comma-separated seed images (indices in the range)")
+
+
 def load_range(start: int, count: int) -> tuple[list[Path], list, list[np.ndarray]] | None:
     """``(image paths, Volumes, reference masks bool (rows, cols))`` of images ``start`` to ``start + count - 1``.
 
@@ -84,3 +90,23 @@ def seed_indices(n: int, count: int, images: str | None = None) -> list[int]:
     if images:
         return sorted({int(x) for x in images.split(",")})
     return sorted({int(round(x)) for x in np.linspace(0, n - 1, count)})
+
+
+def sweep_seeds(args: argparse.Namespace, argv: list[str] | None, run_one) -> int:
+    """The seed loop of the X-ray sweeps: loads ``args.start``/``args.count``, encodes every image once,
+    then for each seed (``args.seeds`` spread, or ``args.seed_images``) calls ``run_one(engine, vols,
+    refs, seed)`` (a dict with a ``summary``), names the seed, prints the summary and rewrites
+    ``args.out`` with every run so far. Returns the exit status (0, also when the data is absent)."""
+    loaded = load_range(args.start, args.count)
+    if loaded is None:
+        return 0
+    paths, vols, refs = loaded
+    eng, t_encode = encoded_engine(vols)
+    runs = []
+    for s in seed_indices(len(vols), args.seeds, args.seed_images):
+        run = run_one(eng, vols, refs, s)
+        run["seed"] = paths[s].name
+        runs.append(run)
+        print(run["seed"], run["summary"], flush=True)
+        write_result(args.out, argv, args.start, len(paths), encode_seconds=t_encode, runs=runs)
+    return 0

@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _xrays import add_range_args, encoded_engine, load_range, seed_indices, write_result  # noqa: E402
+from _xrays import add_range_args, add_seed_args, sweep_seeds  # noqa: E402
 
 VARIANTS = ("seed_and_exemplars", "exemplars_only", "ranked")
 THRESHOLDS = (0.80, 0.85, 0.90)
@@ -55,10 +55,9 @@ def sources_for(variant: str, seed, pool: list, ranked: list, k: int = 3) -> lis
 
 def run_seed(eng, vols, refs, s: int) -> dict:
     """First pass of every case from seed ``s``; the variants' second passes of its weak cases."""
-    from promptonce.engine.transfer import EXEMPLARS_PER_CASE, DatasetTransfer
+    from promptonce.engine.transfer import EXEMPLARS_PER_CASE, DatasetTransfer, rank_by_similarity
     from promptonce.evaluate import reference_prompt
     from promptonce.metrics import dice
-    from promptonce.registration import image_similarity
 
     t0 = time.perf_counter()
     sp = reference_prompt(refs[s].astype(np.uint8), labels=None, protocol="box", slice_index=0, volume_index=s)
@@ -72,8 +71,7 @@ def run_seed(eng, vols, refs, s: int) -> dict:
             gray = eng.frames(vols[i], None).gray(0)
 
             def by_similarity(atlases):
-                return sorted((e for e in atlases if e.name != o.name),
-                              key=lambda e: (-round(image_similarity(gray, e.image), 6), e.key))
+                return rank_by_similarity(gray, (e for e in atlases if e.name != o.name))
 
             pool = by_similarity(ex)
             ranked = by_similarity([tr.seed, *ex])
@@ -107,24 +105,15 @@ def summarise(run: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_range_args(ap, count=100, start=0)
-    ap.add_argument("--seeds", type=int, default=3, help="seed images spread evenly over the range")
-    ap.add_argument("--seed-images", default=None, help="comma-separated seed images (indices in the range)")
+    add_seed_args(ap, seeds=3)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "exemplar_sources.json")
     args = ap.parse_args(argv)
-    loaded = load_range(args.start, args.count)
-    if loaded is None:
-        return 0
-    paths, vols, refs = loaded
-    eng, t_encode = encoded_engine(vols)
-    runs = []
-    for s in seed_indices(len(vols), args.seeds, args.seed_images):
+
+    def run_one(eng, vols, refs, s):  # noqa: ANN001
         run = run_seed(eng, vols, refs, s)
-        run["seed"] = paths[s].name
-        run["summary"] = summarise(run)
-        runs.append(run)
-        print(run["seed"], run["summary"], flush=True)
-        write_result(args.out, argv, args.start, len(paths), encode_seconds=t_encode, runs=runs)
-    return 0
+        return {**run, "summary": summarise(run)}
+
+    return sweep_seeds(args, argv, run_one)
 
 
 if __name__ == "__main__":

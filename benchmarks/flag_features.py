@@ -49,7 +49,7 @@ from promptonce.flagscore import BAD_BELOW, FAIL_BELOW, confidence_auc  # noqa: 
 from promptonce.metrics import dice  # noqa: E402
 from promptonce.types import Dataset  # noqa: E402
 
-from _xrays import add_range_args, encoded_engine, load_range, seed_indices, write_result  # noqa: E402
+from _xrays import add_range_args, add_seed_args, encoded_engine, load_range, seed_indices, write_result  # noqa: E402
 
 CHECK_FIELDS = ("agreement", "leak", "parts_missed", "score", "stability", "evidence", "confidence")
 
@@ -279,8 +279,7 @@ def analyse(path: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_range_args(ap, count=100, start=0)
-    ap.add_argument("--seeds", type=int, default=10, help="seed images spread evenly over the range")
-    ap.add_argument("--seed-images", default=None, help="comma-separated seed images (indices in the range)")
+    add_seed_args(ap, seeds=10)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "flag_features.json")
     ap.add_argument("--analyse", type=Path, default=None, help="analyse a result file of this benchmark (no model run)")
     args = ap.parse_args(argv)

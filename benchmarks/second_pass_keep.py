@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _xrays import add_range_args, encoded_engine, load_range, seed_indices, write_result  # noqa: E402
+from _xrays import add_range_args, add_seed_args, sweep_seeds  # noqa: E402
 
 THRESHOLDS = (0.80, 0.85, 0.90)
 REDO_BELOW = max(THRESHOLDS)
@@ -49,7 +49,6 @@ def run_seed(eng, vols, refs, s: int, powers: tuple[int, ...]) -> dict:
     from promptonce.engine import transfer as T
     from promptonce.evaluate import reference_prompt
     from promptonce.metrics import dice
-    from promptonce.registration import image_similarity
 
     original = T.FUSION_POWER
     try:
@@ -63,8 +62,7 @@ def run_seed(eng, vols, refs, s: int, powers: tuple[int, ...]) -> dict:
             row = {"image": o.name, "dice1": float(dice(o.results[0].labels > 0, refs[i])), "conf1": o.confidence}
             if ex and (o.confidence or 0.0) < REDO_BELOW:
                 gray = eng.frames(vols[i], None).gray(0)
-                pool = sorted((e for e in ex if e.name != o.name),
-                              key=lambda e: (-round(image_similarity(gray, e.image), 6), e.key))
+                pool = T.rank_by_similarity(gray, (e for e in ex if e.name != o.name))
                 sources = [tr.seed, *pool[:T.EXEMPLARS_PER_CASE]]
                 for p in powers:
                     T.FUSION_POWER = p
@@ -105,26 +103,17 @@ def summarise(run: dict, powers: tuple[int, ...]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_range_args(ap, count=100, start=0)
-    ap.add_argument("--seeds", type=int, default=3, help="seed images spread evenly over the range")
-    ap.add_argument("--seed-images", default=None, help="comma-separated seed images (indices in the range)")
+    add_seed_args(ap, seeds=3)
     ap.add_argument("--powers", default="1,4,12", help="fusion powers to try (1 = the product)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "second_pass_keep.json")
     args = ap.parse_args(argv)
     powers = tuple(int(x) for x in args.powers.split(","))
-    loaded = load_range(args.start, args.count)
-    if loaded is None:
-        return 0
-    paths, vols, refs = loaded
-    eng, t_encode = encoded_engine(vols)
-    runs = []
-    for s in seed_indices(len(vols), args.seeds, args.seed_images):
+
+    def run_one(eng, vols, refs, s):  # noqa: ANN001
         run = run_seed(eng, vols, refs, s, powers)
-        run["seed"] = paths[s].name
-        run["summary"] = summarise(run, powers)
-        runs.append(run)
-        print(run["seed"], run["summary"], flush=True)
-        write_result(args.out, argv, args.start, len(paths), encode_seconds=t_encode, runs=runs)
-    return 0
+        return {**run, "summary": summarise(run, powers)}
+
+    return sweep_seeds(args, argv, run_one)
 
 
 if __name__ == "__main__":

@@ -142,6 +142,11 @@ def _single_image(outcome: CaseOutcome) -> bool:
     return bool(outcome.results) and outcome.results[0].n_slices == 1
 
 
+def rank_by_similarity(gray: np.ndarray, atlases: Iterable[Exemplar]) -> list[Exemplar]:
+    """``atlases``, the most similar to ``gray`` first (ties broken by key, so never by their order)."""
+    return sorted(atlases, key=lambda e: (-round(image_similarity(gray, e.image), 6), e.key))
+
+
 def _slice_at(position: float, n: int) -> int:
     return min(max(int(round(position * (n - 1))), 0), n - 1) if n > 1 else 0
 
@@ -280,7 +285,7 @@ class DatasetTransfer:
         pool = [e for e in exemplars if e.name != volume.name]
         if not pool:
             return first
-        ranked = sorted(pool, key=lambda e: (-round(image_similarity(gray, e.image), 6), e.key))
+        ranked = rank_by_similarity(gray, pool)
         sources = [self.seed, *ranked[:EXEMPLARS_PER_CASE]]
         second = self.segment_case(volume, volume_index, sources, cancel, passes=2)
         if _single_image(first) or (second.confidence or 0.0) > (first.confidence or 0.0):
