@@ -8,7 +8,8 @@ dataset-scope sweep (one LiteMedSAM engine, every image encoded once, ``--seeds`
 over the range) and writes, for every case, every measure the engine's check took on each object
 (agreement with the prior, leak, parts missed, model score, stability, image evidence, confidence),
 the side contrasts of each object's final mask, the pair's base gap and area ratio, how many passes
-the case took, its flags, and its Dice with the reference.
+the case took, its flags, and its Dice with the reference; for a case the exemplar pass redid, also
+its first pass's confidence and each object's Dice between the two passes' masks (``pass_agreement``).
 
 Measurement only: the engine runs unchanged; ``DatasetTransfer.segment_case`` and ``_level_bases`` are
 wrapped to keep the checks they computed.
@@ -39,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from promptonce.engine import segment  # noqa: E402
+from promptonce.engine import PropagationConfig, segment  # noqa: E402
 from promptonce.engine import transfer as transfer_module  # noqa: E402
 from promptonce.engine.pairs import base_gap  # noqa: E402
 from promptonce.engine.quality import extent, side_band, side_contrast  # noqa: E402
@@ -60,6 +61,9 @@ class Recorder:
     def __init__(self) -> None:
         self.local = threading.local()
         self.by_case: dict[str, list[dict]] = {}
+        #: a case redone by the exemplar pass: its first pass's confidence, and each object's Dice
+        #: between the two passes' masks (the seed's prior against the fused exemplars')
+        self.passes: dict[str, dict] = {}
         self.lock = threading.Lock()
 
     def install(self) -> None:
@@ -81,7 +85,18 @@ class Recorder:
                 rec.by_case.setdefault(volume.name, []).append(entry)
             return out
 
-        cls.segment_case, cls._level_bases = segment_case, level_bases
+        second = cls.second_pass
+
+        def second_pass(self, volume, volume_index, exemplars, first, cancel=None):  # noqa: ANN001
+            out = second(self, volume, volume_index, exemplars, first, cancel)
+            if out is not first and first.results and out.results:
+                a, b = first.results[0].labels, out.results[0].labels
+                agree = {str(oid): float(dice(a == oid, b == oid)) for oid in self.names}
+                with rec.lock:
+                    rec.passes[volume.name] = {"first_confidence": first.confidence, "pass_agreement": agree}
+            return out
+
+        cls.segment_case, cls._level_bases, cls.second_pass = segment_case, level_bases, second_pass
 
     def final(self, name: str, confidence: float | None, flags: list[str]) -> dict:
         """The entry of the pass whose result was kept (same confidence and flags)."""
@@ -110,13 +125,15 @@ def mask_measures(gray: np.ndarray, labels: np.ndarray, seed_ratio: float | None
 
 # ---------------------------------------------------------------------- analysis of a result file
 #: measures where a low value means a doubtful case (the others: a high value does)
-LOW_IS_BAD = {"confidence", "agreement", "score", "stability", "evidence", "bottom_contrast", "lowest_side_contrast"}
+LOW_IS_BAD = {"confidence", "agreement", "score", "stability", "evidence", "bottom_contrast", "lowest_side_contrast",
+              "pass_agreement", "first_confidence"}
 FEATURE_SETS = {
     "confidence only": ["confidence"],
     "every measure": ["confidence", "agreement", "score", "stability", "evidence", "base_gap", "leak",
                       "area_ratio_vs_seed", "bottom_contrast", "lowest_side_contrast"],
     "confidence, evidence, gap, area ratio, agreement, score": ["confidence", "evidence", "base_gap",
                                                                 "area_ratio_vs_seed", "agreement", "score"],
+    "confidence, first-pass confidence, pass agreement": ["confidence", "first_confidence", "pass_agreement"],
 }
 
 
@@ -140,6 +157,9 @@ def case_measures(c: dict) -> dict[str, float]:
         "area_ratio_vs_seed": abs(c["area_ratio_vs_seed"]) if c["area_ratio_vs_seed"] is not None else 2.0,
         "bottom_contrast": min(bottoms) if bottoms else 0.0,
         "lowest_side_contrast": min(every) if every else 0.0,
+        # a case the exemplar pass did not redo: its one pass agrees with itself
+        "pass_agreement": min((c.get("pass_agreement") or {"-": 1.0}).values()),
+        "first_confidence": c["first_confidence"] if c.get("first_confidence") is not None else (c["confidence"] or 0.0),
     }
 
 
@@ -215,7 +235,8 @@ def set_check(doc: dict) -> dict:
 
     Each run's cases are checked against each other (the seed image itself is not among the recorded
     cases). Files recorded before the areas were kept give the pair's area ratio only, which is all the
-    check reads."""
+    check reads. The "ends above" flag is off in the product (``engine.pairs.FLAG_UNEVEN_BASES``); one
+    variant adds it back from each case's recorded base gap."""
     cases, set_flagged, seed_of = [], [], []
     for r in doc["runs"]:
         seed_of += [r["seed"]] * len(r["cases"])
@@ -235,9 +256,14 @@ def set_check(doc: dict) -> dict:
     without = np.array([any(flag_kind(f) != unstable for f in c["flags"]) for c in cases])
     ends = "ends # of its height above object #"
     without_ends = np.array([any(flag_kind(f) not in (unstable, ends) for f in c["flags"]) for c in cases])
+    # the "ends above" flag as the engine raised it before pairs.FLAG_UNEVEN_BASES (a final base gap over
+    # the config's pair_base_gap; on the files that kept the flag's text, the same cases exactly)
+    gap = PropagationConfig().pair_base_gap
+    ends_gap = np.array([c.get("base_gap") is not None and c["base_gap"] > gap for c in cases])
     variants = {"set_check_alone": setf, "flags_now": now, "flags_and_set_check": now | setf,
                 "without_instability_alone": without, "without_instability_alone_and_set_check": without | setf,
-                "without_instability_alone_and_ends_above_with_set_check": without_ends | setf}
+                "without_instability_alone_and_ends_above_with_set_check": without_ends | setf,
+                "without_instability_alone_with_ends_above_from_base_gap_and_set_check": without_ends | ends_gap | setf}
     out: dict = {k: recall_precision(v, d) for k, v in variants.items()}
     seeds = np.array(seed_of)
     out["per_seed"] = {s: {k: recall_precision(v[seeds == s], d[seeds == s]) for k, v in variants.items()}
@@ -302,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in seeds:
         sp = reference_prompt(refs[s].astype(np.uint8), labels=None, protocol="box", slice_index=0, volume_index=s)
         rec.by_case.clear()
+        rec.passes.clear()
         t = time.perf_counter()
         results = [r for r in segment(ds, sp, scope="dataset", engine=eng)]
         seconds = time.perf_counter() - t
@@ -317,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             e = rec.final(v.name, r.confidence, list(r.flags))
             rows.append({"image": paths[r.volume_index].name, "dice": float(dice(r.labels > 0, refs[r.volume_index])),
                          "confidence": r.confidence, "flags": list(r.flags), "passes": e.get("passes"),
-                         "objects": e.get("objects", {}), **mask_measures(gray, r.labels, seed_ratio)})
+                         "objects": e.get("objects", {}), **rec.passes.get(v.name, {}),
+                         **mask_measures(gray, r.labels, seed_ratio)})
         dd = np.array([x["dice"] for x in rows])
         runs.append({"seed": paths[s].name, "seed_index": args.start + s, "dice_mean": float(dd.mean()),
                      "below_0.85": int((dd < 0.85).sum()), "seconds": seconds, "cases": rows})

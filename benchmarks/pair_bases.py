@@ -9,8 +9,10 @@ range, plus (``--uneven-seed``, on by default) the image whose reference lung ba
 gap distribution over the range is reported too.
 
 Per seed and configuration: mean and worst Dice (both lungs as one mask, as ``promptonce evaluate``),
-cases below 0.85, case flag recall/precision (:mod:`promptonce.flagscore`), cases carrying the
-"ends ... above" flag, decoder calls an image.
+cases below 0.85, case flag recall/precision (:mod:`promptonce.flagscore`), cases whose lower ends
+stay more than the default ``pair_base_gap`` apart on the result (``uneven_flagged``; with levelling on,
+the cases that carried the "ends ... above" flag before ``engine.pairs.FLAG_UNEVEN_BASES`` turned it
+off; result files written before counted that flag, and 0 with levelling off), decoder calls an image.
 
     .venv/bin/python benchmarks/pair_bases.py --start 100 --count 40 --seeds 2 \\
         --out benchmarks/results/pair_bases_report.json        # ~19 minutes on 2 cores
@@ -96,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             for r in segment(Dataset(list(vols)), sp, scope="dataset", engine=eng):
                 if r.volume_index == s:
                     continue
+                gap = base_gap(r.labels == 1, r.labels == 2) if (r.labels == 1).any() and (r.labels == 2).any() else None
                 rows.append({"image": paths[r.volume_index].name, "dice": float(dice(r.labels > 0, refs[r.volume_index])),
-                             "flags": list(r.flags), "uneven_flag": any(" above " in f for f in r.flags)})
+                             "flags": list(r.flags), "base_gap": gap,
+                             "uneven_flag": gap is not None and gap > default.pair_base_gap})
             d = np.array([x["dice"] for x in rows])
             fs = flag_score([x["dice"] for x in rows], [bool(x["flags"]) for x in rows])
             run = {"seed": paths[s].name, "seed_reference_gap": gaps[s], "config": label,

@@ -157,3 +157,28 @@ def test_second_pass_keep_rules_by_threshold_margin_and_power():
     assert s["p1@0.90/always"] == round((0.95 + 0.91 + 0.96) / 3, 4)
     assert s["p12@0.90/conf"] == round((0.90 + 0.93 + 0.96) / 3, 4)  # b's p12 pass is less confident
     assert (s["redone_below_0.80"], s["redone_below_0.85"], s["redone_below_0.90"]) == (1, 1, 2)
+
+
+def test_flag_features_scores_the_flag_variants_with_the_ends_above_flag_rebuilt_from_the_base_gap():
+    ff = _script("flag_features")
+
+    def case(dice, flags=(), gap=0.0, ratio=1.2):
+        return {"dice": dice, "flags": list(flags), "base_gap": gap,
+                "areas": {"1": int(1000 * ratio), "2": 1000}, "confidence": 0.9}
+
+    ends = "object 1: ends 21% of its height above object 2 (side-by-side ...): check its lower end"
+    leak = "object 2: leaked beyond the prior (23% of the mask outside it)"
+    cases = [case(0.95) for _ in range(8)]  # a set whose lungs are 1.2x apart
+    cases += [case(0.80, [ends], gap=0.21),  # a failure only the ends flag catches
+              case(0.96, [ends], gap=0.30),  # a correct case it flags
+              case(0.82, [leak]),  # a failure the leak flag catches
+              case(0.83, ratio=2.4)]  # a failure only the set check catches (2x the set's ratio)
+    rebuilt = [dict(c, flags=[f for f in c["flags"] if f != ends]) for c in cases]  # the product now
+    with_text, now = ff.set_check({"runs": [{"seed": "s", "cases": cases}]}), ff.set_check({"runs": [{"seed": "s", "cases": rebuilt}]})
+    assert with_text["without_instability_alone_and_set_check"] == {"recall": 1.0, "precision": 0.75, "flagged": 4}
+    assert with_text["without_instability_alone_and_ends_above_with_set_check"] == {
+        "recall": 2 / 3, "precision": 1.0, "flagged": 2}
+    assert now["flags_now"] == {"recall": 1 / 3, "precision": 1.0, "flagged": 1}
+    # with the flag's text gone, the recorded base gap gives the same cases back
+    key = "without_instability_alone_with_ends_above_from_base_gap_and_set_check"
+    assert now[key] == with_text[key] == with_text["without_instability_alone_and_set_check"]

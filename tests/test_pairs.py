@@ -95,19 +95,27 @@ def test_the_longer_object_ends_at_the_others_end_when_it_ran_past_its_edge():
     assert out2 is None or dice(out2[1], {1: l2, 2: r2}[out2[0]]) > 0.99
 
 
-def test_a_dataset_case_with_uneven_bases_is_flagged_and_an_even_one_is_not():
-    """Seed with level bases; one case whose left object really ends 30 rows higher (flagged, mask kept
-    on the object's edge) and one like the seed (no flag)."""
+@pytest.mark.parametrize("flag_on", [False, True])
+def test_a_dataset_case_with_uneven_bases_keeps_its_real_ends_and_is_flagged_only_if_asked(monkeypatch, caplog, flag_on):
+    """Seed with level bases; one case whose left object really ends 30 rows higher (mask kept on the
+    object's edge; the gap logged, and a flag only with ``FLAG_UNEVEN_BASES``) and one like the seed."""
+    from promptonce.engine import pairs
+
+    assert pairs.FLAG_UNEVEN_BASES is False  # the product's default: a remaining gap is no flag
+    monkeypatch.setattr(pairs, "FLAG_UNEVEN_BASES", flag_on)
     seed, sl, sr = two_bars(90, 90, name="seed", seed=1)
     uneven, ul, _ = two_bars(60, 90, name="uneven", seed=2)
     even, el, er = two_bars(90, 90, name="even", seed=4)
     prompt = SlicePrompt((ObjectPrompt(box=box_of(sl), object_id=1, name="left"),
                           ObjectPrompt(box=box_of(sr), object_id=2, name="right")), slice_index=0, volume_index=0)
     eng = Engine(FakeBackend(), prefetch=False)
-    results = {r.volume_index: r for r in segment(Dataset([seed, uneven, even]), prompt, scope="dataset", engine=eng)}
+    with caplog.at_level("INFO", logger="promptonce.engine.transfer"):
+        results = {r.volume_index: r for r in segment(Dataset([seed, uneven, even]), prompt, scope="dataset", engine=eng)}
     assert dice(results[1].labels == 1, ul) > 0.95  # the fake model stops at the object's real edge
-    assert any("left: ends" in f and "above right" in f for f in results[1].flags), results[1].flags
+    assert any("uneven: left: ends" in m and "above right" in m for m in caplog.messages), caplog.messages
+    assert any("left: ends" in f and "above right" in f for f in results[1].flags) is flag_on, results[1].flags
     assert not any("ends" in f for f in results[2].flags), results[2].flags
+    assert not any("even: " in m and " ends " in m for m in caplog.messages if not m.startswith("uneven")), caplog.messages
     assert dice(results[2].labels == 1, el) > 0.95 and dice(results[2].labels == 2, er) > 0.95
 
 

@@ -11,7 +11,8 @@ Flags are sentences that name the object and say what looks wrong:
 * ``"<object>: disagrees with its neighbours (Dice 0.41 with the slice before)"``
 * ``"<object>: object lost mid-volume (ended at 64% of its largest area)"``
 * ``"<object>: low agreement with the prior (Dice 0.62)"``
-* ``"<object>: ends 27% of its height above <other> (...): check its lower end"`` (:mod:`.pairs`)
+* ``"<object>: ends 27% of its height above <other> (...): check its lower end"`` (:mod:`.pairs`; only
+  logged unless ``pairs.FLAG_UNEVEN_BASES``)
 * ``"<object>: low model confidence 0.31"``
 * ``"<object>: low confidence 0.66, review; weak edges: its outline follows image edges weakly (contrast 0.08)"``
   (with ``"unstable: Dice 0.75 between prompts a few pixels apart"`` when that pulled it down too;

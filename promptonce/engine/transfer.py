@@ -22,6 +22,7 @@ from ..prompts import box_from_mask, interior_point, map_prompt
 from ..registration import image_similarity, register, thumbnail, warp
 from ..types import Box, Dataset, ObjectPrompt, SlicePrompt, SliceResult, Volume
 from .config import Strategy
+from . import pairs
 from .pairs import base_gap, is_pair, level_bases, shorter, uneven_bases_flag
 from .predict import other_clicks
 from .prior_mask import prior_guided_mask
@@ -387,7 +388,7 @@ class DatasetTransfer:
 
     def _level_bases(self, volume: Volume, k: int, gray: np.ndarray, priors: dict[int, np.ndarray | None],
                      seeds: dict[int, tuple[np.ndarray, float]], checks: dict[int, ObjectCheck]) -> None:
-        """Two side-by-side objects on one image (the lungs): lower ends brought level, or flagged (:mod:`.pairs`)."""
+        """Two side-by-side objects on one image (the lungs): lower ends brought level where the image agrees (:mod:`.pairs`)."""
         eng = self.engine
         if eng.config.pair_base_gap <= 0:
             return
@@ -419,8 +420,10 @@ class DatasetTransfer:
         gap = base_gap(*masks.values())
         if gap is not None and gap > eng.config.pair_base_gap:
             short, other = shorter(masks)
-            checks[short] = replace(checks[short], flags=[*checks[short].flags,
-                                                          uneven_bases_flag(self.names[short], self.names[other], gap)])
+            text = uneven_bases_flag(self.names[short], self.names[other], gap)
+            log.info("%s: %s", volume.name, text)
+            if pairs.FLAG_UNEVEN_BASES:
+                checks[short] = replace(checks[short], flags=[*checks[short].flags, text])
 
 
 def segment_dataset(
