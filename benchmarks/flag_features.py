@@ -11,8 +11,8 @@ the side contrasts of each object's final mask, the pair's base gap and area rat
 the case took, its flags, and its Dice with the reference; for a case the exemplar pass redid, also
 its first pass's confidence and each object's Dice between the two passes' masks (``pass_agreement``).
 
-Measurement only: the engine runs unchanged; ``DatasetTransfer.segment_case`` and ``_level_bases`` are
-wrapped to keep the checks they computed.
+Measurement only: the engine runs unchanged; ``DatasetTransfer.segment_case``, ``_level_bases`` and
+``second_pass`` are wrapped to keep the checks they computed and the passes they compared.
 
 ``--analyse FILE`` reads such a file (no model run) and writes, beside it (``*_analysis.json``), how
 well each measure alone ranks the failures (AUC for Dice < 0.85), the product's flags' recall and
