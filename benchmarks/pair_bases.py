@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in segment(Dataset(list(vols)), sp, scope="dataset", engine=eng):
                 if r.volume_index == s:
                     continue
-                gap = base_gap(r.labels == 1, r.labels == 2) if (r.labels == 1).any() and (r.labels == 2).any() else None
+                gap = base_gap(r.labels == 1, r.labels == 2)  # None when a lung is empty
                 rows.append({"image": paths[r.volume_index].name, "dice": float(dice(r.labels > 0, refs[r.volume_index])),
                              "flags": list(r.flags), "base_gap": gap,
                              "uneven_flag": gap is not None and gap > default.pair_base_gap})
