@@ -9,6 +9,8 @@ inside the run by wrapping the backend's decoder session and ``promptonce.regist
     .venv/bin/python benchmarks/transfer_cost.py                       # ~1 minute on 2 cores
     .venv/bin/python benchmarks/transfer_cost.py --decoder-threads 1 \
         --out benchmarks/results/transfer_cost_1thread.json             # the decoder on one thread
+    .venv/bin/python benchmarks/transfer_cost.py --blas-default ...     # masks upsampled on OpenBLAS's
+                                                                        # default threads (before one_blas_thread)
 """
 
 from __future__ import annotations
@@ -49,8 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decoder-threads", type=int, default=None, help="default: the backend's (every core)")
     ap.add_argument("--from-files", action="store_true",
                     help="read the images as the CLI reads a folder (promptonce.io.load_dataset: each access reads the file)")
+    ap.add_argument("--blas-default", action="store_true",
+                    help="upsample the decoder's masks on numpy's default BLAS threads, as before "
+                         "promptonce.backends._onnx.one_blas_thread (the masks are the same)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transfer_cost.json")
     args = ap.parse_args(argv)
+    if args.blas_default:
+        import contextlib
+
+        from promptonce.backends import _onnx
+
+        _onnx.one_blas_thread = contextlib.nullcontext
     loaded = load_range(args.start, args.count)
     if loaded is None:
         return 0
@@ -102,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "loadavg": os.getloadavg(),
         "images": f"cxr_shenzhen {args.start}-{args.start + n - 1}", "decoder_threads": backend._decoder_threads,
+        "blas_default": bool(args.blas_default),
         "image_scope_s_per_image": round(image_s / n, 3),
         "image_scope_decoder_calls_per_image": round(image_calls / n, 1),
         "from_files": bool(args.from_files),

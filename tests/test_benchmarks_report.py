@@ -182,3 +182,16 @@ def test_flag_features_scores_the_flag_variants_with_the_ends_above_flag_rebuilt
     # with the flag's text gone, the recorded base gap gives the same cases back
     key = "without_instability_alone_with_ends_above_from_base_gap_and_set_check"
     assert now[key] == with_text[key] == with_text["without_instability_alone_and_set_check"]
+
+
+def test_blas_threads_times_both_ways_and_reports_a_backend_it_cannot_time(tmp_path, monkeypatch):
+    bt = _script("blas_threads")
+    monkeypatch.setattr(bt, "SHENZHEN", tmp_path / "absent")  # synthetic frames, whether or not ../shared exists
+    frames, source = bt.frames(2)
+    assert source == "synthetic 512x512" and len(frames) == 2 and frames[0].shape == (512, 512, 3)
+    boxes = bt.boxes((512, 512), 3)
+    assert len(boxes) == 6 and all(b[0] < b[2] and b[1] < b[3] for b in boxes)
+    out = tmp_path / "b.json"
+    assert bt.main(["--backends", "fake", "--images", "1", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert "not on ONNX Runtime" in doc["backends"]["fake"]["skipped"]

@@ -74,6 +74,7 @@ __all__ = [
     "onnx_available",
     "resize_matrix",
     "upsample_logits",
+    "one_blas_thread",
     "decoder_feeds",
 ]
 
@@ -538,6 +539,43 @@ def _axis_map(low: int, padded: int | None, content: int, out: int) -> np.ndarra
     return np.ascontiguousarray(m, np.float32)
 
 
+_BLAS_LOCK = threading.Lock()
+_blas_state: dict[str, Any] = {"users": 0, "limiter": None, "controller": None}
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Runs the block with numpy's BLAS (OpenBLAS) on one thread, then restores its setting.
+
+    Why: on a small CPU the upsampling matrix products below are large enough for OpenBLAS to start
+    its worker threads, which then busy-wait for a while and take cores from the next ONNX Runtime
+    decoder call: on the 2-core test machine a LiteMedSAM ``predict`` took ~50-65 ms with them and
+    ~35 ms without, the masks identical (``benchmarks/blas_threads.py``). The setting is process-wide,
+    so nested and concurrent users are counted and the original limit comes back when the last one
+    leaves. Without ``threadpoolctl`` installed this does nothing.
+    """
+    with _BLAS_LOCK:
+        if _blas_state["users"] == 0:
+            try:
+                if _blas_state["controller"] is None:
+                    from threadpoolctl import ThreadpoolController
+
+                    _blas_state["controller"] = ThreadpoolController()
+                _blas_state["limiter"] = _blas_state["controller"].limit(limits=1, user_api="blas")
+            except Exception as exc:  # noqa: BLE001 - a speed setting must never break a prediction
+                logger.debug("cannot limit the BLAS threads (%s); upsampling with its default", exc)
+                _blas_state["limiter"] = None
+        _blas_state["users"] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _blas_state["users"] -= 1
+            if _blas_state["users"] == 0 and _blas_state["limiter"] is not None:
+                _blas_state["limiter"].restore_original_limits()
+                _blas_state["limiter"] = None
+
+
 def upsample_logits(
     logits: np.ndarray, content: tuple[int, int], out: tuple[int, int], padded: int | None = None
 ) -> np.ndarray:
@@ -546,12 +584,14 @@ def upsample_logits(
     With ``padded`` (SAM/MobileSAM): bilinear up to ``padded x padded``, crop to ``content``, bilinear
     to ``out`` (``Sam.postprocess_masks``). Without (LiteMedSAM): crop the low-res logits to
     ``content`` and resize to ``out``. Both resizes are linear maps per axis, composed into one matrix
-    each, so this costs two small matrix products per mask.
+    each, so this costs two small matrix products per mask, run on one BLAS thread
+    (:func:`one_blas_thread`).
     """
     k, h, w = logits.shape
     ry = _axis_map(h, padded, content[0], out[0])
     rx = _axis_map(w, padded, content[1], out[1])
-    return np.stack([ry @ logits[i].astype(np.float32) @ rx.T for i in range(k)])
+    with one_blas_thread():
+        return np.stack([ry @ logits[i].astype(np.float32) @ rx.T for i in range(k)])
 
 
 # ---------------------------------------------------------------------- a model's two graphs

@@ -426,6 +426,63 @@ def test_upsample_logits_matches_torch_interpolate() -> None:
         np.testing.assert_allclose(_onnx.upsample_logits(low, content, out, padded=1024), want.numpy(), atol=2e-4)
 
 
+def _blas_threads() -> int:
+    from threadpoolctl import threadpool_info
+
+    return min(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+
+def test_upsampling_runs_on_one_blas_thread_and_gives_the_setting_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from promptonce.backends import _onnx
+
+    seen: list[int] = []
+    stack = np.stack
+
+    def spy(arrays, *a, **k):  # noqa: ANN001, ANN002, ANN003
+        seen.append(_blas_threads())
+        return stack(arrays, *a, **k)
+
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        monkeypatch.setattr(np, "stack", spy)
+        _onnx.upsample_logits(np.zeros((1, 64, 64), np.float32), (64, 64), (128, 128))
+        monkeypatch.setattr(np, "stack", stack)
+        assert seen == [1]
+        assert _blas_threads() == 2
+        # nested and concurrent users: the limit holds until the last one leaves
+        entered, leave = threading.Event(), threading.Event()
+
+        def other() -> None:
+            with _onnx.one_blas_thread():
+                entered.set()
+                leave.wait(10)
+
+        t = threading.Thread(target=other)
+        with _onnx.one_blas_thread():
+            t.start()
+            assert entered.wait(10)
+            with _onnx.one_blas_thread():
+                assert _blas_threads() == 1
+            assert _blas_threads() == 1
+        assert _blas_threads() == 1  # the other thread is still inside
+        leave.set()
+        t.join(10)
+        assert _blas_threads() == 2
+
+
+def test_upsampling_without_threadpoolctl_still_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys as _sys
+
+    from promptonce.backends import _onnx
+
+    monkeypatch.setitem(_sys.modules, "threadpoolctl", None)  # import fails
+    monkeypatch.setitem(_onnx._blas_state, "controller", None)
+    low = np.random.default_rng(0).normal(size=(2, 32, 32)).astype(np.float32)
+    out = _onnx.upsample_logits(low, (32, 32), (64, 48))
+    assert out.shape == (2, 64, 48) and np.isfinite(out).all()
+    assert _onnx._blas_state["users"] == 0 and _onnx._blas_state["limiter"] is None
+
+
 def test_decoder_feeds_order_points_padding_and_box() -> None:
     from promptonce.backends import _onnx
 
