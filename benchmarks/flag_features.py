@@ -52,6 +52,8 @@ from promptonce.types import Dataset  # noqa: E402
 
 from _xrays import add_range_args, add_seed_args, encoded_engine, load_range, seed_indices, write_result  # noqa: E402
 
+#: shares of a mask outside its prior from which the analysis's variants raise the leak flag (1.0: never)
+LEAK_FLAG_FROM = (0.15, 0.20, 0.25, 0.30, 1.0)
 CHECK_FIELDS = ("agreement", "leak", "parts_missed", "score", "stability", "evidence", "confidence")
 
 
@@ -264,6 +266,17 @@ def set_check(doc: dict) -> dict:
                 "without_instability_alone": without, "without_instability_alone_and_set_check": without | setf,
                 "without_instability_alone_and_ends_above_with_set_check": without_ends | setf,
                 "without_instability_alone_with_ends_above_from_base_gap_and_set_check": without_ends | ends_gap | setf}
+    # the "leaked beyond the prior" flag raised only above a higher share of the mask outside the prior
+    # (the product flags from quality.LEAK_FRACTION; a case keeps the flag when its leakiest object is over t)
+    leak_kind = "leaked beyond the prior"
+    most_leak = np.array([max((o.get("leak") or 0.0 for o in c.get("objects", {}).values()), default=0.0)
+                          for c in cases])
+    without_leak = np.array([any(flag_kind(f) not in (unstable, ends, leak_kind) for f in c["flags"])
+                             for c in cases])
+    has_leak = np.array([any(flag_kind(f) == leak_kind for f in c["flags"]) for c in cases])
+    for t in LEAK_FLAG_FROM:
+        variants[f"without_instability_alone_leak_flag_from_{t:.2f}_with_set_check"] = (
+            without_leak | (has_leak & (most_leak > t)) | setf)
     out: dict = {k: recall_precision(v, d) for k, v in variants.items()}
     seeds = np.array(seed_of)
     out["per_seed"] = {s: {k: recall_precision(v[seeds == s], d[seeds == s]) for k, v in variants.items()}

@@ -184,6 +184,23 @@ def test_flag_features_scores_the_flag_variants_with_the_ends_above_flag_rebuilt
     assert now[key] == with_text[key] == with_text["without_instability_alone_and_set_check"]
 
 
+def test_flag_features_raises_the_leak_flag_only_above_each_variants_share():
+    ff = _script("flag_features")
+
+    def case(dice, leak=0.0):
+        flags = [f"object 1: leaked beyond the prior ({leak:.0%} of the mask outside it)"] if leak > 0.15 else []
+        return {"dice": dice, "flags": flags, "areas": {"1": 1200, "2": 1000}, "confidence": 0.9,
+                "objects": {"1": {"leak": leak}, "2": {"leak": 0.01}}}
+
+    cases = [case(0.95) for _ in range(6)] + [case(0.96, 0.17), case(0.80, 0.24), case(0.88, 0.40)]
+    out = ff.set_check({"runs": [{"seed": "s", "cases": cases}]})
+    key = "without_instability_alone_leak_flag_from_{:.2f}_with_set_check"
+    assert out[key.format(0.15)] == {"recall": 1.0, "precision": 2 / 3, "flagged": 3}
+    assert out[key.format(0.20)] == {"recall": 1.0, "precision": 1.0, "flagged": 2}
+    assert out[key.format(0.30)] == {"recall": 0.0, "precision": 1.0, "flagged": 1}
+    assert out[key.format(1.0)] == {"recall": 0.0, "precision": 0.0, "flagged": 0}
+
+
 def test_blas_threads_times_both_ways_and_reports_a_backend_it_cannot_time(tmp_path, monkeypatch):
     bt = _script("blas_threads")
     monkeypatch.setattr(bt, "SHENZHEN", tmp_path / "absent")  # synthetic frames, whether or not ../shared exists

@@ -584,6 +584,35 @@ def test_the_image_not_the_prior_chooses_among_candidates():
     assert choose_candidate(gray, flagged)[0] is not bigger
 
 
+def test_a_small_leak_costs_confidence_and_the_candidate_without_a_flag():
+    """Between ``LEAK_FRACTION`` and ``LEAK_FLAG_FRACTION`` of the mask outside the prior a leak is not
+    flagged, but it still lowers the confidence and the candidate loses to one that stays inside."""
+    from promptonce.engine import quality
+    from promptonce.engine.prior_mask import choose_candidate
+
+    core = np.zeros((100, 100), bool)
+    core[20:60, 30:70] = True  # 1600 pixels; the halo grows it by 2
+    prior = core.astype(np.float32)
+
+    def spilled(rows: int) -> np.ndarray:
+        m = core.copy()
+        m[70 : 70 + rows, 33:67] = True  # 34 pixels a row, well outside the halo
+        return m
+
+    small, large = spilled(10), spilled(20)  # 340 / 1940 = 17.5% and 680 / 2280 = 29.8% outside
+    s_check = check_against_prior(small, prior, 0.95, "o")
+    l_check = check_against_prior(large, prior, 0.95, "o")
+    inside = check_against_prior(core, prior, 0.95, "o")
+    assert quality.LEAK_FRACTION < s_check.leak <= quality.LEAK_FLAG_FRACTION < l_check.leak
+    assert not s_check.flags and not inside.flags
+    assert any("leaked beyond the prior (30% of the mask outside it)" in f for f in l_check.flags)
+    agreement_only = 0.75 * s_check.agreement + 0.25 * 0.95
+    assert s_check.confidence == pytest.approx(agreement_only - 0.5 * (s_check.leak - quality.LEAK_FRACTION))
+    gray = np.where(large, 1.0, 0.0).astype(np.float32)  # the spill has sharper edges than the object
+    cands = [(small, 0.99, s_check), (core, 0.90, inside)]
+    assert choose_candidate(gray, cands)[0] is core
+
+
 def test_the_first_pass_reaches_as_far_as_the_users_box_did():
     """Where the model's seed mask stops short of the user's box (a lung base behind the heart), the
     user's box, not the mask, says how far the object goes: every case's boxes reach that far too."""

@@ -549,8 +549,8 @@ def one_blas_thread() -> Iterator[None]:
 
     Why: on a small CPU the upsampling matrix products below are large enough for OpenBLAS to start
     its worker threads, which then busy-wait for a while and take cores from the next ONNX Runtime
-    decoder call: on the 2-core test machine a LiteMedSAM ``predict`` took ~50-65 ms with them and
-    ~35 ms without, the masks identical (``benchmarks/blas_threads.py``). The setting is process-wide,
+    decoder call: on the 2-core test machine a ``predict`` took 47.6 ms with them and 36.6 ms without
+    (LiteMedSAM; MobileSAM 86.4 / 36.0 ms), the masks identical (``benchmarks/blas_threads.py``). The setting is process-wide,
     so nested and concurrent users are counted and the original limit comes back when the last one
     leaves. Without ``threadpoolctl`` installed this does nothing.
     """

@@ -25,6 +25,7 @@ from ..prompts import box_from_mask, interior_point
 from ..types import Box, ObjectPrompt, Volume
 from .predict import predict
 from .quality import (
+    LEAK_FRACTION,
     SIDES,
     ObjectCheck,
     boundary_evidence,
@@ -168,9 +169,10 @@ def choose_candidate(
 ) -> tuple[np.ndarray, float, ObjectCheck]:
     """The candidate a transferred object keeps: the image decides, the prior only vetoes.
 
-    Among the candidates whose check against the prior raised no flag (no leak beyond it, no missed
-    part, agreement with it at least ``MIN_PRIOR_AGREEMENT``, a model score above ``MIN_SCORE``), or
-    among all when every one was flagged, the highest model score plus
+    Among the candidates whose check against the prior raised no flag and found no leak beyond it
+    (more than ``LEAK_FRACTION`` of the mask outside it, flagged or not; no missed part, agreement
+    with it at least ``MIN_PRIOR_AGREEMENT``, a model score above ``MIN_SCORE``), or among all when
+    every one was flagged, the highest model score plus
     :func:`.quality.boundary_evidence` (how sharply the mask's boundary follows image edges) wins;
     ties keep the earlier candidate. A prior warped from one seed carries that seed's shape, and
     choosing by agreement with it pulled every case towards the seed (``benchmarks/candidate_choice.py``).
@@ -179,7 +181,8 @@ def choose_candidate(
         gray: the slice's float image.
         candidates: ``(mask, model score, check_against_prior result)`` per candidate (at least one).
     """
-    return max(candidates, key=lambda c: (not c[2].flags, c[1] + boundary_evidence(gray, c[0])))
+    return max(candidates, key=lambda c: (not (c[2].flags or c[2].leak > LEAK_FRACTION),
+                                          c[1] + boundary_evidence(gray, c[0])))
 
 
 def search_sides(eng: Engine, backend: Backend, emb, gray: np.ndarray, mask: np.ndarray, point,
