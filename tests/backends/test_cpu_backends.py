@@ -429,7 +429,7 @@ def test_upsample_logits_matches_torch_interpolate() -> None:
 def _blas_threads() -> int:
     from threadpoolctl import threadpool_info
 
-    return min(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+    return min((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=0)
 
 
 def test_upsampling_runs_on_one_blas_thread_and_gives_the_setting_back(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -444,6 +444,8 @@ def test_upsampling_runs_on_one_blas_thread_and_gives_the_setting_back(monkeypat
         return stack(arrays, *a, **k)
 
     with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        if _blas_threads() != 2:
+            pytest.skip("this BLAS does not take a second thread here")
         monkeypatch.setattr(np, "stack", spy)
         _onnx.upsample_logits(np.zeros((1, 64, 64), np.float32), (64, 64), (128, 128))
         monkeypatch.setattr(np, "stack", stack)
