@@ -212,3 +212,17 @@ def test_blas_threads_times_both_ways_and_reports_a_backend_it_cannot_time(tmp_p
     assert bt.main(["--backends", "fake", "--images", "1", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert "not on ONNX Runtime" in doc["backends"]["fake"]["skipped"]
+
+
+def test_volume_second_pass_reads_each_runs_metrics_and_skips_without_acdc(tmp_path, monkeypatch):
+    vs = _script("volume_second_pass")
+    run = tmp_path / "metrics.json"
+    run.write_text(json.dumps({"summary": {"dice_mean": 0.9, "flagged_cases": 1, "seconds": 3.0},
+                               "cases": [{"dice": 0.95}, {"dice": 0.80}, {"dice": 0.95}]}))
+    assert vs.summary(run) == {"dice_mean": 0.9, "worst_case": 0.80, "below_0.85": 1, "cases": 3,
+                               "flagged_cases": 1, "seconds": 3.0}
+    monkeypatch.setattr(vs, "ACDC", tmp_path / "absent")
+    out = tmp_path / "v.json"
+    assert vs.main(["--out", str(out)]) == 0 and not out.exists()
+    with pytest.raises(SystemExit):
+        vs.child("nonsense", [])
