@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             for n in names:
                 if not (d / n).exists():
                     (d / n).symlink_to(src / n)
-        result: dict = {"command": "python benchmarks/volume_second_pass.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        given = argv if argv is not None else sys.argv[1:]
+        result: dict = {"command": "python benchmarks/volume_second_pass.py " + " ".join(given),
                         "volumes": names, "runs": {}}
         for variant in [v for v in args.variants.split(",") if v]:
             for label, name in LABELS.items():
