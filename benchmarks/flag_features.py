@@ -266,8 +266,9 @@ def set_check(doc: dict) -> dict:
                 "without_instability_alone": without, "without_instability_alone_and_set_check": without | setf,
                 "without_instability_alone_and_ends_above_with_set_check": without_ends | setf,
                 "without_instability_alone_with_ends_above_from_base_gap_and_set_check": without_ends | ends_gap | setf}
-    # the "leaked beyond the prior" flag raised only above a higher share of the mask outside the prior
-    # (the product flags from quality.LEAK_FRACTION; a case keeps the flag when its leakiest object is over t)
+    # the "leaked beyond the prior" flag raised only above a higher share of the mask outside the prior: a case
+    # keeps the flag when its leakiest object is over t. Variants can only take flags away: files recorded
+    # before the eighteenth round flag from 15%, later ones from quality.LEAK_FLAG_FRACTION (20%).
     leak_kind = "leaked beyond the prior"
     most_leak = np.array([max((o.get("leak") or 0.0 for o in c.get("objects", {}).values()), default=0.0)
                           for c in cases])
