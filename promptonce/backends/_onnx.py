@@ -540,7 +540,7 @@ def _axis_map(low: int, padded: int | None, content: int, out: int) -> np.ndarra
 
 
 _BLAS_LOCK = threading.Lock()
-_blas_state: dict[str, Any] = {"users": 0, "limiter": None, "controller": None}
+_blas_state: dict[str, Any] = {"users": 0, "limiter": None, "controller": None}  # controller False: unavailable
 
 
 @contextlib.contextmanager
@@ -552,10 +552,10 @@ def one_blas_thread() -> Iterator[None]:
     decoder call: on the 2-core test machine a ``predict`` took 47.6 ms with them and 36.6 ms without
     (LiteMedSAM; MobileSAM 86.4 / 36.0 ms), the masks identical (``benchmarks/blas_threads.py``). The setting is process-wide,
     so nested and concurrent users are counted and the original limit comes back when the last one
-    leaves. Without ``threadpoolctl`` installed this does nothing.
+    leaves. Without ``threadpoolctl`` installed this does nothing (and the import is tried once).
     """
     with _BLAS_LOCK:
-        if _blas_state["users"] == 0:
+        if _blas_state["users"] == 0 and _blas_state["controller"] is not False:
             try:
                 if _blas_state["controller"] is None:
                     from threadpoolctl import ThreadpoolController
@@ -564,6 +564,8 @@ def one_blas_thread() -> Iterator[None]:
                 _blas_state["limiter"] = _blas_state["controller"].limit(limits=1, user_api="blas")
             except Exception as exc:  # noqa: BLE001 - a speed setting must never break a prediction
                 logger.debug("cannot limit the BLAS threads (%s); upsampling with its default", exc)
+                if _blas_state["controller"] is None:
+                    _blas_state["controller"] = False  # not installed: not tried again on every call
                 _blas_state["limiter"] = None
         _blas_state["users"] += 1
     try:
