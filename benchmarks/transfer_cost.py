@@ -11,6 +11,8 @@ inside the run by wrapping the backend's decoder session and ``promptonce.regist
         --out benchmarks/results/transfer_cost_1thread.json             # the decoder on one thread
     .venv/bin/python benchmarks/transfer_cost.py --blas-default ...     # masks upsampled on OpenBLAS's
                                                                         # default threads (before one_blas_thread)
+    .venv/bin/python benchmarks/transfer_cost.py --whole-decoder ...    # the decoder as one graph (before
+                                                                        # promptonce.backends._decoder_split)
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blas-default", action="store_true",
                     help="upsample the decoder's masks on numpy's default BLAS threads, as before "
                          "promptonce.backends._onnx.one_blas_thread (the masks are the same)")
+    ap.add_argument("--whole-decoder", action="store_true",
+                    help="decode with the whole decoder graph, as before promptonce.backends._decoder_split "
+                         "(the masks are the same)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transfer_cost.json")
     args = ap.parse_args(argv)
     if args.blas_default:
@@ -77,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     if backend.runtime != "onnx":
         print(f"skipped: LiteMedSAM runs on {backend.runtime}, not ONNX Runtime", file=sys.stderr)
         return 0
+    from promptonce.backends._decoder_split import SplitDecoder
+
+    split = isinstance(backend._onnx_decoder, SplitDecoder)
+    if args.whole_decoder and split:
+        backend._onnx_decoder = backend._onnx_decoder.whole
     decoder = _Timed(backend._onnx_decoder)
     backend._onnx_decoder = decoder
 
@@ -114,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "loadavg": os.getloadavg(),
         "images": f"cxr_shenzhen {args.start}-{args.start + n - 1}", "decoder_threads": backend._decoder_threads,
         "blas_default": bool(args.blas_default),
+        "decoder": "whole graph" if args.whole_decoder or not split else "split (image side once an embedding)",
         "image_scope_s_per_image": round(image_s / n, 3),
         "image_scope_decoder_calls_per_image": round(image_calls / n, 1),
         "from_files": bool(args.from_files),

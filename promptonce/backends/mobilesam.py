@@ -205,9 +205,9 @@ class MobileSAMBackend:
 
     def _onnx_graphs(self) -> tuple[Any, Any] | None:
         """Encoder and decoder sessions from the cache, exporting them first (child process) if needed."""
-        from . import _onnx
+        from . import _decoder_split
 
-        return _onnx.load_graphs(
+        return _decoder_split.load_graphs(
             NAME, CHECKPOINT_SHA256, INPUT_SIZE, lambda: self.model, self._decoder_threads, decoder_spinning=True
         )
 
@@ -387,15 +387,17 @@ def onnx_paths() -> tuple[Path, Path]:
 def export_onnx(model: Any = None) -> bool:
     """Exports (once) and verifies the MobileSAM encoder and decoder graphs; True when both are cached.
 
-    Runs in the export child process (``python -m promptonce.backends.onnx_export export mobilesam``), or
-    in-process with ``model`` when the child could not run.
+    The decoder is also exported split in an image part and a prompt part (:mod:`._decoder_split`,
+    faster when one image is decoded many times; optional). Runs in the export child process
+    (``python -m promptonce.backends.onnx_export export mobilesam``), or in-process with ``model`` when
+    the child could not run.
     """
-    from . import _onnx
+    from . import _decoder_split
 
     def torch_model() -> Any:
         return model if model is not None else MobileSAMBackend(device="cpu", runtime="torch").model
 
-    return _onnx.export_model(NAME, CHECKPOINT_SHA256, INPUT_SIZE, torch_model)
+    return _decoder_split.export_model(NAME, CHECKPOINT_SHA256, INPUT_SIZE, torch_model)
 
 
 DEFAULT_ONNX = True

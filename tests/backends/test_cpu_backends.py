@@ -373,9 +373,13 @@ def test_litemedsam_onnx_runtime_gives_the_torch_masks(
     monkeypatch.setenv("PROMPTONCE_CACHE", str(tmp_path))
     be = LiteMedSAMBackend(device="cpu", runtime="onnx")
     assert be.runtime == "onnx"
-    for path in litemedsam.onnx_paths():  # both graphs exported (by the child process), verified, recorded
+    from promptonce.backends import _decoder_split
+
+    split = _decoder_split.split_paths("litemedsam", litemedsam.CHECKPOINT_SHA256, litemedsam.INPUT_SIZE)
+    for path in (*litemedsam.onnx_paths(), *split):  # every graph exported (by the child), verified, recorded
         assert path.is_file() and not list(path.parent.glob(".*.tmp"))
         assert path.with_name(path.name + ".sha256").read_text().strip() == sha256_file(path)
+    assert isinstance(be._onnx_decoder, _decoder_split.SplitDecoder)
     emb = be.embed(FRAME)
     assert isinstance(emb.data, np.ndarray) and emb.data.shape == (1, 256, 64, 64)
     np.testing.assert_allclose(emb.data, lite_emb.data.numpy(), atol=1e-3)
