@@ -7,11 +7,15 @@ the constant ``no_mask_embed``: the image tokens (embedding + dense prompt, flat
 transformer's first block the keys and values of the tokens-to-image attention and the queries of
 the image-to-tokens attention (there the image side still carries only the embedding and its
 positional encoding). :func:`split_modules` computes that part in an *image graph* and the rest in a
-*prompt graph* that takes it as input; the arithmetic is the same operation for operation, so the
-outputs equal the whole decoder graph's (checked at export; on LiteMedSAM the difference measured 0).
+*prompt graph* that takes it as input. The prompt graph also runs the output upscaling pixel by
+pixel on channels-last tokens (:func:`upscale_masks`) instead of as two transposed convolutions on
+channel-first maps. The outputs equal the whole decoder graph's up to float rounding (checked at
+export; measured: logits within 2e-5, IoU predictions identical).
 
-On the 2-core test machine the prompt graph takes about 25 ms against 32 ms for the whole graph,
-and the image graph about 5 ms once per embedding (``benchmarks/decoder_split.py``).
+On the 2-core test machine, in one-off paired timings of the bare graphs (median of 15 rounds), the
+whole graph took 52.6 ms a call, the prompt graph 33.5 ms (39.1 ms with the channel-first
+upscaling), and the image graph about 5 ms once per embedding; ``benchmarks/decoder_split.py``
+times whole ``predict`` calls.
 
 :class:`SplitDecoder` is called like the whole decoder's session (same feeds, same outputs). It
 keeps the image side of the last few embeddings (about 10 MB each) and sends a call with a mask
@@ -35,6 +39,7 @@ from . import _torchutil as tu
 
 __all__ = [
     "IMAGE_OUTPUTS",
+    "LazyGraph",
     "SplitDecoder",
     "export_model",
     "export_split",
@@ -51,16 +56,22 @@ IMAGE_OUTPUTS: tuple[str, ...] = ("keys", "t2i_k_t", "t2i_v", "i2t_q")
 """The image graph's outputs, which are the prompt graph's first inputs."""
 
 PROMPT_INPUTS: tuple[str, ...] = (*IMAGE_OUTPUTS, "point_coords", "point_labels")
-DEFAULT_KEEP = 4
-"""Embeddings whose image side a :class:`SplitDecoder` keeps (about 10 MB each)."""
+DEFAULT_KEEP = 2
+"""Embeddings whose image side a :class:`SplitDecoder` keeps (about 10 MB each). A dataset-scope run
+decodes one image at a time (20 X-rays: 35 image-side runs with 1, 2 or 4 kept); 2 lets two app
+sessions take turns."""
+
+
+SPLIT_RECIPE = "2"
+"""In the split graphs' file names; changed with the split's recipe so that older exports are not reused."""
 
 
 def split_paths(model: str, key: str, input_size: int) -> tuple[Path, Path]:
     """The cache files of a model's image and prompt decoder graphs."""
     from ._onnx import cache_path
 
-    return (cache_path(f"{model}_decoder_image", key, input_size),
-            cache_path(f"{model}_decoder_prompt", key, input_size))
+    return (cache_path(f"{model}_decoder_split{SPLIT_RECIPE}_image", key, input_size),
+            cache_path(f"{model}_decoder_split{SPLIT_RECIPE}_prompt", key, input_size))
 
 
 def _failed_marker(prompt_path: Path) -> Path:
@@ -91,7 +102,42 @@ def load(whole: Any, model: str, key: str, input_size: int, threads: int | None 
         for p in paths:
             _remove(p)
         return whole
+    path = getattr(whole, "path", None)
+    if path is not None:  # drop the loaded whole graph; it comes back if a mask prompt needs it
+        whole = LazyGraph(lambda: OnnxGraph(path, threads=threads, spinning=spinning))
     return SplitDecoder(whole, image, prompt)
+
+
+def upscale_masks(upscaling: Any, keys: Any, hyper: Any) -> Any:
+    """SAM's output upscaling and mask product, pixel by pixel on channels-last tokens.
+
+    ``upscaling`` is ``MaskDecoder.output_upscaling``: ConvTranspose2d(k=2, s=2) -> LayerNorm2d ->
+    activation -> ConvTranspose2d(k=2, s=2) -> activation. A 2x2 transposed convolution with stride 2
+    maps each input pixel to its own 2x2 output pixels, so every step is per pixel: each becomes a
+    matrix product, a layer norm over the last axis and the activation, on the tokens as the
+    transformer leaves them (``keys`` (1, h*w, C)), in whatever order the pixels come. The pixels
+    are put in image order only at the end, on the masks (``hyper`` (1, masks, C2) -> (1, masks,
+    4h, 4w)), instead of transposing the 64- and 32-channel maps (one-off: the prompt graph took
+    39.1 ms with the module's upscaling, 33.5 ms with this). Same values as the module up to float
+    rounding (checked at export).
+    """
+    torch = tu.import_torch()
+    up1, norm, act1, up2, act2 = upscaling
+    for up in (up1, up2):
+        if tuple(up.kernel_size) != (2, 2) or tuple(up.stride) != (2, 2) or tuple(up.padding) != (0, 0):
+            raise ValueError(f"the output upscaling is not 2x2 with stride 2 ({up}); cannot run it pixel by pixel")
+    n, c = keys.shape[1], keys.shape[2]
+    side = int(round(math.sqrt(n)))
+    c1, c2 = up1.weight.shape[1], up2.weight.shape[1]
+    # ConvTranspose2d weight (in, out, kh, kw) -> (in, kh * kw * out): output sub-pixel major
+    x = (keys @ up1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)).reshape(1, n * 4, c1) + up1.bias
+    x = act1(torch.nn.functional.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+    x = (x @ up2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)).reshape(1, n * 16, c2) + up2.bias
+    masks = act2(x) @ hyper.transpose(1, 2)  # (1, pixels as (i, j, a, b, c, d), masks)
+    k = masks.shape[-1]
+    # output row 4i + 2a + c, column 4j + 2b + d
+    masks = masks.reshape(1, side, side, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)
+    return masks.reshape(1, k, 4 * side, 4 * side)
 
 
 def export_model(model: str, key: str, input_size: int, torch_model: Callable[[], Any]) -> bool:
@@ -221,12 +267,8 @@ def split_modules(prompt_encoder: Any, mask_decoder: Any, input_size: int) -> tu
                 queries, keys = blk(queries=queries, keys=keys, query_pe=tokens, key_pe=key_pe)
             hs = tr.norm_final_attn(queries + tr.final_attn_token_to_image(q=queries + tokens, k=keys + key_pe, v=keys))
             n = md.num_mask_tokens
-            side = int(round(math.sqrt(keys.shape[1])))
-            up = md.output_upscaling(keys.transpose(1, 2).reshape(1, keys.shape[2], side, side))
             hyper = torch.stack([md.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in range(n)], dim=1)
-            b_, c, h, w = up.shape
-            masks = (hyper @ up.view(b_, c, h * w)).view(b_, -1, h, w)
-            return masks, md.iou_prediction_head(hs[:, 0, :])
+            return upscale_masks(md.output_upscaling, keys, hyper), md.iou_prediction_head(hs[:, 0, :])
 
     return ImagePart().eval(), PromptPart().eval()
 
@@ -284,11 +326,36 @@ def _export_split(prompt_encoder: Any, mask_decoder: Any, input_size: int, image
     ) is not None
 
 
+class LazyGraph:
+    """A graph session created on its first call (``load()`` makes it), called like the session.
+
+    The split decoder keeps the whole decoder graph only for mask prompts; loading it lazily spares
+    its weights (16 MB) and buffers where none comes. (On issue 7's 300-slice phantom the peak RSS
+    did not move measurably with it: 1481.7 MiB loaded at once, 1481.1 lazily.)
+    """
+
+    def __init__(self, load: Callable[[], Any]) -> None:
+        self._load, self._graph = load, None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._graph is not None
+
+    def __call__(self, **feeds: np.ndarray) -> list[np.ndarray]:
+        with self._lock:
+            if self._graph is None:
+                self._graph = self._load()
+            graph = self._graph
+        return graph(**feeds)
+
+
 class SplitDecoder:
     """The decoder as an image graph plus a prompt graph, called like the whole decoder's session.
 
     Args:
-        whole: the whole decoder graph (calls with a mask prompt go there).
+        whole: the whole decoder graph (calls with a mask prompt go there); :func:`load` gives a
+            :class:`LazyGraph`, loaded on the first such call (LiteMedSAM never makes one).
         image: the image graph.
         prompt: the prompt graph.
         keep: embeddings whose image side is kept (least recently used dropped first).
@@ -303,10 +370,6 @@ class SplitDecoder:
         self._sides: collections.OrderedDict[tuple, tuple[np.ndarray, list[np.ndarray]]] = collections.OrderedDict()
         self._lock = threading.Lock()
         self.image_runs = 0
-
-    @property
-    def path(self) -> Path:
-        return self.whole.path
 
     def _image_side(self, embedding: np.ndarray) -> list[np.ndarray]:
         key = (embedding.__array_interface__["data"][0], embedding.shape, embedding.strides)

