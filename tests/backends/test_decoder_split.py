@@ -127,3 +127,27 @@ def test_a_split_that_fails_is_recorded_not_retried_and_the_whole_graph_is_used(
     assert not _decoder_split.wanted("x", "ab" * 32, 256)  # recorded: later processes do not try again
     whole = object()
     assert _decoder_split.load(whole, "x", "ab" * 32, 256) is whole
+
+
+def test_a_cache_from_before_the_split_gets_its_graphs_from_the_export_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    from promptonce.backends import _onnx
+
+    state = {"split": False}
+    children: list[str] = []
+
+    def child(model: str) -> bool:
+        children.append(model)
+        state["split"] = True  # the child exported the two graphs
+        return True
+
+    monkeypatch.setattr(_onnx, "cached_graph", lambda p: p)  # encoder and whole decoder are cached
+    monkeypatch.setattr(_decoder_split, "wanted", lambda *a: not state["split"])
+    monkeypatch.setattr(_onnx, "export_in_subprocess", child)
+    monkeypatch.setattr(_onnx, "load_graphs", lambda *a, **k: ("enc", "whole"))
+    monkeypatch.setattr(_decoder_split, "load", lambda whole, *a, **k: ("split over", whole))
+    assert _decoder_split.load_graphs("m", "ab" * 32, 256, lambda: None) == ("enc", ("split over", "whole"))
+    assert children == ["m"]
+    assert _decoder_split.load_graphs("m", "ab" * 32, 256, lambda: None) == ("enc", ("split over", "whole"))
+    assert children == ["m"]  # cached now: no second child
+    monkeypatch.setattr(_onnx, "load_graphs", lambda *a, **k: None)
+    assert _decoder_split.load_graphs("m", "ab" * 32, 256, lambda: None) is None  # no ONNX: PyTorch
