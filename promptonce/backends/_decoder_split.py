@@ -279,7 +279,8 @@ def export_split(prompt_encoder: Any, mask_decoder: Any, input_size: int, image_
     Before export the two parts are checked against the whole decoder module in PyTorch (box and
     click prompts; max difference <= 1e-4), then each exported graph against its part (as every export).
     A failure is recorded beside the prompt graph's file (``.failed``), so later processes use the
-    whole graph without trying again; a new export recipe (``EXPORT_TAG``) or checkpoint tries anew.
+    whole graph without trying again; a new export recipe (``EXPORT_TAG``, :data:`SPLIT_RECIPE`) or
+    checkpoint tries anew, and so does deleting that file.
     """
     from . import _onnx
 
@@ -312,7 +313,8 @@ def _export_split(prompt_encoder: Any, mask_decoder: Any, input_size: int, image
                 got = prompt_part(*sides, coords, labels)
                 diff = max(float((r - x).abs().max()) for r, x in zip(ref, got))
                 if diff > 1e-4:
-                    logger.warning("the split decoder disagrees with the whole decoder (max diff %.3g); not using it", diff)
+                    logger.warning("the split decoder disagrees with the whole decoder (max diff %.3g); "
+                                   "not using it", diff)
                     return False
     except Exception as exc:  # noqa: BLE001 - an architecture it cannot split keeps the whole graph
         logger.warning("cannot split the decoder (%s); the whole decoder graph is used", exc)
