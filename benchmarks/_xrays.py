@@ -3,7 +3,7 @@
 Shared by ``cxr_seed_sweep.py``, ``side_errors.py``, ``transfer_cost.py`` and ``candidate_choice.py``:
 the data folder (``$PROMPTONCE_SHARED_DATA/cxr_shenzhen``, default ``../shared/data/cxr_shenzhen``),
 the ``--start``/``--count`` options and the loading of one range of images with their reference
-masks.
+masks. Also :func:`write_json`, the JSON writing of benchmarks that are not about X-rays.
 """
 
 from __future__ import annotations
@@ -76,12 +76,17 @@ def lungs(ref: np.ndarray) -> list[np.ndarray]:
     return [lab == (i + 1) for i in np.argsort(-np.asarray(sizes))[:2]]
 
 
+def write_json(out: Path, doc: dict, newline: bool = True) -> None:
+    """Writes ``doc`` to ``out`` as indented JSON (its folder created), the way every benchmark keeps its result."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + ("\n" if newline else ""))
+
+
 def write_result(out: Path, argv: list[str] | None, start: int, count: int, **fields) -> None:
     """Writes a benchmark's JSON to ``out``: the command that made it, the image range, then ``fields``."""
     doc = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
            "images": f"cxr_shenzhen {start}-{start + count - 1}", **fields}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1))
+    write_json(out, doc, newline=False)
 
 
 def seed_indices(n: int, count: int, images: str | None = None) -> list[int]:

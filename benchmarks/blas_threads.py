@@ -26,6 +26,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _xrays import write_json  # noqa: E402
 SHENZHEN = ROOT.parent / "shared" / "data" / "cxr_shenzhen" / "images"
 
 
@@ -51,6 +53,27 @@ def boxes(size: tuple[int, int], k: int) -> list[np.ndarray]:
         for b in (left, right):
             out.append(np.clip(np.array([b[0] * w, b[1] * h, b[2] * w, b[3] * h], np.float32), 0, max(h, w) - 1))
     return out
+
+
+def time_modes(backend, calls: list, modes: tuple[str, ...], switch, rounds: int) -> tuple[dict, dict]:
+    """Rounds of ``backend.predict`` over ``calls`` (``(embedding, keyword arguments)``), the modes alternating.
+
+    ``switch(mode)`` sets a mode up before its turn. Returns the milliseconds a ``predict`` per mode and
+    round, and each mode's predictions of its first round.
+    """
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    preds: dict[str, list] = {m: [] for m in modes}
+    for _ in range(rounds):
+        for mode in modes:
+            switch(mode)
+            keep = not preds[mode]
+            t0 = time.perf_counter()
+            for e, kwargs in calls:
+                p = backend.predict(e, **kwargs)
+                if keep:
+                    preds[mode].append(p)
+            times[mode].append((time.perf_counter() - t0) / len(calls) * 1000.0)
+    return times, preds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,21 +110,16 @@ def main(argv: list[str] | None = None) -> int:
             result["backends"][name] = {"skipped": "not on ONNX Runtime (the numpy upsampling is not used)"}
             continue
         embs = [backend.embed(f) for f in imgs]
-        calls = [(e, b) for e in embs for b in boxes(e.frame_size, args.boxes)]
-        times: dict[str, list[float]] = {"default": [], "one_thread": []}
-        masks: dict[str, list[np.ndarray]] = {"default": [], "one_thread": []}
-        for _ in range(args.rounds):
-            for mode in ("default", "one_thread"):
-                _onnx.one_blas_thread = original if mode == "one_thread" else contextlib.nullcontext
-                keep = not masks[mode]
-                t0 = time.perf_counter()
-                for e, b in calls:
-                    p = backend.predict(e, box=b)
-                    if keep:
-                        masks[mode].append(p.masks)
-                times[mode].append((time.perf_counter() - t0) / len(calls) * 1000.0)
-        _onnx.one_blas_thread = original
-        same = all(np.array_equal(a, b) for a, b in zip(masks["default"], masks["one_thread"], strict=True))
+        calls = [(e, {"box": b}) for e in embs for b in boxes(e.frame_size, args.boxes)]
+
+        def switch(mode: str) -> None:
+            _onnx.one_blas_thread = original if mode == "one_thread" else contextlib.nullcontext
+
+        try:
+            times, preds = time_modes(backend, calls, ("default", "one_thread"), switch, args.rounds)
+        finally:
+            _onnx.one_blas_thread = original
+        same = all(np.array_equal(a.masks, b.masks) for a, b in zip(preds["default"], preds["one_thread"], strict=True))
         entry = {
             "calls_per_round": len(calls),
             "ms_per_predict_default": [round(t, 1) for t in times["default"]],
@@ -112,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         result["backends"][name] = entry
         print(name, json.dumps(entry))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.out, result)
     print("wrote", args.out)
     return 0
 

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from blas_threads import boxes, frames  # noqa: E402
+from _xrays import write_json  # noqa: E402
+from blas_threads import boxes, frames, time_modes  # noqa: E402
 
 
 def _calls(name: str, size: tuple[int, int], k: int) -> list[dict]:
@@ -67,24 +67,14 @@ def main(argv: list[str] | None = None) -> int:
             continue
         embs = [backend.embed(f) for f in imgs]
         calls = [(e, c) for e in embs for c in _calls(name, e.frame_size, args.boxes)]
-        times: dict[str, list[float]] = {"whole": [], "split": []}
-        preds: dict[str, list] = {"whole": [], "split": []}
+
+        def switch(mode: str, split=split, backend=backend) -> None:  # noqa: ANN001 - bound per backend
+            backend._onnx_decoder = split if mode == "split" else split.whole
+
         try:
-            for mode in ("whole", "split") * args.warmup:
-                backend._onnx_decoder = split if mode == "split" else split.whole
-                for e, c in calls:
-                    backend.predict(e, **c)
+            time_modes(backend, calls, ("whole", "split"), switch, args.warmup)  # untimed
             runs_before = split.image_runs
-            for _ in range(args.rounds):
-                for mode in ("whole", "split"):
-                    backend._onnx_decoder = split if mode == "split" else split.whole
-                    keep = not preds[mode]
-                    t0 = time.perf_counter()
-                    for e, c in calls:
-                        p = backend.predict(e, **c)
-                        if keep:
-                            preds[mode].append(p)
-                    times[mode].append((time.perf_counter() - t0) / len(calls) * 1000.0)
+            times, preds = time_modes(backend, calls, ("whole", "split"), switch, args.rounds)
         finally:
             backend._onnx_decoder = split
         pairs = list(zip(preds["whole"], preds["split"], strict=True))
@@ -103,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         result["backends"][name] = entry
         print(name, json.dumps(entry))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.out, result)
     print("wrote", args.out)
     return 0
 

@@ -26,6 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _xrays import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 ACDC = ROOT.parent / "shared" / "data" / "mri_acdc"
 VARIANTS = ("now", "b90", "f80", "f90")
@@ -91,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
                 result["runs"].setdefault(variant, {})[name] = summary(out / "metrics.json")
                 print(variant, name, json.dumps(result["runs"][variant][name]))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.out, result)
     print("wrote", args.out)
     return 0
 

@@ -550,9 +550,9 @@ def one_blas_thread() -> Iterator[None]:
     Why: on a small CPU the upsampling matrix products below are large enough for OpenBLAS to start
     its worker threads, which then busy-wait for a while and take cores from the next ONNX Runtime
     decoder call: on the 2-core test machine a ``predict`` took 47.6 ms with them and 36.6 ms without
-    (LiteMedSAM; MobileSAM 86.4 / 36.0 ms), the masks identical (``benchmarks/blas_threads.py``). The setting is process-wide,
-    so nested and concurrent users are counted and the original limit comes back when the last one
-    leaves. Without ``threadpoolctl`` installed this does nothing (and the import is tried once).
+    (LiteMedSAM; MobileSAM 86.4 / 36.0 ms), the masks identical (``benchmarks/blas_threads.py``). The
+    setting is process-wide, so nested and concurrent users are counted and the original limit comes
+    back when the last one leaves. Without ``threadpoolctl`` installed this does nothing (and the import is tried once).
     """
     with _BLAS_LOCK:
         if _blas_state["users"] == 0 and _blas_state["controller"] is not False:
