@@ -226,3 +226,25 @@ def test_volume_second_pass_reads_each_runs_metrics_and_skips_without_acdc(tmp_p
     assert vs.main(["--out", str(out)]) == 0 and not out.exists()
     with pytest.raises(SystemExit):
         vs.child("nonsense", [])
+
+
+def test_domain_shift_transforms_each_image_its_own_way_and_never_crops_into_the_reference():
+    ds = _script("domain_shift")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (512, 512)).astype(np.uint8)
+    ref = np.zeros((512, 512), bool)
+    ref[60:450, 40:470] = True  # reaches close to every side: the crop must stop short of it
+    same, same_ref = ds.shifted(image, ref, "none", 3)
+    assert same is image and same_ref is ref
+    for shift in ("resize", "crop", "border", "all"):
+        a, ra = ds.shifted(image, ref, shift, 3)
+        b, rb = ds.shifted(image, ref, shift, 3)
+        c, _ = ds.shifted(image, ref, shift, 4)
+        assert np.array_equal(a, b) and np.array_equal(ra, rb)  # seeded by the image's index
+        assert a.shape != c.shape or not np.array_equal(a, c)  # another image, another draw
+        assert a.dtype == np.uint8 and a.shape == ra.shape and 384 <= max(a.shape) <= 900
+        ys, xs = np.nonzero(ra)
+        # the reference is whole: its box keeps the original's proportions (no side cut off)
+        assert abs((xs.max() - xs.min()) / (ys.max() - ys.min()) - 430 / 390) < 0.03
+    bordered, rb = ds.shifted(image, ref, "border", 3)
+    assert (bordered[:2] == 0).all() or (bordered[:, :2] == 0).all() or (bordered[-2:] == 0).all()
