@@ -248,3 +248,37 @@ def test_domain_shift_transforms_each_image_its_own_way_and_never_crops_into_the
         assert abs((xs.max() - xs.min()) / (ys.max() - ys.min()) - 430 / 390) < 0.03
     bordered, rb = ds.shifted(image, ref, "border", 3)
     assert (bordered[:2] == 0).all() or (bordered[:, :2] == 0).all() or (bordered[-2:] == 0).all()
+
+
+def test_evidence_curves_measures_on_a_gamma_curved_image(tmp_path, monkeypatch, capsys):
+    ec = _script("evidence_curves")
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:160, :160]
+    image = 150.0 + 20.0 * yy / 160 + rng.normal(0, 4, (160, 160))  # soft tissue
+    lungs = [((yy - 70) / 45.0) ** 2 + ((xx - cx) / 25.0) ** 2 < 1 for cx in (50, 110)]
+    image = np.where(lungs[0] | lungs[1], 95.0 + 10.0 * yy / 160 + rng.normal(0, 4, image.shape), image)
+    image[:, :14] = image[:, -14:] = 8.0  # air beside the body and a bright spine: the lungs' edges span
+    image[:, 76:84] = 245.0  # a part of the image's range, as on a radiograph
+    image = np.clip(image, 1, 255).round()
+    labels = lungs[0] + 2 * lungs[1].astype(np.uint8)
+    now = ec.case_evidence(image, labels, ec.MEASURES["now"])
+    for g in (0.6, 1.6):
+        curved = ec.gamma(image, g)
+        assert abs(ec.case_evidence(curved, labels, ec.MEASURES["now"]) - now) > 0.15 * now  # the product's moves
+        for name, tol in (("ranks", 0.03), ("log", 0.12), ("standard_curve", 0.03)):  # log: its 1/255 offset
+            base = ec.case_evidence(image, labels, ec.MEASURES[name])
+            assert abs(ec.case_evidence(curved, labels, ec.MEASURES[name]) - base) < tol * base, name
+    assert abs(float(np.median(ec.standard(image))) - ec.STANDARD_MEDIAN) < 0.01
+    # an image whose median lies in the tuning images' range is left alone; a darker one is curved to it
+    _, med = ec._unit(image)
+    if ec.TUNING_MEDIANS[0] <= med <= ec.TUNING_MEDIANS[1]:
+        assert np.array_equal(ec.curved_to_range(image), image)
+    dark = np.clip(rng.normal(60, 30, (64, 64)), 0, 255)
+    assert ec._unit(dark)[1] < ec.TUNING_MEDIANS[0]
+    assert abs(float(np.median(ec.curved_to_range(dark))) - ec.TUNING_MEDIANS[0]) < 0.01
+    assert ec.auc(np.array([3.0, 2.0, 1.0]), np.array([True, False, False])) == 1.0
+    assert ec.auc(np.array([1.0, 1.0]), np.array([True, False])) == 0.5
+    assert ec.auc(np.array([1.0]), np.array([True])) is None
+    monkeypatch.setattr(sys.modules["_xrays"], "DATA", tmp_path / "absent")
+    out = tmp_path / "ec.json"
+    assert ec.main(["--out", str(out)]) == 0 and not out.exists() and "skipped" in capsys.readouterr().err
