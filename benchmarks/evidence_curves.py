@@ -90,14 +90,6 @@ def gamma(image: np.ndarray, g: float) -> np.ndarray:
     return np.round(255.0 * (np.asarray(image, np.float32) / 255.0) ** g).astype(np.float32)
 
 
-def auc(score: np.ndarray, positive: np.ndarray) -> float | None:
-    """Probability that a positive scores above a negative (ties count half); None without both."""
-    a, b = score[positive], score[~positive]
-    if not a.size or not b.size:
-        return None
-    return float((a[:, None] > b[None]).mean() + 0.5 * (a[:, None] == b[None]).mean())
-
-
 def case_evidence(image: np.ndarray, labels: np.ndarray, measure) -> float:
     """The lowest evidence over a case's objects (NaN when none can be measured)."""
     from promptonce.engine.quality import outline_evidence
@@ -112,15 +104,20 @@ def score(evidence: dict[float, np.ndarray], dice: np.ndarray, threshold: float)
     """Per gamma: median ratio to no curve, Spearman rho, cases under ``threshold``, AUC for Dice < 0.90."""
     from scipy.stats import spearmanr
 
+    from promptonce.flagscore import BAD_BELOW, confidence_auc
+
+    def auc(e: np.ndarray) -> float | None:  # how well low evidence ranks the cases below Dice 0.90 first
+        return confidence_auc(list(dice), list(e), fail_below=BAD_BELOW)
+
     base = evidence[1.0]
     out = {"threshold": round(float(threshold), 4), "under_without_curve": int((base < threshold).sum()),
-           "auc_below_0.90": auc(-base, dice < 0.90), "gammas": {}}
+           "auc_below_0.90": auc(base), "gammas": {}}
     for g, e in evidence.items():
         if g == 1.0:
             continue
         out["gammas"][str(g)] = {"median_ratio": round(float(np.nanmedian(e / base)), 3),
                                  "spearman": round(float(spearmanr(base, e, nan_policy="omit")[0]), 3),
-                                 "under": int((e < threshold).sum()), "auc_below_0.90": auc(-e, dice < 0.90)}
+                                 "under": int((e < threshold).sum()), "auc_below_0.90": auc(e)}
     return out
 
 

@@ -276,9 +276,10 @@ def test_evidence_curves_measures_on_a_gamma_curved_image(tmp_path, monkeypatch,
     dark = np.clip(rng.normal(60, 30, (64, 64)), 0, 255)
     assert ec._unit(dark)[1] < ec.TUNING_MEDIANS[0]
     assert abs(float(np.median(ec.curved_to_range(dark))) - ec.TUNING_MEDIANS[0]) < 0.01
-    assert ec.auc(np.array([3.0, 2.0, 1.0]), np.array([True, False, False])) == 1.0
-    assert ec.auc(np.array([1.0, 1.0]), np.array([True, False])) == 0.5
-    assert ec.auc(np.array([1.0]), np.array([True])) is None
+    evidence = {1.0: np.array([0.05, 0.2, 0.3]), 0.6: np.array([0.04, 0.1, 0.2])}
+    scored = ec.score(evidence, np.array([0.8, 0.95, 0.97]), threshold=0.12)
+    assert scored["under_without_curve"] == 1 and scored["auc_below_0.90"] == 1.0  # the failure is the weakest
+    assert scored["gammas"]["0.6"] == {"median_ratio": 0.667, "spearman": 1.0, "under": 2, "auc_below_0.90": 1.0}
     monkeypatch.setattr(sys.modules["_xrays"], "DATA", tmp_path / "absent")
     out = tmp_path / "ec.json"
     assert ec.main(["--out", str(out)]) == 0 and not out.exists() and "skipped" in capsys.readouterr().err
