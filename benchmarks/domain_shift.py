@@ -79,7 +79,7 @@ def run_shift(vols: list, refs: list[np.ndarray], shift: str, seeds: list[int], 
     """Per-image reference box and dataset scope from each seed, on the images under ``shift``."""
     from promptonce.engine import make_engine, segment
     from promptonce.evaluate import reference_prompt
-    from promptonce.flagscore import BAD_BELOW, FAIL_BELOW
+    from promptonce.flagscore import FAIL_BELOW, flag_score
     from promptonce.metrics import dice
     from promptonce.types import Dataset, Volume
 
@@ -104,19 +104,17 @@ def run_shift(vols: list, refs: list[np.ndarray], shift: str, seeds: list[int], 
         results = [r for r in segment(Dataset(data), prompt(s, s), scope="dataset", engine=eng) if r.volume_index != s]
         seconds = time.perf_counter() - t
         d = np.array([float(dice(r.labels > 0, masks[r.volume_index])) for r in results])
-        flagged = np.array([bool(r.flags) for r in results])
-        fail = d < FAIL_BELOW
+        fs = flag_score(list(d), [bool(r.flags) for r in results])
         out["seeds"].append({
             "seed": data[s].name, "dice_mean": float(d.mean()), "gap_to_box_points": round(100 * (np.mean(
                 [per_image[r.volume_index] for r in results]) - d.mean()), 2),
-            "below_0.85": int(fail.sum()), "flagged": int(flagged.sum()),
-            "flag_recall": float((flagged & fail).sum() / fail.sum()) if fail.any() else None,
-            "flag_precision": float((flagged & (d < BAD_BELOW)).sum() / flagged.sum()) if flagged.any() else None,
+            "below_0.85": fs.failures, "flagged": fs.flagged,
+            "flag_recall": fs.recall, "flag_precision": fs.precision,
             "seconds": round(seconds, 1),
             "cases": {r.volume_name: round(float(x), 4) for r, x in zip(results, d)},
             "flags": {r.volume_name: list(r.flags) for r in results if r.flags}})
         print(f"{shift}: seed {data[s].name} Dice {d.mean():.4f} (box {out['per_image_box_dice']:.4f}), "
-              f"{int(fail.sum())} below 0.85, {int(flagged.sum())} flagged", flush=True)
+              f"{fs.failures} below {FAIL_BELOW}, {fs.flagged} flagged", flush=True)
     return out
 
 

@@ -144,12 +144,13 @@ def main(argv: list[str] | None = None) -> int:
              if r.volume_index != s]
     d = np.array([float(dice(lab > 0, refs[i])) for i, lab in cases])
     gammas = (1.0, *GAMMAS)
+    evidence = {name: {g: np.array([case_evidence(gamma(vols[i].array[0], g), lab, measure) for i, lab in cases])
+                       for g in gammas} for name, measure in MEASURES.items()}
+    n_under = int((evidence["now"][1.0] < THRESHOLD).sum())
     measures = {}
-    for name, measure in MEASURES.items():
-        ev = {g: np.array([case_evidence(gamma(vols[i].array[0], g), lab, measure) for i, lab in cases])
-              for g in gammas}
+    for name, ev in evidence.items():
         if name == "now":
-            threshold, n_under = THRESHOLD, int((ev[1.0] < THRESHOLD).sum())
+            threshold = THRESHOLD
         else:  # as many cases under it without a curve as under the product's threshold
             threshold = float(np.sort(ev[1.0])[max(n_under - 1, 0)]) + 1e-9 if n_under else float(np.nanmin(ev[1.0]))
         measures[name] = score(ev, d, threshold)
