@@ -14,7 +14,10 @@ Shifts (``--shifts``; each image draws its own parameters from a generator seede
 * ``crop``: 0-12% cut from the top and bottom and 0-10% from the sides (never into the lungs:
   at least 3% of the image is kept around the reference), then resized as ``resize``;
 * ``border``: ``crop``, then a black border of 0-8% of the size on each side, then resized;
-* ``all``: ``border`` plus an intensity curve (gamma 0.6-1.6).
+* ``all``: ``border`` plus an intensity curve (gamma 0.6-1.6);
+* ``soft`` / ``hard``: one intensity curve for the whole set, gamma 0.7 / 1.4, nothing else changed
+  (a hospital whose films are processed softer or harder than these: the edges of every image weaker
+  or stronger at once).
 
 One LiteMedSAM engine, each transformed set encoded once; images 0-99 were the tuning set, 100 on
 are held out.
@@ -26,6 +29,7 @@ are held out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -37,7 +41,9 @@ sys.path.insert(0, str(ROOT))
 
 from _xrays import add_range_args, add_seed_args, load_range, seed_indices, write_result  # noqa: E402
 
-SHIFTS = ("none", "resize", "crop", "border", "all")
+SHIFTS = ("none", "resize", "crop", "border", "all", "soft", "hard")
+#: the gamma of the set-wide curves
+SET_GAMMA = {"soft": 0.7, "hard": 1.4}
 
 
 def shifted(image: np.ndarray, ref: np.ndarray, shift: str, index: int,
@@ -49,6 +55,8 @@ def shifted(image: np.ndarray, ref: np.ndarray, shift: str, index: int,
 
     if shift == "none":
         return image, ref
+    if shift in SET_GAMMA:
+        return np.round(255.0 * (image.astype(np.float32) / 255.0) ** SET_GAMMA[shift]).astype(np.uint8), ref
     rng = np.random.default_rng(1000 + index)
     img = image.astype(np.float32)
     h, w = img.shape
@@ -73,6 +81,30 @@ def shifted(image: np.ndarray, ref: np.ndarray, shift: str, index: int,
     img = np.asarray(Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).resize(wh, Image.BILINEAR))
     ref = np.asarray(Image.fromarray(ref.astype(np.uint8) * 255).resize(wh, Image.NEAREST)) > 127
     return img, ref
+
+
+@contextlib.contextmanager
+def _scales_seen():
+    """The weak-edge threshold scales the exemplar pass used (:func:`promptonce.engine.set_check.evidence_scales`):
+    a list of the distinct ``{object id: scale}`` it returned during the ``with`` block."""
+    from promptonce.engine import transfer as transfer_module
+
+    real, seen = getattr(transfer_module, "evidence_scales", None), []
+    if real is None:  # an engine from before the scaling
+        yield seen
+        return
+
+    def noting(evidence):
+        out = real(evidence)
+        if out not in seen:
+            seen.append(out)
+        return out
+
+    transfer_module.evidence_scales = noting
+    try:
+        yield seen
+    finally:
+        transfer_module.evidence_scales = real
 
 
 def run_shift(vols: list, refs: list[np.ndarray], shift: str, seeds: list[int], size: int | None = None) -> dict:
@@ -101,7 +133,9 @@ def run_shift(vols: list, refs: list[np.ndarray], shift: str, seeds: list[int], 
            "per_image_box_dice": float(np.mean(per_image)), "seeds": []}
     for s in seeds:
         t = time.perf_counter()
-        results = [r for r in segment(Dataset(data), prompt(s, s), scope="dataset", engine=eng) if r.volume_index != s]
+        with _scales_seen() as scales:
+            results = [r for r in segment(Dataset(data), prompt(s, s), scope="dataset", engine=eng)
+                       if r.volume_index != s]
         seconds = time.perf_counter() - t
         d = np.array([float(dice(r.labels > 0, masks[r.volume_index])) for r in results])
         fs = flag_score(list(d), [bool(r.flags) for r in results])
@@ -111,6 +145,7 @@ def run_shift(vols: list, refs: list[np.ndarray], shift: str, seeds: list[int], 
             "below_0.85": fs.failures, "flagged": fs.flagged,
             "flag_recall": fs.recall, "flag_precision": fs.precision,
             "seconds": round(seconds, 1),
+            "evidence_scales": scales,
             "cases": {r.volume_name: round(float(x), 4) for r, x in zip(results, d)},
             "flags": {r.volume_name: list(r.flags) for r in results if r.flags}})
         print(f"{shift}: seed {data[s].name} Dice {d.mean():.4f} (box {out['per_image_box_dice']:.4f}), "

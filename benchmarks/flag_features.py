@@ -44,7 +44,9 @@ from promptonce.engine import PropagationConfig, segment  # noqa: E402
 from promptonce.engine import transfer as transfer_module  # noqa: E402
 from promptonce.engine.pairs import base_gap  # noqa: E402
 from promptonce.engine.quality import extent, side_band, side_contrast  # noqa: E402
-from promptonce.engine.set_check import proportion_flags  # noqa: E402
+from promptonce.engine import quality  # noqa: E402
+from promptonce.engine.set_check import evidence_scales, proportion_flags  # noqa: E402
+from promptonce.engine.transfer import EXEMPLAR_MIN_CONFIDENCE, MAX_EXEMPLARS  # noqa: E402
 from promptonce.evaluate import reference_prompt  # noqa: E402
 from promptonce.flagscore import BAD_BELOW, FAIL_BELOW, confidence_auc  # noqa: E402
 from promptonce.metrics import dice  # noqa: E402
@@ -73,13 +75,13 @@ class Recorder:
         seg, level = cls.segment_case, cls._level_bases
         rec = self
 
-        def level_bases(self, volume, k, gray, priors, seeds, checks):  # noqa: ANN001
-            level(self, volume, k, gray, priors, seeds, checks)
+        def level_bases(self, volume, k, gray, priors, seeds, checks, evidence_scale=None):  # noqa: ANN001
+            level(self, volume, k, gray, priors, seeds, checks, evidence_scale)
             rec.local.checks = checks  # after levelling: the checks the case's flags come from
 
-        def segment_case(self, volume, volume_index, sources, cancel, passes):  # noqa: ANN001
+        def segment_case(self, volume, volume_index, sources, cancel, passes, evidence_scale=None):  # noqa: ANN001
             rec.local.checks = None
-            out = seg(self, volume, volume_index, sources, cancel, passes)
+            out = seg(self, volume, volume_index, sources, cancel, passes, evidence_scale)
             checks = rec.local.checks or {}
             entry = {"confidence": out.confidence, "flags": list(out.flags), "passes": passes,
                      "objects": {str(oid): {f: getattr(c, f) for f in CHECK_FIELDS} for oid, c in checks.items()}}
@@ -230,6 +232,17 @@ def recall_precision(flag: np.ndarray, dice_: np.ndarray) -> dict:
             "precision": float((flag & (dice_ < BAD_BELOW)).sum() / max(flag.sum(), 1)), "flagged": int(flag.sum())}
 
 
+def _set_areas(cases: list[dict]) -> dict[int, dict[int, int]]:
+    """Each case's object areas for the set check (files recorded before the areas were kept: the pair's ratio)."""
+    areas = {}
+    for i, c in enumerate(cases):
+        if c.get("areas"):
+            areas[i] = {int(k): int(v) for k, v in c["areas"].items()}
+        elif c.get("area_ratio"):
+            areas[i] = {1: int(round(c["area_ratio"] * 1_000_000)), 2: 1_000_000}
+    return areas
+
+
 def set_check(doc: dict) -> dict:
     """The product's set check (:func:`promptonce.engine.set_check.proportion_flags`) on each seed's run, and
     the flags with it: as they are, without a low confidence whose only reason is instability, and
@@ -242,13 +255,7 @@ def set_check(doc: dict) -> dict:
     cases, set_flagged, seed_of = [], [], []
     for r in doc["runs"]:
         seed_of += [r["seed"]] * len(r["cases"])
-        areas = {}
-        for i, c in enumerate(r["cases"]):
-            if c.get("areas"):
-                areas[i] = {int(k): int(v) for k, v in c["areas"].items()}
-            elif c.get("area_ratio"):
-                areas[i] = {1: int(round(c["area_ratio"] * 1_000_000)), 2: 1_000_000}
-        flagged = proportion_flags(areas)
+        flagged = proportion_flags(_set_areas(r["cases"]))
         cases += r["cases"]
         set_flagged += [i in flagged for i in range(len(r["cases"]))]
     d = np.array([c["dice"] for c in cases])
@@ -285,6 +292,54 @@ def set_check(doc: dict) -> dict:
     return out
 
 
+#: reference evidences the replay of the set-relative weak-edge threshold tries
+EVIDENCE_REFERENCES = (0.16, 0.17, 0.175, 0.18, 0.19)
+
+
+def evidence_replay(doc: dict, references=EVIDENCE_REFERENCES) -> dict:
+    """The flags (with the set check) had the exemplar pass judged weak edges against the set's exemplars.
+
+    Replays the recorded checks, no model run: per seed's run, the exemplar set is the cases of
+    confidence >= ``EXEMPLAR_MIN_CONFIDENCE``, the ``MAX_EXEMPLARS`` most confident
+    (:func:`promptonce.engine.set_check.evidence_scales` of their evidence, with each reference);
+    each object of a case the exemplar pass redid (``passes`` 2) has its weak-edge term and "low
+    confidence" flag computed again with the scaled threshold (as :func:`.quality.with_stability`).
+    The recorded evidence of an exemplar is its final pass's: the first pass's for the cases of
+    confidence >= 0.90, which the exemplar pass does not redo. ``"recorded"``: the flags as recorded;
+    ``"unscaled"``: rebuilt the same way without a scale (a file recorded under older flag rules
+    differs from its recorded flags there; compare the references with it)."""
+    out: dict = {}
+    full = quality.EVIDENCE_FULL
+    for ref in ("recorded", "unscaled", *references):
+        flag, dice_ = [], []
+        for r in doc["runs"]:
+            cases = r["cases"]
+            good = [c for c in cases if c.get("objects") and (c.get("confidence") or 0) >= EXEMPLAR_MIN_CONFIDENCE]
+            top = sorted(good, key=lambda c: -c["confidence"])[:MAX_EXEMPLARS]
+            scales = {} if isinstance(ref, str) else evidence_scales(
+                [{int(k): o.get("evidence") for k, o in c["objects"].items()} for c in top], reference=ref)
+            setf = proportion_flags(_set_areas(cases))
+            for i, c in enumerate(cases):
+                flags = list(c["flags"])
+                if ref != "recorded" and c.get("passes") == 2 and c.get("objects"):
+                    flags = [f for f in flags if "low confidence" not in f]
+                    for k, o in c["objects"].items():
+                        ev, conf, stab = o.get("evidence"), o.get("confidence"), o.get("stability")
+                        if conf is None:
+                            continue
+                        lim = full * scales.get(int(k), 1.0)
+                        weak = ev is not None and ev < lim
+                        if ev is not None and full > 0:
+                            conf = conf / min(1.0, max(ev, 1e-9) / full) * min(1.0, ev / lim)
+                        unstable = stab is not None and stab < quality.MIN_STABILITY
+                        if conf < quality.REVIEW_BELOW and (weak or not unstable or quality.FLAG_INSTABILITY_ALONE):
+                            flags.append(f"object {k}: low confidence")
+                flag.append(bool(flags) or i in setf)
+                dice_.append(c["dice"])
+        out[str(ref)] = recall_precision(np.array(flag), np.array(dice_))
+    return out
+
+
 def analyse(path: Path) -> dict:
     """The measures' power to find failures, from a result file of this benchmark."""
     doc = json.loads(path.read_text())
@@ -303,6 +358,7 @@ def analyse(path: Path) -> dict:
            "auc_each_measure": {k: confidence_auc(list(d), list(-risk(measures, [k])[:, 0]))
                                 for k in measures[0]},
            "set_check": set_check(doc),
+           "evidence_reference_replay": evidence_replay(doc),
            "logistic_leave_one_seed_out": {}}
     for name, keys in FEATURE_SETS.items():
         x, y = risk(measures, keys), fail.astype(float)

@@ -67,9 +67,9 @@ def record_run(vols, refs, seed: int) -> dict[str, dict]:
         recs[out.name] = {"conf1": out.confidence, "dice1": dice(out), "flags1": flagged(out), "calls1": calls[0] - c0}
         return out
 
-    def case(self, volume, volume_index, sources, cancel=None, passes=1):
+    def case(self, volume, volume_index, sources, cancel=None, passes=1, evidence_scale=None):
         c0 = calls[0]
-        out = segment_case(self, volume, volume_index, sources, cancel, passes=passes)
+        out = segment_case(self, volume, volume_index, sources, cancel, passes=passes, evidence_scale=evidence_scale)
         if passes == 2:
             recs[out.name].update(conf2=out.confidence, dice2=dice(out), flags2=flagged(out), calls2=calls[0] - c0)
         return out

@@ -201,6 +201,26 @@ def test_flag_features_raises_the_leak_flag_only_above_each_variants_share():
     assert out[key.format(1.0)] == {"recall": 0.0, "precision": 0.0, "flagged": 0}
 
 
+def test_flag_features_replays_the_weak_edge_threshold_scaled_by_the_sets_exemplars():
+    ff = _script("flag_features")
+    from promptonce.engine.quality import EVIDENCE_FULL
+
+    def case(dice, evidence, confidence, passes=1, flags=()):
+        obj = {"evidence": evidence, "confidence": confidence, "stability": 0.97}
+        return {"dice": dice, "flags": list(flags), "confidence": confidence, "passes": passes,
+                "areas": {"1": 1200, "2": 1000}, "objects": {"1": obj, "2": dict(obj)}}
+
+    weak = "object 1: low confidence 0.70, review; weak edges: its outline follows image edges weakly (contrast 0.10)"
+    ev = 0.8 * EVIDENCE_FULL  # a right outline, weak only at the tuning threshold
+    soft = [case(0.95, 0.13, 0.95) for _ in range(10)]  # a set whose confident outlines are all ~0.13
+    soft.append(case(0.95, ev, 0.9 * 0.8, passes=2, flags=[weak]))  # 0.72: below REVIEW_BELOW
+    sharp = [case(0.95, 0.30, 0.95) for _ in range(10)] + [soft[-1]]
+    out = ff.evidence_replay({"runs": [{"seed": "s", "cases": soft}]}, references=(0.17,))
+    assert out["recorded"]["flagged"] == out["unscaled"]["flagged"] == 1
+    assert out["0.17"]["flagged"] == 0  # 0.13 / 0.17 lowers the threshold below the case's evidence
+    assert ff.evidence_replay({"runs": [{"seed": "s", "cases": sharp}]}, references=(0.17,))["0.17"]["flagged"] == 1
+
+
 def test_blas_threads_times_both_ways_and_reports_a_backend_it_cannot_time(tmp_path, monkeypatch):
     bt = _script("blas_threads")
     monkeypatch.setattr(bt, "SHENZHEN", tmp_path / "absent")  # synthetic frames, whether or not ../shared exists

@@ -446,3 +446,14 @@ def test_ray_quality_pass_same_masks_as_local(ray_local, tmp_path):
     assert got.keys() == want.keys()
     for k in want:
         assert np.array_equal(got[k], want[k]), k
+
+def test_a_stored_exemplar_keeps_its_outline_evidence(tmp_path):
+    from promptonce.engine import Exemplar
+
+    ex = Exemplar("case", np.zeros((8, 8), np.float32), {1: np.ones((8, 8), bool)}, 0.5, 0.93, "case:abc",
+                  evidence={1: 0.17})
+    store = RunStore(tmp_path)
+    store.exemplar_dir.mkdir(parents=True)
+    store.save_exemplar(4, ex)
+    (index, back), = list(store.load_exemplars())
+    assert index == 4 and back.evidence == {1: 0.17} and back.key == ex.key

@@ -12,7 +12,11 @@ import promptonce.evaluate as ev
 from promptonce.annotation import AnnotationSession
 from promptonce.engine.quality import QualityReport
 from promptonce.engine.set_check import (
+    EVIDENCE_MIN_CASES,
+    EVIDENCE_REFERENCE,
+    EVIDENCE_SCALE_FLOOR,
     PROPORTION_FACTOR,
+    evidence_scales,
     object_areas,
     proportion_flags,
 )
@@ -166,3 +170,25 @@ def test_a_distributed_run_writes_the_set_check_from_its_records(tmp_path):
     q = json.loads((tmp_path / "quality.json").read_text())
     assert [c["case"] for c in q["cases"] if c["flags"]] == ["cxr5"] and q["flagged_cases"] == 1
     assert CaseRecord.from_json(recs[5].to_json()).areas == recs[5].areas  # kept in the run folder
+
+
+def test_a_set_with_weaker_outlines_lowers_its_weak_edge_threshold_and_only_lowers_it():
+    rng = np.random.default_rng(3)
+    n = 20
+    typical = [{1: EVIDENCE_REFERENCE * f, 2: EVIDENCE_REFERENCE * 1.2 * f} for f in rng.uniform(0.9, 1.3, n)]
+    assert evidence_scales(typical) == {1: 1.0, 2: 1.0}  # like the tuning set (or sharper): unchanged
+    soft = [{o: 0.8 * v for o, v in c.items()} for c in typical]  # the same set under a softer curve
+    got = evidence_scales(soft)
+    want = float(np.median([c[1] for c in soft])) / EVIDENCE_REFERENCE
+    assert got[1] == pytest.approx(want) and 0.8 < got[1] < 1.0
+    assert got[2] == 1.0 or got[2] > got[1]  # each object against its own median
+    # never below the floor; the order of the cases does not matter
+    faint = [{1: 0.02 + 0.001 * i} for i in range(n)]
+    assert evidence_scales(faint) == {1: EVIDENCE_SCALE_FLOOR}
+    assert evidence_scales(list(reversed(soft))) == got
+    # too few measured cases (None is not measured) give no scale
+    few = [{1: 0.05}] * (EVIDENCE_MIN_CASES - 1) + [{1: None}] * 5
+    assert evidence_scales(few) == {}
+    assert evidence_scales([]) == {}
+    with pytest.raises(ValueError):
+        evidence_scales(soft, floor=0.0)

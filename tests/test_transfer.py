@@ -692,6 +692,50 @@ def test_instability_alone_lowers_confidence_without_a_flag(monkeypatch):
     assert "unstable" in with_stability(good, [0.6], "lung", evidence=quality.boundary_evidence(gray, on)).flags[0]
 
 
+def test_a_lowered_weak_edge_threshold_changes_the_flag_and_the_confidence_never_the_check():
+    from promptonce.engine.quality import EVIDENCE_FULL, REVIEW_BELOW, with_stability
+
+    on = np.zeros((60, 60), bool)
+    on[10:50, 10:50] = True
+    good = check_against_prior(on, on.astype(np.float32), 0.95, "lung")
+    weak = 0.7 * EVIDENCE_FULL  # weak at the tuning threshold; not for a set whose outlines are all weaker
+    now = with_stability(good, [0.97], "lung", evidence=weak)
+    eased = with_stability(good, [0.97], "lung", evidence=weak, evidence_scale=0.65)
+    assert now.confidence < REVIEW_BELOW and any("weak edges" in f for f in now.flags)
+    assert eased.confidence > now.confidence and not eased.flags
+    assert (eased.agreement, eased.evidence, eased.stability) == (now.agreement, now.evidence, now.stability)
+    # a scale outside 0..1 is held to it: the threshold is never raised
+    assert with_stability(good, [0.97], "lung", evidence=weak, evidence_scale=1.5).flags == now.flags
+
+
+def test_an_image_second_pass_judges_weak_edges_against_the_exemplars_outlines(monkeypatch):
+    """The exemplars carry their outline evidence; an image's second pass scales the weak-edge
+    threshold by the set's (:func:`.set_check.evidence_scales`). The mask is the same either way."""
+    import promptonce.engine.prior_mask as pm
+    from promptonce.engine import set_check
+
+    pairs = [case(i) for i in range(5)]
+    vols = [v for v, _ in pairs]
+    prompt = SlicePrompt((ObjectPrompt(box=box_of(pairs[0][1])),), slice_index=0, volume_index=0)
+    t = DatasetTransfer(Engine(FakeBackend(), prefetch=False), vols[0], prompt)
+    outs = [t.first_pass(v, i) for i, v in enumerate(vols) if i]
+    ex = DatasetTransfer.select_exemplars([o.exemplar for o in outs])
+    assert ex and all(e.evidence.get(1, 0) > 0.3 for e in ex)  # the phantom's strong edges, measured
+    seen, real = [], pm.with_stability
+    monkeypatch.setattr(pm, "with_stability", lambda *a, evidence_scale=1.0, **k: seen.append(evidence_scale)
+                        or real(*a, evidence_scale=evidence_scale, **k))
+    many = [replace(e, name=f"{e.name}_{j}", key=f"{e.key}_{j}") for e in ex for j in range(set_check.EVIDENCE_MIN_CASES)]
+    sharp = t.second_pass(vols[1], 1, many, outs[0])
+    faint = [replace(e, evidence={1: 0.7 * set_check.EVIDENCE_REFERENCE}) for e in many]
+    soft = t.second_pass(vols[1], 1, faint, outs[0])
+    assert seen == [1.0, pytest.approx(0.7)]
+    assert np.array_equal(sharp.results[0].labels, soft.results[0].labels)
+    # fewer exemplars than a median needs: the threshold stays
+    seen.clear()
+    t.second_pass(vols[1], 1, faint[: set_check.EVIDENCE_MIN_CASES - 1], outs[0])
+    assert seen == [1.0]
+
+
 def test_a_transferred_case_carries_the_evidence_of_its_outline(monkeypatch):
     import promptonce.engine.prior_mask as pm
 
@@ -702,8 +746,8 @@ def test_a_transferred_case_carries_the_evidence_of_its_outline(monkeypatch):
                                seed_labels=seed_mask.astype(np.uint8))
     seen, real = [], pm.with_stability
     monkeypatch.setattr(pm, "with_stability",
-                        lambda check, agreements, name, evidence=None: seen.append(evidence)
-                        or real(check, agreements, name, evidence=evidence))
+                        lambda check, agreements, name, evidence=None, **kw: seen.append(evidence)
+                        or real(check, agreements, name, evidence=evidence, **kw))
     out = transfer.first_pass(vols_refs[1][0], 1)
     # the phantom's ellipse stands 170 grey levels above its background: strong evidence, full confidence
     assert seen and all(e is not None and e > 0.3 for e in seen)
@@ -729,8 +773,8 @@ def test_a_single_image_keeps_its_multi_atlas_second_pass_a_volume_the_more_conf
         real = DatasetTransfer.segment_case
         calls = []
 
-        def lower(self, volume, volume_index, sources, cancel, passes, real=real, calls=calls):
-            out = real(self, volume, volume_index, sources, cancel, passes)
+        def lower(self, volume, volume_index, sources, cancel, passes, evidence_scale=None, real=real, calls=calls):
+            out = real(self, volume, volume_index, sources, cancel, passes, evidence_scale)
             calls.append([s.name for s in sources])
             return replace(out, confidence=first.confidence - 0.1)
 

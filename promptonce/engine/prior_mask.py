@@ -62,6 +62,7 @@ def prior_guided_mask(
     name: str,
     window: WindowSpec = None,
     reach: tuple[float, float, float, float] | None = None,
+    evidence_scale: float = 1.0,
 ) -> tuple[np.ndarray, float, ObjectCheck]:
     """One object's mask on slice ``k`` from its registration prior.
 
@@ -75,7 +76,8 @@ def prior_guided_mask(
     (``volume.n_slices == 1``: X-ray sets), the sides in ``config.side_search`` are placed on the
     image's edges (:func:`search_sides`). The kept mask's confidence still comes from its agreement
     with the prior. Without a usable prior, ``fallback`` (the prompt mapped by relative position)
-    goes through :func:`.predict.predict_object`.
+    goes through :func:`.predict.predict_object`. ``evidence_scale``: the weak-edge threshold's scale
+    for this object (:func:`.quality.with_stability`); it changes the confidence and flags, never the mask.
 
     Returns:
         ``(mask bool (rows, cols), model score, ObjectCheck)``.
@@ -107,7 +109,7 @@ def prior_guided_mask(
             mask, score = placed, placed_score
             check = check_against_prior(mask, prior, score, name)
     check = with_stability(check, [dice(mask, c) for c, _, _ in candidates if c is not mask], name,
-                           evidence=outline_evidence(gray, mask))
+                           evidence=outline_evidence(gray, mask), evidence_scale=evidence_scale)
     return mask, score, check
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -35,6 +35,7 @@ from .quality import (
     outline_evidence,
     with_stability,
 )
+from .set_check import evidence_scales
 
 __all__ = [
     "DatasetTransfer",
@@ -98,6 +99,9 @@ class Exemplar:
             depends on the order of the cases.
         reach: object id -> ``(left, top, right, bottom)``: how far the user's box reached past the
             mask on each side, as fractions of the mask's size (the seed only; see :func:`make_exemplar`).
+        evidence: object id -> how sharply its outline follows the case's image edges
+            (:func:`.quality.outline_evidence`, on the full-size slice): the exemplar set's evidence is
+            the set's yardstick for weak edges (:func:`.set_check.evidence_scales`).
     """
 
     name: str
@@ -107,6 +111,7 @@ class Exemplar:
     confidence: float
     key: str
     reach: dict[int, tuple[float, float, float, float]] = field(default_factory=dict)
+    evidence: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -162,12 +167,14 @@ def _shrink_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def make_exemplar(name: str, gray: np.ndarray, labels: np.ndarray, object_ids, position: float, confidence: float,
-                  image: np.ndarray | None = None, boxes: dict[int, Box] | None = None) -> Exemplar:
+                  image: np.ndarray | None = None, boxes: dict[int, Box] | None = None,
+                  evidence: dict[int, float | None] | None = None) -> Exemplar:
     """An :class:`Exemplar` from a case's key slice (``gray`` ``(rows, cols)``) and its label map.
 
     ``image``: the slice's thumbnail when already computed (``thumbnail(gray, EXEMPLAR_SIZE)``).
     ``boxes``: object id -> the user's box on ``gray`` (pixels); where the mask stops short of a side
     of it, the shortfall is kept (:attr:`Exemplar.reach`): the user said the object goes that far.
+    ``evidence``: object id -> the outline evidence its check measured (None values are dropped).
     """
     if image is None:
         image = thumbnail(gray, EXEMPLAR_SIZE)
@@ -181,7 +188,8 @@ def make_exemplar(name: str, gray: np.ndarray, labels: np.ndarray, object_ids, p
         size = float(extent(m))
         short = (xs.min() - b.x0, ys.min() - b.y0, b.x1 - xs.max(), b.y1 - ys.max())
         reach[int(oid)] = tuple(float(d) / size if d > MIN_REACH * size else 0.0 for d in short)
-    return Exemplar(name, image, masks, float(position), float(confidence), exemplar_key(name, image), reach)
+    ev = {int(o): float(v) for o, v in (evidence or {}).items() if v is not None}
+    return Exemplar(name, image, masks, float(position), float(confidence), exemplar_key(name, image), reach, ev)
 
 
 def exemplar_key(name: str, image: np.ndarray) -> str:
@@ -204,7 +212,8 @@ class DatasetTransfer:
     * Second pass (:meth:`second_pass`): a case below ``SECOND_PASS_BELOW`` is segmented again from
       its ``EXEMPLARS_PER_CASE`` most similar exemplars and the seed, their warped masks fused
       (weighted by how well each registered: multi-atlas label fusion); on a volume the more
-      confident of the two passes is kept, on a single image the second (``SECOND_PASS_BELOW_IMAGE``).
+      confident of the two passes is kept, on a single image the second (``SECOND_PASS_BELOW_IMAGE``),
+      its weak edges judged against the exemplars' outlines (:func:`.set_check.evidence_scales`).
 
     Each case depends only on the seed and on the exemplar *set* (chosen by confidence with an
     order-free tie-break), never on the order of the cases: the work can be spread over workers.
@@ -288,7 +297,13 @@ class DatasetTransfer:
             return first
         ranked = rank_by_similarity(gray, pool)
         sources = [self.seed, *ranked[:EXEMPLARS_PER_CASE]]
-        second = self.segment_case(volume, volume_index, sources, cancel, passes=2)
+        # weak edges are judged against the set's confident outlines: on a single image only, whose
+        # second pass is kept as it is; a volume's two passes are compared by confidence, on one scale
+        scales = evidence_scales(e.evidence for e in exemplars) if _single_image(first) else {}
+        if any(v < 1.0 for v in scales.values()):
+            log.debug("%s: weak-edge threshold scaled by %s (the exemplars' outlines are weaker than the tuning "
+                      "set's)", volume.name, {self.names.get(o, o): round(v, 2) for o, v in scales.items()})
+        second = self.segment_case(volume, volume_index, sources, cancel, passes=2, evidence_scale=scales)
         if _single_image(first) or (second.confidence or 0.0) > (first.confidence or 0.0):
             log.info("%s: second pass from %s, confidence %.2f -> %.2f", volume.name,
                      ", ".join(second.sources), first.confidence or 0.0, second.confidence or 0.0)
@@ -335,8 +350,13 @@ class DatasetTransfer:
         sources: Sequence[Exemplar],
         cancel: threading.Event | None,
         passes: int,
+        evidence_scale: Mapping[int, float] | None = None,
     ) -> CaseOutcome:
-        """Segments one case from the fused priors of ``sources`` (the seed, exemplars, or a neighbour)."""
+        """Segments one case from the fused priors of ``sources`` (the seed, exemplars, or a neighbour).
+
+        ``evidence_scale``: object id -> the scale of its weak-edge threshold (:func:`.set_check.evidence_scales`;
+        1 for objects not in it)."""
+        scale = dict(evidence_scale or {})
         eng = self.engine
         check_cancel(cancel)
         k = _slice_at(sources[0].position, volume.n_slices)
@@ -352,11 +372,11 @@ class DatasetTransfer:
         for obj_src, obj_rel in zip(self.prompt.objects, base.objects):
             oid = obj_src.object_id
             mask, score, check = prior_guided_mask(eng, volume, k, priors.get(oid), obj_rel, self.names[oid], self.window,
-                                                   reach=reach.get(oid))
+                                                   reach=reach.get(oid), evidence_scale=scale.get(oid, 1.0))
             seeds[oid] = (mask, score)
             checks[oid] = check
         if volume.n_slices == 1 and self.paired:
-            self._level_bases(volume, k, gray, priors, seeds, checks)
+            self._level_bases(volume, k, gray, priors, seeds, checks, scale)
         for obj_src, obj_rel in zip(self.prompt.objects, base.objects):
             oid = obj_src.object_id
             mask = seeds[oid][0]
@@ -381,13 +401,15 @@ class DatasetTransfer:
         labels = next((r.labels for r in results if r.slice_index == k), None)
         exemplar = None
         if labels is not None and conf is not None and conf >= EXEMPLAR_MIN_CONFIDENCE:
-            exemplar = make_exemplar(volume.name, gray, labels, list(self.names), sources[0].position, conf, thumb)
+            exemplar = make_exemplar(volume.name, gray, labels, list(self.names), sources[0].position, conf, thumb,
+                                     evidence={oid: c.evidence for oid, c in checks.items()})
         return CaseOutcome(volume_index, volume.name, results, conf, case_flags, exemplar, passes,
                            tuple(s.name for s in sources))
 
 
     def _level_bases(self, volume: Volume, k: int, gray: np.ndarray, priors: dict[int, np.ndarray | None],
-                     seeds: dict[int, tuple[np.ndarray, float]], checks: dict[int, ObjectCheck]) -> None:
+                     seeds: dict[int, tuple[np.ndarray, float]], checks: dict[int, ObjectCheck],
+                     evidence_scale: Mapping[int, float] | None = None) -> None:
         """Two side-by-side objects on one image (the lungs): lower ends brought level where the image agrees (:mod:`.pairs`)."""
         eng = self.engine
         if eng.config.pair_base_gap <= 0:
@@ -415,7 +437,8 @@ class DatasetTransfer:
             seeds[oid] = (mask, score)
             checks[oid] = with_stability(check_against_prior(mask, prior, score, self.names[oid]),
                                          [] if old.stability is None else [old.stability], self.names[oid],
-                                         evidence=outline_evidence(gray, mask))
+                                         evidence=outline_evidence(gray, mask),
+                                         evidence_scale=(evidence_scale or {}).get(oid, 1.0))
         masks = {oid: m for oid, (m, _) in seeds.items()}
         gap = base_gap(*masks.values())
         if gap is not None and gap > eng.config.pair_base_gap:
