@@ -708,7 +708,7 @@ def test_a_lowered_weak_edge_threshold_changes_the_flag_and_the_confidence_never
     assert with_stability(good, [0.97], "lung", evidence=weak, evidence_scale=1.5).flags == now.flags
 
 
-def test_an_image_second_pass_judges_weak_edges_against_the_exemplars_outlines(monkeypatch):
+def test_an_image_second_pass_judges_weak_edges_against_the_exemplars_outlines(monkeypatch, caplog):
     """The exemplars carry their outline evidence; an image's second pass scales the weak-edge
     threshold by the set's (:func:`.set_check.evidence_scales`). The mask is the same either way."""
     import promptonce.engine.prior_mask as pm
@@ -727,8 +727,12 @@ def test_an_image_second_pass_judges_weak_edges_against_the_exemplars_outlines(m
     many = [replace(e, name=f"{e.name}_{j}", key=f"{e.key}_{j}") for e in ex for j in range(set_check.EVIDENCE_MIN_CASES)]
     sharp = t.second_pass(vols[1], 1, many, outs[0])
     faint = [replace(e, evidence={1: 0.7 * set_check.EVIDENCE_REFERENCE}) for e in many]
-    soft = t.second_pass(vols[1], 1, faint, outs[0])
-    assert seen == [1.0, pytest.approx(0.7)]
+    with caplog.at_level("INFO", logger="promptonce.engine.transfer"):
+        soft = t.second_pass(vols[1], 1, faint, outs[0])
+        t.second_pass(vols[2], 2, faint, outs[1])
+    assert seen == [1.0, pytest.approx(0.7), pytest.approx(0.7)]
+    said = [r.getMessage() for r in caplog.records if "weak-edge threshold" in r.getMessage()]
+    assert len(said) == 1 and "0.7" in said[0]  # once per exemplar set
     assert np.array_equal(sharp.results[0].labels, soft.results[0].labels)
     # fewer exemplars than a median needs: the threshold stays
     seen.clear()

@@ -256,6 +256,7 @@ class DatasetTransfer:
         self.names = {o.object_id: o.name or f"object {o.object_id}" for o in prompt.objects}
         #: the seed's two objects are a side-by-side pair (the lungs): their lower ends are levelled
         self.paired = is_pair(self.seed.masks)
+        self._scales_said: dict[int, float] = {}  # the weak-edge scales last logged
 
     # ------------------------------------------------------------------ passes
     def first_pass(self, volume: Volume, volume_index: int, cancel: threading.Event | None = None) -> CaseOutcome:
@@ -300,9 +301,10 @@ class DatasetTransfer:
         # weak edges are judged against the set's confident outlines: on a single image only, whose
         # second pass is kept as it is; a volume's two passes are compared by confidence, on one scale
         scales = evidence_scales(e.evidence for e in exemplars) if _single_image(first) else {}
-        if any(v < 1.0 for v in scales.values()):
-            log.debug("%s: weak-edge threshold scaled by %s (the exemplars' outlines are weaker than the tuning "
-                      "set's)", volume.name, {self.names.get(o, o): round(v, 2) for o, v in scales.items()})
+        if any(v < 1.0 for v in scales.values()) and scales != self._scales_said:
+            self._scales_said = scales  # once per exemplar set, not once per case
+            log.info("weak-edge threshold scaled by %s: the exemplars' outlines are weaker than the tuning set's",
+                     {self.names.get(o, o): round(v, 2) for o, v in scales.items()})
         second = self.segment_case(volume, volume_index, sources, cancel, passes=2, evidence_scale=scales)
         if _single_image(first) or (second.confidence or 0.0) > (first.confidence or 0.0):
             log.info("%s: second pass from %s, confidence %.2f -> %.2f", volume.name,
