@@ -703,6 +703,9 @@ def test_a_lowered_weak_edge_threshold_changes_the_flag_and_the_confidence_never
     eased = with_stability(good, [0.97], "lung", evidence=weak, evidence_scale=0.65)
     assert now.confidence < REVIEW_BELOW and any("weak edges" in f for f in now.flags)
     assert eased.confidence > now.confidence and not eased.flags
+    weaker = with_stability(good, [0.97], "lung", evidence=0.4 * EVIDENCE_FULL, evidence_scale=0.65)
+    assert "(contrast 0.05 against this set's 0.08)" in weaker.flags[0]  # the set's threshold is said
+    assert "against" not in now.flags[0]
     assert (eased.agreement, eased.evidence, eased.stability) == (now.agreement, now.evidence, now.stability)
     # a scale outside 0..1 is held to it: the threshold is never raised
     assert with_stability(good, [0.97], "lung", evidence=weak, evidence_scale=1.5).flags == now.flags

@@ -16,7 +16,8 @@ Flags are sentences that name the object and say what looks wrong:
 * ``"<object>: low model confidence 0.31"``
 * ``"<object>: low confidence 0.66, review; weak edges: its outline follows image edges weakly (contrast 0.08)"``
   (with ``"unstable: Dice 0.75 between prompts a few pixels apart"`` when that pulled it down too;
-  instability alone lowers the confidence without a flag)
+  instability alone lowers the confidence without a flag; ``"(contrast 0.08 against this set's 0.10)"``
+  where the set's own outlines lowered the threshold, :func:`.set_check.evidence_scales`)
 
 Confidence is 0..1 (higher is better). Thresholds were set on the tuning half of the data (first
 100 Shenzhen X-rays; CT liver; ACDC patients 1-10), see ``benchmarks/README.md``.
@@ -360,7 +361,8 @@ def with_stability(check: ObjectCheck, agreements: Sequence[float], name: str,
         if unstable:
             why += f"; unstable: Dice {stab:.2f} between prompts a few pixels apart"
         if weak:
-            why += f"; weak edges: its outline follows image edges weakly (contrast {evidence:.2f})"
+            against = f" against this set's {full:.2f}" if full < EVIDENCE_FULL else ""
+            why += f"; weak edges: its outline follows image edges weakly (contrast {evidence:.2f}{against})"
         flags.append(f"{name}: low confidence {conf:.2f}, review{why}")
     return replace(check, stability=stab, evidence=None if evidence is None else float(evidence),
                    confidence=float(conf), flags=flags)
