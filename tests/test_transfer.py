@@ -727,7 +727,8 @@ def test_an_image_second_pass_judges_weak_edges_against_the_exemplars_outlines(m
     seen, real = [], pm.with_stability
     monkeypatch.setattr(pm, "with_stability", lambda *a, evidence_scale=1.0, **k: seen.append(evidence_scale)
                         or real(*a, evidence_scale=evidence_scale, **k))
-    many = [replace(e, name=f"{e.name}_{j}", key=f"{e.key}_{j}") for e in ex for j in range(set_check.EVIDENCE_MIN_CASES)]
+    many = [replace(e, name=f"{e.name}_{j}", key=f"{e.key}_{j}")
+            for e in ex for j in range(set_check.EVIDENCE_MIN_CASES)]
     sharp = t.second_pass(vols[1], 1, many, outs[0])
     faint = [replace(e, evidence={1: 0.7 * set_check.EVIDENCE_REFERENCE}) for e in many]
     with caplog.at_level("INFO", logger="promptonce.engine.transfer"):

@@ -361,7 +361,7 @@ def with_stability(check: ObjectCheck, agreements: Sequence[float], name: str,
         if unstable:
             why += f"; unstable: Dice {stab:.2f} between prompts a few pixels apart"
         if weak:
-            against = f" against this set's {full:.2f}" if full < EVIDENCE_FULL else ""
+            against = f" against this set's {full:.2f}" if f"{full:.2f}" != f"{EVIDENCE_FULL:.2f}" else ""
             why += f"; weak edges: its outline follows image edges weakly (contrast {evidence:.2f}{against})"
         flags.append(f"{name}: low confidence {conf:.2f}, review{why}")
     return replace(check, stability=stab, evidence=None if evidence is None else float(evidence),
