@@ -268,6 +268,20 @@ def test_domain_shift_transforms_each_image_its_own_way_and_never_crops_into_the
         assert abs((xs.max() - xs.min()) / (ys.max() - ys.min()) - 430 / 390) < 0.03
     bordered, rb = ds.shifted(image, ref, "border", 3)
     assert (bordered[:2] == 0).all() or (bordered[:, :2] == 0).all() or (bordered[-2:] == 0).all()
+    # the set-wide curves: one gamma for every image, nothing else changed
+    soft, rs = ds.shifted(image, ref, "soft", 3)
+    hard, _ = ds.shifted(image, ref, "hard", 3)
+    assert rs is ref and soft.shape == image.shape and soft.dtype == np.uint8
+    assert np.array_equal(soft, ds.shifted(image, ref, "soft", 4)[0])  # the same curve whatever the image
+    assert soft.mean() > image.mean() > hard.mean()
+    # the scales the exemplar pass used are noted, and the engine's function is put back
+    from promptonce.engine import transfer as transfer_module
+
+    real = transfer_module.evidence_scales
+    with ds._scales_seen() as seen:
+        transfer_module.evidence_scales([{1: 0.1}] * 8)
+        transfer_module.evidence_scales([{1: 0.1}] * 8)
+    assert transfer_module.evidence_scales is real and len(seen) == 1 and seen[0][1] < 1.0
 
 
 def test_evidence_curves_measures_on_a_gamma_curved_image(tmp_path, monkeypatch, capsys):
