@@ -7,6 +7,10 @@ gets its own random, seeded transform, and the dataset scope (one reference box 
 transferred to every other image) is scored beside the per-image reference box on the same
 transformed images, so the gap between the two says what the transfer loses under the shift.
 
+Flags: ``flagged`` / ``flag_recall`` / ``flag_precision`` count the engine's flags of each case;
+``with_set_check`` adds the set check (:func:`promptonce.engine.set_check.proportion_flags`), as
+``promptonce evaluate`` and ``segment`` do.
+
 Shifts (``--shifts``; each image draws its own parameters from a generator seeded by its index):
 
 * ``none``: the images as they are;
@@ -110,6 +114,7 @@ def _scales_seen():
 def run_shift(vols: list, refs: list[np.ndarray], shift: str, seeds: list[int], size: int | None = None) -> dict:
     """Per-image reference box and dataset scope from each seed, on the images under ``shift``."""
     from promptonce.engine import make_engine, segment
+    from promptonce.engine.set_check import object_areas, proportion_flags
     from promptonce.evaluate import reference_prompt
     from promptonce.flagscore import FAIL_BELOW, flag_score
     from promptonce.metrics import dice
@@ -139,17 +144,23 @@ def run_shift(vols: list, refs: list[np.ndarray], shift: str, seeds: list[int], 
         seconds = time.perf_counter() - t
         d = np.array([float(dice(r.labels > 0, masks[r.volume_index])) for r in results])
         fs = flag_score(list(d), [bool(r.flags) for r in results])
+        # the set check, which `promptonce evaluate`/`segment` add to the engine's flags (quality.json)
+        set_flags = proportion_flags({r.volume_name: object_areas(r.labels) for r in results})
+        fs_set = flag_score(list(d), [bool(r.flags) or r.volume_name in set_flags for r in results])
         out["seeds"].append({
             "seed": data[s].name, "dice_mean": float(d.mean()), "gap_to_box_points": round(100 * (np.mean(
                 [per_image[r.volume_index] for r in results]) - d.mean()), 2),
             "below_0.85": fs.failures, "flagged": fs.flagged,
             "flag_recall": fs.recall, "flag_precision": fs.precision,
+            "with_set_check": {"flagged": fs_set.flagged, "flag_recall": fs_set.recall,
+                               "flag_precision": fs_set.precision, "set_flags": set_flags},
             "seconds": round(seconds, 1),
             "evidence_scales": scales,
             "cases": {r.volume_name: round(float(x), 4) for r, x in zip(results, d)},
             "flags": {r.volume_name: list(r.flags) for r in results if r.flags}})
         print(f"{shift}: seed {data[s].name} Dice {d.mean():.4f} (box {out['per_image_box_dice']:.4f}), "
-              f"{fs.failures} below {FAIL_BELOW}, {fs.flagged} flagged", flush=True)
+              f"{fs.failures} below {FAIL_BELOW}, {fs.flagged} flagged ({fs_set.flagged} with the set check)",
+              flush=True)
     return out
 
 
