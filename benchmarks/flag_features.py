@@ -296,6 +296,19 @@ def set_check(doc: dict) -> dict:
 EVIDENCE_REFERENCES = (0.16, 0.17, 0.175, 0.18, 0.19)
 
 
+def _reflagged(obj: dict, oid: int, scale: float) -> list[str]:
+    """An object's "low confidence" flag as :func:`.quality.with_stability` raises it with the weak-edge
+    ``scale``, from its recorded check: the confidence before the stability and evidence factors is
+    recovered from the recorded one, then scored again by the product's own rule."""
+    ev, stab = obj.get("evidence"), obj.get("stability")
+    factor = min(1.0, stab / quality.MIN_STABILITY) if stab is not None else 1.0
+    if ev is not None and quality.EVIDENCE_FULL > 0:
+        factor *= min(1.0, max(ev, 1e-9) / quality.EVIDENCE_FULL)
+    raw = quality.ObjectCheck(None, 0.0, 0, 1.0, obj["confidence"] / factor if factor > 0 else 0.0)
+    return quality.with_stability(raw, [] if stab is None else [stab], f"object {oid}", evidence=ev,
+                                  evidence_scale=scale).flags
+
+
 def evidence_replay(doc: dict, references=EVIDENCE_REFERENCES) -> dict:
     """The flags (with the set check) had the exemplar pass judged weak edges against the set's exemplars.
 
@@ -309,7 +322,6 @@ def evidence_replay(doc: dict, references=EVIDENCE_REFERENCES) -> dict:
     ``"unscaled"``: rebuilt the same way without a scale (a file recorded under older flag rules
     differs from its recorded flags there; compare the references with it)."""
     out: dict = {}
-    full = quality.EVIDENCE_FULL
     for ref in ("recorded", "unscaled", *references):
         flag, dice_ = [], []
         for r in doc["runs"]:
@@ -324,16 +336,8 @@ def evidence_replay(doc: dict, references=EVIDENCE_REFERENCES) -> dict:
                 if ref != "recorded" and c.get("passes") == 2 and c.get("objects"):
                     flags = [f for f in flags if "low confidence" not in f]
                     for k, o in c["objects"].items():
-                        ev, conf, stab = o.get("evidence"), o.get("confidence"), o.get("stability")
-                        if conf is None:
-                            continue
-                        lim = full * scales.get(int(k), 1.0)
-                        weak = ev is not None and ev < lim
-                        if ev is not None and full > 0:
-                            conf = conf / min(1.0, max(ev, 1e-9) / full) * min(1.0, ev / lim)
-                        unstable = stab is not None and stab < quality.MIN_STABILITY
-                        if conf < quality.REVIEW_BELOW and (weak or not unstable or quality.FLAG_INSTABILITY_ALONE):
-                            flags.append(f"object {k}: low confidence")
+                        if o.get("confidence") is not None:
+                            flags += _reflagged(o, int(k), scales.get(int(k), 1.0))
                 flag.append(bool(flags) or i in setf)
                 dice_.append(c["dice"])
         out[str(ref)] = recall_precision(np.array(flag), np.array(dice_))
