@@ -797,3 +797,60 @@ def test_a_single_image_keeps_its_multi_atlas_second_pass_a_volume_the_more_conf
         # the threshold below which a case is redone: higher for a single image
         weak = replace(first, confidence=(transfer_module.SECOND_PASS_BELOW + transfer_module.SECOND_PASS_BELOW_IMAGE) / 2)
         assert t.needs_second_pass(weak) is (vols is image_vols)
+
+
+def test_an_images_exemplar_pass_tries_its_own_smaller_candidate_set(monkeypatch):
+    """A single image's exemplar pass draws from a prior fused from several atlases and tries
+    ``exemplar_prior_margins`` / ``exemplar_side_search_offsets``; its first pass and a volume's two
+    passes the first pass's; ``None`` keeps the first pass's everywhere."""
+    import promptonce.engine.prior_mask as pm
+    from promptonce.engine import PropagationConfig
+
+    base = PropagationConfig()
+    assert base.for_exemplar_pass().prior_margins == base.exemplar_prior_margins
+    assert base.for_exemplar_pass().side_search_offsets == base.exemplar_side_search_offsets
+    assert len(base.exemplar_prior_margins) < len(base.prior_margins)
+    same = PropagationConfig(exemplar_prior_margins=None, exemplar_side_search_offsets=None)
+    assert same.for_exemplar_pass() is same
+    for bad in ({"prior_margins": ()}, {"exemplar_prior_margins": ()}):
+        with pytest.raises(InputError, match="empty"):
+            PropagationConfig(**bad)
+
+    seen = []
+    real_candidates, real_search = pm.prior_candidates, pm.search_sides
+
+    def candidates(*a, **k):
+        seen.append(("margins", tuple(a[7].prior_margins)))
+        return real_candidates(*a, **k)
+
+    def search(*a, **k):
+        seen.append(("offsets", tuple(a[8].side_search_offsets)))
+        return real_search(*a, **k)
+
+    monkeypatch.setattr(pm, "prior_candidates", candidates)
+    monkeypatch.setattr(pm, "search_sides", search)
+    pairs = [case(i) for i in range(5)]
+    image_vols = [v for v, _ in pairs]
+    volume_vols = [Volume(np.repeat(v.array, 3, axis=0), name=v.name + "_3d") for v in image_vols]
+    for config in (base, same):
+        for vols in (image_vols, volume_vols):
+            prompt = SlicePrompt((ObjectPrompt(box=box_of(pairs[0][1])),), slice_index=vols[0].n_slices // 2,
+                                 volume_index=0)
+            t = DatasetTransfer(Engine(FakeBackend(), prefetch=False, config=config), vols[0], prompt)
+            seen.clear()
+            outs = [t.first_pass(v, i) for i, v in enumerate(vols) if i]
+            first = set(seen)
+            ex = DatasetTransfer.select_exemplars([o.exemplar for o in outs])
+            assert ex
+            seen.clear()
+            again = t.second_pass(vols[1], 1, ex, outs[0])
+            second = set(seen)
+            assert again.passes == 2 or vols is volume_vols
+            assert ("margins", base.prior_margins) in first and ("margins", base.exemplar_prior_margins) not in first
+            if vols is image_vols:
+                assert ("offsets", base.side_search_offsets) in first
+                own = config is base
+                assert second == ({("margins", base.exemplar_prior_margins),
+                                   ("offsets", base.exemplar_side_search_offsets)} if own else first)
+            else:  # volumes: no side search, and the first pass's margins on both passes
+                assert first == second == {("margins", base.prior_margins)}

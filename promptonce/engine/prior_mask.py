@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from .config import PropagationConfig
     from .core import Engine
 
 from ..backends.base import Backend
@@ -63,21 +64,24 @@ def prior_guided_mask(
     window: WindowSpec = None,
     reach: tuple[float, float, float, float] | None = None,
     evidence_scale: float = 1.0,
+    config: PropagationConfig | None = None,
 ) -> tuple[np.ndarray, float, ObjectCheck]:
     """One object's mask on slice ``k`` from its registration prior.
 
-    Boxes are derived from the prior's core (``prior >= 0.5``), each side first pushed out by
-    ``reach`` (``(left, top, right, bottom)`` in fractions of the core's size: how far the user's box
-    reached past the seed's own mask, :attr:`.transfer.Exemplar.reach`; where the model cut the seed's mask
-    short, a box from the mask alone cut every case short the same way), then with margins of 0, 5
-    and 10% of the core's size (plus its interior point for point-capable models). Each candidate is
-    refined once from its own mask; :func:`choose_candidate` keeps one (the image decides, the prior
-    only vetoes); a side cut by the box is extended (:func:`extend_soft_sides`) and, on single images
-    (``volume.n_slices == 1``: X-ray sets), the sides in ``config.side_search`` are placed on the
-    image's edges (:func:`search_sides`). The kept mask's confidence still comes from its agreement
-    with the prior. Without a usable prior, ``fallback`` (the prompt mapped by relative position)
-    goes through :func:`.predict.predict_object`. ``evidence_scale``: the weak-edge threshold's scale
-    for this object (:func:`.quality.with_stability`); it changes the confidence and flags, never the mask.
+    Boxes are derived from the prior's core (``prior >= 0.5``), each side first pushed out by ``reach``
+    (``(left, top, right, bottom)`` in fractions of the core's size: how far the user's box reached past the
+    seed's own mask, :attr:`.transfer.Exemplar.reach`; where the model cut the seed's mask short, a box from the
+    mask alone cut every case short the same way), then with the margins of ``config.prior_margins`` (0, 5 and
+    10% of the core's size; two in an image's exemplar pass), plus its interior point for point-capable models.
+    Each candidate is refined once from its own mask; :func:`choose_candidate` keeps one (the image decides, the
+    prior only vetoes); a side cut by the box is extended (:func:`extend_soft_sides`) and, on single images
+    (``volume.n_slices == 1``: X-ray sets), the sides in ``config.side_search`` are placed on the image's edges
+    (:func:`search_sides`). The kept mask's confidence still comes from its agreement with the prior. Without a
+    usable prior, ``fallback`` (the prompt mapped by relative position) goes through
+    :func:`.predict.predict_object`. ``evidence_scale``: the weak-edge threshold's scale for this object
+    (:func:`.quality.with_stability`); it changes the confidence and flags, never the mask. ``config``: the
+    knobs to use instead of ``eng.config`` (the exemplar pass's,
+    :meth:`.config.PropagationConfig.for_exemplar_pass`).
 
     Returns:
         ``(mask bool (rows, cols), model score, ObjectCheck)``.
@@ -89,22 +93,23 @@ def prior_guided_mask(
         return mask, score, check_against_prior(mask, prior, score, name)
     emb = eng.embedding(backend, volume, k, window)
     point = interior_point(core) if backend.info.points else None
-    cfg = eng.config
+    cfg = config or eng.config
     gray = eng.frames(volume, window).gray(k)
     candidates = [(mask, score, check_against_prior(mask, prior, score, name))
-                  for mask, score in prior_candidates(eng, backend, emb, core, point, fallback.object_id, reach)]
+                  for mask, score in prior_candidates(eng, backend, emb, core, point, fallback.object_id, reach, cfg)]
     if not candidates:
         mask, score = eng.predict_object(volume, k, fallback, window, refine=True)
         return mask, score, check_against_prior(mask, prior, score, name)
     mask, score, check = choose_candidate(gray, candidates)
     if cfg.soft_side_contrast > 0:
-        longer, longer_score = extend_soft_sides(eng, backend, emb, gray, mask, point, fallback.object_id)
+        longer, longer_score = extend_soft_sides(eng, backend, emb, gray, mask, point, fallback.object_id, cfg)
         if longer is not mask:
             log.debug("%s: extended past a soft side of its box (%d -> %d pixels)", name, int(mask.sum()), int(longer.sum()))
             mask, score = longer, longer_score
             check = check_against_prior(mask, prior, score, name)
     if cfg.side_search and cfg.side_search_offsets and volume.n_slices == 1:
-        placed, placed_score = search_sides(eng, backend, emb, gray, mask, point, fallback.object_id, cfg.side_search)
+        placed, placed_score = search_sides(eng, backend, emb, gray, mask, point, fallback.object_id, cfg.side_search,
+                                            cfg)
         if placed is not mask:
             mask, score = placed, placed_score
             check = check_against_prior(mask, prior, score, name)
@@ -121,18 +126,20 @@ def prior_candidates(
     point,
     object_id: int,
     reach: tuple[float, float, float, float] | None = None,
+    config: PropagationConfig | None = None,
 ) -> list[tuple[np.ndarray, float]]:
     """The model's candidates for an object from its prior's core (bool ``(rows, cols)``, not empty).
 
     One per margin of ``config.prior_margins`` (fractions of the core's size) around the core's box,
     pushed out first by ``reach`` (see :func:`prior_guided_mask`); a negative margin is a box inside
     the core's, for priors that overreach. Each candidate is refined once from its own mask (box with
-    ``config.transfer_margin_frac``), unless that grows it past ``config.max_growth``.
+    ``config.transfer_margin_frac``), unless that grows it past ``config.max_growth``. ``config``:
+    instead of ``eng.config``.
 
     Returns:
         ``[(mask bool (rows, cols), model score)]`` in margin order.
     """
-    cfg = eng.config
+    cfg = config or eng.config
     shape = core.shape
     size = extent(core)
     base = box_from_mask(core, shape=shape)
@@ -188,7 +195,8 @@ def choose_candidate(
 
 
 def search_sides(eng: Engine, backend: Backend, emb, gray: np.ndarray, mask: np.ndarray, point,
-                 object_id: int, sides: Sequence[str]) -> tuple[np.ndarray, float]:
+                 object_id: int, sides: Sequence[str],
+                 config: PropagationConfig | None = None) -> tuple[np.ndarray, float]:
     """Places the given sides of a transferred mask where the image has its edge.
 
     A prior warped from another case puts each side of the box where that case's object ended, and
@@ -202,12 +210,12 @@ def search_sides(eng: Engine, backend: Backend, emb, gray: np.ndarray, mask: np.
     keep a 2% margin) and the model asked again; of these masks and the current one, the one whose
     boundary follows image edges best (:func:`.quality.boundary_evidence`) is kept. Searching the
     other sides the same way lowered Dice (the apex and the heart border have weak edges that the
-    rule mistakes).
+    rule mistakes). ``config``: instead of ``eng.config``.
 
     Returns:
         ``(mask, score)``: ``mask`` itself (same object) when no other placement was better.
     """
-    cfg = eng.config
+    cfg = config or eng.config
     shape = mask.shape
     out, out_score = mask, 0.0
     for side in sides:
@@ -236,7 +244,7 @@ def search_sides(eng: Engine, backend: Backend, emb, gray: np.ndarray, mask: np.
 
 
 def extend_soft_sides(eng: Engine, backend: Backend, emb, gray: np.ndarray, mask: np.ndarray, point,
-                      object_id: int) -> tuple[np.ndarray, float]:
+                      object_id: int, config: PropagationConfig | None = None) -> tuple[np.ndarray, float]:
     """Lets a mask cut short by its box continue past it, up to the object's own edge.
 
     A side is soft when the image does not change across it (:func:`.quality.side_contrast` below
@@ -248,11 +256,12 @@ def extend_soft_sides(eng: Engine, backend: Backend, emb, gray: np.ndarray, mask
     next step is tried) and its boundary on that side is sharper by ``soft_side_gain``. On X-rays
     this lets a lung reach a diaphragm that a seed with shallow inspiration put too high; without
     the "ends inside" rule, extensions ran up the trachea and down into the gastric bubble.
+    ``config``: instead of ``eng.config``.
 
     Returns:
         ``(mask, score)``: ``mask`` itself (same object) when nothing was extended.
     """
-    cfg = eng.config
+    cfg = config or eng.config
     shape = mask.shape
     h, w = shape
     size = extent(mask)

@@ -213,7 +213,8 @@ class DatasetTransfer:
       its ``EXEMPLARS_PER_CASE`` most similar exemplars and the seed, their warped masks fused
       (weighted by how well each registered: multi-atlas label fusion); on a volume the more
       confident of the two passes is kept, on a single image the second (``SECOND_PASS_BELOW_IMAGE``),
-      its weak edges judged against the exemplars' outlines (:func:`.set_check.evidence_scales`).
+      its weak edges judged against the exemplars' outlines (:func:`.set_check.evidence_scales`) and
+      its candidates fewer (:meth:`.config.PropagationConfig.for_exemplar_pass`).
 
     Each case depends only on the seed and on the exemplar *set* (chosen by confidence with an
     order-free tie-break), never on the order of the cases: the work can be spread over workers.
@@ -365,6 +366,8 @@ class DatasetTransfer:
         gray = eng.frames(volume, self.window).gray(k)
         thumb = thumbnail(gray, EXEMPLAR_SIZE)
         priors, notes = self.priors(gray, sources, thumb)
+        # a single image's exemplar pass draws from a prior fused from several atlases: fewer candidates do
+        cfg = eng.config.for_exemplar_pass() if passes == 2 and volume.n_slices == 1 else eng.config
         # the first pass (the seed alone) reaches as far past the warped seed mask as the user's box did
         reach = self.seed.reach if len(sources) == 1 and sources[0] is self.seed else {}
         seeds: dict[int, tuple[np.ndarray, float]] = {}
@@ -374,7 +377,7 @@ class DatasetTransfer:
         for obj_src, obj_rel in zip(self.prompt.objects, base.objects):
             oid = obj_src.object_id
             mask, score, check = prior_guided_mask(eng, volume, k, priors.get(oid), obj_rel, self.names[oid], self.window,
-                                                   reach=reach.get(oid), evidence_scale=scale.get(oid, 1.0))
+                                                   reach=reach.get(oid), evidence_scale=scale.get(oid, 1.0), config=cfg)
             seeds[oid] = (mask, score)
             checks[oid] = check
         if volume.n_slices == 1 and self.paired:
