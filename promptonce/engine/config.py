@@ -63,9 +63,10 @@ class PropagationConfig:
             exemplar pass (:meth:`.transfer.DatasetTransfer.second_pass`) tries these margins and
             these placements of the searched sides instead of ``prior_margins`` and
             ``side_search_offsets``: its prior is fused from the seed and the case's most similar
-            exemplars, and fewer candidates around it do (on the tuning X-rays, Dice 0.9471 ->
-            0.9467 over three seeds for 14% fewer decoder calls: benchmarks/README.md, "Twenty-second
-            round"). ``None``: the first pass's. Volumes keep the first pass's on both passes.
+            exemplars, and fewer candidates around it do (Shenzhen X-rays, mean Dice of three seeds:
+            tuning 0.9471 -> 0.9467 with 14% fewer decoder calls, held out 0.9554 -> 0.9563 with 12%
+            fewer; benchmarks/README.md, "Twenty-second round"). ``None``: the first pass's. Volumes
+            keep the first pass's on both passes.
         pair_base_gap: dataset scope, single images: when two side-by-side objects (the lungs) end
             further apart than this fraction of their height, the shorter one is tried down to the
             other's lower end and the longer one up to the shorter one's, the image choosing, and the
