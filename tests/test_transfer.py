@@ -800,18 +800,18 @@ def test_a_single_image_keeps_its_multi_atlas_second_pass_a_volume_the_more_conf
 
 
 def test_an_images_exemplar_pass_tries_its_own_smaller_candidate_set(monkeypatch):
-    """A single image's exemplar pass draws from a prior fused from several atlases and tries
-    ``exemplar_prior_margins`` / ``exemplar_side_search_offsets``; its first pass and a volume's two
-    passes the first pass's; ``None`` keeps the first pass's everywhere."""
+    """Given ``exemplar_prior_margins`` / ``exemplar_side_search_offsets``, a single image's exemplar
+    pass tries them; its first pass and a volume's two passes the first pass's; ``None`` (the
+    default) keeps the first pass's everywhere."""
     import promptonce.engine.prior_mask as pm
     from promptonce.engine import PropagationConfig
 
-    base = PropagationConfig()
+    same = PropagationConfig()
+    assert same.for_exemplar_pass() is same
+    base = PropagationConfig(exemplar_prior_margins=(0.0, 0.05), exemplar_side_search_offsets=(-0.05, 0.15))
     assert base.for_exemplar_pass().prior_margins == base.exemplar_prior_margins
     assert base.for_exemplar_pass().side_search_offsets == base.exemplar_side_search_offsets
-    assert len(base.exemplar_prior_margins) < len(base.prior_margins)
-    same = PropagationConfig(exemplar_prior_margins=None, exemplar_side_search_offsets=None)
-    assert same.for_exemplar_pass() is same
+    assert base.for_exemplar_pass().pair_base_gap == base.pair_base_gap
     for bad in ({"prior_margins": ()}, {"exemplar_prior_margins": ()}):
         with pytest.raises(InputError, match="empty"):
             PropagationConfig(**bad)

@@ -59,14 +59,15 @@ class PropagationConfig:
             when positive) and the placement whose boundary follows image edges best is kept
             (:func:`.prior_mask.search_sides`); the lung base is where a seed's shape misleads most.
             ``()`` turns this off.
-        exemplar_prior_margins, exemplar_side_search_offsets: dataset scope, single images: the
-            exemplar pass (:meth:`.transfer.DatasetTransfer.second_pass`) tries these margins and
-            these placements of the searched sides instead of ``prior_margins`` and
-            ``side_search_offsets``: its prior is fused from the seed and the case's most similar
-            exemplars, and fewer candidates around it do (Shenzhen X-rays, mean Dice of three seeds:
-            tuning 0.9471 -> 0.9467 with 14% fewer decoder calls, held out 0.9554 -> 0.9563 with 12%
-            fewer; benchmarks/README.md, "Twenty-second round"). ``None``: the first pass's. Volumes
-            keep the first pass's on both passes.
+        exemplar_prior_margins, exemplar_side_search_offsets: dataset scope, single images: when
+            given, the exemplar pass (:meth:`.transfer.DatasetTransfer.second_pass`) tries these
+            margins and these placements of the searched sides instead of ``prior_margins`` and
+            ``side_search_offsets``; ``None`` (default): the first pass's. Volumes keep the first
+            pass's on both passes. A speed setting, off by default: ``(0.0, 0.05)`` and
+            ``(-0.05, 0.15)`` asked the decoder 12-14% less often on Shenzhen X-rays and held Dice
+            for typical seeds (four tuning and three held-out seeds: -0.08 to +0.18 points), but
+            cost 0.45 points for a seed unlike the set (a child's film, tuning image 0074), whose
+            too-small prior needs the wider candidates (benchmarks/README.md, "Twenty-second round").
         pair_base_gap: dataset scope, single images: when two side-by-side objects (the lungs) end
             further apart than this fraction of their height, the shorter one is tried down to the
             other's lower end and the longer one up to the shorter one's, the image choosing, and the
@@ -103,8 +104,8 @@ class PropagationConfig:
     soft_side_gain: float = 0.03
     side_search: tuple[str, ...] = ("bottom",)
     side_search_offsets: tuple[float, ...] = (-0.05, 0.10, 0.20)
-    exemplar_prior_margins: tuple[float, ...] | None = (0.0, 0.05)
-    exemplar_side_search_offsets: tuple[float, ...] | None = (-0.05, 0.15)
+    exemplar_prior_margins: tuple[float, ...] | None = None
+    exemplar_side_search_offsets: tuple[float, ...] | None = None
     pair_base_gap: float = 0.15
     transfer_scales: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.3)
     transfer_refine: int = 2
@@ -119,7 +120,7 @@ class PropagationConfig:
                 raise InputError(f"{name} is empty; give at least one box margin (e.g. 0.0).")
 
     def for_exemplar_pass(self) -> PropagationConfig:
-        """The knobs of a single image's exemplar pass: its own candidate set where one is given."""
+        """The knobs of a single image's exemplar pass: its own candidate set where one is given (else ``self``)."""
         over = {k: v for k, v in (("prior_margins", self.exemplar_prior_margins),
                                   ("side_search_offsets", self.exemplar_side_search_offsets)) if v is not None}
         return replace(self, **over) if over else self

@@ -72,7 +72,7 @@ def prior_guided_mask(
     (``(left, top, right, bottom)`` in fractions of the core's size: how far the user's box reached past the
     seed's own mask, :attr:`.transfer.Exemplar.reach`; where the model cut the seed's mask short, a box from the
     mask alone cut every case short the same way), then with the margins of ``config.prior_margins`` (0, 5 and
-    10% of the core's size; two in an image's exemplar pass), plus its interior point for point-capable models.
+    10% of the core's size), plus its interior point for point-capable models.
     Each candidate is refined once from its own mask; :func:`choose_candidate` keeps one (the image decides, the
     prior only vetoes); a side cut by the box is extended (:func:`extend_soft_sides`) and, on single images
     (``volume.n_slices == 1``: X-ray sets), the sides in ``config.side_search`` are placed on the image's edges

@@ -214,7 +214,7 @@ class DatasetTransfer:
       (weighted by how well each registered: multi-atlas label fusion); on a volume the more
       confident of the two passes is kept, on a single image the second (``SECOND_PASS_BELOW_IMAGE``),
       its weak edges judged against the exemplars' outlines (:func:`.set_check.evidence_scales`) and
-      its candidates fewer (:meth:`.config.PropagationConfig.for_exemplar_pass`).
+      its candidates those of :meth:`.config.PropagationConfig.for_exemplar_pass`.
 
     Each case depends only on the seed and on the exemplar *set* (chosen by confidence with an
     order-free tie-break), never on the order of the cases: the work can be spread over workers.
@@ -366,7 +366,7 @@ class DatasetTransfer:
         gray = eng.frames(volume, self.window).gray(k)
         thumb = thumbnail(gray, EXEMPLAR_SIZE)
         priors, notes = self.priors(gray, sources, thumb)
-        # a single image's exemplar pass draws from a prior fused from several atlases: fewer candidates do
+        # a single image's exemplar pass may try its own (smaller) candidate set: a speed setting, off by default
         cfg = eng.config.for_exemplar_pass() if passes == 2 and volume.n_slices == 1 else eng.config
         # the first pass (the seed alone) reaches as far past the warped seed mask as the user's box did
         reach = self.seed.reach if len(sources) == 1 and sources[0] is self.seed else {}
