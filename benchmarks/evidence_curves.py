@@ -5,7 +5,8 @@ The confidence of a transferred X-ray case takes the evidence of its outline
 the image's 5-95th percentile range). Detectors and hospitals curve intensities differently. This
 benchmark runs dataset scope once (one LiteMedSAM engine, one seed), keeps every case's masks, and
 measures each mask's evidence again on the same image under gamma curves, with the product's measure and
-with alternatives (``MEASURES``). For each measure and gamma it writes how far the evidence moved (median
+with alternatives (``MEASURES``: other curves of the image, or the contrast relative to the object's own
+step, :func:`object_step_evidence`). For each measure and gamma it writes how far the evidence moved (median
 ratio to no curve, rank correlation), how many cases fall under the measure's threshold (0.12 for the
 product's; for the others the value with as many cases under it as the product's without a curve), and
 how well the per-case evidence (lowest over its objects) ranks the cases below Dice 0.90 (AUC).
@@ -75,13 +76,52 @@ def log_intensity(gray: np.ndarray) -> np.ndarray:
     return np.log(g / max(float(g.max()), 1e-6) + np.float32(1 / 255)).astype(np.float32)
 
 
-#: name -> the image the product's evidence is measured on.
+def object_step_evidence(gray: np.ndarray, mask: np.ndarray, ring: float = 1.0) -> float | None:
+    """The outline evidence relative to the object's own step instead of the image's 5-95% range.
+
+    Each side's contrast (:func:`promptonce.engine.quality.side_contrast`, back in intensity units) is
+    divided by the difference between the median of the whole mask and the median of a ring around it
+    (``ring`` band widths wide). Medians commute with any increasing curve, so on an outline that
+    follows the object's edge both differences span the same two tissues and their ratio stays near 1
+    whatever the curve; a side with the same tissue on both sides stays near 0.
+    """
+    from scipy import ndimage
+
+    from promptonce.engine.quality import extent, side_band, side_contrast
+
+    m = np.asarray(mask, bool)
+    if not m.any():
+        return None
+    g = np.asarray(gray, np.float32)
+    band = side_band(extent(m))
+    lo, hi = np.percentile(g, [5, 95])
+    span = max(float(hi - lo), 1e-6)
+    around = ndimage.distance_transform_edt(~m) <= ring * band
+    around &= ~m
+    if np.count_nonzero(around) < 10:
+        return None
+    step = abs(float(np.median(g[around])) - float(np.median(g[m])))
+    values = [c * span for c in side_contrast(g, m, band).values() if c is not None]
+    if not values:
+        return None
+    return float(np.mean(values)) / max(step, 1e-6)
+
+
+def _product(g: np.ndarray, m: np.ndarray) -> float | None:
+    from promptonce.engine.quality import outline_evidence
+
+    return outline_evidence(g, m)
+
+
+#: name -> (the image the evidence is measured on, the evidence of one object's mask on it).
 MEASURES = {
-    "now": lambda g: np.asarray(g, np.float32),
-    "curved_to_tuning_range": curved_to_range,
-    "ranks": ranks,
-    "log": log_intensity,
-    "standard_curve": standard,
+    "now": (lambda g: np.asarray(g, np.float32), _product),
+    "curved_to_tuning_range": (curved_to_range, _product),
+    "ranks": (ranks, _product),
+    "log": (log_intensity, _product),
+    "standard_curve": (standard, _product),
+    "object_step": (lambda g: np.asarray(g, np.float32), object_step_evidence),
+    "object_step_wide": (lambda g: np.asarray(g, np.float32), lambda g, m: object_step_evidence(g, m, ring=2.0)),
 }
 
 
@@ -92,10 +132,9 @@ def gamma(image: np.ndarray, g: float) -> np.ndarray:
 
 def case_evidence(image: np.ndarray, labels: np.ndarray, measure) -> float:
     """The lowest evidence over a case's objects (NaN when none can be measured)."""
-    from promptonce.engine.quality import outline_evidence
-
-    shown = measure(image)
-    values = [outline_evidence(shown, labels == o) for o in np.unique(labels) if o]
+    transform, evidence = measure
+    shown = transform(image)
+    values = [evidence(shown, labels == o) for o in np.unique(labels) if o]
     values = [v for v in values if v is not None]
     return min(values) if values else float("nan")
 
