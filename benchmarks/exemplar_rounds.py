@@ -4,22 +4,22 @@ The exemplar pass (``DatasetTransfer.second_pass``) redoes an X-ray whose first-
 below 0.90 from the fused priors of the seed and the case's 3 most similar exemplars, the exemplars
 being the confident cases of the *first* pass. With a seed unlike the set (Shenzhen 0074, a child's
 film) the first pass is wrong the same way on many cases, so the exemplars it yields are fewer and
-themselves coloured by the seed. This runs the first pass and one exemplar round for each seed
-(LiteMedSAM, the seed's reference box, the product's own ``DatasetTransfer``: the product until the
-twenty-third round, ``"product"`` in the JSON), then chooses a second exemplar set from every case's
-latest result (the same order-free rule) and redoes every case still below 0.90 once more:
+themselves coloured by the seed. This runs the product's two passes for each seed (LiteMedSAM, the
+seed's reference box, the product's own ``DatasetTransfer``: ``"product"`` in the JSON), then chooses
+a second exemplar set from every case's latest result (the same order-free rule) and redoes every case
+still below 0.90 once more (a second exemplar round):
 
-* ``seed``: from the seed and its 3 most similar exemplars of the new set (``second_pass`` again:
-  the product's second exemplar round since the twenty-third round, ``exemplar_rounds`` 2);
+* ``seed``: from the seed and its 3 most similar exemplars of the new set (``second_pass`` again);
 * ``noseed``: from its 4 most similar exemplars of the new set, without the seed.
 
-Per seed: the Dice after one round and after each further-round variant, each redo kept (as a
-single image's exemplar pass is), cases below 0.85, the cases redone, the exemplar sets' sizes, and
+Per seed: the Dice after the product's passes and after each variant, the redo kept (as a single
+image's exemplar pass is; ``*_if_more_confident``: kept only when its confidence beats the first
+round's, which is scored the same way), cases below 0.85, the cases redone, the exemplar sets' sizes, and
 how the seed registers onto the set against the exemplars (median similarity: a seed unlike the set
-registers worse; a candidate rule for when a third round is worth its time).
+registers worse; a candidate rule for when a second round is worth its time).
 
     .venv/bin/python benchmarks/exemplar_rounds.py --start 0 --count 100 --seed-images 0,11,66 \\
-        --out benchmarks/results/exemplar_rounds_tune.json         # tuning, ~30 min on 2 cores
+        --out benchmarks/results/exemplar_rounds_tune.json         # tuning, ~20 min on 2 cores
 """
 
 from __future__ import annotations
@@ -93,6 +93,9 @@ def summarise(run: dict, variants: tuple[str, ...] = VARIANTS) -> dict:
     out = {"first_pass": stats([c["dice1"] for c in cases]), "product": stats([c["dice2"] for c in cases])}
     for name in variants:
         out[f"third_{name}"] = stats([c[name]["dice"] if name in c else c["dice2"] for c in cases])
+        out[f"third_{name}_if_more_confident"] = stats([
+            c[name]["dice"] if name in c and (c[name]["conf"] or 0.0) > (c["conf2"] or 0.0) else c["dice2"]
+            for c in cases])
     out["redone_third"] = sum(variants[0] in c for c in cases)
     out["similarity_seed_vs_exemplar"] = [round(run["seed_similarity_median"], 3),
                                           round(run["exemplar_similarity_median"] or 0.0, 3)]

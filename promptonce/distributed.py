@@ -16,10 +16,6 @@ dataset run is a map over cases. :func:`run_dataset` drives it:
    weak cases (``needs_second_pass``) are redone from it (``second_pass``) and rewritten. A worker
    keeps the weak cases' first-pass outcomes (within a memory budget) and gets their second pass;
    elsewhere the first pass is recomputed (deterministic: same result).
-3. **Second exemplar round** (single images, ``PropagationConfig.exemplar_rounds``): a second set is
-   folded the same way from every case's latest result (the first pass's of the cases not redone,
-   the quality pass's of the others), and the cases the quality pass left weak
-   (``needs_another_round``) are redone from it once more, as the local engine does.
 
 Every written case is appended to the run folder's log (:mod:`promptonce.runstore`), so a rerun of
 the same command skips the cases already written and verified and does only the rest; a run with
@@ -145,10 +141,10 @@ class _ExemplarSet:
     crash, is the same exemplar with the same key and counts once).
     """
 
-    def __init__(self, store: RunStore, select: Callable[[Any], list], round_: int = 1) -> None:
-        self.store, self.select, self.round = store, select, round_
+    def __init__(self, store: RunStore, select: Callable[[Any], list]) -> None:
+        self.store, self.select = store, select
         self._set: dict[str, tuple[Any, int]] = {}
-        for index, ex in store.load_exemplars(round_):
+        for index, ex in store.load_exemplars():
             self.consider(index, ex, save=False)
 
     def consider(self, index: int, ex: Any, save: bool = True) -> None:
@@ -157,13 +153,13 @@ class _ExemplarSet:
         keys = {e.key for e in self.select([*(e for e, _ in self._set.values()), ex])}
         if ex.key not in keys:
             if not save:
-                self.store.drop_exemplar(index, self.round)
+                self.store.drop_exemplar(index)
             return
         if save:
-            self.store.save_exemplar(index, ex, self.round)
+            self.store.save_exemplar(index, ex)
         for key in [k for k in self._set if k not in keys]:
             _, i = self._set.pop(key)
-            self.store.drop_exemplar(i, self.round)
+            self.store.drop_exemplar(i)
         self._set[ex.key] = (ex, index)
 
     def chosen(self) -> list:
@@ -327,8 +323,6 @@ def run_dataset(
             raise PromptOnceError(f"{reply.name}: the worker returned an incomplete case ({missing}); not recorded.")
         if pass_ == 1:
             exset.consider(reply.index, reply.exemplar)
-        if pass_ == 2 or (pass_ == 1 and not reply.needs_second):  # the case's latest result: round 2's set
-            exset2.consider(reply.index, reply.exemplar)
         status = "first" if reply.needs_second else "done"
         src = reply.geometry.get("source") if reply.geometry else None
         path = src.extra.get("path") if src is not None else None
@@ -344,21 +338,17 @@ def run_dataset(
     object_ids = [o.object_id for o in prompt.objects]
     label_names = {o.object_id: o.name for o in prompt.objects if o.name}
     png = [False]
-    select = (transfer or transfer_class()).select_exemplars
-    exset, exset2 = _ExemplarSet(store, select), _ExemplarSet(store, select, round_=2)
-    exemplar_sets = {1: exset, 2: exset2}
+    exset = _ExemplarSet(store, (transfer or transfer_class()).select_exemplars)
 
-    def run_pass(kind: Literal["first", "second"], indices: list[int], exemplars: Any = None, round_: int = 1) -> None:
+    def run_pass(kind: Literal["first", "second"], indices: list[int], exemplars: Any = None) -> None:
         if not indices:
             return
         if not started[0]:  # nothing to do (a finished run resumed): no workers, no model
             ex.start(WorkerSpec(dataset, prompt, model, window, config, transfer=transfer))
             started[0] = True
         if kind == "second":
-            for earlier in range(1, round_):  # a worker that kept no outcome recomputes the earlier rounds
-                ex.set_exemplars(exemplar_sets[earlier].chosen(), earlier)
-            ex.set_exemplars(exemplars, round_)  # once per worker, not once per case
-        queue = deque(Task(kind, i, 1, prefer.get(i, ""), round_) for i in indices)
+            ex.set_exemplars(exemplars)  # once per worker, not once per case
+        queue = deque(Task(kind, i, 1, prefer.get(i, "")) for i in indices)
         total = n if kind == "first" else len(indices)
         done_in_pass = [resumed if kind == "first" else 0]
         while queue or ex.in_flight():
@@ -370,22 +360,23 @@ def run_dataset(
                 stats["load"] += reply.load_seconds
                 if reply.ok:
                     try:
-                        write(reply, 1 if kind == "first" else 1 + round_, task.attempt)
+                        write(reply, 1 if kind == "first" else 2, task.attempt)
                     except PromptOnceError as exc:
                         reply = dataclasses.replace(reply, ok=False, error_type=type(exc).__name__, error=str(exc),
                                                     retryable=not isinstance(exc, InputError), results=None)
                     else:
-                        if reply.needs_second:
+                        if kind == "first" and reply.needs_second:
                             prefer[reply.index] = reply.worker
-                        else:
+                        if kind == "first" and not reply.needs_second:
                             stats["done"] += 1
-                        if kind == "second" and round_ == 1:
+                        if kind == "second":
                             stats["second"] += 1
+                            stats["done"] += 1
                 if not reply.ok:
                     if reply.retryable and task.attempt <= retries:
                         log.warning("case %d (%s) failed on attempt %d: %s; retrying", task.index,
                                     names[task.index], task.attempt, reply.error)
-                        queue.append(Task(kind, task.index, task.attempt + 1, "", round_))
+                        queue.append(Task(kind, task.index, task.attempt + 1, ""))
                         continue
                     reason = f"{reply.error_type}: {reply.error}"
                     prev = store.records.get(task.index)
@@ -395,7 +386,7 @@ def run_dataset(
                         stats["done"] += 1
                     else:
                         store.record(CaseRecord(task.index, names[task.index], "failed", attempts=task.attempt,
-                                                reason=reason, pass_=1 if kind == "first" else 1 + round_))
+                                                reason=reason, pass_=1 if kind == "first" else 2))
                 done_in_pass[0] += 1
                 if progress is not None:
                     progress(done_in_pass[0], total, names[task.index])
@@ -403,17 +394,15 @@ def run_dataset(
 
     try:
         run_pass("first", todo)
-        for round_, exemplar_set in exemplar_sets.items():  # a case waits for round pass_ (its last pass)
-            recs = store.records
-            weak = sorted(i for i, r in recs.items() if r.status == "first" and r.needs_second and r.pass_ == round_)
-            if not weak:
-                continue
-            chosen = exemplar_set.chosen()
-            log.info("quality pass, round %d: %d cases, %d exemplars", round_, len(weak), len(chosen))
+        recs = store.records
+        second = sorted(i for i, r in recs.items() if r.status == "first" and r.needs_second)
+        if second:
+            chosen = exset.chosen()
+            log.info("quality pass: %d cases, %d exemplars", len(second), len(chosen))
             if chosen:
-                run_pass("second", weak, chosen, round_)
-            else:  # nothing to learn from (as the local engine): the last pass stands
-                for i in weak:
+                run_pass("second", second, chosen)
+            else:  # nothing to learn from (as the local engine): the first pass stands
+                for i in second:
                     store.record(dataclasses.replace(recs[i], status="done", needs_second=False))
                     stats["done"] += 1
     finally:

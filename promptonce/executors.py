@@ -104,9 +104,7 @@ class CaseReply:
         ok: False when the case failed (``error`` says why).
         results: every slice's result, or None.
         geometry: the case's geometry without its voxels (to write masks on its grid).
-        confidence, flags, exemplar: from the engine's case outcome.
-        needs_second: the case waits for an exemplar round (after the first pass: the quality pass;
-            after the quality pass: the second exemplar round, ``needs_another_round``).
+        confidence, flags, needs_second, exemplar: from the engine's case outcome.
         error_type: the exception's class name; ``retryable`` is False for errors in the input itself.
         seconds: time spent in the engine for this case (load excluded).
         load_seconds: time spent reading the case.
@@ -177,9 +175,9 @@ class CaseWorker:
         self._seed = (seed_results, _geometry(seed), seed.name)
         del seed
         self.init_seconds = time.perf_counter() - t
-        self._kept: OrderedDict[int, Any] = OrderedDict()  # latest outcomes waiting for an exemplar round
+        self._kept: OrderedDict[int, Any] = OrderedDict()  # first-pass outcomes waiting for the quality pass
         self._kept_bytes = 0
-        self._exemplars: dict[int, Any] = {}  # round -> its exemplar set
+        self._exemplars: Any = None
 
     def pid(self) -> int:
         return os.getpid()
@@ -188,8 +186,8 @@ class CaseWorker:
         """Seconds spent building the model and segmenting the seed case."""
         return self.init_seconds
 
-    def set_exemplars(self, exemplars: Any, round_: int = 1) -> None:
-        self._exemplars[round_] = exemplars
+    def set_exemplars(self, exemplars: Any) -> None:
+        self._exemplars = exemplars
 
     def first(self, index: int) -> CaseReply:
         """Runs the first pass on case ``index`` (the seed case: its own segmentation)."""
@@ -213,32 +211,25 @@ class CaseWorker:
                          list(out.flags), needs, getattr(out, "exemplar", None),
                          seconds=time.perf_counter() - t0 - load_s, load_seconds=load_s, worker=self.worker_id)
 
-    def second(self, index: int, exemplars: Any = None, round_: int = 1) -> CaseReply:
-        """Runs exemplar round ``round_`` (1: the quality pass) on case ``index`` with ``exemplars`` (or
-        that round's set, given before). The case's outcome before the round is the one this worker
-        kept, else it is recomputed: the first pass and any earlier round (deterministic: same result)."""
+    def second(self, index: int, exemplars: Any = None) -> CaseReply:
+        """Runs the quality pass on case ``index`` with ``exemplars`` (or those set before)."""
         t0 = time.perf_counter()
-        ex = exemplars if exemplars is not None else self._exemplars.get(round_)
+        ex = exemplars if exemplars is not None else self._exemplars
         try:
             vol = self.spec.dataset[index]
             load_s = time.perf_counter() - t0
-            before = self._kept.pop(index, None)
-            if before is not None:
-                self._kept_bytes -= _outcome_bytes(before)
+            first = self._kept.pop(index, None)
+            if first is not None:
+                self._kept_bytes -= _outcome_bytes(first)
             else:
-                before = self.transfer.first_pass(vol, index)
-                for r in range(1, round_):
-                    before = self.transfer.second_pass(vol, index, self._exemplars[r], first=before)
-            out = self.transfer.second_pass(vol, index, ex, first=before)
-            again = bool(self.transfer.needs_another_round(before, out))
-            if again:
-                self._keep(index, out)
+                first = self.transfer.first_pass(vol, index)
+            out = self.transfer.second_pass(vol, index, ex, first=first)
             geom = _geometry(vol)
         except Exception as exc:  # noqa: BLE001
             return self._failed(index, exc, t0)
         return CaseReply(index, out.name or geom["name"], True, list(out.results), geom, _conf(out.confidence),
-                         list(out.flags), again, getattr(out, "exemplar", None),
-                         seconds=time.perf_counter() - t0 - load_s, load_seconds=load_s, worker=self.worker_id)
+                         list(out.flags), False, None, seconds=time.perf_counter() - t0 - load_s, load_seconds=load_s,
+                         worker=self.worker_id)
 
     def _keep(self, index: int, out: Any) -> None:
         self._kept[index] = out
@@ -278,8 +269,7 @@ class Task:
     kind: Literal["first", "second"]
     index: int
     attempt: int = 1
-    prefer: str = ""  # worker id that holds the case's latest outcome (exemplar rounds only)
-    round_: int = 1  # the exemplar round of a "second" task
+    prefer: str = ""  # worker id that holds the first pass (quality pass only)
 
 
 class LocalExecutor:
@@ -304,10 +294,10 @@ class LocalExecutor:
     def capacity(self) -> int:
         return 1 - len(self._queue)
 
-    def set_exemplars(self, exemplars: Any, round_: int = 1) -> None:
+    def set_exemplars(self, exemplars: Any) -> None:
         if self._worker is None:
             raise PromptOnceError("LocalExecutor.set_exemplars before start.")
-        self._worker.set_exemplars(exemplars, round_)
+        self._worker.set_exemplars(exemplars)
 
     def submit(self, task: Task) -> None:
         self._queue.append(task)
@@ -320,7 +310,7 @@ class LocalExecutor:
             raise PromptOnceError("LocalExecutor.poll before start.")
         task = self._queue.popleft()
         w = self._worker
-        reply = w.first(task.index) if task.kind == "first" else w.second(task.index, round_=task.round_)
+        reply = w.first(task.index) if task.kind == "first" else w.second(task.index)
         return [(task, reply)]
 
     def close(self) -> None:
@@ -382,7 +372,7 @@ class RayExecutor:
         self._restarts = 0
         self._n = 0
         self._spec_ref = None
-        self._exemplars_refs: dict[int, Any] = {}  # round -> its exemplar set in the object store
+        self._exemplars_ref = None
         self._actor_cls = None
         self.info: dict[str, Any] = {}
 
@@ -435,8 +425,8 @@ class RayExecutor:
                             max_concurrency=1).remote(self._spec_ref, wid)
         self._actors[wid] = actor
         self._load[wid] = 0
-        for round_, ref in self._exemplars_refs.items():
-            actor.set_exemplars.remote(ref, round_)
+        if self._exemplars_ref is not None:
+            actor.set_exemplars.remote(self._exemplars_ref)
         return wid
 
     def close(self) -> None:
@@ -463,17 +453,16 @@ class RayExecutor:
     def in_flight(self) -> int:
         return len(self._refs)
 
-    def set_exemplars(self, exemplars: Any, round_: int = 1) -> None:
-        ref = self._exemplars_refs[round_] = self.ray.put(exemplars)
-        self.ray.get([a.set_exemplars.remote(ref, round_) for a in self._actors.values()])
+    def set_exemplars(self, exemplars: Any) -> None:
+        self._exemplars_ref = self.ray.put(exemplars)
+        self.ray.get([a.set_exemplars.remote(self._exemplars_ref) for a in self._actors.values()])
 
     def submit(self, task: Task) -> None:
         wid = task.prefer if task.prefer in self._actors and self._load[task.prefer] < self.per_worker else ""
         if not wid:
             wid = min(self._actors, key=lambda w: self._load[w])
         actor = self._actors[wid]
-        ref = (actor.first.remote(task.index) if task.kind == "first"
-               else actor.second.remote(task.index, round_=task.round_))
+        ref = actor.first.remote(task.index) if task.kind == "first" else actor.second.remote(task.index)
         self._refs[ref] = (task, wid)
         self._load[wid] += 1
 

@@ -10,7 +10,6 @@ Layout (inside the output folder)::
                              size and CRC-32), a case failed (its reason); the last line of a case wins
         exemplars/<i>.npz    the exemplar of case ``i`` while it is in the exemplar set (at most the
                              set's size: an exemplar leaving the set is deleted)
-        exemplars2/<i>.npz   the same for the second exemplar round's set (each case's latest result)
         summary.json         written at the end: done / skipped with reasons / timing
 
 Why an append-only log and not one JSON rewritten per case: a 100,000-case run would rewrite a
@@ -71,7 +70,7 @@ class CaseRecord:
         needs_second: the quality pass must redo this case.
         attempts: how many times the case was tried in this run.
         reason: why it failed.
-        pass_: 1, 2 or 3 (the pass that wrote the files: the first, or an exemplar round).
+        pass_: 1 or 2 (the pass that wrote the files).
         input: the input file the case was read from (absolute), when it is one file.
         slices: ``[slice_index, confidence or None, flags]`` per slice (for ``quality.json``).
         areas: pixels (voxels) of each object in the written masks, object id (as text) -> count
@@ -153,8 +152,6 @@ class RunStore:
         self.dir = self.out_dir / RUN_DIR
         self.log_path = self.dir / "cases.jsonl"
         self.exemplar_dir = self.dir / "exemplars"
-        #: the exemplar sets by round: 1, the first-pass results; 2, every case's latest result
-        self.exemplar_dirs = {1: self.exemplar_dir, 2: self.dir / "exemplars2"}
         self._records: dict[int, CaseRecord] = {}
 
     # ------------------------------------------------------------------ opening
@@ -189,10 +186,9 @@ class RunStore:
                 for f in (self.log_path, self.dir / "summary.json"):
                     if f.exists():
                         f.unlink()
-                for folder in self.exemplar_dirs.values():
-                    if folder.exists():
-                        for f in folder.iterdir():
-                            f.unlink()
+                if self.exemplar_dir.exists():
+                    for f in self.exemplar_dir.iterdir():
+                        f.unlink()
             self.dir.mkdir(parents=True, exist_ok=True)
             write_json(dict(manifest), path)
             self._records = {}
@@ -252,8 +248,7 @@ class RunStore:
             if r.input in changed:
                 log.warning("%s: its input %s changed since it was written; it is done again", r.name, r.input)
                 self.record(dataclasses.replace(r, status="failed", files=[], reason="input changed; redo"))
-                for rnd in self.exemplar_dirs:
-                    self.drop_exemplar(r.index, rnd)
+                self.drop_exemplar(r.index)
         write_json({**dict(old), "inputs": new.get("inputs")}, self.dir / "manifest.json")
 
     def _read_log(self) -> dict[int, CaseRecord]:
@@ -302,9 +297,8 @@ class RunStore:
         self._records[rec.index] = rec
 
     # ------------------------------------------------------------------ exemplars
-    def save_exemplar(self, index: int, exemplar: Any, round_: int = 1) -> None:
-        """Stores case ``index``'s exemplar in round ``round_``'s set (atomic; plain arrays in an ``.npz``,
-        never pickled)."""
+    def save_exemplar(self, index: int, exemplar: Any) -> None:
+        """Stores case ``index``'s exemplar (atomic; plain arrays in an ``.npz``, never pickled)."""
         if exemplar is None:
             return
         meta = {"name": exemplar.name, "position": exemplar.position, "confidence": exemplar.confidence,
@@ -312,25 +306,23 @@ class RunStore:
                 "evidence": {str(int(o)): float(v) for o, v in exemplar.evidence.items()}}  # fmt: skip
         arrays = {"image": np.asarray(exemplar.image, np.float32), "meta": np.array(json.dumps(meta))}
         arrays.update({f"mask_{int(o)}": np.asarray(m, bool) for o, m in exemplar.masks.items()})
-        with atomic_path(self.exemplar_dirs[round_] / f"{index}.npz") as tmp:
+        with atomic_path(self.exemplar_dir / f"{index}.npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
 
-    def drop_exemplar(self, index: int, round_: int = 1) -> None:
-        """Removes case ``index``'s stored exemplar from round ``round_``'s set (it left the set)."""
-        p = self.exemplar_dirs[round_] / f"{index}.npz"
+    def drop_exemplar(self, index: int) -> None:
+        """Removes case ``index``'s stored exemplar (it left the exemplar set)."""
+        p = self.exemplar_dir / f"{index}.npz"
         if p.exists():
             p.unlink()
 
-    def load_exemplars(self, round_: int = 1) -> Iterator[tuple[int, Any]]:
-        """``(case index, exemplar)`` of every exemplar stored for round ``round_``, loaded one at a time
-        (unreadable ones skipped)."""
+    def load_exemplars(self) -> Iterator[tuple[int, Any]]:
+        """``(case index, exemplar)`` of every stored exemplar, loaded one at a time (unreadable ones skipped)."""
         from .engine import Exemplar
 
-        folder = self.exemplar_dirs[round_]
-        if not folder.exists():
+        if not self.exemplar_dir.exists():
             return
-        for p in sorted(folder.glob("*.npz")):
+        for p in sorted(self.exemplar_dir.glob("*.npz")):
             try:
                 with np.load(p, allow_pickle=False) as z:
                     meta = json.loads(str(z["meta"]))

@@ -203,9 +203,6 @@ class _QualityTransfer:
     def needs_second_pass(self, out):
         return out.results[0].volume_index % 2 == 1
 
-    def needs_another_round(self, before, after):
-        return False
-
     @staticmethod
     def select_exemplars(candidates):
         return sorted((c for c in candidates if c is not None), key=lambda e: (-e.confidence, e.key))[:3]
@@ -460,39 +457,3 @@ def test_a_stored_exemplar_keeps_its_outline_evidence(tmp_path):
     store.save_exemplar(4, ex)
     (index, back), = list(store.load_exemplars())
     assert index == 4 and back.evidence == {1: 0.17} and back.key == ex.key
-
-
-def test_second_exemplar_round_same_masks_as_engine_and_resumes_between_rounds(tmp_path, monkeypatch):
-    """Every image stays weak: the quality pass and the second exemplar round both run. The run folder
-    holds the local engine's masks, every case written by its third pass, the second round's set in
-    ``run/exemplars2``; a driver that died after the first round redoes only the second."""
-    import promptonce.engine.transfer as transfer_module
-
-    monkeypatch.setattr(transfer_module, "SECOND_PASS_BELOW_IMAGE", 1.01)
-    ds = lazy()
-    eng = make_engine(PROMPT, "fake", None)
-    want = {ds.names[r.volume_index]: (r.labels > 0).astype(np.uint8) * 255
-            for r in segment(ds, PROMPT, scope="dataset", engine=eng)}
-    s = run_dataset(lazy(), PROMPT, tmp_path, model="fake")
-    assert s.ok and s.second_pass == N - 1
-    assert_same(tmp_path, want)
-    store = RunStore(tmp_path)
-    recs = store.open_existing()
-    assert sorted(r.pass_ for i, r in recs.items() if i != PROMPT.volume_index) == [3] * (N - 1)
-    assert list((tmp_path / "run" / "exemplars2").glob("*.npz"))
-    calls = []
-    real = transfer_module.DatasetTransfer.second_pass
-
-    def spy(self, volume, volume_index, exemplars, first, cancel=None):
-        calls.append((volume_index, first.passes))
-        return real(self, volume, volume_index, exemplars, first, cancel)
-
-    monkeypatch.setattr(transfer_module.DatasetTransfer, "second_pass", spy)
-    for i, r in recs.items():  # rewind the log as if the driver died after the first exemplar round
-        if i != PROMPT.volume_index:
-            store.record(r.__class__(**{**r.__dict__, "status": "first", "needs_second": True, "pass_": 2}))
-    again = run_dataset(lazy(), PROMPT, tmp_path, model="fake")
-    assert again.ok and again.second_pass == 0 and again.resumed == N
-    # each case: its first round recomputed (the worker kept nothing), then the second round
-    assert sorted(calls) == sorted([(i, 1) for i in range(1, N)] + [(i, 2) for i in range(1, N)])
-    assert_same(tmp_path, want)

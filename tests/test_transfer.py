@@ -125,8 +125,8 @@ def test_second_pass_uses_exemplars_and_stays_order_free():
 def test_weak_cases_are_encoded_once_on_a_lazily_read_dataset(monkeypatch):
     """A dataset read from files gives a new Volume on each access, and the engine keeps 32
     embeddings: the exemplar pass of a weak case used to read and encode it again. The weak cases are
-    now held (volume and pinned key-slice embedding) until their last exemplar round; the masks are the
-    same as when they are read and encoded again."""
+    now held (volume and pinned key-slice embedding) until their second pass; the masks are the same
+    as when they are read and encoded again."""
     import promptonce.engine.transfer as transfer_module
 
     pairs = [case(i) for i in range(7)]
@@ -145,10 +145,9 @@ def test_weak_cases_are_encoded_once_on_a_lazily_read_dataset(monkeypatch):
     held, calls_held = go(128)
     again, calls_again = go(0)  # nothing may be held: read and encoded again
     part, calls_part = go(2)  # two held, the other four read and encoded again
-    rounds = 2  # every case is still weak after the exemplar pass: both exemplar rounds redo it
     assert calls_held == len(items)
-    assert calls_again == len(items) + rounds * (len(items) - 1)
-    assert calls_part == len(items) + rounds * (len(items) - 1 - 2)
+    assert calls_again == len(items) + len(items) - 1
+    assert calls_part == len(items) + len(items) - 1 - 2
     assert held.keys() == again.keys()
     for name in held:
         assert np.array_equal(held[name], again[name]) and np.array_equal(held[name], part[name]), name
@@ -855,58 +854,3 @@ def test_an_images_exemplar_pass_tries_its_own_smaller_candidate_set(monkeypatch
                                    ("offsets", base.exemplar_side_search_offsets)} if own else first)
             else:  # volumes: no side search, and the first pass's margins on both passes
                 assert first == second == {("margins", base.prior_margins)}
-
-
-def test_a_second_exemplar_round_redoes_still_weak_images_from_every_cases_latest_result(monkeypatch):
-    """With ``exemplar_rounds`` 2 (the default) an image the exemplar pass left below
-    ``SECOND_PASS_BELOW_IMAGE`` is redone once more, from the exemplar set chosen among every case's
-    latest result (the first round's outcome where it was redone); 1 runs one round; a volume runs one
-    round either way; the masks stay independent of the order of the cases."""
-    from promptonce.engine import PropagationConfig
-    from promptonce.engine import transfer as transfer_module
-
-    monkeypatch.setattr(transfer_module, "SECOND_PASS_BELOW_IMAGE", 1.01)  # every image stays weak
-    monkeypatch.setattr(transfer_module, "SECOND_PASS_BELOW", 1.01)  # every volume is weak
-    for bad in (0, 3):
-        with pytest.raises(InputError, match="exemplar_rounds"):
-            PropagationConfig(exemplar_rounds=bad)
-    pairs = [case(i) for i in range(6)]
-    image_vols = [v for v, _ in pairs]
-    volume_vols = [Volume(np.repeat(v.array, 3, axis=0), name=v.name + "_3d") for v in image_vols]
-    real = DatasetTransfer.second_pass
-
-    def spy(self, volume, volume_index, exemplars, first, cancel=None):
-        out = real(self, volume, volume_index, exemplars, first, cancel)
-        calls.append((volume.name, first.passes, out.passes, sorted((e.key, e.confidence) for e in exemplars),
-                      out.exemplar))
-        return out
-
-    monkeypatch.setattr(DatasetTransfer, "second_pass", spy)
-
-    def go(vols, rounds, order=None):
-        order = list(range(len(vols))) if order is None else order
-        prompt = SlicePrompt((ObjectPrompt(box=box_of(pairs[0][1])),), slice_index=vols[0].n_slices // 2,
-                             volume_index=order.index(0))
-        eng = Engine(FakeBackend(), prefetch=False, config=PropagationConfig(exemplar_rounds=rounds))
-        calls.clear()
-        return {r.volume_name: r.labels.copy() for r in segment(Dataset([vols[i] for i in order]), prompt,
-                                                                   scope="dataset", engine=eng)}
-
-    calls: list = []
-    two = go(image_vols, 2)
-    by_round = {p: [c for c in calls if c[1] == p] for p in (1, 2)}
-    assert sorted(c[0] for c in by_round[1]) == sorted(c[0] for c in by_round[2]) == [v.name for v in image_vols[1:]]
-    assert all(c[2] == c[1] + 1 for c in calls)
-    # the second round's set: the most confident of the first round's results (every case was redone)
-    latest = DatasetTransfer.select_exemplars(c[4] for c in by_round[1])
-    assert latest and {tuple(c[3]) for c in by_round[2]} == {tuple(sorted((e.key, e.confidence) for e in latest))}
-    assert {tuple(c[3]) for c in by_round[1]} != {tuple(c[3]) for c in by_round[2]}
-    one = go(image_vols, 1)
-    assert sorted(c[0] for c in calls) == [v.name for v in image_vols[1:]] and {c[2] for c in calls} == {2}
-    assert one.keys() == two.keys()
-    go(volume_vols, 2)
-    assert sorted(c[0] for c in calls) == [v.name for v in volume_vols[1:]]  # a volume: one round
-    permuted = go(image_vols, 2, order=[3, 1, 0, 5, 2, 4])
-    assert permuted.keys() == two.keys()
-    for name in two:
-        assert np.array_equal(two[name], permuted[name]), name

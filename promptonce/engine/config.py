@@ -68,13 +68,6 @@ class PropagationConfig:
             for typical seeds (four tuning and three held-out seeds: -0.08 to +0.18 points), but
             cost 0.45 points for a seed unlike the set (a child's film, tuning image 0074), whose
             too-small prior needs the wider candidates (benchmarks/README.md, "Twenty-second round").
-        exemplar_rounds: dataset scope, single images: how many times the exemplar pass runs (1 or
-            2). The second round redoes the cases still below the exemplar pass's threshold from an
-            exemplar set rebuilt from every case's latest result, which the first round's fused
-            priors made less like the seed: on Shenzhen X-rays (tuning images 0-99) it raised a seed
-            unlike the set (a child's film, 0074) 0.9211 -> 0.9352 and two typical seeds by 0.1-0.3
-            points, for 55-68% of the cases redone once more (benchmarks/README.md, "Twenty-third
-            round"). 1: one round, faster. Volumes run one round either way.
         pair_base_gap: dataset scope, single images: when two side-by-side objects (the lungs) end
             further apart than this fraction of their height, the shorter one is tried down to the
             other's lower end and the longer one up to the shorter one's, the image choosing, and the
@@ -113,7 +106,6 @@ class PropagationConfig:
     side_search_offsets: tuple[float, ...] = (-0.05, 0.10, 0.20)
     exemplar_prior_margins: tuple[float, ...] | None = None
     exemplar_side_search_offsets: tuple[float, ...] | None = None
-    exemplar_rounds: int = 2
     pair_base_gap: float = 0.15
     transfer_scales: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.3)
     transfer_refine: int = 2
@@ -126,9 +118,6 @@ class PropagationConfig:
         for name in ("prior_margins", "exemplar_prior_margins"):
             if getattr(self, name) is not None and len(getattr(self, name)) == 0:
                 raise InputError(f"{name} is empty; give at least one box margin (e.g. 0.0).")
-        if self.exemplar_rounds not in (1, 2):
-            raise InputError(f"exemplar_rounds is {self.exemplar_rounds!r}; use 1 (one exemplar pass) or 2 (the "
-                             "weak cases redone once more from the rebuilt exemplar set).")
 
     def for_exemplar_pass(self) -> PropagationConfig:
         """The knobs of a single image's exemplar pass: its own candidate set where one is given (else ``self``)."""

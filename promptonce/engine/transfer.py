@@ -125,8 +125,7 @@ class CaseOutcome:
         confidence: case confidence 0..1 (:func:`.quality.case_confidence`), None if not estimated.
         flags: case-level flags (the key slice's, plus any registration fallback).
         exemplar: the case as an :class:`Exemplar` when its confidence allows, else None.
-        passes: 1 from the user's seed alone, 2 when re-segmented from exemplars, 3 when re-segmented
-            again in the second exemplar round (single images, :attr:`.PropagationConfig.exemplar_rounds`).
+        passes: 1 from the user's seed alone, 2 when re-segmented from exemplars.
         sources: names of the exemplars the case was segmented from.
     """
 
@@ -216,10 +215,6 @@ class DatasetTransfer:
       confident of the two passes is kept, on a single image the second (``SECOND_PASS_BELOW_IMAGE``),
       its weak edges judged against the exemplars' outlines (:func:`.set_check.evidence_scales`) and
       its candidates those of :meth:`.config.PropagationConfig.for_exemplar_pass`.
-    * Second exemplar round (single images, :attr:`.PropagationConfig.exemplar_rounds` 2, the
-      default): a case still below ``SECOND_PASS_BELOW_IMAGE`` after the second pass
-      (:meth:`needs_another_round`) is redone once more the same way, from an exemplar set chosen
-      among every case's latest result: the first round's fused priors made them less like the seed.
 
     Each case depends only on the seed and on the exemplar *set* (chosen by confidence with an
     order-free tie-break), never on the order of the cases: the work can be spread over workers.
@@ -270,18 +265,9 @@ class DatasetTransfer:
         return self.segment_case(volume, volume_index, [self.seed], cancel, passes=1)
 
     def needs_second_pass(self, outcome: CaseOutcome) -> bool:
-        """True when a case's first-pass confidence is low enough to try its most similar exemplars."""
+        """True when a case's confidence is low enough to try its most similar exemplars."""
         below = SECOND_PASS_BELOW_IMAGE if _single_image(outcome) else SECOND_PASS_BELOW
         return outcome.confidence is None or outcome.confidence < below
-
-    def needs_another_round(self, before: CaseOutcome, after: CaseOutcome) -> bool:
-        """After an exemplar round (``before`` -> ``after``): True when the case is a single image that
-        the round redid (not kept as it was), still below ``SECOND_PASS_BELOW_IMAGE``, and
-        :attr:`.PropagationConfig.exemplar_rounds` allows another round. That round draws on an
-        exemplar set rebuilt from every case's latest result (:meth:`select_exemplars` over them)."""
-        return (_single_image(after) and after is not before and after.passes > before.passes
-                and after.passes <= self.engine.config.exemplar_rounds
-                and (after.confidence is None or after.confidence < SECOND_PASS_BELOW_IMAGE))
 
     @staticmethod
     def select_exemplars(candidates: Iterable[Exemplar | None], limit: int = MAX_EXEMPLARS) -> list[Exemplar]:
@@ -320,10 +306,9 @@ class DatasetTransfer:
             self._scales_said = scales  # once per exemplar set, not once per case
             log.info("weak-edge threshold scaled by %s: the exemplars' outlines are weaker than the tuning set's",
                      {self.names.get(o, o): round(v, 2) for o, v in scales.items()})
-        second = self.segment_case(volume, volume_index, sources, cancel, passes=first.passes + 1,
-                                   evidence_scale=scales)
+        second = self.segment_case(volume, volume_index, sources, cancel, passes=2, evidence_scale=scales)
         if _single_image(first) or (second.confidence or 0.0) > (first.confidence or 0.0):
-            log.info("%s: exemplar round %d from %s, confidence %.2f -> %.2f", volume.name, second.passes - 1,
+            log.info("%s: second pass from %s, confidence %.2f -> %.2f", volume.name,
                      ", ".join(second.sources), first.confidence or 0.0, second.confidence or 0.0)
             return second
         return first
@@ -382,7 +367,7 @@ class DatasetTransfer:
         thumb = thumbnail(gray, EXEMPLAR_SIZE)
         priors, notes = self.priors(gray, sources, thumb)
         # a single image's exemplar pass may try its own (smaller) candidate set: a speed setting, off by default
-        cfg = eng.config.for_exemplar_pass() if passes >= 2 and volume.n_slices == 1 else eng.config
+        cfg = eng.config.for_exemplar_pass() if passes == 2 and volume.n_slices == 1 else eng.config
         # the first pass (the seed alone) reaches as far past the warped seed mask as the user's box did
         reach = self.seed.reach if len(sources) == 1 and sources[0] is self.seed else {}
         seeds: dict[int, tuple[np.ndarray, float]] = {}
@@ -481,9 +466,8 @@ def segment_dataset(
     """Every case of ``dataset`` except the prompted one (``prompt.volume_index``), from one prompt.
 
     ``transfer``: :class:`DatasetTransfer`'s first pass on every case; confident cases are yielded at
-    once, weak ones after the second pass, or after the second exemplar round for the single images
-    still weak then (so the cases come out in dataset order except the weak ones, which follow, each
-    case's slices together). ``chain``: each case from the one before it
+    once, weak ones after the second pass (so the cases come out in dataset order except the weak
+    ones, which follow, each case's slices together). ``chain``: each case from the one before it
     (outwards from the prompted case), its previous neighbour as the only exemplar.
 
     ``seed_results``: the prompted case's results on its prompted slice.
@@ -499,9 +483,7 @@ def segment_dataset(
         yield from _chain(transfer, dataset, v0, cancel)
         return
     weak: list[CaseOutcome] = []
-    candidates: list[Exemplar] = []  # every first-pass exemplar: the first round's set
-    settled: list[Exemplar] = []  # the exemplars of cases that are final: part of the next round's set
-    select = DatasetTransfer.select_exemplars
+    candidates: list[Exemplar] = []
     held = _HeldCases(engine, transfer)
     try:
         for i in range(len(dataset)):
@@ -511,31 +493,21 @@ def segment_dataset(
             volume = dataset[i]
             out = transfer.first_pass(volume, i, cancel)
             if out.exemplar is not None:
-                candidates = select([*candidates, out.exemplar])  # bounded memory
+                candidates.append(out.exemplar)
+                candidates = DatasetTransfer.select_exemplars(candidates)  # bounded memory
             if transfer.needs_second_pass(out):
                 weak.append(out)
                 held.keep(i, volume)
                 continue
-            settled = select([*settled, out.exemplar])
             yield from out.results
-        exemplars = select(candidates)
-        while weak and exemplars:  # an exemplar round; a case redone and still weak goes to the next
-            again: list[CaseOutcome] = []
-            for out in weak:
-                check_cancel(cancel)
-                volume = held.take(out.volume_index)
-                volume = dataset[out.volume_index] if volume is None else volume
-                final = transfer.second_pass(volume, out.volume_index, exemplars, out, cancel)
-                if transfer.needs_another_round(out, final):
-                    again.append(final)
-                    continue
-                held.release(out.volume_index)
-                settled = select([*settled, final.exemplar])
-                yield from final.results
-            weak = again
-            exemplars = select([*settled, *(o.exemplar for o in again)])  # every case's latest result
-        for out in weak:  # no exemplar to learn from: the last pass stands
-            yield from out.results
+        exemplars = DatasetTransfer.select_exemplars(candidates)
+        for out in weak:
+            check_cancel(cancel)
+            volume = held.take(out.volume_index)
+            volume = dataset[out.volume_index] if volume is None else volume
+            final = transfer.second_pass(volume, out.volume_index, exemplars, out, cancel) if exemplars else out
+            held.release(out.volume_index)
+            yield from final.results
     finally:
         held.release_all()
 
