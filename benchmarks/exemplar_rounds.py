@@ -40,7 +40,7 @@ VARIANTS = ("seed", "noseed")
 
 
 def run_seed(eng, vols, refs, s: int, variants: tuple[str, ...] = VARIANTS) -> dict:
-    """The product's two passes from seed ``s``, then a third round of every case still below 0.90."""
+    """The product's two passes from seed ``s``, then a second exemplar round (a third pass) of every case still below 0.90."""
     from promptonce.engine import transfer as T
     from promptonce.evaluate import reference_prompt
     from promptonce.metrics import dice
@@ -84,7 +84,7 @@ def run_seed(eng, vols, refs, s: int, variants: tuple[str, ...] = VARIANTS) -> d
 
 
 def summarise(run: dict, variants: tuple[str, ...] = VARIANTS) -> dict:
-    """Mean Dice and cases below 0.85: first pass, the product (two passes), each third-round variant."""
+    """Mean Dice and cases below 0.85: first pass, the product (two passes), each third-pass variant."""
     cases = run["cases"]
 
     def stats(values: list[float]) -> list:
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_range_args(ap, count=100, start=0)
     add_seed_args(ap, seeds=3)
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="third-round variants (seed, noseed)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="second-round variants (seed, noseed)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "exemplar_rounds.json")
     args = ap.parse_args(argv)
     variants = tuple(v for v in args.variants.split(",") if v)
