@@ -40,7 +40,8 @@ VARIANTS = ("seed", "noseed")
 
 
 def run_seed(eng, vols, refs, s: int, variants: tuple[str, ...] = VARIANTS) -> dict:
-    """The product's two passes from seed ``s``, then a second exemplar round (a third pass) of every case still below 0.90."""
+    """The product's two passes from seed ``s``, then a second exemplar round (a third pass) of every case
+    still below 0.90."""
     from promptonce.engine import transfer as T
     from promptonce.evaluate import reference_prompt
     from promptonce.metrics import dice
