@@ -69,14 +69,14 @@ def run_seed(eng, vols, refs, s: int, variants: tuple[str, ...] = VARIANTS) -> d
         row = {"image": o.name, "dice1": float(dice(first[i].results[0].labels > 0, refs[i])),
                "conf1": first[i].confidence, "dice2": float(dice(o.results[0].labels > 0, refs[i])),
                "conf2": o.confidence, "passes": o.passes}
-        if ex2 and tr.needs_second_pass(o):
-            runs = {"seed": lambda: tr.second_pass(vols[i], i, ex2, o),
-                    "noseed": lambda: tr.segment_case(vols[i], i, pool[:T.EXEMPLARS_PER_CASE + 1], None, passes=2)}
-            for name in variants:
-                if name == "noseed" and not pool:
-                    continue
-                out = runs[name]()
-                row[name] = {"dice": float(dice(out.results[0].labels > 0, refs[i])), "conf": out.confidence}
+        for name in variants if ex2 and tr.needs_second_pass(o) else ():
+            if name == "seed":
+                out = tr.second_pass(vols[i], i, ex2, o)
+            elif pool:
+                out = tr.segment_case(vols[i], i, pool[:T.EXEMPLARS_PER_CASE + 1], None, passes=2)
+            else:
+                continue
+            row[name] = {"dice": float(dice(out.results[0].labels > 0, refs[i])), "conf": out.confidence}
         cases.append(row)
     return {"seed_index": s, "exemplars_first": len(ex1), "exemplars_second": len(ex2),
             "seconds_two_passes": t2, "seconds": time.perf_counter() - t0,
