@@ -32,13 +32,13 @@ from promptonce.evaluate import reference_prompt  # noqa: E402
 from promptonce.metrics import dice  # noqa: E402
 from promptonce.types import Dataset  # noqa: E402
 
-from _xrays import add_range_args, encoded_engine, load_range  # noqa: E402
+from _xrays import add_range_args, add_seed_args, encoded_engine, load_range, seed_indices  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_range_args(ap, count=100, start=0)
-    ap.add_argument("--seeds", type=int, default=3, help="seed images spread evenly over the range")
+    add_seed_args(ap, seeds=3)
     ap.add_argument("--variants", default='{"default": {}}', help="name -> PropagationConfig overrides (JSON)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transfer_budget.json")
     args = ap.parse_args(argv)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     for module in (predict, prior_mask, pairs, walk):
         module.predict = counted
     base = eng.config
-    seeds = sorted({int(round(x)) for x in np.linspace(0, len(vols) - 1, args.seeds)})
+    seeds = seed_indices(len(vols), args.seeds, args.seed_images)
     out: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "start": args.start, "count": len(vols),
                  "encode_seconds": t_encode, "per_image_cold_seconds": t_image, "variants": {}}
     for name, over in variants.items():

@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 pooled[level][key] += fq[level][key]
         dice = [c["dice"] for c in result["cases"]]
         sets[tag] = {"cases": len(dice), "mean_dice": round(float(np.mean(dice)), 4),
+                     "dice_per_case": [round(float(x), 4) for x in dice],
                      "flags_case": fq["case"], "flags_slice": fq["slice"],
                      "ends": len(rec.ends), "ends_reference_goes_on": sum(e["reference_goes_on"] for e in rec.ends)}
         print(tag, {k: v for k, v in sets[tag].items() if not k.startswith("flags")},

@@ -335,3 +335,30 @@ def test_evidence_curves_measures_on_a_gamma_curved_image(tmp_path, monkeypatch,
     monkeypatch.setattr(sys.modules["_xrays"], "DATA", tmp_path / "absent")
     out = tmp_path / "ec.json"
     assert ec.main(["--out", str(out)]) == 0 and not out.exists() and "skipped" in capsys.readouterr().err
+
+
+def test_seed_agreement_scores_the_best_worst_and_most_confident_seed_per_image(tmp_path):
+    sa = _script("seed_agreement")
+
+    def run(seed, dice, conf):
+        return {"seed": seed, "cases": [{"image": f"i{k}", "dice": d, "confidence": c}
+                                        for k, (d, c) in enumerate(zip(dice, conf))]}
+
+    # seed b is wrong on image 0 only, and more confident there: the confident choice takes its miss
+    runs = [run("a", [0.96, 0.95, 0.94], [0.8, 0.9, 0.9]), run("b", [0.70, 0.97, 0.95], [0.9, 0.8, 0.8]),
+            run("c", [0.95, 0.96, 0.93], [0.7, 0.7, 0.7])]
+    out = sa.agreement(runs)
+    assert out["images"] == 3 and out["dice_per_seed"]["b"] == round((0.70 + 0.97 + 0.95) / 3, 4)
+    assert out["mean_of_best_seed_per_image"] == round((0.96 + 0.97 + 0.95) / 3, 4)
+    assert out["mean_of_worst_seed_per_image"] == round((0.70 + 0.95 + 0.93) / 3, 4)
+    assert out["mean_of_most_confident_seed_per_image"] == round((0.70 + 0.95 + 0.94) / 3, 4)
+    b = out["per_seed"]["b"]
+    assert b["cases_more_than_0.05_below"] == 1 and b["below_0.85"] == 1
+    assert b["gap_from_those_cases"] == round((0.70 - 0.955) / 3, 4)
+    assert out["per_seed"]["a"]["cases_more_than_0.05_below"] == 0
+    files = []
+    for k, r in enumerate(runs):
+        files.append(tmp_path / f"s{k}.json")
+        files[-1].write_text(json.dumps({"runs": [r]}))
+    assert sa.main([*map(str, files), "--out", str(tmp_path / "o.json")]) == 0
+    assert json.loads((tmp_path / "o.json").read_text())["seeds"] == ["a", "b", "c"]
