@@ -334,6 +334,32 @@ def test_an_object_ending_without_fading_out_is_flagged_where_it_ended():
     assert max(k for k, r in res.items() if r.labels.any()) >= 10  # followed down to its small end
 
 
+def drifting_cone(step: float):
+    """:func:`cone_volume`'s disc, ``step`` darker on each slice past its largest one (slice 6)."""
+    vol, obj = cone_volume(change_at=None)
+    zz = np.arange(obj.shape[0])[:, None, None]
+    arr = np.where(obj, 200.0 - step * np.maximum(zz - 6, 0), 20.0) + np.random.default_rng(1).normal(0, 2, obj.shape)
+    return Volume(arr.astype(np.float32), name="drift"), obj
+
+
+def test_a_gradual_intensity_drift_does_not_end_the_object_but_a_jump_still_does():
+    from promptonce.engine import PropagationConfig
+
+    cfg = PropagationConfig(max_intensity_step_z=1.0)
+
+    def last_slice(vol, obj, config):
+        prompt = SlicePrompt((ObjectPrompt(box=box_of(obj[6]), name="cone"),), slice_index=6)
+        res = segment(vol, prompt, scope="volume", backend=FakeBackend(), click_backend=None, config=config)
+        return max(r.slice_index for r in res if r.labels.any())
+
+    # 2.5 grey levels darker a slice (the seed's robust SD is the 2% floor of the range: 3.6 levels)
+    vol, obj = drifting_cone(2.5)
+    assert last_slice(vol, obj, None) == 8  # the seed-referenced rule alone ends it on slice 9 (z 2.1)
+    assert last_slice(vol, obj, cfg) >= 10  # each slice is close to the one before: followed on
+    vol, obj = cone_volume(change_at=10)  # 90 levels darker at once: a neighbour, not a drift
+    assert last_slice(vol, obj, cfg) == 9
+
+
 def ring_volume(n: int, size: int = 64):
     """``(volume, ring, disc)``: a bright ring (radius 8-14) around a dark cavity on every slice, and the disc it bounds."""
     yy, xx = np.mgrid[0:size, 0:size]

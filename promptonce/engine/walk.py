@@ -59,6 +59,7 @@ class ObjectState:
     peak: int = 0
     trough: int | None = None
     values: tuple[float, float] | None = None  # (median, robust scale) of the seed mask's voxels
+    last_median: float | None = None  # median voxel value under the previous slice's mask
     lost_at: int | None = None  # slice where the object was lost mid-volume (flagged), if it was
     seed_doubted: bool = False  # the prompted slice's mask of this object was flagged
     seed_cap: float = 1.0  # the most confidence a slice carried from a flagged seed may have
@@ -170,14 +171,19 @@ def vanished(
             return f"area grows again after a tip ({state.trough} -> {area} px)"
     if state.values is not None and values is not None and values.size:
         med0, scale0 = state.values
-        z = abs(float(np.median(values)) - med0) / scale0
+        med = float(np.median(values))
+        z = abs(med - med0) / scale0
+        # a gradual drift (each slice close to the one before) is the object changing along the axis
+        last = state.last_median
+        drift = (cfg.max_intensity_step_z is not None and last is not None
+                 and abs(med - last) / scale0 <= cfg.max_intensity_step_z)
         inter = int(np.count_nonzero(mask & prev))
         overlap = 2.0 * inter / (area + prev_area)
         # An organ whose contents drift along the axis (lungs: denser towards the bases) keeps its
         # shape; a box that slid onto a neighbour does not. Intensity alone never ends a large,
         # shape-consistent object (on the CIP chest CT it cut a lung at 84-88% of its peak area).
         steady = area >= cfg.steady_area_frac * max(state.peak, 1) and overlap >= cfg.steady_overlap
-        if z > cfg.max_intensity_z and not steady:
+        if z > cfg.max_intensity_z and not steady and not drift:
             return f"{INTENSITY_CHANGED} (z {z:.1f})"
         if overlap < cfg.min_consistency:
             return NO_OVERLAP
@@ -274,6 +280,7 @@ def segment_volume(
                 st.seed_doubted, st.seed_cap = True, score
         st.peak = st.seed_area
         st.values = _robust_stats(volume.array[k0][mask], volume) if mask.any() else None
+        st.last_median = st.values[0] if st.values is not None else None
         states.append(st)
         scores[obj.object_id] = score
     seed_conf = [float(np.clip(min(st.score, st.seed_cap), 0, 1))
@@ -378,6 +385,8 @@ def walk(
             st.mask, st.score = mask, score
             if mask is not None:
                 st.update_area(int(mask.sum()))
+            if values is not None:
+                st.last_median = float(np.median(values))
             scores[st.object_id] = score
         yield SliceResult(
             volume_index=volume_index, slice_index=k, labels=paint(cur, shape), scores=scores, flags=flags,
