@@ -23,26 +23,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import promptonce.engine.walk as walk_module  # noqa: E402
 from promptonce.engine import PropagationConfig  # noqa: E402
 from promptonce.evaluate import EvalConfig, evaluate  # noqa: E402
 from promptonce.io.readers import load_dataset, load_reference  # noqa: E402
 
 from _xrays import write_json  # noqa: E402
-from walk_ends import DATA, sets_for  # noqa: E402
+from walk_ends import DATA, WalkTap, sets_for  # noqa: E402
 
 
-class DriftRecorder:
-    """Wraps the walk's ``step`` and ``vanished``; keeps each slice the drift rule alone let the walk on."""
+class DriftRecorder(WalkTap):
+    """Keeps each slice that the drift rule alone let the walk on."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.kept: list[dict] = []
-        self._where: dict = {}
-        self._step, self._vanished = walk_module.step, walk_module.vanished
-
-    def step(self, eng, volume, k, state, window=None, from_slice=None):  # noqa: ANN001
-        self._where = {"volume": volume.name, "slice": k}
-        return self._step(eng, volume, k, state, window, from_slice)
 
     def vanished(self, eng, mask, score, state, values=None):  # noqa: ANN001
         why = self._vanished(eng, mask, score, state, values)
@@ -54,18 +48,11 @@ class DriftRecorder:
         overlap = 2.0 * int(np.count_nonzero(mask & state.mask)) / (area + prev_area)
         steady = area >= cfg.steady_area_frac * max(state.peak, 1) and overlap >= cfg.steady_overlap
         if abs(med - med0) / scale0 > cfg.max_intensity_z and not steady:
-            self.kept.append(dict(self._where, z_from_seed=round(abs(med - med0) / scale0, 2),
+            self.kept.append(dict(self._cur, z_from_seed=round(abs(med - med0) / scale0, 2),
                                   z_step=round(abs(med - state.last_median) / scale0, 2),
                                   overlap_with_previous=round(overlap, 3),
                                   fraction_of_peak=round(area / max(state.peak, 1), 3), mask=mask.copy()))
         return why
-
-    def __enter__(self) -> DriftRecorder:
-        walk_module.step, walk_module.vanished = self.step, self.vanished
-        return self
-
-    def __exit__(self, *exc) -> None:
-        walk_module.step, walk_module.vanished = self._step, self._vanished
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,17 +63,37 @@ def sets_for(split: str, acdc_count: int, hippo_count: int) -> list[tuple[str, l
     return out
 
 
-class EndRecorder:
-    """Wraps the walk's ``step`` and ``vanished`` to record every end: volume, slice, direction, reason, areas."""
+class WalkTap:
+    """Wraps the walk's ``step`` (to know the volume, slice and direction) and ``vanished`` while in a ``with``.
+
+    Subclasses override :meth:`vanished` to record what they need; ``self._cur`` says where the walk is.
+    """
 
     def __init__(self) -> None:
-        self.ends: list[dict] = []
         self._cur: dict = {}
         self._step, self._vanished = walk_module.step, walk_module.vanished
 
     def step(self, eng, volume, k, state, window=None, from_slice=None):  # noqa: ANN001
         self._cur = {"volume": volume.name, "slice": k, "direction": 0 if from_slice is None else k - from_slice}
         return self._step(eng, volume, k, state, window, from_slice)
+
+    def vanished(self, eng, mask, score, state, values=None):  # noqa: ANN001
+        return self._vanished(eng, mask, score, state, values)
+
+    def __enter__(self):  # noqa: ANN204
+        walk_module.step, walk_module.vanished = self.step, self.vanished
+        return self
+
+    def __exit__(self, *exc) -> None:
+        walk_module.step, walk_module.vanished = self._step, self._vanished
+
+
+class EndRecorder(WalkTap):
+    """Records every end of the walk: volume, slice, direction, reason, areas."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ends: list[dict] = []
 
     def vanished(self, eng, mask, score, state, values=None):  # noqa: ANN001
         why = self._vanished(eng, mask, score, state, values)
@@ -83,13 +103,6 @@ class EndRecorder:
                                   area_before=before, peak=int(state.peak), fraction=before / max(state.peak, 1),
                                   uncertain=walk_module.ends_uncertainly(why)))
         return why
-
-    def __enter__(self) -> EndRecorder:
-        walk_module.step, walk_module.vanished = self.step, self.vanished
-        return self
-
-    def __exit__(self, *exc) -> None:
-        walk_module.step, walk_module.vanished = self._step, self._vanished
 
 
 def size_class(fraction: float) -> str:
