@@ -362,3 +362,12 @@ def test_seed_agreement_scores_the_best_worst_and_most_confident_seed_per_image(
         files[-1].write_text(json.dumps({"runs": [r]}))
     assert sa.main([*map(str, files), "--out", str(tmp_path / "o.json")]) == 0
     assert json.loads((tmp_path / "o.json").read_text())["seeds"] == ["a", "b", "c"]
+
+
+def test_atlas_vote_takes_the_mask_the_others_agree_with():
+    av = _script("atlas_vote")
+    yy, xx = np.mgrid[0:40, 0:40]
+    disc = lambda cx, r: (xx - cx) ** 2 + (yy - 20) ** 2 <= r**2  # noqa: E731
+    masks = [disc(26, 8), disc(20, 8), disc(21, 8), disc(19, 8), disc(5, 4)]
+    assert av.medoid(masks) == 1  # the middle one of three near-identical discs, not the outliers
+    assert av.medoid(masks[:2]) == 0  # two cannot vote

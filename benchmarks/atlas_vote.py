@@ -1,0 +1,89 @@
+"""Can the atlases' own agreement choose a weak X-ray's result? (issue 12, the worst seed)
+
+The exemplar pass redoes a weak case (first-pass confidence below 0.90) from the *fused* priors of the
+seed and its 3 most similar exemplars. Here each weak case is also segmented from each of those 4
+atlases alone (``DatasetTransfer.segment_case`` with one source), and among the 5 results (fused + 4
+single) the medoid is taken: the result with the highest mean Dice with the other four. No reference is
+used to choose. Per seed: Dice of the product (the fused result), of the medoid, of the most confident
+of the 5, and of the best of the 5 (an oracle, with the reference), cases below 0.85 for each, and the
+decoder-call cost (4 more case runs per weak case).
+
+    .venv/bin/python benchmarks/atlas_vote.py --start 0 --count 100 --seed-images 66,0 \\
+        --out benchmarks/results/atlas_vote_tune.json         # tuning, ~25 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from _xrays import add_range_args, add_seed_args, sweep_seeds  # noqa: E402
+
+
+def medoid(masks: list[np.ndarray]) -> int:
+    """Index of the mask whose mean Dice with the others is highest (the first such on ties)."""
+    from promptonce.metrics import dice
+
+    n = len(masks)
+    if n < 3:
+        return 0
+    agree = [np.mean([dice(masks[i], masks[j]) for j in range(n) if j != i]) for i in range(n)]
+    return int(np.argmax(agree))
+
+
+def run_seed(eng, vols, refs, s: int) -> dict:
+    """The product's two passes from seed ``s``; for each redone case, the single-atlas results and their medoid."""
+    from promptonce.engine import transfer as T
+    from promptonce.evaluate import reference_prompt
+    from promptonce.metrics import dice
+
+    t0 = time.perf_counter()
+    sp = reference_prompt(refs[s].astype(np.uint8), labels=None, protocol="box", slice_index=0, volume_index=s)
+    tr = T.DatasetTransfer(eng, vols[s], sp)
+    idx = [i for i in range(len(vols)) if i != s]
+    first = {i: tr.first_pass(vols[i], i) for i in idx}
+    exemplars = T.DatasetTransfer.select_exemplars(o.exemplar for o in first.values())
+    cases = []
+    for i in idx:
+        o = first[i]
+        row = {"image": o.name, "redone": False}
+        if exemplars and tr.needs_second_pass(o):
+            fused = tr.second_pass(vols[i], i, exemplars, o)
+            gray = eng.frames(vols[i], None).gray(0)
+            pool = T.rank_by_similarity(gray, [e for e in exemplars if e.name != vols[i].name])
+            outs = [fused] + [tr.segment_case(vols[i], i, [src], None, passes=2)
+                              for src in [tr.seed, *pool[:T.EXEMPLARS_PER_CASE]]]
+            masks = [x.results[0].labels > 0 for x in outs]
+            d = [float(dice(m, refs[i])) for m in masks]
+            conf = [x.confidence if x.confidence is not None else -1.0 for x in outs]
+            row.update(redone=True, product=d[0], medoid=d[medoid(masks)], most_confident=d[int(np.argmax(conf))],
+                       best=max(d), dice_all=d, conf_all=conf)
+        else:
+            row["product"] = row["medoid"] = row["most_confident"] = row["best"] = float(dice(o.results[0].labels > 0,
+                                                                                             refs[i]))
+        cases.append(row)
+    summary = {k: [round(float(np.mean([c[k] for c in cases])), 4), int(sum(c[k] < 0.85 for c in cases))]
+               for k in ("product", "medoid", "most_confident", "best")}
+    summary["redone"] = sum(c["redone"] for c in cases)
+    return {"seed_index": s, "exemplars": len(exemplars), "seconds": time.perf_counter() - t0,
+            "summary": summary, "cases": cases}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_range_args(ap, count=100, start=0)
+    add_seed_args(ap, seeds=2)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "atlas_vote.json")
+    args = ap.parse_args(argv)
+    return sweep_seeds(args, argv, run_seed)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
