@@ -89,6 +89,19 @@ def write_result(out: Path, argv: list[str] | None, start: int, count: int, **fi
     write_json(out, doc, newline=False)
 
 
+def first_passes(eng, vols: list, refs: list[np.ndarray], s: int) -> tuple:
+    """The product's first pass from seed ``s`` (its reference box) over every other image, and the exemplar
+    set it yields: ``(DatasetTransfer, {image index: CaseOutcome}, exemplars)``. The start of the exemplar
+    benchmarks (``exemplar_sources``, ``second_pass_keep``, ``exemplar_rounds``, ``atlas_vote``)."""
+    from promptonce.engine.transfer import DatasetTransfer
+    from promptonce.evaluate import reference_prompt
+
+    sp = reference_prompt(refs[s].astype(np.uint8), labels=None, protocol="box", slice_index=0, volume_index=s)
+    transfer = DatasetTransfer(eng, vols[s], sp)
+    first = {i: transfer.first_pass(vols[i], i) for i in range(len(vols)) if i != s}
+    return transfer, first, DatasetTransfer.select_exemplars(o.exemplar for o in first.values())
+
+
 def seed_indices(n: int, count: int, images: str | None = None) -> list[int]:
     """The seed images of a sweep over ``n`` images: ``images`` ("0,465", indices within the range) when
     given, else ``count`` spread evenly from the first to the last."""

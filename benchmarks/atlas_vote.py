@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _xrays import add_range_args, add_seed_args, sweep_seeds  # noqa: E402
+from _xrays import add_range_args, add_seed_args, first_passes, sweep_seeds  # noqa: E402
 
 
 def medoid(masks: list[np.ndarray]) -> int:
@@ -41,18 +41,12 @@ def medoid(masks: list[np.ndarray]) -> int:
 def run_seed(eng, vols, refs, s: int) -> dict:
     """The product's two passes from seed ``s``; for each redone case, the single-atlas results and their medoid."""
     from promptonce.engine import transfer as T
-    from promptonce.evaluate import reference_prompt
     from promptonce.metrics import dice
 
     t0 = time.perf_counter()
-    sp = reference_prompt(refs[s].astype(np.uint8), labels=None, protocol="box", slice_index=0, volume_index=s)
-    tr = T.DatasetTransfer(eng, vols[s], sp)
-    idx = [i for i in range(len(vols)) if i != s]
-    first = {i: tr.first_pass(vols[i], i) for i in idx}
-    exemplars = T.DatasetTransfer.select_exemplars(o.exemplar for o in first.values())
+    tr, first, exemplars = first_passes(eng, vols, refs, s)
     cases = []
-    for i in idx:
-        o = first[i]
+    for i, o in first.items():
         row = {"image": o.name, "redone": False}
         if exemplars and tr.needs_second_pass(o):
             fused = tr.second_pass(vols[i], i, exemplars, o)
@@ -66,8 +60,8 @@ def run_seed(eng, vols, refs, s: int) -> dict:
             row.update(redone=True, product=d[0], medoid=d[medoid(masks)], most_confident=d[int(np.argmax(conf))],
                        best=max(d), dice_all=d, conf_all=conf)
         else:
-            row["product"] = row["medoid"] = row["most_confident"] = row["best"] = float(dice(o.results[0].labels > 0,
-                                                                                             refs[i]))
+            d0 = float(dice(o.results[0].labels > 0, refs[i]))
+            row.update(product=d0, medoid=d0, most_confident=d0, best=d0)
         cases.append(row)
     summary = {k: [round(float(np.mean([c[k] for c in cases])), 4), int(sum(c[k] < 0.85 for c in cases))]
                for k in ("product", "medoid", "most_confident", "best")}

@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _xrays import add_range_args, add_seed_args, sweep_seeds  # noqa: E402
+from _xrays import add_range_args, add_seed_args, first_passes, sweep_seeds  # noqa: E402
 
 VARIANTS = ("seed", "noseed")
 
@@ -43,16 +43,12 @@ def run_seed(eng, vols, refs, s: int, variants: tuple[str, ...] = VARIANTS) -> d
     """The product's two passes from seed ``s``, then a second exemplar round (a third pass) of every case
     still below 0.90."""
     from promptonce.engine import transfer as T
-    from promptonce.evaluate import reference_prompt
     from promptonce.metrics import dice
     from promptonce.registration import register, thumbnail
 
     t0 = time.perf_counter()
-    sp = reference_prompt(refs[s].astype(np.uint8), labels=None, protocol="box", slice_index=0, volume_index=s)
-    tr = T.DatasetTransfer(eng, vols[s], sp)
-    idx = [i for i in range(len(vols)) if i != s]
-    first = {i: tr.first_pass(vols[i], i) for i in idx}
-    ex1 = T.DatasetTransfer.select_exemplars(o.exemplar for o in first.values())
+    tr, first, ex1 = first_passes(eng, vols, refs, s)
+    idx = list(first)
     final = {i: tr.second_pass(vols[i], i, ex1, o) if ex1 and tr.needs_second_pass(o) else o for i, o in first.items()}
     t2 = time.perf_counter() - t0
     ex2 = T.DatasetTransfer.select_exemplars(o.exemplar for o in final.values())

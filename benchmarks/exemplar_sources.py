@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _xrays import add_range_args, add_seed_args, sweep_seeds  # noqa: E402
+from _xrays import add_range_args, add_seed_args, first_passes, sweep_seeds  # noqa: E402
 
 VARIANTS = ("seed_and_exemplars", "exemplars_only", "ranked")
 THRESHOLDS = (0.80, 0.85, 0.90)
@@ -55,15 +55,11 @@ def sources_for(variant: str, seed, pool: list, ranked: list, k: int = 3) -> lis
 
 def run_seed(eng, vols, refs, s: int) -> dict:
     """First pass of every case from seed ``s``; the variants' second passes of its weak cases."""
-    from promptonce.engine.transfer import EXEMPLARS_PER_CASE, DatasetTransfer, rank_by_similarity
-    from promptonce.evaluate import reference_prompt
+    from promptonce.engine.transfer import EXEMPLARS_PER_CASE, rank_by_similarity
     from promptonce.metrics import dice
 
     t0 = time.perf_counter()
-    sp = reference_prompt(refs[s].astype(np.uint8), labels=None, protocol="box", slice_index=0, volume_index=s)
-    tr = DatasetTransfer(eng, vols[s], sp)
-    outs = {i: tr.first_pass(vols[i], i) for i in range(len(vols)) if i != s}
-    ex = DatasetTransfer.select_exemplars([o.exemplar for o in outs.values()])
+    tr, outs, ex = first_passes(eng, vols, refs, s)
     cases = []
     for i, o in outs.items():
         row = {"image": o.name, "dice1": float(dice(o.results[0].labels > 0, refs[i])), "conf1": o.confidence}

@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _xrays import add_range_args, add_seed_args, sweep_seeds  # noqa: E402
+from _xrays import add_range_args, add_seed_args, first_passes, sweep_seeds  # noqa: E402
 
 THRESHOLDS = (0.80, 0.85, 0.90)
 REDO_BELOW = max(THRESHOLDS)
@@ -47,16 +47,12 @@ MARGINS = (0.05, 0.1, 0.2)
 def run_seed(eng, vols, refs, s: int, powers: tuple[int, ...]) -> dict:
     """First pass of every case from seed ``s``; the second pass of its weak cases for each power."""
     from promptonce.engine import transfer as T
-    from promptonce.evaluate import reference_prompt
     from promptonce.metrics import dice
 
     original = T.FUSION_POWER
     try:
         t0 = time.perf_counter()
-        sp = reference_prompt(refs[s].astype(np.uint8), labels=None, protocol="box", slice_index=0, volume_index=s)
-        tr = T.DatasetTransfer(eng, vols[s], sp)
-        outs = {i: tr.first_pass(vols[i], i) for i in range(len(vols)) if i != s}
-        ex = T.DatasetTransfer.select_exemplars([o.exemplar for o in outs.values()])
+        tr, outs, ex = first_passes(eng, vols, refs, s)
         cases = []
         for i, o in outs.items():
             row = {"image": o.name, "dice1": float(dice(o.results[0].labels > 0, refs[i])), "conf1": o.confidence}

@@ -59,7 +59,7 @@ class ObjectState:
     peak: int = 0
     trough: int | None = None
     values: tuple[float, float] | None = None  # (median, robust scale) of the seed mask's voxels
-    last_median: float | None = None  # median voxel value under the previous slice's mask
+    last_median: float | None = None  # median under the previous slice's mask (kept for max_intensity_step_z)
     lost_at: int | None = None  # slice where the object was lost mid-volume (flagged), if it was
     seed_doubted: bool = False  # the prompted slice's mask of this object was flagged
     seed_cap: float = 1.0  # the most confidence a slice carried from a flagged seed may have
@@ -385,7 +385,7 @@ def walk(
             st.mask, st.score = mask, score
             if mask is not None:
                 st.update_area(int(mask.sum()))
-            if values is not None:
+            if values is not None and eng.config.max_intensity_step_z is not None:  # only the drift rule reads it
                 st.last_median = float(np.median(values))
             scores[st.object_id] = score
         yield SliceResult(
