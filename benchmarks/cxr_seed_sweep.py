@@ -18,6 +18,8 @@ recall (images with Dice < 0.85 that carry a flag) and precision (flagged images
 share of a cold run: encoding + the seed's run); plus the per-image reference-box mean and the cost
 of the first seed's cold run over the per-image run.
 
+``--config`` sets ``PropagationConfig`` fields for every run (JSON; recorded in the result).
+
 ``--evidence off`` runs without the image's evidence in the confidence (``quality.EVIDENCE_FULL = 0``:
 the confidence before the seventh round); ``both`` runs every seed both ways on the same embeddings
 and writes ``runs_evidence_off`` and ``flags_pooled_evidence_off`` beside the usual fields.
@@ -26,6 +28,7 @@ and writes ``runs_evidence_off`` and ``flags_pooled_evidence_off`` beside the us
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -121,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cxr_seed_sweep.json")
     ap.add_argument("--evidence", choices=["on", "off", "both"], default="on",
                     help="the image's evidence in the confidence (off: as before the seventh round)")
+    ap.add_argument("--config", default="{}",
+                    help="PropagationConfig overrides as JSON, e.g. '{\"atlas_choice_below\": 0.85}' (default: none)")
     ap.add_argument("--rescore", type=Path, default=None,
                     help="add the review-threshold tables to an existing result file (no model run)")
     args = ap.parse_args(argv)
@@ -137,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     paths, vols, refs = loaded
     ds = Dataset(vols)
     eng, t_encode = encoded_engine(vols)  # timed apart: the seed runs below reuse the embeddings
+    overrides = json.loads(args.config)
+    eng.config = dataclasses.replace(eng.config, **{k: tuple(v) if isinstance(v, list) else v
+                                                    for k, v in overrides.items()})
     t0 = time.perf_counter() - t_encode  # the per-image run below counts the encoding
     reg_seconds = [0.0]
     real_register = transfer_module.register
@@ -171,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "images": [p.name for p in paths], "start": args.start, "count": len(paths),
         "per_image_reference_box": float(np.mean(per_image)), "per_image_seconds": t_image,
-        "encode_seconds": t_encode,
+        "encode_seconds": t_encode, "config": overrides,
         # both cold: encoding every image once, then the first seed's run / the per-image decodes
         "cost_ratio_first_seed_vs_per_image": (runs[0]["seconds"] + t_encode) / t_image,
         "registration_share_of_cold_run_mean": float(np.mean([r["registration_share_of_cold_run"] for r in runs])),

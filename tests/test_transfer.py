@@ -52,8 +52,8 @@ def box_of(mask: np.ndarray) -> Box:
     return Box(float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
 
 
-def run(vols: list[Volume], prompt: SlicePrompt) -> dict[str, np.ndarray]:
-    eng = Engine(FakeBackend(), prefetch=False)
+def run(vols: list[Volume], prompt: SlicePrompt, config=None, backend=None) -> dict[str, np.ndarray]:
+    eng = Engine(backend or FakeBackend(), prefetch=False, config=config)
     out = {}
     for r in segment(Dataset(vols), prompt, scope="dataset", engine=eng):
         out[r.volume_name] = r.labels.copy()
@@ -73,20 +73,24 @@ def test_transfer_follows_the_object_and_scores_each_case():
         assert r.confidence is not None and 0.0 <= r.confidence <= 1.0
 
 
-def test_a_permuted_dataset_gives_identical_masks():
-    pairs = [case(i) for i in range(7)]
+@pytest.mark.parametrize("choice", [0.0, 1.01], ids=["default", "atlas-choice-always"])
+def test_a_permuted_dataset_gives_identical_masks(choice):
+    from promptonce.engine import PropagationConfig
+
+    config = PropagationConfig(atlas_choice_below=choice)
+    pairs = [case(i, leak=i in (3, 5)) for i in range(7)]  # two weak cases: the exemplar pass runs
     vols = [v for v, _ in pairs]
     p0 = SlicePrompt((ObjectPrompt(box=box_of(pairs[0][1])),), slice_index=0, volume_index=0)
-    first = run(vols, p0)
+    first = run(vols, p0, config, LeakyBackend())
     order = [0, 5, 2, 6, 1, 4, 3]
-    second = run([vols[i] for i in order], p0)  # the seed stays at index 0
+    second = run([vols[i] for i in order], p0, config, LeakyBackend())  # the seed stays at index 0
     assert first.keys() == second.keys()
     for name in first:
         assert np.array_equal(first[name], second[name]), name
     # the seed moved elsewhere in the list: same masks too
     order2 = [3, 1, 0, 2, 4, 5, 6]
     p2 = SlicePrompt(p0.objects, slice_index=0, volume_index=order2.index(0))
-    third = run([vols[i] for i in order2], p2)
+    third = run([vols[i] for i in order2], p2, config, LeakyBackend())
     for name in first:
         assert np.array_equal(first[name], third[name]), name
 
@@ -880,3 +884,56 @@ def test_an_images_exemplar_pass_tries_its_own_smaller_candidate_set(monkeypatch
                                    ("offsets", base.exemplar_side_search_offsets)} if own else first)
             else:  # volumes: no side search, and the first pass's margins on both passes
                 assert first == second == {("margins", base.prior_margins)}
+
+
+def test_a_weak_fused_image_result_is_weighed_against_its_nearest_exemplars_alone(monkeypatch):
+    """With ``atlas_choice_below`` set, an image whose fused exemplar pass stays below it is also segmented
+    from each of its ``atlas_choice_singles`` most similar exemplars alone, and the most confident result
+    is kept (the fused one on ties); a confident fused result, a volume, or the default (off) runs nothing more."""
+    from promptonce.engine import PropagationConfig
+    from promptonce.engine.transfer import rank_by_similarity
+
+    pairs = [case(i) for i in range(6)]
+    image_vols = [v for v, _ in pairs]
+    volume_vols = [Volume(np.repeat(v.array, 3, axis=0), name=v.name + "_3d") for v in image_vols]
+    real = DatasetTransfer.segment_case
+    for config, vols, fused_conf, expect in (
+        (PropagationConfig(atlas_choice_below=0.9, atlas_choice_singles=2), image_vols, 0.5, "nearest"),
+        (PropagationConfig(atlas_choice_below=0.9, atlas_choice_singles=2), image_vols, 0.95, "fused"),
+        (PropagationConfig(atlas_choice_below=0.9, atlas_choice_singles=2), volume_vols, 0.5, "fused"),
+        (PropagationConfig(), image_vols, 0.5, "fused"),
+    ):
+        prompt = SlicePrompt((ObjectPrompt(box=box_of(pairs[0][1])),), slice_index=vols[0].n_slices // 2,
+                             volume_index=0)
+        eng = Engine(FakeBackend(), prefetch=False, config=config)
+        t = DatasetTransfer(eng, vols[0], prompt)
+        outs = [t.first_pass(v, i) for i, v in enumerate(vols) if i]
+        ex = DatasetTransfer.select_exemplars([o.exemplar for o in outs])
+        assert len(ex) >= 3
+        gray = eng.frames(vols[1], None).gray(vols[1].n_slices // 2)
+        ranked = [e.name for e in rank_by_similarity(gray, [e for e in ex if e.name != vols[1].name])]
+        calls = []
+
+        def scored(self, volume, volume_index, sources, cancel, passes, evidence_scale=None, calls=calls):
+            out = real(self, volume, volume_index, sources, cancel, passes, evidence_scale)
+            calls.append([s.name for s in sources])
+            if len(sources) > 1:
+                return replace(out, confidence=fused_conf)
+            # single atlases: the second most similar scores best, the farther ones would score higher still
+            return replace(out, confidence={ranked[0]: 0.6, ranked[1]: 0.7}.get(sources[0].name, 0.99))
+
+        monkeypatch.setattr(DatasetTransfer, "segment_case", scored)
+        kept = t.second_pass(vols[1], 1, ex, replace(outs[0], confidence=0.1))
+        monkeypatch.undo()
+        if expect == "nearest":
+            assert calls[1:] == [[ranked[0]], [ranked[1]]]  # only the two most similar, in that order
+            assert kept.sources == (ranked[1],) and kept.confidence == 0.7
+        else:
+            assert len(calls) == 1 and len(kept.sources) > 1
+    # ties keep the fused result
+    monkeypatch.setattr(DatasetTransfer, "segment_case", lambda self, *a, **k: replace(
+        real(self, *a, **k), confidence=0.5))
+    t = DatasetTransfer(Engine(FakeBackend(), prefetch=False, config=PropagationConfig(atlas_choice_below=0.9)),
+                        image_vols[0], SlicePrompt((ObjectPrompt(box=box_of(pairs[0][1])),), 0, 0))
+    kept = t.second_pass(image_vols[1], 1, ex, replace(outs[0], confidence=0.1))
+    assert len(kept.sources) > 1

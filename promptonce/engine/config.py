@@ -73,6 +73,17 @@ class PropagationConfig:
             for typical seeds (four tuning and three held-out seeds: -0.08 to +0.18 points), but
             cost 0.45 points for a seed unlike the set (a child's film, tuning image 0074), whose
             too-small prior needs the wider candidates (benchmarks/README.md, "Twenty-second round").
+        atlas_choice_below: dataset scope, single images: when the exemplar pass's fused result is
+            less confident than this, the case is also segmented from each of its
+            ``atlas_choice_singles`` most similar exemplars alone and the most confident of those
+            results is kept (the fused one on ties). Fusing an atlas unlike the case drags the
+            prior, and the set's own agreement can choose the better atlas: a case's choice still
+            depends only on the exemplar set. 0 (default) turns it off. Measured off: on tuning
+            images it raised the child's-film seed 0.9211 -> 0.93 (most confident of fused, seed and 3
+            exemplars); held out (Shenzhen 366-565, seeds 0435 / 0662) 2 singles below 0.85 gave
+            0.9458 / 0.9459 -> 0.9461 / 0.9442 and 1 single below 0.90 0.9461 / 0.9457, at 35-55% more
+            decoder calls (benchmarks/README.md, "Twenty-fifth round").
+        atlas_choice_singles: how many single-exemplar results that choice tries.
         pair_base_gap: dataset scope, single images: when two side-by-side objects (the lungs) end
             further apart than this fraction of their height, the shorter one is tried down to the
             other's lower end and the longer one up to the shorter one's, the image choosing, and the
@@ -112,6 +123,8 @@ class PropagationConfig:
     side_search_offsets: tuple[float, ...] = (-0.05, 0.10, 0.20)
     exemplar_prior_margins: tuple[float, ...] | None = None
     exemplar_side_search_offsets: tuple[float, ...] | None = None
+    atlas_choice_below: float = 0.0
+    atlas_choice_singles: int = 2
     pair_base_gap: float = 0.15
     transfer_scales: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.3)
     transfer_refine: int = 2

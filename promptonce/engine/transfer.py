@@ -307,11 +307,30 @@ class DatasetTransfer:
             log.info("weak-edge threshold scaled by %s: the exemplars' outlines are weaker than the tuning set's",
                      {self.names.get(o, o): round(v, 2) for o, v in scales.items()})
         second = self.segment_case(volume, volume_index, sources, cancel, passes=2, evidence_scale=scales)
+        if _single_image(first):
+            second = self._choose_atlas(volume, volume_index, ranked, second, cancel, scales)
         if _single_image(first) or (second.confidence or 0.0) > (first.confidence or 0.0):
             log.info("%s: second pass from %s, confidence %.2f -> %.2f", volume.name,
                      ", ".join(second.sources), first.confidence or 0.0, second.confidence or 0.0)
             return second
         return first
+
+    def _choose_atlas(self, volume: Volume, volume_index: int, ranked: Sequence[Exemplar], fused: CaseOutcome,
+                      cancel: threading.Event | None, scales: Mapping[int, float]) -> CaseOutcome:
+        """A weak fused result against the results from its most similar exemplars alone (the most confident
+        kept, the fused one on ties; :attr:`.config.PropagationConfig.atlas_choice_below`)."""
+        cfg = self.engine.config
+        if cfg.atlas_choice_below <= 0 or (fused.confidence or 0.0) >= cfg.atlas_choice_below:
+            return fused
+        best = fused
+        for ex in ranked[:max(cfg.atlas_choice_singles, 0)]:
+            alt = self.segment_case(volume, volume_index, [ex], cancel, passes=2, evidence_scale=scales)
+            if (alt.confidence or 0.0) > (best.confidence or 0.0):
+                best = alt
+        if best is not fused:
+            log.info("%s: the fused priors gave confidence %.2f, %s alone %.2f: kept that", volume.name,
+                     fused.confidence or 0.0, best.sources[0], best.confidence or 0.0)
+        return best
 
     # ------------------------------------------------------------------ one case
     def priors(self, gray: np.ndarray, sources: Sequence[Exemplar],
