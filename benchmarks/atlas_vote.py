@@ -10,11 +10,17 @@ decoder-call cost (4 more case runs per weak case).
 
     .venv/bin/python benchmarks/atlas_vote.py --start 0 --count 100 --seed-images 66,0 \\
         --out benchmarks/results/atlas_vote_tune.json         # tuning, ~25 min on 2 cores
+
+Each run's ``gated`` table replays the product's option (``PropagationConfig.atlas_choice_below`` and
+``atlas_choice_singles``) from the recorded results: a redone case whose fused result is below the
+threshold takes the most confident of the fused result and its ``k`` most similar exemplars alone.
+``--replay FILE`` adds that table to an earlier result file (no model run).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -36,6 +42,29 @@ def medoid(masks: list[np.ndarray]) -> int:
         return 0
     agree = [np.mean([dice(masks[i], masks[j]) for j in range(n) if j != i]) for i in range(n)]
     return int(np.argmax(agree))
+
+
+GATES = (0.85, 0.90, 1.01)
+
+
+def gated(cases: list[dict], gates=GATES, singles=(1, 2, 3)) -> list[dict]:
+    """Mean Dice (cases below 0.85, extra case runs) if each redone case below a gate took the most confident
+    of its fused result (``dice_all[0]``) and its ``k`` most similar exemplars alone (``dice_all[2:2 + k]``;
+    ``[1]`` is the seed alone), the fused result on ties: the product's ``atlas_choice_*`` option replayed."""
+    rows = []
+    for below in gates:
+        for k in singles:
+            d, extra = [], 0
+            for c in cases:
+                if c["redone"] and c["conf_all"][0] < below:
+                    pick = [0, *range(2, 2 + k)]
+                    extra += k
+                    d.append(c["dice_all"][max(pick, key=lambda j: (c["conf_all"][j], -j))])
+                else:
+                    d.append(c["product"])
+            rows.append({"below": below, "singles": k, "dice": round(float(np.mean(d)), 4),
+                         "below_0.85": int(sum(x < 0.85 for x in d)), "extra_case_runs": extra})
+    return rows
 
 
 def run_seed(eng, vols, refs, s: int) -> dict:
@@ -67,7 +96,7 @@ def run_seed(eng, vols, refs, s: int) -> dict:
                for k in ("product", "medoid", "most_confident", "best")}
     summary["redone"] = sum(c["redone"] for c in cases)
     return {"seed_index": s, "exemplars": len(exemplars), "seconds": time.perf_counter() - t0,
-            "summary": summary, "cases": cases}
+            "summary": summary, "gated": gated(cases), "cases": cases}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     add_range_args(ap, count=100, start=0)
     add_seed_args(ap, seeds=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "atlas_vote.json")
+    ap.add_argument("--replay", type=Path, default=None, help="add the gated table to this result file (no model run)")
     args = ap.parse_args(argv)
+    if args.replay is not None:
+        doc = json.loads(args.replay.read_text())
+        for run in doc["runs"]:
+            run["gated"] = gated(run["cases"])
+            print(run["seed"], *run["gated"], sep="\n  ")
+        args.replay.write_text(json.dumps(doc, indent=1))
+        return 0
     return sweep_seeds(args, argv, run_seed)
 
 

@@ -371,3 +371,21 @@ def test_atlas_vote_takes_the_mask_the_others_agree_with():
     masks = [disc(26, 8), disc(20, 8), disc(21, 8), disc(19, 8), disc(5, 4)]
     assert av.medoid(masks) == 1  # the middle one of three near-identical discs, not the outliers
     assert av.medoid(masks[:2]) == 0  # two cannot vote
+
+
+def test_atlas_vote_replays_the_gated_choice_of_the_product_option():
+    av = _script("atlas_vote")
+    # dice_all / conf_all: fused, the seed alone, then the exemplars alone, most similar first
+    weak = {"redone": True, "product": 0.80, "dice_all": [0.80, 0.99, 0.90, 0.95, 0.70],
+            "conf_all": [0.70, 0.99, 0.75, 0.80, 0.60]}
+    sure = {"redone": True, "product": 0.93, "dice_all": [0.93, 0.5, 0.5, 0.5, 0.5],
+            "conf_all": [0.88, 0.99, 0.99, 0.99, 0.99]}
+    kept = {"redone": False, "product": 0.96}
+    rows = {(r["below"], r["singles"]): r for r in av.gated([weak, sure, kept], gates=(0.85, 0.90), singles=(1, 2))}
+    assert rows[(0.85, 1)]["dice"] == round((0.90 + 0.93 + 0.96) / 3, 4)  # the seed alone is never a candidate
+    assert rows[(0.85, 2)]["dice"] == round((0.95 + 0.93 + 0.96) / 3, 4)
+    assert rows[(0.85, 2)]["extra_case_runs"] == 2 and rows[(0.85, 2)]["below_0.85"] == 0
+    assert rows[(0.90, 1)]["dice"] == round((0.90 + 0.50 + 0.96) / 3, 4)  # the confident wrong single wins there
+    assert rows[(0.90, 2)]["extra_case_runs"] == 4 and rows[(0.90, 2)]["below_0.85"] == 1
+    tie = dict(weak, conf_all=[0.75, 0.0, 0.75, 0.75, 0.0])
+    assert av.gated([tie], gates=(0.85,), singles=(2,))[0]["dice"] == 0.80  # ties keep the fused result
