@@ -76,12 +76,12 @@ class PropagationConfig:
         atlas_choice_below: dataset scope, single images: when the exemplar pass's fused result is
             less confident than this, the case is also segmented from each of its
             ``atlas_choice_singles`` most similar exemplars alone and the most confident of those
-            results is kept (the fused one on ties). Fusing an atlas unlike the case drags the
-            prior, and the set's own agreement can choose the better atlas: a case's choice still
-            depends only on the exemplar set. 0 (default) turns it off. Measured off: replayed on
-            tuning images, 2 singles below 0.85 raised the child's-film seed 0.9211 -> 0.9306; held out (Shenzhen 366-565, seeds 0435 / 0662) 2 singles below 0.85 gave
-            0.9458 / 0.9459 -> 0.9461 / 0.9442 and 1 single below 0.90 0.9461 / 0.9457, at 35-55% more
-            decoder calls (benchmarks/README.md, "Twenty-fifth round").
+            results is kept (the fused one on ties); a case's choice depends only on the exemplar
+            set. 0 (default) turns it off. Measured off: replayed on tuning images, 2 singles below
+            0.85 raised a seed unlike the set (a child's film) 0.9211 -> 0.9306; held out (Shenzhen
+            366-565, seeds 0435 / 0662) they gave 0.9458 / 0.9459 -> 0.9461 / 0.9442, and 1 single
+            below 0.90 0.9461 / 0.9457, at 35-55% more decoder calls: held out the confidence picks
+            the best atlas no better than chance (benchmarks/README.md, "Twenty-fifth round").
         atlas_choice_singles: how many single-exemplar results that choice tries.
         pair_base_gap: dataset scope, single images: when two side-by-side objects (the lungs) end
             further apart than this fraction of their height, the shorter one is tried down to the
