@@ -89,6 +89,13 @@ def write_result(out: Path, argv: list[str] | None, start: int, count: int, **fi
     write_json(out, doc, newline=False)
 
 
+def with_overrides(config, overrides: dict):
+    """``config`` (a ``PropagationConfig``) with the fields of ``overrides`` (parsed JSON: lists become tuples)."""
+    import dataclasses
+
+    return dataclasses.replace(config, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+
+
 def first_passes(eng, vols: list, refs: list[np.ndarray], s: int) -> tuple:
     """The product's first pass from seed ``s`` (its reference box) over every other image, and the exemplar
     set it yields: ``(DatasetTransfer, {image index: CaseOutcome}, exemplars)``. The start of the exemplar

@@ -28,7 +28,6 @@ and writes ``runs_evidence_off`` and ``flags_pooled_evidence_off`` beside the us
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -47,7 +46,7 @@ from promptonce.flagscore import confidence_auc  # noqa: E402
 from promptonce.metrics import dice  # noqa: E402
 from promptonce.types import Dataset  # noqa: E402
 
-from _xrays import add_range_args, encoded_engine, load_range, seed_indices  # noqa: E402
+from _xrays import add_range_args, encoded_engine, load_range, seed_indices, with_overrides  # noqa: E402
 
 
 def pooled_auc(runs: list[dict]) -> dict:
@@ -143,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = Dataset(vols)
     eng, t_encode = encoded_engine(vols)  # timed apart: the seed runs below reuse the embeddings
     overrides = json.loads(args.config)
-    eng.config = dataclasses.replace(eng.config, **{k: tuple(v) if isinstance(v, list) else v
-                                                    for k, v in overrides.items()})
+    eng.config = with_overrides(eng.config, overrides)
     t0 = time.perf_counter() - t_encode  # the per-image run below counts the encoding
     reg_seconds = [0.0]
     real_register = transfer_module.register

@@ -15,7 +15,6 @@ Dice per seed (mean over the non-seed images), decoder calls per image, seconds,
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -32,7 +31,7 @@ from promptonce.evaluate import reference_prompt  # noqa: E402
 from promptonce.metrics import dice  # noqa: E402
 from promptonce.types import Dataset  # noqa: E402
 
-from _xrays import add_range_args, add_seed_args, encoded_engine, load_range, seed_indices  # noqa: E402
+from _xrays import add_range_args, add_seed_args, encoded_engine, load_range, seed_indices, with_overrides  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "start": args.start, "count": len(vols),
                  "encode_seconds": t_encode, "per_image_cold_seconds": t_image, "variants": {}}
     for name, over in variants.items():
-        eng.config = dataclasses.replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in over.items()})
+        eng.config = with_overrides(base, over)
         runs = []
         for s in seeds:
             sp = reference_prompt(refs[s].astype(np.uint8), labels=None, protocol="box", slice_index=0, volume_index=s)
