@@ -147,3 +147,53 @@ def test_a_click_model_used_directly_also_passes_over_another_objects_click() ->
     assert alone[48, 68]
     kept, _ = eng.predict_object(vol, 0, ObjectPrompt(points=(lclick,)), window=(255, 127.5), avoid=(rclick,))
     assert kept[48, 28] and not kept[48, 68]
+
+
+def test_crop_boxes_are_tried_only_on_a_slice_cropped_around_its_structure() -> None:
+    from promptonce.engine.click_choice import CROP_BOXES, crop_boxes
+
+    boxes = crop_boxes(Point(20, 24, 1), (48, 40))  # rows 48, cols 40: the shorter side is 40 px
+    assert len(boxes) == len(CROP_BOXES)
+    assert boxes[0] == Box(16, 20, 24, 28)  # 0.1 of 40 px each way around the click
+    assert boxes[-1] == Box(8, 18, 32, 30)  # 0.3 x 0.15
+    assert all(b.x0 >= 0 and b.y0 >= 0 and b.x1 <= 39 and b.y1 <= 47 for b in crop_boxes(Point(2, 46, 1), (48, 40)))
+    assert crop_boxes(Point(20, 24, 1), (48, 40), (2.0, 2.0)) == boxes  # 80 x 96 mm: still a crop
+    assert crop_boxes(Point(20, 24, 1), (48, 40), (4.2, 4.2)) == []  # 168 mm: a whole cross-section
+    assert crop_boxes(Point(20, 24, 1), (101, 200)) == []
+
+
+class RecordingBoxFake(BoxOnlyFake):
+    """:class:`BoxOnlyFake` that keeps every box it was asked about (a stand-in, not a model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.boxes: list[Box] = []
+
+    def predict(self, embedding, points=None, point_labels=None, box=None, mask_logits=None, multimask=False):
+        if box is not None:
+            self.boxes.append(Box(*[float(v) for v in np.asarray(box, float).ravel()[:4]]))
+        return super().predict(embedding, points, point_labels, box, mask_logits, multimask)
+
+
+@pytest.mark.parametrize("size", [40, 128])  # pixels of 1 mm
+def test_a_click_on_a_small_cropped_slice_also_asks_the_crop_boxes(size: int) -> None:
+    from promptonce.backends.fake import FakeBackend
+    from promptonce.engine.click_choice import crop_boxes
+
+    yy, xx = np.mgrid[0:size, 0:size]
+    c, r = size / 2, size * 0.2
+    blob = (xx - c) ** 2 + ((yy - c) / 1.5) ** 2 <= r * r
+    img = np.where(blob, 200.0, 30.0).astype(np.float32)
+    vol = Volume(img[None], name="crop", modality="MR")
+    box_model = RecordingBoxFake()
+    eng = Engine(box_model, click_backend=FakeBackend(tolerance=80.0, radius=2.0))
+    click = Point(c, c, 1)
+    mask, _ = eng.predict_object(vol, 0, ObjectPrompt(points=(click,)), window=(255, 127.5))
+    asked = {(round(b.x0), round(b.y0), round(b.x1), round(b.y1)) for b in box_model.boxes}
+    crop = {(round(b.x0), round(b.y0), round(b.x1), round(b.y1)) for b in crop_boxes(click, (size, size))}
+    if size <= 100:
+        assert crop and crop <= asked
+    else:
+        assert not crop
+    d = 2 * (mask & blob).sum() / (mask.sum() + blob.sum())
+    assert d > 0.9  # the object either way
