@@ -65,12 +65,26 @@ def chosen_slices(fg: np.ndarray, n: int, min_frac: float) -> list[int]:
     return [int(ok[int(round(j))]) for j in np.linspace(0, len(ok) - 1, n)]
 
 
+def iter_volumes(data: Path, images: str, refs: str, labels, first: int, count: int):  # noqa: ANN001, ANN201
+    """``(volume, foreground)`` for cases ``first .. first + count - 1`` of a set (``labels`` None: any label)."""
+    from promptonce.io.readers import load_dataset, load_reference, pair_references
+
+    ds = load_dataset(str(data / images))[first : first + count]
+    rp = data / refs
+    ref_paths = [rp] * len(ds) if rp.is_file() else pair_references(ds, [str(rp)])
+    for i in range(len(ds)):
+        vol = ds[i]
+        ref = load_reference(ref_paths[i], vol).array
+        yield vol, ref, (np.isin(ref, labels) if labels is not None else ref != 0)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", default=None, help="set names: " + ", ".join(s[0] for s in SETS))
     ap.add_argument("--slices", type=int, default=4, help="slices per volume (volume sets)")
     ap.add_argument("--cxr", type=int, default=None, help="override the number of X-rays (first N)")
-    ap.add_argument("--cases", type=int, default=None, help="at most this many volumes per volume set")
+    ap.add_argument("--cases", type=int, default=None,
+                    help="volumes per volume set (default: 3 for ACDC and hippocampus; the CT sets have one)")
     ap.add_argument("--first-case", type=int, default=0,
                     help="skip this many cases of every set (held-out cases: the first ones tuned the click path)")
     ap.add_argument("--protocols", nargs="*", default=list(PROTOCOLS), choices=PROTOCOLS)
@@ -86,7 +100,6 @@ def main() -> int:
     sys.path.insert(0, str(REPO))
     from promptonce.engine import make_engine, segment
     from promptonce.evaluate import reference_prompt
-    from promptonce.io.readers import load_dataset, load_reference, pair_references
     from promptonce.types import Dataset
 
     eng = None
@@ -98,17 +111,13 @@ def main() -> int:
         if name == "cxr_shenzhen" and args.cxr:
             n_cases = args.cxr
         elif name != "cxr_shenzhen" and args.cases:
-            n_cases = min(n_cases, args.cases)
-        ds = load_dataset(str(data / images))[args.first_case : args.first_case + n_cases]
-        rp = data / refs
-        ref_paths = [rp] * len(ds) if rp.is_file() else pair_references(ds, [str(rp)])
+            n_cases = args.cases
         dices: dict[str, list[float]] = {p: [] for p in PROTOCOLS}
         where: list[str] = []
+        cases = 0
         t0 = time.perf_counter()
-        for i in range(len(ds)):
-            vol = ds[i]
-            ref = load_reference(ref_paths[i], vol).array
-            fg = np.isin(ref, labels) if labels is not None else ref != 0
+        for vol, ref, fg in iter_volumes(data, images, refs, labels, args.first_case, n_cases):
+            cases += 1
             for k in chosen_slices(fg, args.slices, args.min_frac):
                 for proto in args.protocols:
                     sp = reference_prompt(ref[k], labels=labels, protocol=proto, slice_index=k)
@@ -122,7 +131,7 @@ def main() -> int:
                     dices[proto].append(dice(res.labels != 0, fg[k]))
                     print(f"  {name} {vol.name}:{k} {proto} {dices[proto][-1]:.4f}", file=sys.stderr, flush=True)
                 where.append(f"{vol.name}:{k}")
-        row = {"name": name, "labels": labels, "cases": len(ds), "slices": len(where),
+        row = {"name": name, "labels": labels, "cases": cases, "slices": len(where),
                "seconds": round(time.perf_counter() - t0, 1), "where": where}
         for p in PROTOCOLS:
             row[f"dice_{p}"] = round(float(np.mean(dices[p])), 4) if dices[p] else None

@@ -1,0 +1,146 @@
+"""Every candidate the click path weighed on a slice, with its features and its Dice (issue 12, clicks).
+
+A click on the box-only LiteMedSAM becomes a box: on a cross-section the click path boxes each guess of
+the object's extent (the click model's candidates, the intensity region, boxes grown from the click,
+and on a crop around one structure the boxes of :data:`promptonce.engine.click_choice.CROP_BOXES`) and
+keeps one (:func:`promptonce.engine.click_choice.choose`). ``clicks.py`` scores only the kept mask;
+this benchmark also records what was passed over, so a candidate source or a ranking can be judged
+offline: for each chosen slice, the ``oneclick`` Dice (the reference box and its click), the ``click``
+Dice (the product's choice), and every candidate (source, model score, stability, agreement with the
+click's region, edge evidence, whether it holds the click, area, Dice with the reference).
+
+The summary per set compares the product's choice with the same choice made without the crop boxes
+(the candidates are built in order and the crop boxes come last, so leaving them out gives exactly
+the earlier path's choice) and with the best candidate (oracle).
+
+    .venv/bin/python benchmarks/click_candidates.py --only hippocampus --first-case 0 --cases 30 --slices 1 \\
+        --out benchmarks/results/click_candidates_hippocampus_tune.json     # the largest slices, ~1 min
+
+``--slices 1`` takes each volume's largest slice (where ``--scope volume`` puts its prompt); more
+take slices spread as in ``clicks.py``. Skips with a message when the data folder is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from clicks import DATA, SETS, chosen_slices, dice, iter_volumes  # noqa: E402
+
+
+def summary(rows: list[dict]) -> dict[str, dict]:
+    """Per set: mean Dice of the reference box, the product's click, the choice without the crop boxes,
+    and the best candidate."""
+    from promptonce.engine.click_choice import ClickCandidate, choose
+
+    def chosen(cands: list[dict], keep) -> float:  # noqa: ANN001
+        kept = [c for c in cands if keep(c["source"])]
+        objs = [ClickCandidate(np.zeros((1, 1), bool), c["score"], c["stability"], c["contains"], c["region"],
+                               c["edge"], str(i)) for i, c in enumerate(kept)]
+        return kept[int(choose(objs).source)]["dice"]
+
+    out: dict[str, dict] = {}
+    for name in dict.fromkeys(r["set"] for r in rows):
+        rs = [r for r in rows if r["set"] == name and r["candidates"]]
+        single = [r for r in rs if r["objects"] == 1]  # one object: its candidates are the slice's
+        out[name] = {
+            "slices": len(rs),
+            "oneclick": round(float(np.mean([r["oneclick"] for r in rs])), 4),
+            "click": round(float(np.mean([r["click"] for r in rs])), 4),
+            "single_object_slices": len(single),
+            "without_crop_boxes": round(float(np.mean(
+                [chosen(r["candidates"], lambda s: not s.startswith("crop box")) for r in single])), 4)
+            if single else None,
+            "with_crop_boxes": round(float(np.mean([chosen(r["candidates"], lambda s: True) for r in single])), 4)
+            if single else None,
+            "oracle": round(float(np.mean([max(c["dice"] for c in r["candidates"]) for r in single])), 4)
+            if single else None,
+        }
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", default=None, help="set names: " + ", ".join(s[0] for s in SETS[1:]))
+    ap.add_argument("--first-case", type=int, default=0, help="skip this many cases of every set")
+    ap.add_argument("--cases", type=int, default=3, help="volumes per set")
+    ap.add_argument("--slices", type=int, default=1, help="1: each volume's largest slice; more: spread")
+    ap.add_argument("--min-frac", type=float, default=0.25, help="slices whose object is >= this of its max area")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "click_candidates.json"))
+    ap.add_argument("--data", default=str(DATA), help="the shared data folder")
+    args = ap.parse_args()
+    data = Path(args.data)
+    if not data.is_dir():
+        print(f"skipped: real data not found at {data}")
+        return 0
+    import promptonce.engine.predict as predict_module
+    from promptonce.engine import make_engine, segment
+    from promptonce.evaluate import reference_prompt
+    from promptonce.types import Dataset
+
+    seen: list = []
+    choose = predict_module.choose
+
+    def keep(candidates):  # noqa: ANN001, ANN202 - records what the click path weighed, then chooses as it does
+        seen.append(list(candidates))
+        return choose(candidates)
+
+    predict_module.choose = keep
+    eng = None
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    for name, images, refs, labels, _ in SETS:
+        if name == "cxr_shenzhen" or (args.only and name not in args.only):
+            continue
+        for vol, ref, fg in iter_volumes(data, images, refs, labels, args.first_case, args.cases):
+            if args.slices == 1:
+                ks = [int(np.argmax(fg.reshape(fg.shape[0], -1).sum(axis=1)))]
+            else:
+                ks = chosen_slices(fg, args.slices, args.min_frac)
+            for k in ks:
+                click = reference_prompt(ref[k], labels=labels, protocol="click", slice_index=k)
+                box = reference_prompt(ref[k], labels=labels, protocol="oneclick", slice_index=k)
+                if click is None or box is None:
+                    continue
+                if eng is None:
+                    eng = make_engine(click, "auto", "auto")
+                    eng.cache_size = 16
+                (rb,) = list(segment(Dataset([vol]), box, scope="image", engine=eng))
+                seen.clear()
+                (rc,) = list(segment(Dataset([vol]), click, scope="image", engine=eng))
+                cands = [{"source": c.source, "score": round(c.score, 4), "stability": round(c.stability, 4),
+                          "contains": c.contains,
+                          "region": None if c.region_agreement is None else round(c.region_agreement, 4),
+                          "edge": round(c.edge, 4), "area": int(c.mask.sum()), "dice": round(dice(c.mask, fg[k]), 4)}
+                         for group in seen for c in group]
+                rows.append({"set": name, "case": vol.name, "slice": k, "shape": list(ref.shape[1:]),
+                             "pixel_mm": [round(v, 3) for v in vol.spacing[:2]], "reference_area": int(fg[k].sum()),
+                             "objects": len(click.objects), "oneclick": round(dice(rb.labels != 0, fg[k]), 4),
+                             "click": round(dice(rc.labels != 0, fg[k]), 4), "candidates": cands})
+                print(f"  {name} {vol.name}:{k} oneclick {rows[-1]['oneclick']:.4f} click {rows[-1]['click']:.4f} "
+                      f"({len(cands)} candidates)", file=sys.stderr, flush=True)
+    result = {"benchmark": "benchmarks/click_candidates.py", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "args": vars(args), "seconds": round(time.perf_counter() - t0, 1), "summary": summary(rows),
+              "slices": rows}
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    print("| set | slices | oneclick | click | one object: without crop boxes | with | best candidate |")
+    print("|---|---|---|---|---|---|---|")
+    for name, s in result["summary"].items():
+        print(f"| {name} | {s['slices']} | {s['oneclick']} | {s['click']} | {s['without_crop_boxes']} | "
+              f"{s['with_crop_boxes']} | {s['oracle']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
