@@ -10,8 +10,9 @@ Dice (the product's choice), and every candidate (source, model score, stability
 click's region, edge evidence, whether it holds the click, area, Dice with the reference).
 
 The summary per set compares the product's choice with the same choice made without the crop boxes
-(the candidates are built in order and the crop boxes come last, so leaving them out gives exactly
-the earlier path's choice) and with the best candidate (oracle).
+(the candidates are built in order and the crop boxes come last, so leaving them out replays the
+earlier path's choice, from features rounded to four decimals) and with the best candidate (oracle),
+on the slices with one click (several clicks: the candidates of all objects are recorded together).
 
     .venv/bin/python benchmarks/click_candidates.py --only hippocampus --first-case 0 --cases 30 --slices 1 \\
         --out benchmarks/results/click_candidates_hippocampus_tune.json     # the largest slices, ~1 min
@@ -43,10 +44,18 @@ def summary(rows: list[dict]) -> dict[str, dict]:
     from promptonce.engine.click_choice import ClickCandidate, choose
 
     def chosen(cands: list[dict], keep) -> float:  # noqa: ANN001
+        """The Dice of the candidate ``choose`` keeps among those ``keep`` lets through (NaN: none left;
+        the product then keeps the click model's own mask, which is not recorded)."""
         kept = [c for c in cands if keep(c["source"])]
+        if not kept:
+            return float("nan")
         objs = [ClickCandidate(np.zeros((1, 1), bool), c["score"], c["stability"], c["contains"], c["region"],
                                c["edge"], str(i)) for i, c in enumerate(kept)]
         return kept[int(choose(objs).source)]["dice"]
+
+    def mean(values: list[float]) -> float | None:
+        finite = [v for v in values if np.isfinite(v)]
+        return round(float(np.mean(finite)), 4) if finite else None
 
     out: dict[str, dict] = {}
     for name in dict.fromkeys(r["set"] for r in rows):
@@ -57,13 +66,10 @@ def summary(rows: list[dict]) -> dict[str, dict]:
             "oneclick": round(float(np.mean([r["oneclick"] for r in rs])), 4),
             "click": round(float(np.mean([r["click"] for r in rs])), 4),
             "single_object_slices": len(single),
-            "without_crop_boxes": round(float(np.mean(
-                [chosen(r["candidates"], lambda s: not s.startswith("crop box")) for r in single])), 4)
-            if single else None,
-            "with_crop_boxes": round(float(np.mean([chosen(r["candidates"], lambda s: True) for r in single])), 4)
-            if single else None,
-            "oracle": round(float(np.mean([max(c["dice"] for c in r["candidates"]) for r in single])), 4)
-            if single else None,
+            "without_crop_boxes": mean([chosen(r["candidates"], lambda s: not s.startswith("crop box"))
+                                        for r in single]),
+            "with_crop_boxes": mean([chosen(r["candidates"], lambda s: True) for r in single]),
+            "oracle": mean([max(c["dice"] for c in r["candidates"]) for r in single]),
         }
     return out
 

@@ -389,3 +389,24 @@ def test_atlas_vote_replays_the_gated_choice_of_the_product_option():
     assert rows[(0.90, 2)]["extra_case_runs"] == 4 and rows[(0.90, 2)]["below_0.85"] == 1
     tie = dict(weak, conf_all=[0.75, 0.0, 0.75, 0.75, 0.0])
     assert av.gated([tie], gates=(0.85,), singles=(2,))[0]["dice"] == 0.80  # ties keep the fused result
+
+
+def test_click_candidates_replays_the_choice_with_and_without_the_crop_boxes():
+    cc = _script("click_candidates")
+
+    def c(source, score, dice, contains=True):
+        return {"source": source, "score": score, "stability": 0.5, "contains": contains, "region": None,
+                "edge": 0.0, "dice": dice}
+
+    rows = [
+        {"set": "s", "objects": 1, "oneclick": 0.8, "click": 0.7,
+         "candidates": [c("grown 0.04", 0.6, 0.3), c("crop box 0", 0.9, 0.7), c("crop box 1", 0.95, 0.9, False)]},
+        {"set": "s", "objects": 1, "oneclick": 0.6, "click": 0.5, "candidates": [c("crop box 0", 0.9, 0.5)]},
+        {"set": "s", "objects": 2, "oneclick": 0.9, "click": 0.9, "candidates": [c("region", 0.9, 0.1)]},
+    ]
+    s = cc.summary(rows)["s"]
+    assert s["slices"] == 3 and s["single_object_slices"] == 2
+    assert s["oneclick"] == pytest.approx(0.7667, abs=1e-4)
+    assert s["without_crop_boxes"] == pytest.approx(0.3)  # the second slice had nothing else: left out
+    assert s["with_crop_boxes"] == pytest.approx(0.6)  # 0.7 (holds the click) and 0.5
+    assert s["oracle"] == pytest.approx(0.7)
