@@ -39,6 +39,7 @@ __all__ = [
     "GROW_STARTS",
     "GROW_STEPS",
     "ClickCandidate",
+    "centred_box",
     "choose",
     "click_component",
     "crop_boxes",
@@ -107,10 +108,16 @@ def choose(candidates: Sequence[ClickCandidate]) -> ClickCandidate:
     return best
 
 
+def centred_box(point: Point, half_x: float, half_y: float, shape: tuple[int, int]) -> Box:
+    """A box of half-sizes ``half_x`` x ``half_y`` pixels around the click, clipped to the slice."""
+    h, w = shape
+    return Box(max(point.x - half_x, 0.0), max(point.y - half_y, 0.0), min(point.x + half_x, w - 1.0),
+               min(point.y + half_y, h - 1.0))
+
+
 def start_box(point: Point, half: float, shape: tuple[int, int]) -> Box:
     """A square box of half-size ``half`` pixels around the click, clipped to the slice."""
-    h, w = shape
-    return Box(max(point.x - half, 0.0), max(point.y - half, 0.0), min(point.x + half, w - 1.0), min(point.y + half, h - 1.0))
+    return centred_box(point, half, half, shape)
 
 
 def crop_boxes(point: Point, shape: tuple[int, int], pixel_mm: tuple[float, float] = (1.0, 1.0)) -> list[Box]:
@@ -129,12 +136,7 @@ def crop_boxes(point: Point, shape: tuple[int, int], pixel_mm: tuple[float, floa
     if min(h * pixel_mm[1], w * pixel_mm[0]) > CROP_FOV_MM:
         return []
     side = min(h, w)
-    boxes = []
-    for fx, fy in CROP_BOXES:
-        hx, hy = max(2.0, fx * side), max(2.0, fy * side)
-        boxes.append(Box(max(point.x - hx, 0.0), max(point.y - hy, 0.0), min(point.x + hx, w - 1.0),
-                         min(point.y + hy, h - 1.0)))
-    return boxes
+    return [centred_box(point, max(2.0, fx * side), max(2.0, fy * side), shape) for fx, fy in CROP_BOXES]
 
 
 def click_component(mask: np.ndarray, point: Point) -> np.ndarray | None:
