@@ -11,8 +11,11 @@ click's region, edge evidence, whether it holds the click, area, Dice with the r
 
 The summary per set compares the product's choice with the same choice made without the crop boxes
 (the candidates are built in order and the crop boxes come last, so leaving them out replays the
-earlier path's choice, from features rounded to four decimals) and with the best candidate (oracle),
-on the slices with one click (several clicks: the candidates of all objects are recorded together).
+earlier path's choice, from features rounded to four decimals), with all of them under ``choose``'s
+weights for a crop (no stability term: ``click_choice.CROP_STABILITY_WEIGHT``) and with the best
+candidate (oracle), on the slices with one click (several clicks: the candidates of all objects are
+recorded together). On a crop the product no longer measures stability, so a recording made since
+can replay only the crop weights; ``--replay FILE`` recomputes a recording's summary.
 
     .venv/bin/python benchmarks/click_candidates.py --only hippocampus --first-case 0 --cases 30 --slices 1 \\
         --out benchmarks/results/click_candidates_hippocampus_tune.json     # the largest slices, ~1 min
@@ -43,15 +46,16 @@ def summary(rows: list[dict]) -> dict[str, dict]:
     and the best candidate."""
     from promptonce.engine.click_choice import ClickCandidate, choose
 
-    def chosen(cands: list[dict], keep) -> float:  # noqa: ANN001
-        """The Dice of the candidate ``choose`` keeps among those ``keep`` lets through (NaN: none left;
-        the product then keeps the click model's own mask, which is not recorded)."""
+    def chosen(cands: list[dict], keep, crop: bool = False) -> float:  # noqa: ANN001
+        """The Dice of the candidate ``choose`` keeps among those ``keep`` lets through, with ``choose``'s
+        ``crop`` weights (NaN: none left, the product then keeps the click model's own mask, which is not
+        recorded; or a stability the choice needs was not recorded)."""
         kept = [c for c in cands if keep(c["source"])]
-        if not kept:
+        if not kept or (not crop and any(c["stability"] is None for c in kept)):
             return float("nan")
         objs = [ClickCandidate(np.zeros((1, 1), bool), c["score"], c["stability"], c["contains"], c["region"],
                                c["edge"], str(i)) for i, c in enumerate(kept)]
-        return kept[int(choose(objs).source)]["dice"]
+        return kept[int(choose(objs, crop=crop).source)]["dice"]
 
     def mean(values: list[float]) -> float | None:
         finite = [v for v in values if np.isfinite(v)]
@@ -69,6 +73,8 @@ def summary(rows: list[dict]) -> dict[str, dict]:
             "without_crop_boxes": mean([chosen(r["candidates"], lambda s: not s.startswith("crop box"))
                                         for r in single]),
             "with_crop_boxes": mean([chosen(r["candidates"], lambda s: True) for r in single]),
+            "with_crop_boxes_crop_weights": mean([chosen(r["candidates"], lambda s: True, crop=True)
+                                                  for r in single]),
             "oracle": mean([max(c["dice"] for c in r["candidates"]) for r in single]),
         }
     return out
@@ -83,7 +89,11 @@ def main() -> int:
     ap.add_argument("--min-frac", type=float, default=0.25, help="slices whose object is >= this of its max area")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "click_candidates.json"))
     ap.add_argument("--data", default=str(DATA), help="the shared data folder")
+    ap.add_argument("--replay", default=None, help="a recorded JSON: print its summary recomputed, run nothing")
     args = ap.parse_args()
+    if args.replay:
+        _print(summary(json.loads(Path(args.replay).read_text())["slices"]))
+        return 0
     data = Path(args.data)
     if not data.is_dir():
         print(f"skipped: real data not found at {data}")
@@ -123,7 +133,7 @@ def main() -> int:
                 (rb,) = list(segment(Dataset([vol]), box, scope="image", engine=eng))
                 seen.clear()
                 (rc,) = list(segment(Dataset([vol]), click, scope="image", engine=eng))
-                cands = [{"source": c.source, "score": round(c.score, 4), "stability": round(c.stability, 4),
+                cands = [{"source": c.source, "score": round(c.score, 4), "stability": None if c.stability is None else round(c.stability, 4),
                           "contains": c.contains,
                           "region": None if c.region_agreement is None else round(c.region_agreement, 4),
                           "edge": round(c.edge, 4), "area": int(c.mask.sum()), "dice": round(dice(c.mask, fg[k]), 4)}
@@ -140,12 +150,17 @@ def main() -> int:
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
-    print("| set | slices | oneclick | click | one object: without crop boxes | with | best candidate |")
-    print("|---|---|---|---|---|---|---|")
-    for name, s in result["summary"].items():
-        print(f"| {name} | {s['slices']} | {s['oneclick']} | {s['click']} | {s['without_crop_boxes']} | "
-              f"{s['with_crop_boxes']} | {s['oracle']} |")
+    _print(result["summary"])
     return 0
+
+
+def _print(summ: dict[str, dict]) -> None:
+    print("| set | slices | oneclick | click | one object: without crop boxes | with | with, crop weights "
+          "| best candidate |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, s in summ.items():
+        print(f"| {name} | {s['slices']} | {s['oneclick']} | {s['click']} | {s['without_crop_boxes']} | "
+              f"{s['with_crop_boxes']} | {s['with_crop_boxes_crop_weights']} | {s['oracle']} |")
 
 
 if __name__ == "__main__":

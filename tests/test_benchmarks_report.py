@@ -410,3 +410,14 @@ def test_click_candidates_replays_the_choice_with_and_without_the_crop_boxes():
     assert s["without_crop_boxes"] == pytest.approx(0.3)  # the second slice had nothing else: left out
     assert s["with_crop_boxes"] == pytest.approx(0.6)  # 0.7 (holds the click) and 0.5
     assert s["oracle"] == pytest.approx(0.7)
+    # the crop weights leave stability out: a stable low-scoring mask no longer wins
+    rows[0]["candidates"][1]["stability"] = 1.0
+    rows[0]["candidates"][0].update(score=0.8, stability=0.0, region=0.6)
+    s = cc.summary(rows)["s"]
+    assert s["with_crop_boxes"] == pytest.approx(0.6)  # 0.9 + 1.0 beats 0.8 + 0.6
+    assert s["with_crop_boxes_crop_weights"] == pytest.approx(0.4)  # 0.8 + 0.6 beats 0.9: 0.3 and 0.5
+    # a recording without stability (made on a crop) replays only the crop weights
+    for c in rows[1]["candidates"]:
+        c["stability"] = None
+    s = cc.summary(rows)["s"]
+    assert s["with_crop_boxes"] == pytest.approx(0.7) and s["with_crop_boxes_crop_weights"] == pytest.approx(0.4)

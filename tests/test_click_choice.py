@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from promptonce.engine import Engine
-from promptonce.engine.click_choice import ClickCandidate, choose, click_component, grown_box, start_box
+from promptonce.engine.click_choice import ClickCandidate, choose, click_component, grown_box, is_crop, start_box
 from promptonce.engine.predict import _grow_from_click
 from promptonce.types import Box, ObjectPrompt, Point, Volume
 from tests.test_clicks import BoxOnlyFake
@@ -24,9 +24,21 @@ def test_choose_wants_the_clicks_first_then_the_highest_sum() -> None:
     assert choose([outside, low, high]).source == "high"
     assert choose([outside]).source == "outside"  # nothing holds the clicks: the best of the rest
     assert choose([low, cand(source="same")]).source == "low"  # a tie keeps the earlier one
-    assert cand((0.5, 0.5, None, 0.5)).merit == pytest.approx(1.5)  # no region counts 0
+    assert cand((0.5, 0.5, None, 0.5)).merit() == pytest.approx(1.5)  # no region counts 0
     with pytest.raises(ValueError):
         choose([])
+
+
+def test_choose_on_a_crop_leaves_stability_out() -> None:
+    stable = cand((0.6, 1.0, 0.3, 0.1), source="stable")  # 2.0; without stability 1.0
+    agrees = cand((0.7, 0.2, 0.6, 0.1), source="agrees")  # 1.6; without stability 1.4
+    assert choose([stable, agrees]).source == "stable"
+    assert choose([stable, agrees], crop=True).source == "agrees"
+    unmeasured = cand((0.7, None, 0.6, 0.1), source="unmeasured")  # stability not measured: counts 0
+    assert unmeasured.merit() == pytest.approx(1.4) and unmeasured.merit(0.0) == pytest.approx(1.4)
+    assert choose([unmeasured, cand((0.5, None, 0.5, 0.1))], crop=True).source == "unmeasured"
+    assert is_crop((35, 51)) and is_crop((40, 200), (1.0, 2.5)) and not is_crop((64, 64), (4.17, 4.17))
+    assert not is_crop((101, 122), (3.0, 3.0))
 
 
 def test_grown_box_moves_only_the_sides_the_mask_touches() -> None:
@@ -176,9 +188,18 @@ class RecordingBoxFake(BoxOnlyFake):
 
 
 @pytest.mark.parametrize("size", [40, 128])  # pixels of 1 mm
-def test_a_click_on_a_small_cropped_slice_also_asks_the_crop_boxes(size: int) -> None:
+def test_a_click_on_a_small_cropped_slice_also_asks_the_crop_boxes(size: int, monkeypatch) -> None:
+    import promptonce.engine.predict as predict_module
     from promptonce.backends.fake import FakeBackend
     from promptonce.engine.click_choice import crop_boxes
+
+    weighed: list[tuple[list[ClickCandidate], bool]] = []
+
+    def recording_choose(candidates, crop=False):
+        weighed.append((list(candidates), crop))
+        return choose(candidates, crop=crop)
+
+    monkeypatch.setattr(predict_module, "choose", recording_choose)
 
     yy, xx = np.mgrid[0:size, 0:size]
     c, r = size / 2, size * 0.2
@@ -193,9 +214,13 @@ def test_a_click_on_a_small_cropped_slice_also_asks_the_crop_boxes(size: int) ->
     # the crop boxes of this slice's geometry, as if its pixels were small enough for a crop
     crop = {(round(b.x0), round(b.y0), round(b.x1), round(b.y1)) for b in crop_boxes(click, (size, size), (0.5, 0.5))}
     assert len(crop) == 8
+    (candidates, as_crop), = weighed
     if size <= 100:
         assert crop <= asked
+        # a crop: chosen without stability, which is then not measured (its model call saved)
+        assert as_crop and all(c.stability is None for c in candidates)
     else:
         assert not crop & asked
+        assert not as_crop and all(c.stability is not None for c in candidates)
     d = 2 * (mask & blob).sum() / (mask.sum() + blob.sum())
     assert d > 0.9  # the object either way

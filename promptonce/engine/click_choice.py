@@ -11,14 +11,16 @@ box model; what comes back is a :class:`ClickCandidate`. One of them is kept by 
   its **stability** (Dice between the mask and the box model's answer to the mask's own box: an
   object is a fixed point of "box it and ask again", a fragment or a mask that took a neighbour
   changes); its agreement (Dice) with the click's intensity region; and its **boundary evidence**
-  (how sharply its outline follows image edges, :func:`.quality.boundary_evidence`).
+  (how sharply its outline follows image edges, :func:`.quality.boundary_evidence`). On a crop
+  around one structure (:func:`is_crop`) stability is left out (:data:`CROP_STABILITY_WEIGHT`).
 
 Projection images (X-rays) do not come here: there ribs and overlapping organs cut the region short
 and put edges inside the lung, and these candidates lowered click Dice (see
 :func:`.predict.click_to_box_model`). Measured with ``benchmarks/clicks.py``; the collection that
 set the equal weights and the grow starts, and the held-out slices, cases and organs, are in
-``benchmarks/README.md`` ("Sixth round"); the crop boxes in its "Twenty-sixth round"
-(``benchmarks/click_candidates.py`` records every candidate with its Dice).
+``benchmarks/README.md`` ("Sixth round"); the crop boxes in its "Twenty-sixth round", the crop's
+weights in its "Twenty-seventh round" (``benchmarks/click_candidates.py`` records every candidate
+with its Dice).
 
 All arrays are ``(rows, cols)``; points are ``(x, y)`` = (column, row) pixels.
 """
@@ -36,6 +38,7 @@ from ..types import Box, Point
 __all__ = [
     "CROP_BOXES",
     "CROP_FOV_MM",
+    "CROP_STABILITY_WEIGHT",
     "GROW_STARTS",
     "GROW_STEPS",
     "ClickCandidate",
@@ -44,6 +47,7 @@ __all__ = [
     "click_component",
     "crop_boxes",
     "grown_box",
+    "is_crop",
     "start_box",
 ]
 
@@ -60,6 +64,13 @@ CROP_FOV_MM = 100.0
 CROP_BOXES = (
     (0.10, 0.10), (0.15, 0.15), (0.20, 0.20), (0.25, 0.25), (0.10, 0.20), (0.20, 0.10), (0.15, 0.30), (0.30, 0.15),
 )
+#: the weight of the stability term in :func:`choose` on a crop (:func:`is_crop`; 1 elsewhere). On a
+#: crop around a small low-contrast structure the box model answers nearly every box with a stable
+#: mask, fragments and overreaches alike: on 287 largest-to-quarter-area slices of the 50 tuning
+#: hippocampus volumes the rank of a candidate's stability within its slice did not follow its Dice
+#: (median Spearman -0.04; region agreement 0.68), and leaving it out raised the chosen Dice from
+#: 0.596 to 0.609 (0.583 -> 0.601 and 0.608 -> 0.618 on the two halves of the volumes)
+CROP_STABILITY_WEIGHT = 0.0
 #: at most this many box-model calls while one box grows
 GROW_STEPS = 8
 #: a side the mask comes within this fraction of the box's size (at least 2 px) of is "touched"
@@ -75,7 +86,8 @@ class ClickCandidate:
     Attributes:
         mask: bool ``(rows, cols)``.
         score: the box model's predicted IoU.
-        stability: Dice with the box model's answer to this mask's own box.
+        stability: Dice with the box model's answer to this mask's own box (None: not measured, on a
+            crop, where :func:`choose` leaves it out).
         contains: the mask holds every positive click.
         region_agreement: Dice with the click's intensity region (None: no region).
         edge: :func:`.quality.boundary_evidence` of the mask.
@@ -84,28 +96,39 @@ class ClickCandidate:
 
     mask: np.ndarray
     score: float
-    stability: float
+    stability: float | None
     contains: bool
     region_agreement: float | None
     edge: float
     source: str = ""
 
-    @property
-    def merit(self) -> float:
-        """The sum :func:`choose` maximises (see the module text); a missing region counts 0."""
-        return self.score + self.stability + (self.region_agreement or 0.0) + self.edge
+    def merit(self, stability_weight: float = 1.0) -> float:
+        """The sum :func:`choose` maximises (see the module text); a missing region or stability counts 0."""
+        stable = stability_weight * self.stability if stability_weight and self.stability is not None else 0.0
+        return self.score + stable + (self.region_agreement or 0.0) + self.edge
 
 
-def choose(candidates: Sequence[ClickCandidate]) -> ClickCandidate:
-    """The candidate kept: one that holds the clicks, then the highest :attr:`ClickCandidate.merit`;
-    ties keep the earlier one. ``candidates`` must not be empty."""
+def choose(candidates: Sequence[ClickCandidate], crop: bool = False) -> ClickCandidate:
+    """The candidate kept: one that holds the clicks, then the highest :meth:`ClickCandidate.merit`;
+    ties keep the earlier one. ``candidates`` must not be empty.
+
+    ``crop``: the slice is a crop around one structure (:func:`is_crop`); there the stability term
+    is left out (:data:`CROP_STABILITY_WEIGHT`)."""
     if not candidates:
         raise ValueError("choose() needs at least one candidate")
+    weight = CROP_STABILITY_WEIGHT if crop else 1.0
     best = candidates[0]
     for c in candidates[1:]:
-        if (c.contains, c.merit) > (best.contains, best.merit):
+        if (c.contains, c.merit(weight)) > (best.contains, best.merit(weight)):
             best = c
     return best
+
+
+def is_crop(shape: tuple[int, int], pixel_mm: tuple[float, float] = (1.0, 1.0)) -> bool:
+    """True for a slice whose shorter side spans at most :data:`CROP_FOV_MM` mm (a crop around one
+    structure). ``shape``: ``(rows, cols)``; ``pixel_mm``: ``(col, row)`` size."""
+    h, w = shape
+    return min(h * pixel_mm[1], w * pixel_mm[0]) <= CROP_FOV_MM
 
 
 def centred_box(point: Point, half_x: float, half_y: float, shape: tuple[int, int]) -> Box:
@@ -132,10 +155,9 @@ def crop_boxes(point: Point, shape: tuple[int, int], pixel_mm: tuple[float, floa
     chosen over it (TotalSegmentator CT, 101 x 122 px of 3 mm: aorta 0.901 -> 0.833, stomach
     0.903 -> 0.817), so they are not tried there (``benchmarks/README.md``, twenty-sixth round).
     """
-    h, w = shape
-    if min(h * pixel_mm[1], w * pixel_mm[0]) > CROP_FOV_MM:
+    if not is_crop(shape, pixel_mm):
         return []
-    side = min(h, w)
+    side = min(shape)
     return [centred_box(point, max(2.0, fx * side), max(2.0, fy * side), shape) for fx, fy in CROP_BOXES]
 
 

@@ -26,6 +26,7 @@ from .click_choice import (
     click_component,
     crop_boxes,
     grown_box,
+    is_crop,
     start_box,
 )
 from .clicks import agreement, click_region, contains_any, contains_points, leaks, remove_negative
@@ -143,10 +144,11 @@ def click_to_box_model(
     of the slice around the click (:func:`.click_choice.crop_boxes`). Each guess's box (with the
     usual margin) goes to the box model and is refined once from its own mask (:func:`_boxed`; a
     result that leaks far beyond its guess is dropped), and the box model is asked once more on
-    that mask's box to measure its stability; :func:`.click_choice.choose` keeps one. This replaced
+    that mask's box to measure its stability (not on a crop, where the choice leaves it out:
+    :data:`.click_choice.CROP_STABILITY_WEIGHT`); :func:`.click_choice.choose` keeps one. This replaced
     "the click model's candidate that agrees best with the region, or the region's own box":
-    ``benchmarks/README.md`` ("Sixth round", and "Twenty-sixth round" for the crop boxes) has the
-    tuning and held-out figures.
+    ``benchmarks/README.md`` ("Sixth round", and the twenty-sixth and twenty-seventh rounds for
+    crops) has the tuning and held-out figures.
 
     A mask that holds another object's click (``avoid``) is passed over: on 21 held-out Shenzhen
     X-rays (11-32), 4 of the 42 lungs took both lungs this way (Dice 0.37-0.66).
@@ -198,6 +200,7 @@ def click_to_box_model(
             part = click_component(found, pos[0])
             if part is not None:
                 guides.append((f"crop box {j}", part))
+    crop = is_crop(shape, volume.spacing[:2])
     candidates: list[ClickCandidate] = []
     seen: list[np.ndarray] = []
     for source, guide in guides:
@@ -205,16 +208,19 @@ def click_to_box_model(
         if mask is None or any(np.array_equal(mask, m) for m in seen):
             continue
         seen.append(mask)
-        again, _ = _boxed(eng, backend, emb, mask, obj.object_id, shape, memo)
+        stability = None
+        if not crop:  # on a crop choose() leaves stability out: its model call is saved
+            again, _ = _boxed(eng, backend, emb, mask, obj.object_id, shape, memo)
+            stability = dice(mask, again) if again is not None else 0.0
         candidates.append(ClickCandidate(
-            mask=mask, score=score, stability=dice(mask, again) if again is not None else 0.0,
+            mask=mask, score=score, stability=stability,
             contains=contains_points(mask, pos) and not contains_any(mask, avoid),
             region_agreement=dice(mask, region) if region is not None else None,
             edge=boundary_evidence(gray, mask), source=source,
         ))
     if not candidates:
         return first, float(np.max(pred.scores))
-    best = choose(candidates)
+    best = choose(candidates, crop=crop)
     log.debug("slice %d: click -> %s (of %d candidates)", k, best.source, len(candidates))
     return best.mask, best.score
 
