@@ -106,9 +106,9 @@ def main() -> int:
     seen: list = []
     choose = predict_module.choose
 
-    def keep(candidates):  # noqa: ANN001, ANN202 - records what the click path weighed, then chooses as it does
+    def keep(candidates, crop=False):  # noqa: ANN001, ANN202 - records what the click path weighed, then chooses
         seen.append(list(candidates))
-        return choose(candidates)
+        return choose(candidates, crop=crop)
 
     predict_module.choose = keep
     eng = None
@@ -133,7 +133,8 @@ def main() -> int:
                 (rb,) = list(segment(Dataset([vol]), box, scope="image", engine=eng))
                 seen.clear()
                 (rc,) = list(segment(Dataset([vol]), click, scope="image", engine=eng))
-                cands = [{"source": c.source, "score": round(c.score, 4), "stability": None if c.stability is None else round(c.stability, 4),
+                cands = [{"source": c.source, "score": round(c.score, 4),
+                          "stability": None if c.stability is None else round(c.stability, 4),
                           "contains": c.contains,
                           "region": None if c.region_agreement is None else round(c.region_agreement, 4),
                           "edge": round(c.edge, 4), "area": int(c.mask.sum()), "dice": round(dice(c.mask, fg[k]), 4)}

@@ -66,10 +66,10 @@ CROP_BOXES = (
 )
 #: the weight of the stability term in :func:`choose` on a crop (:func:`is_crop`; 1 elsewhere). On a
 #: crop around a small low-contrast structure the box model answers nearly every box with a stable
-#: mask, fragments and overreaches alike: on 287 largest-to-quarter-area slices of the 50 tuning
-#: hippocampus volumes the rank of a candidate's stability within its slice did not follow its Dice
-#: (median Spearman -0.04; region agreement 0.68), and leaving it out raised the chosen Dice from
-#: 0.596 to 0.609 (0.583 -> 0.601 and 0.608 -> 0.618 on the two halves of the volumes)
+#: mask, fragments and overreaches alike: on 287 slices (six a volume) of the 50 tuning hippocampus
+#: volumes the rank of a candidate's stability within its slice did not follow its Dice (median
+#: Spearman -0.04; region agreement 0.68), and leaving it out raised the chosen Dice from 0.596 to
+#: 0.609 (held out, 210 largest slices: 0.527 -> 0.535; ``benchmarks/README.md``, twenty-seventh round)
 CROP_STABILITY_WEIGHT = 0.0
 #: at most this many box-model calls while one box grows
 GROW_STEPS = 8
