@@ -98,6 +98,23 @@ def main() -> int:
     if not data.is_dir():
         print(f"skipped: real data not found at {data}")
         return 0
+    t0 = time.perf_counter()
+    rows = list(record(data, args.only, args.first_case, args.cases, args.slices, args.min_frac))
+    result = {"benchmark": "benchmarks/click_candidates.py", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "args": vars(args), "seconds": round(time.perf_counter() - t0, 1), "summary": summary(rows),
+              "slices": rows}
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    _print(result["summary"])
+    return 0
+
+
+def record(data: Path, only, first: int, cases: int, slices: int, min_frac: float,  # noqa: ANN001
+           masks: bool = False):  # noqa: ANN201
+    """Yields one row per chosen slice: the reference box's and the click's Dice and every candidate the
+    click path weighed. ``masks``: each candidate also keeps its ``mask`` and the row its ``reference``
+    (bool arrays, for ``click_fusion.py``; not JSON)."""
     import promptonce.engine.predict as predict_module
     from promptonce.engine import make_engine, segment
     from promptonce.evaluate import reference_prompt
@@ -111,48 +128,45 @@ def main() -> int:
         return choose(candidates, crop=crop)
 
     predict_module.choose = keep
-    eng = None
-    rows: list[dict] = []
-    t0 = time.perf_counter()
-    for name, images, refs, labels, _ in SETS:
-        if name == "cxr_shenzhen" or (args.only and name not in args.only):
-            continue
-        for vol, ref, fg in iter_volumes(data, images, refs, labels, args.first_case, args.cases):
-            if args.slices == 1:
-                ks = [int(np.argmax(fg.reshape(fg.shape[0], -1).sum(axis=1)))]
-            else:
-                ks = chosen_slices(fg, args.slices, args.min_frac)
-            for k in ks:
-                click = reference_prompt(ref[k], labels=labels, protocol="click", slice_index=k)
-                box = reference_prompt(ref[k], labels=labels, protocol="oneclick", slice_index=k)
-                if click is None or box is None:
-                    continue
-                if eng is None:
-                    eng = make_engine(click, "auto", "auto")
-                    eng.cache_size = 16
-                (rb,) = list(segment(Dataset([vol]), box, scope="image", engine=eng))
-                seen.clear()
-                (rc,) = list(segment(Dataset([vol]), click, scope="image", engine=eng))
-                cands = [{"source": c.source, "score": round(c.score, 4),
-                          "stability": None if c.stability is None else round(c.stability, 4),
-                          "contains": c.contains,
-                          "region": None if c.region_agreement is None else round(c.region_agreement, 4),
-                          "edge": round(c.edge, 4), "area": int(c.mask.sum()), "dice": round(dice(c.mask, fg[k]), 4)}
-                         for group in seen for c in group]
-                rows.append({"set": name, "case": vol.name, "slice": k, "shape": list(ref.shape[1:]),
-                             "pixel_mm": [round(v, 3) for v in vol.spacing[:2]], "reference_area": int(fg[k].sum()),
-                             "objects": len(click.objects), "oneclick": round(dice(rb.labels != 0, fg[k]), 4),
-                             "click": round(dice(rc.labels != 0, fg[k]), 4), "candidates": cands})
-                print(f"  {name} {vol.name}:{k} oneclick {rows[-1]['oneclick']:.4f} click {rows[-1]['click']:.4f} "
-                      f"({len(cands)} candidates)", file=sys.stderr, flush=True)
-    result = {"benchmark": "benchmarks/click_candidates.py", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "args": vars(args), "seconds": round(time.perf_counter() - t0, 1), "summary": summary(rows),
-              "slices": rows}
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
-    _print(result["summary"])
-    return 0
+    try:
+        eng = None
+        for name, images, refs, labels, _ in SETS:
+            if name == "cxr_shenzhen" or (only and name not in only):
+                continue
+            for vol, ref, fg in iter_volumes(data, images, refs, labels, first, cases):
+                if slices == 1:
+                    ks = [int(np.argmax(fg.reshape(fg.shape[0], -1).sum(axis=1)))]
+                else:
+                    ks = chosen_slices(fg, slices, min_frac)
+                for k in ks:
+                    click = reference_prompt(ref[k], labels=labels, protocol="click", slice_index=k)
+                    box = reference_prompt(ref[k], labels=labels, protocol="oneclick", slice_index=k)
+                    if click is None or box is None:
+                        continue
+                    if eng is None:
+                        eng = make_engine(click, "auto", "auto")
+                        eng.cache_size = 16
+                    (rb,) = list(segment(Dataset([vol]), box, scope="image", engine=eng))
+                    seen.clear()
+                    (rc,) = list(segment(Dataset([vol]), click, scope="image", engine=eng))
+                    cands = [{"source": c.source, "score": round(c.score, 4),
+                              "stability": None if c.stability is None else round(c.stability, 4),
+                              "contains": c.contains,
+                              "region": None if c.region_agreement is None else round(c.region_agreement, 4),
+                              "edge": round(c.edge, 4), "area": int(c.mask.sum()),
+                              "dice": round(dice(c.mask, fg[k]), 4), **({"mask": c.mask} if masks else {})}
+                             for group in seen for c in group]
+                    row = {"set": name, "case": vol.name, "slice": k, "shape": list(ref.shape[1:]),
+                           "pixel_mm": [round(v, 3) for v in vol.spacing[:2]], "reference_area": int(fg[k].sum()),
+                           "objects": len(click.objects), "oneclick": round(dice(rb.labels != 0, fg[k]), 4),
+                           "click": round(dice(rc.labels != 0, fg[k]), 4), "candidates": cands}
+                    if masks:
+                        row["reference"] = fg[k]
+                    print(f"  {name} {vol.name}:{k} oneclick {row['oneclick']:.4f} click {row['click']:.4f} "
+                          f"({len(cands)} candidates)", file=sys.stderr, flush=True)
+                    yield row
+    finally:
+        predict_module.choose = choose
 
 
 def _print(summ: dict[str, dict]) -> None:

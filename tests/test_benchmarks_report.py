@@ -421,3 +421,30 @@ def test_click_candidates_replays_the_choice_with_and_without_the_crop_boxes():
         c["stability"] = None
     s = cc.summary(rows)["s"]
     assert s["with_crop_boxes"] == pytest.approx(0.7) and s["with_crop_boxes_crop_weights"] == pytest.approx(0.4)
+
+
+def test_click_fusion_scores_each_way_of_making_one_mask_from_the_candidates():
+    cf = _script("click_fusion")
+
+    def square(r0, r1):
+        m = np.zeros((20, 20), bool)
+        m[r0:r1, r0:r1] = True
+        return m
+
+    ref = square(5, 15)
+
+    def c(mask, score, contains=True):
+        return {"mask": mask, "score": score, "stability": None, "contains": contains, "region": 0.5, "edge": 0.1,
+                "dice": round(2 * (mask & ref).sum() / (mask.sum() + ref.sum()), 4)}
+
+    # the best-scored candidate is small; two larger ones agree with each other; one does not hold the click
+    row = {"oneclick": 0.9, "click": 0.2, "reference": ref,
+           "candidates": [c(square(9, 11), 0.9), c(square(5, 15), 0.5), c(square(5, 14), 0.5),
+                          c(np.ones((20, 20), bool), 1.0, contains=False)]}
+    r = cf.rules(row)
+    assert (r["oneclick"], r["product"]) == (0.9, 0.2)
+    assert r["oracle"] == 1.0  # the exact square; the frame-wide one is out of the pool
+    assert r["consensus"] == pytest.approx(2 * 81 / 181)  # 9 x 9: 1.1 + 0.494 beats the small 1.5 + 0.085
+    assert r["medoid"] == pytest.approx(2 * 81 / 181)
+    assert r["vote 0.5"] == pytest.approx(2 * 81 / 181)  # pixels of two of the three: the 9 x 9 square
+    assert r["vote 0.3"] == 1.0 and r["vote 0.7"] == pytest.approx(2 * 4 / 104)
