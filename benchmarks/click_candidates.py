@@ -80,15 +80,20 @@ def summary(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", nargs="*", default=None, help="set names: " + ", ".join(s[0] for s in SETS[1:]))
+def recording_args(ap: argparse.ArgumentParser, out: str) -> None:
+    """The options :func:`record` takes (shared with ``click_fusion.py``), and ``--out`` / ``--data``."""
     ap.add_argument("--first-case", type=int, default=0, help="skip this many cases of every set")
     ap.add_argument("--cases", type=int, default=3, help="volumes per set")
     ap.add_argument("--slices", type=int, default=1, help="1: each volume's largest slice; more: spread")
     ap.add_argument("--min-frac", type=float, default=0.25, help="slices whose object is >= this of its max area")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "click_candidates.json"))
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / out))
     ap.add_argument("--data", default=str(DATA), help="the shared data folder")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", default=None, help="set names: " + ", ".join(s[0] for s in SETS[1:]))
+    recording_args(ap, "click_candidates.json")
     ap.add_argument("--replay", default=None, help="a recorded JSON: print its summary recomputed, run nothing")
     args = ap.parse_args()
     if args.replay:

@@ -35,8 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from click_candidates import record  # noqa: E402
-from clicks import DATA, dice  # noqa: E402
+from click_candidates import record, recording_args  # noqa: E402
+from clicks import dice  # noqa: E402
 
 
 def rules(row: dict) -> dict[str, float]:
@@ -68,12 +68,7 @@ def rules(row: dict) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--first-case", type=int, default=0, help="skip this many hippocampus volumes")
-    ap.add_argument("--cases", type=int, default=3, help="volumes")
-    ap.add_argument("--slices", type=int, default=1, help="1: each volume's largest slice; more: spread")
-    ap.add_argument("--min-frac", type=float, default=0.25, help="slices whose object is >= this of its max area")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "click_fusion.json"))
-    ap.add_argument("--data", default=str(DATA), help="the shared data folder")
+    recording_args(ap, "click_fusion.json")
     args = ap.parse_args()
     data = Path(args.data)
     if not data.is_dir():
