@@ -95,6 +95,8 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", default=None, help="set names: " + ", ".join(s[0] for s in SETS[1:]))
     recording_args(ap, "click_candidates.json")
     ap.add_argument("--replay", default=None, help="a recorded JSON: print its summary recomputed, run nothing")
+    ap.add_argument("--extra-crop-boxes", default="[]",
+                    help='JSON list of (half_x, half_y) fractions tried besides CROP_BOXES, e.g. "[[0.4, 0.4]]"')
     args = ap.parse_args()
     if args.replay:
         _print(summary(json.loads(Path(args.replay).read_text())["slices"]))
@@ -104,7 +106,8 @@ def main() -> int:
         print(f"skipped: real data not found at {data}")
         return 0
     t0 = time.perf_counter()
-    rows = list(record(data, args.only, args.first_case, args.cases, args.slices, args.min_frac))
+    rows = list(record(data, args.only, args.first_case, args.cases, args.slices, args.min_frac,
+                       extra_crop_boxes=json.loads(args.extra_crop_boxes)))
     result = {"benchmark": "benchmarks/click_candidates.py", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
               "args": vars(args), "seconds": round(time.perf_counter() - t0, 1), "summary": summary(rows),
               "slices": rows}
@@ -116,10 +119,12 @@ def main() -> int:
 
 
 def record(data: Path, only, first: int, cases: int, slices: int, min_frac: float,  # noqa: ANN001
-           masks: bool = False):  # noqa: ANN201
+           masks: bool = False, extra_crop_boxes=()):  # noqa: ANN001, ANN201
     """Yields one row per chosen slice: the reference box's and the click's Dice and every candidate the
     click path weighed. ``masks``: each candidate also keeps its ``mask`` and the row its ``reference``
-    (bool arrays, for ``click_fusion.py``; not JSON)."""
+    (bool arrays, for ``click_fusion.py``; not JSON). ``extra_crop_boxes``: ``(half_x, half_y)`` fractions
+    added to the product's ``click_choice.CROP_BOXES`` while recording (a what-if; restored after)."""
+    import promptonce.engine.click_choice as click_choice
     import promptonce.engine.predict as predict_module
     from promptonce.engine import make_engine, segment
     from promptonce.evaluate import reference_prompt
@@ -133,6 +138,8 @@ def record(data: Path, only, first: int, cases: int, slices: int, min_frac: floa
         return choose(candidates, crop=crop)
 
     predict_module.choose = keep
+    crop_boxes = click_choice.CROP_BOXES
+    click_choice.CROP_BOXES = crop_boxes + tuple(tuple(b) for b in extra_crop_boxes)
     try:
         eng = None
         for name, images, refs, labels, _ in SETS:
@@ -172,6 +179,7 @@ def record(data: Path, only, first: int, cases: int, slices: int, min_frac: floa
                     yield row
     finally:
         predict_module.choose = choose
+        click_choice.CROP_BOXES = crop_boxes
 
 
 def _print(summ: dict[str, dict]) -> None:

@@ -13,9 +13,9 @@ could be made of the family instead of the product's single choice (``choose(cro
 * ``oracle``: the best candidate; ``oneclick``: the reference box.
 
     .venv/bin/python benchmarks/click_fusion.py --cases 50 --slices 6 \\
-        --out benchmarks/results/click_fusion_hippocampus_tune50x6.json       # tuning, ~12 min
+        --out benchmarks/results/click_fusion_hippocampus_tune50x6.json       # tuning, ~13 min
     .venv/bin/python benchmarks/click_fusion.py --first-case 50 --cases 210 \\
-        --out benchmarks/results/click_fusion_hippocampus_held210_largest.json  # held out, ~12 min
+        --out benchmarks/results/click_fusion_hippocampus_held210_largest.json  # held out, ~14 min
 
 Hippocampus only (the one set of ``../shared`` whose slices are crops). Skips with a message when the data
 folder is absent.
