@@ -66,7 +66,8 @@ def chosen_slices(fg: np.ndarray, n: int, min_frac: float) -> list[int]:
 
 
 def iter_volumes(data: Path, images: str, refs: str, labels, first: int, count: int):  # noqa: ANN001, ANN201
-    """``(volume, foreground)`` for cases ``first .. first + count - 1`` of a set (``labels`` None: any label)."""
+    """``(volume, reference, foreground)`` for cases ``first .. first + count - 1`` of a set (``labels`` None:
+    any label is foreground)."""
     from promptonce.io.readers import load_dataset, load_reference, pair_references
 
     ds = load_dataset(str(data / images))[first : first + count]

@@ -104,8 +104,7 @@ class ClickCandidate:
 
     def merit(self, stability_weight: float = 1.0) -> float:
         """The sum :func:`choose` maximises (see the module text); a missing region or stability counts 0."""
-        stable = stability_weight * self.stability if stability_weight and self.stability is not None else 0.0
-        return self.score + stable + (self.region_agreement or 0.0) + self.edge
+        return self.score + stability_weight * (self.stability or 0.0) + (self.region_agreement or 0.0) + self.edge
 
 
 def choose(candidates: Sequence[ClickCandidate], crop: bool = False) -> ClickCandidate:
