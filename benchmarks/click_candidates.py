@@ -3,7 +3,8 @@
 A click on the box-only LiteMedSAM becomes a box: on a cross-section the click path boxes each guess of
 the object's extent (the click model's candidates, the intensity region, boxes grown from the click,
 and on a crop around one structure the boxes of :data:`promptonce.engine.click_choice.CROP_BOXES`) and
-keeps one (:func:`promptonce.engine.click_choice.choose`). ``clicks.py`` scores only the kept mask;
+keeps one (:func:`promptonce.engine.click_choice.choose`; for a single click on a crop, the candidates
+vote instead: :func:`promptonce.engine.click_choice.vote`). ``clicks.py`` scores only the kept mask;
 this benchmark also records what was passed over, so a candidate source or a ranking can be judged
 offline: for each chosen slice, the ``oneclick`` Dice (the reference box and its click), the ``click``
 Dice (the product's choice), and every candidate (source, model score, stability, agreement with the
@@ -15,7 +16,8 @@ earlier path's choice, from features rounded to four decimals), with all of them
 weights for a crop (no stability term: ``click_choice.CROP_STABILITY_WEIGHT``) and with the best
 candidate (oracle), on the slices with one click (several clicks: the candidates of all objects are
 recorded together). On a crop the product no longer measures stability, so a recording made since
-can replay only the crop weights; ``--replay FILE`` recomputes a recording's summary.
+can replay only the crop weights; since the crop vote, ``click`` there is the vote, and the crop weights'
+column is the ranking it replaced. ``--replay FILE`` recomputes a recording's summary.
 
     .venv/bin/python benchmarks/click_candidates.py --only hippocampus --first-case 0 --cases 30 --slices 1 \\
         --out benchmarks/results/click_candidates_hippocampus_tune.json     # the largest slices, ~1 min
@@ -131,13 +133,17 @@ def record(data: Path, only, first: int, cases: int, slices: int, min_frac: floa
     from promptonce.types import Dataset
 
     seen: list = []
-    choose = predict_module.choose
+    choose, vote = predict_module.choose, predict_module.vote
 
     def keep(candidates, crop=False):  # noqa: ANN001, ANN202 - records what the click path weighed, then chooses
         seen.append(list(candidates))
         return choose(candidates, crop=crop)
 
-    predict_module.choose = keep
+    def keep_vote(candidates, point):  # noqa: ANN001, ANN202 - the same where the candidates vote (a crop)
+        seen.append(list(candidates))
+        return vote(candidates, point)
+
+    predict_module.choose, predict_module.vote = keep, keep_vote
     crop_boxes = click_choice.CROP_BOXES
     click_choice.CROP_BOXES = crop_boxes + tuple(tuple(b) for b in extra_crop_boxes)
     try:
@@ -178,7 +184,7 @@ def record(data: Path, only, first: int, cases: int, slices: int, min_frac: floa
                           f"({len(cands)} candidates)", file=sys.stderr, flush=True)
                     yield row
     finally:
-        predict_module.choose = choose
+        predict_module.choose, predict_module.vote = choose, vote
         click_choice.CROP_BOXES = crop_boxes
 
 

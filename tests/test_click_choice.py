@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from promptonce.engine import Engine
-from promptonce.engine.click_choice import ClickCandidate, choose, click_component, grown_box, is_crop, start_box
+from promptonce.engine.click_choice import (
+    ClickCandidate,
+    choose,
+    click_component,
+    grown_box,
+    is_crop,
+    start_box,
+    vote,
+)
 from promptonce.engine.predict import _grow_from_click
 from promptonce.types import Box, ObjectPrompt, Point, Volume
 from tests.test_clicks import BoxOnlyFake
@@ -39,6 +47,38 @@ def test_choose_on_a_crop_leaves_stability_out() -> None:
     assert choose([unmeasured, cand((0.5, None, 0.5, 0.1))], crop=True).source == "unmeasured"
     assert is_crop((35, 51)) and is_crop((40, 200), (1.0, 2.5)) and not is_crop((64, 64), (4.17, 4.17))
     assert not is_crop((101, 122), (3.0, 3.0))
+
+
+def test_vote_keeps_the_pixels_a_share_of_the_better_ranked_click_holding_candidates_hold() -> None:
+    def square(half: int, at: int = 10) -> np.ndarray:
+        m = np.zeros((20, 30), bool)
+        m[10 - half : 10 + half, at - half : at + half] = True
+        return m
+
+    def c(mask: np.ndarray, score: float, contains: bool = True) -> ClickCandidate:
+        return ClickCandidate(mask, score, None, contains, None, 0.0)  # merit on a crop = score here
+
+    click = Point(10, 10, 1)
+    # five nested squares around the click, the smaller ranked higher: a pixel of the k-th largest is in k of them
+    family = [c(square(h), s) for h, s in zip((2, 3, 4, 5, 6), (0.9, 0.8, 0.7, 0.6, 0.5))]
+    mask, score = vote(family, click, share=0.2, voters=1.0)
+    assert np.array_equal(mask, square(6)) and score == pytest.approx(0.7)  # all vote, 1 of 5 is enough
+    assert np.array_equal(vote(family, click, share=0.6, voters=1.0)[0], square(4))  # 3 of 5
+    mask, score = vote(family, click)  # the defaults: the better 3 of 5 vote, 0.3 of them (1) is enough
+    assert np.array_equal(mask, square(4)) and score == pytest.approx(0.8)
+    assert np.array_equal(vote(list(reversed(family)), click)[0], square(4))  # by rank, not by order
+    # a neighbour that only the lower-ranked candidates take gets no vote
+    both = square(3) | square(3, at=20) | (square(1, at=15))
+    assert np.array_equal(vote([*family[:3], c(both, 0.4), c(both, 0.3)], click)[0], square(4))
+    # a candidate that does not hold the click (or holds another object's) has no vote while others hold it
+    mask, score = vote([c(np.ones((20, 30), bool), 1.0, contains=False), *family], click)
+    assert np.array_equal(mask, square(4)) and score == pytest.approx(0.8)
+    # only the part under the click: a blob apart from the object is dropped
+    apart = [c(square(2), 0.5) for _ in range(4)]
+    apart[0].mask[0:3, 0:3] = True
+    assert np.array_equal(vote(apart, click)[0], square(2))
+    assert vote([], click) is None
+    assert vote([c(np.zeros((20, 30), bool), 0.5)], click) is None
 
 
 def test_grown_box_moves_only_the_sides_the_mask_touches() -> None:
@@ -167,7 +207,8 @@ def test_crop_boxes_are_tried_only_on_a_slice_cropped_around_its_structure() -> 
     boxes = crop_boxes(Point(20, 24, 1), (48, 40))  # rows 48, cols 40: the shorter side is 40 px
     assert len(boxes) == len(CROP_BOXES)
     assert boxes[0] == Box(16, 20, 24, 28)  # 0.1 of 40 px each way around the click
-    assert boxes[-1] == Box(8, 18, 32, 30)  # 0.3 x 0.15
+    assert boxes[7] == Box(8, 18, 32, 30)  # 0.3 x 0.15
+    assert boxes[-1] == Box(4, 16, 36, 32)  # 0.4 x 0.2, the largest
     assert all(b.x0 >= 0 and b.y0 >= 0 and b.x1 <= 39 and b.y1 <= 47 for b in crop_boxes(Point(2, 46, 1), (48, 40)))
     assert crop_boxes(Point(20, 24, 1), (48, 40), (2.0, 2.0)) == boxes  # 80 x 96 mm: still a crop
     assert crop_boxes(Point(20, 24, 1), (48, 40), (4.2, 4.2)) == []  # 168 mm: a whole cross-section
@@ -193,13 +234,22 @@ def test_a_click_on_a_small_cropped_slice_also_asks_the_crop_boxes(size: int, mo
     from promptonce.backends.fake import FakeBackend
     from promptonce.engine.click_choice import crop_boxes
 
+    from promptonce.engine.click_choice import vote
+
     weighed: list[tuple[list[ClickCandidate], bool]] = []
+    voted: list[tuple[np.ndarray, float]] = []
 
     def recording_choose(candidates, crop=False):
         weighed.append((list(candidates), crop))
         return choose(candidates, crop=crop)
 
+    def recording_vote(candidates, point):
+        weighed.append((list(candidates), True))
+        voted.append(vote(candidates, point))
+        return voted[-1]
+
     monkeypatch.setattr(predict_module, "choose", recording_choose)
+    monkeypatch.setattr(predict_module, "vote", recording_vote)
 
     yy, xx = np.mgrid[0:size, 0:size]
     c, r = size / 2, size * 0.2
@@ -213,14 +263,15 @@ def test_a_click_on_a_small_cropped_slice_also_asks_the_crop_boxes(size: int, mo
     asked = {(round(b.x0), round(b.y0), round(b.x1), round(b.y1)) for b in box_model.boxes}
     # the crop boxes of this slice's geometry, as if its pixels were small enough for a crop
     crop = {(round(b.x0), round(b.y0), round(b.x1), round(b.y1)) for b in crop_boxes(click, (size, size), (0.5, 0.5))}
-    assert len(crop) == 8
+    assert len(crop) == 12
     (candidates, as_crop), = weighed
     if size <= 100:
         assert crop <= asked
-        # a crop: chosen without stability, which is then not measured (its model call saved)
+        # a crop: the candidates vote, and their stability is not measured (its model call saved)
         assert as_crop and all(c.stability is None for c in candidates)
+        assert len(voted) == 1 and np.array_equal(mask, voted[0][0])
     else:
         assert not crop & asked
-        assert not as_crop and all(c.stability is not None for c in candidates)
+        assert not as_crop and all(c.stability is not None for c in candidates) and not voted
     d = 2 * (mask & blob).sum() / (mask.sum() + blob.sum())
     assert d > 0.9  # the object either way

@@ -28,6 +28,7 @@ from .click_choice import (
     grown_box,
     is_crop,
     start_box,
+    vote,
 )
 from .clicks import agreement, click_region, contains_any, contains_points, leaks, remove_negative
 from .quality import boundary_evidence, dice
@@ -145,10 +146,11 @@ def click_to_box_model(
     usual margin) goes to the box model and is refined once from its own mask (:func:`_boxed`; a
     result that leaks far beyond its guess is dropped), and the box model is asked once more on
     that mask's box to measure its stability (not on a crop, where the choice leaves it out:
-    :data:`.click_choice.CROP_STABILITY_WEIGHT`); :func:`.click_choice.choose` keeps one. This replaced
-    "the click model's candidate that agrees best with the region, or the region's own box":
-    ``benchmarks/README.md`` ("Sixth round", and the twenty-sixth and twenty-seventh rounds for
-    crops) has the tuning and held-out figures.
+    :data:`.click_choice.CROP_STABILITY_WEIGHT`); :func:`.click_choice.choose` keeps one, except for
+    a single click on a crop, which gets the pixels that a share of the click-holding candidates
+    hold (:func:`.click_choice.vote`). This replaced "the click model's candidate that agrees best
+    with the region, or the region's own box": ``benchmarks/README.md`` ("Sixth round", and the
+    twenty-sixth to twenty-eighth rounds for crops) has the tuning and held-out figures.
 
     A mask that holds another object's click (``avoid``) is passed over: on 21 held-out Shenzhen
     X-rays (11-32), 4 of the 42 lungs took both lungs this way (Dice 0.37-0.66).
@@ -220,6 +222,11 @@ def click_to_box_model(
         ))
     if not candidates:
         return first, float(np.max(pred.scores))
+    if crop and len(pos) == 1 and len(obj.points) == 1:
+        voted = vote(candidates, pos[0])
+        if voted is not None:
+            log.debug("slice %d: click -> the vote of %d candidates", k, len(candidates))
+            return voted
     best = choose(candidates, crop=crop)
     log.debug("slice %d: click -> %s (of %d candidates)", k, best.source, len(candidates))
     return best.mask, best.score
