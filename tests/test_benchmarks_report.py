@@ -444,6 +444,7 @@ def test_click_fusion_scores_each_way_of_making_one_mask_from_the_candidates():
     r = cf.rules(row)
     assert (r["oneclick"], r["product"]) == (0.9, 0.2)
     assert r["oracle"] == 1.0  # the exact square; the frame-wide one is out of the pool
+    assert r["ranking"] == pytest.approx(2 * 4 / 104)  # the crop ranking keeps the small best-scored one
     assert r["consensus"] == pytest.approx(2 * 81 / 181)  # 9 x 9: 1.1 + 0.494 beats the small 1.5 + 0.085
     assert r["medoid"] == pytest.approx(2 * 81 / 181)
     assert r["vote 0.5"] == pytest.approx(2 * 81 / 181)  # pixels of two of the three: the 9 x 9 square

@@ -211,7 +211,7 @@ def click_to_box_model(
             continue
         seen.append(mask)
         stability = None
-        if not crop:  # on a crop choose() leaves stability out: its model call is saved
+        if not crop:  # on a crop the ranking leaves stability out: its model call is saved
             again, _ = _boxed(eng, backend, emb, mask, obj.object_id, shape, memo)
             stability = dice(mask, again) if again is not None else 0.0
         candidates.append(ClickCandidate(
