@@ -234,8 +234,6 @@ def test_a_click_on_a_small_cropped_slice_also_asks_the_crop_boxes(size: int, mo
     from promptonce.backends.fake import FakeBackend
     from promptonce.engine.click_choice import crop_boxes
 
-    from promptonce.engine.click_choice import vote
-
     weighed: list[tuple[list[ClickCandidate], bool]] = []
     voted: list[tuple[np.ndarray, float]] = []
 

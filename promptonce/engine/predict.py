@@ -147,8 +147,8 @@ def click_to_box_model(
     result that leaks far beyond its guess is dropped), and the box model is asked once more on
     that mask's box to measure its stability (not on a crop, where the choice leaves it out:
     :data:`.click_choice.CROP_STABILITY_WEIGHT`); :func:`.click_choice.choose` keeps one, except for
-    a single click on a crop, which gets the pixels that a share of the click-holding candidates
-    hold (:func:`.click_choice.vote`). This replaced "the click model's candidate that agrees best
+    a single click on a crop, which gets the pixels that a share of the better-ranked click-holding
+    candidates hold (:func:`.click_choice.vote`). This replaced "the click model's candidate that agrees best
     with the region, or the region's own box": ``benchmarks/README.md`` ("Sixth round", and the
     twenty-sixth to twenty-eighth rounds for crops) has the tuning and held-out figures.
 
