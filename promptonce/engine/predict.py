@@ -192,7 +192,7 @@ def click_to_box_model(
     if region is not None:
         guides.append(("region", region))
     memo: dict[tuple[int, int, int, int], tuple[np.ndarray, float]] = {}
-    if len(pos) == 1 and len(obj.points) == 1:
+    if single:  # one positive click
         for frac in GROW_STARTS:
             grown = _grow_from_click(eng, backend, emb, pos[0], frac * min(shape), shape, obj.object_id)
             if grown is not None:
@@ -222,7 +222,7 @@ def click_to_box_model(
         ))
     if not candidates:
         return first, float(np.max(pred.scores))
-    if crop and len(pos) == 1 and len(obj.points) == 1:
+    if crop and single:
         voted = vote(candidates, pos[0])
         if voted is not None:
             log.debug("slice %d: click -> the vote of %d candidates", k, len(candidates))
