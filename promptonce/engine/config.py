@@ -19,6 +19,12 @@ class PropagationConfig:
     Attributes:
         margin_frac: box margin as a fraction of the mask's box size (each side).
         margin_px: minimum box margin in pixels.
+        margin_model_px: ... but at most this many pixels of the box model's input (``info.input_size``
+            on the longer side): on a small image the model sees each pixel enlarged, and 3 pixels of a
+            51-pixel MR crop are 15 of LiteMedSAM's 256. None: no cap. Binds only below
+            ``margin_px * input_size / margin_model_px`` pixels a side (77 for LiteMedSAM): in
+            ``../shared`` the hippocampus crops and the 64-pixel CIP chest CT. 10 was chosen on
+            hippocampus tuning volumes (benchmarks/README.md, "Twenty-ninth round").
         refine: how many times a side of a slice's box that the mask reaches is pushed out by the
             margin and the slice predicted again (lets an object grow without inflating every box:
             boxes with generous margins made masks leak and snowball slice after slice).
@@ -97,6 +103,7 @@ class PropagationConfig:
 
     margin_frac: float = 0.02
     margin_px: float = 3.0
+    margin_model_px: float | None = 10.0
     refine: int = 1
     use_points: bool = False
     stop_on_vanish: bool = True

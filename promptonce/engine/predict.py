@@ -330,11 +330,23 @@ def transferred_mask(
 
 
 def margin(eng: Engine, mask: np.ndarray) -> float:
+    """The box margin around ``mask`` (a whole slice's mask): ``margin_frac`` of its size, at least the floor
+    (:func:`margin_floor`)."""
+    floor = margin_floor(eng, mask.shape)
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
-        return eng.config.margin_px
+        return floor
     size = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
-    return max(eng.config.margin_px, eng.config.margin_frac * size)
+    return max(floor, eng.config.margin_frac * size)
+
+
+def margin_floor(eng: Engine, shape: tuple[int, ...]) -> float:
+    """``config.margin_px`` pixels, capped at ``config.margin_model_px`` pixels of the box model's input."""
+    cfg = eng.config
+    size = getattr(getattr(eng.backend, "info", None), "input_size", 0)
+    if cfg.margin_model_px is None or not size:
+        return cfg.margin_px
+    return min(cfg.margin_px, cfg.margin_model_px * max(shape[-2:]) / size)
 
 
 def refine_mask(
