@@ -11,6 +11,7 @@ import pytest
 from promptonce.backends.fake import FakeBackend
 from promptonce.engine import PropagationConfig, segment
 from promptonce.engine.predict import margin, margin_floor
+from promptonce.errors import InputError
 from promptonce.prompts import box_from_mask
 from promptonce.types import Box, ObjectPrompt, SlicePrompt, Volume
 
@@ -33,6 +34,12 @@ def test_the_floor_is_capped_in_model_pixels_on_small_images_only():
     large = np.zeros((600, 600), bool)
     large[100:500, 100:500] = True
     assert margin(_engine(10.0), large) == pytest.approx(0.02 * 400)  # margin_frac of a large mask still wins
+
+
+@pytest.mark.parametrize("bad", [0.0, -2.0])
+def test_a_cap_that_is_not_positive_is_refused(bad):
+    with pytest.raises(InputError, match="margin_model_px must be > 0"):
+        PropagationConfig(margin_model_px=bad)
 
 
 class _BoxRecordingFake:

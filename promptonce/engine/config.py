@@ -137,6 +137,10 @@ class PropagationConfig:
     transfer_margin_frac: float = 0.05
 
     def __post_init__(self) -> None:
+        if self.margin_model_px is not None and not self.margin_model_px > 0:
+            raise InputError(
+                f"margin_model_px must be > 0 model pixels (or None for no cap), got {self.margin_model_px}."
+            )
         bad = [s for s in self.side_search if s not in ("left", "top", "right", "bottom")]
         if bad:
             raise InputError(f"side_search names unknown sides {bad}; use left, top, right or bottom.")
