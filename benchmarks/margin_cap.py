@@ -74,29 +74,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     files, ref_files, labels = cases(args.set, args.first, args.count)
     images = load_dataset([str(f) for f in files])
-    refs = [(lambda p=p, i=i: load_reference(p, images[i])) for i, p in enumerate(ref_files)]
-    # one engine for every run, with the click model too (built from a click on the first case)
-    fg = foreground_mask(refs[0]().array, labels)
-    k = int(np.argmax(fg.reshape(fg.shape[0], -1).sum(1)))
-    eng = make_engine(reference_prompt(fg[k].astype(np.uint8), labels=None, protocol="click", slice_index=k),
-                      "auto", "auto", PropagationConfig())
     # volume by volume, every run on it one after the other: its slices stay in the engine's cache
     specs = [(seed, protocol, cap) for seed in args.seeds for protocol in args.protocols for cap in args.caps]
     rows: dict[tuple[str, str, str], list[dict]] = {sp: [] for sp in specs}
     seconds = dict.fromkeys(specs, 0.0)
-    eng.cache.size = 128  # every slice of a volume (a crop has ~35)
+    eng = None
     for i in range(len(images)):
         vol = images[i]  # read once: a lazy dataset gives a new Volume (and new cache keys) on each access
+        ref = load_reference(ref_files[i], vol)
+        if eng is None:  # one engine for every run, with the click model too (built from a click on this case)
+            fg = foreground_mask(ref.array, labels)
+            k = int(np.argmax(fg.reshape(fg.shape[0], -1).sum(1)))
+            click = reference_prompt(fg[k].astype(np.uint8), labels=None, protocol="click", slice_index=k)
+            eng = make_engine(click, "auto", "auto", PropagationConfig(), cache_size=128)  # a crop has ~35 slices
         for seed, protocol, cap in specs:
             config = PropagationConfig(margin_model_px=None if cap == "none" else float(cap))
             eng.config = config
             cfg = EvalConfig(scope="volume", labels=labels, seed=seed, protocol=protocol, write_masks=False,
                              config=config)
             t = time.perf_counter()
-            m = evaluate(Dataset([vol]), [refs[i]], None, cfg, engine=eng)
+            m = evaluate(Dataset([vol]), [ref], None, cfg, engine=eng)
             seconds[(seed, protocol, cap)] += time.perf_counter() - t
             row = m["cases"][0]
-            sp = seed_prompt(refs[i](), 0, cfg)
+            sp = seed_prompt(ref, 0, cfg)
             row["seed_slice"] = sp.slice_index if sp is not None else None
             rows[(seed, protocol, cap)].append(row)
         print(f"{i + 1}/{len(images)} {files[i].name}: "

@@ -343,7 +343,7 @@ def margin(eng: Engine, mask: np.ndarray) -> float:
 def margin_floor(eng: Engine, shape: tuple[int, ...]) -> float:
     """``config.margin_px`` pixels, capped at ``config.margin_model_px`` pixels of the box model's input."""
     cfg = eng.config
-    size = getattr(getattr(eng.backend, "info", None), "input_size", 0)
+    size = eng.backend.info.input_size
     if cfg.margin_model_px is None or not size:
         return cfg.margin_px
     return min(cfg.margin_px, cfg.margin_model_px * max(shape[-2:]) / size)
