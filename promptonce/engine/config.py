@@ -99,6 +99,10 @@ class PropagationConfig:
             with boxes somewhat larger than the object (MedSAM adds 0-20 px).
         transfer_refine: how many times a transferred prompt is re-derived from the case's own mask.
         transfer_margin_frac: box margin (fraction of the mask size) used in that refinement.
+        box_walls: a box the user drew whose answer keeps away from every side of it, in a region of
+            other intensity, is taken as drawn around a wall (the LV myocardium around its blood
+            pool): a model taking clicks asks again with a background click in that region, and the
+            walk carries the wall (:mod:`.walls`; benchmarks/README.md, "Thirtieth round").
     """
 
     margin_frac: float = 0.02
@@ -135,6 +139,7 @@ class PropagationConfig:
     transfer_scales: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.3)
     transfer_refine: int = 2
     transfer_margin_frac: float = 0.05
+    box_walls: bool = True
 
     def __post_init__(self) -> None:
         if self.margin_model_px is not None and not self.margin_model_px > 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -9,7 +10,7 @@ from concurrent.futures import Future
 import numpy as np
 
 from ..backends.base import Backend, Embedding, SequenceBackend
-from ..errors import InputError, PromptError
+from ..errors import InputError, ModelError, PromptError
 from ..preprocess import FrameMaker, WindowSpec
 from ..types import Dataset, ObjectPrompt, Point, Scope, SlicePrompt, SliceResult, Volume
 from . import predict as _predict_mod
@@ -19,6 +20,8 @@ from .cache import EmbeddingCache
 from .config import PropagationConfig, Strategy
 
 __all__ = ["Engine", "segment", "make_engine"]
+
+log = logging.getLogger(__name__)
 
 
 class Engine:
@@ -32,6 +35,9 @@ class Engine:
         backend: the image model used for propagation (e.g. LiteMedSAM).
         click_backend: model used to turn a click-only prompt into a first mask when ``backend`` takes
             only boxes (e.g. MobileSAM); None -> clicks are given to ``backend`` directly.
+        wall_backend: a model taking a box and clicks together, asked when ``backend`` takes boxes
+            only and answers a box with the cavity inside a wall (:mod:`.walls`; ``config.box_walls``);
+            None: ``click_backend`` is asked, if it can.
         config: propagation knobs.
         cache_size: how many slice embeddings to keep (LRU).
         prefetch: encode the slice that propagation needs next in a background thread while the
@@ -46,12 +52,14 @@ class Engine:
         backend: Backend | SequenceBackend,
         *,
         click_backend: Backend | None = None,
+        wall_backend: Backend | None = None,
         config: PropagationConfig | None = None,
         cache_size: int = 32,
         prefetch: bool = True,
     ) -> None:
         self.backend = backend
         self.click_backend = click_backend
+        self.wall_backend = wall_backend
         self.config = config or PropagationConfig()
         self.cache = EmbeddingCache(cache_size, background=prefetch)
 
@@ -195,4 +203,12 @@ def make_engine(
             clicker = get_backend("mobilesam" if click_backend == "auto" else click_backend)  # type: ignore[assignment]
     elif click_backend is not None:
         clicker = click_backend
-    return Engine(backend, click_backend=clicker, config=config, cache_size=cache_size)
+    waller: Backend | None = None
+    takes_points = isinstance(backend, Backend) and backend.info.points
+    if (config or PropagationConfig()).box_walls and not takes_points and clicker is None:
+        if isinstance(click_backend, str):
+            try:  # built lazily: its weights load only if a box's answer stays inside it
+                waller = get_backend("mobilesam" if click_backend == "auto" else click_backend)
+            except ModelError as exc:
+                log.info("no model for walls inside boxes: %s", exc)
+    return Engine(backend, click_backend=clicker, wall_backend=waller, config=config, cache_size=cache_size)

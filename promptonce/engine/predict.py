@@ -32,6 +32,7 @@ from .click_choice import (
 )
 from .clicks import agreement, click_region, contains_any, contains_points, leaks, remove_negative
 from .quality import boundary_evidence, dice
+from .walls import wall_around
 
 __all__ = [
     "predict",
@@ -70,12 +71,17 @@ def predict(eng: Engine, backend: Backend, emb: Embedding, obj: ObjectPrompt, mu
 
 def predict_object(
     eng: Engine, volume: Volume, k: int, obj: ObjectPrompt, window: WindowSpec = None, refine: bool | int = False,
-    avoid: Sequence[Point] = (),
+    avoid: Sequence[Point] = (), cavities: dict[int, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Segments one object on slice ``k`` from a prompt placed there.
 
     ``avoid``: the positive clicks of the other objects prompted on this slice; a click-only prompt
     on a box-only model does not take a mask that holds one of them (:func:`click_to_box_model`).
+
+    A box the user drew whose answer keeps away from every side of it may have been drawn around a
+    wall whose cavity the model took: :func:`.walls.wall_around` (``config.box_walls``). When the
+    wall is taken, its cavity is put in ``cavities`` under the object's id (if given), so the walk
+    carries both.
 
     A click-only prompt on a box-only model goes through ``click_backend`` first: click -> its
     mask -> a box -> the box model (the box model is trained on medical images, the click model
@@ -123,6 +129,12 @@ def predict_object(
     else:
         mask = pred.best
     score = float(np.max(pred.scores))
+    if obj.box is not None and not transferred and eng.config.box_walls and mask.any():
+        found = wall_around(eng, volume, k, window, obj.box, mask, clicks)
+        if found is not None:  # the box was drawn around a wall and the model took its cavity
+            if cavities is not None:
+                cavities[obj.object_id] = mask
+            mask, score = found
     if refine and obj.box is not None and backend.info.boxes and mask.any():
         times = refine if isinstance(refine, int) and not isinstance(refine, bool) else eng.config.refine
         mask, score = refine_mask(eng, backend, emb, mask, score, obj, shape, times=times)

@@ -54,6 +54,7 @@ __all__ = [
     "UNCERTAIN_END_CONFIDENCE",
     "UNCERTAIN_END_FRACTION",
     "inside_box_flag",
+    "inside_box_gap",
     "unsure_seed_flag",
     "SEED_FLAG_WORDS",
     "carried_doubt_flag",
@@ -419,6 +420,24 @@ def uncertain_end_flag(name: str, area_before: int, peak: int, why: str) -> str 
     return None
 
 
+def inside_box_gap(mask: np.ndarray, box) -> float | None:
+    """How far a mask keeps inside the nearest side of its box: a fraction of the box's width or height.
+
+    Negative where the mask reaches past a side; None without a box or for an empty mask.
+
+    Args:
+        mask: bool ``(rows, cols)``.
+        box: a :class:`~promptonce.types.Box` (pixels, inclusive).
+    """
+    m = np.asarray(mask, bool)
+    if box is None or not m.any():
+        return None
+    ys, xs = np.nonzero(m)
+    w, h = box.x1 - box.x0 + 1.0, box.y1 - box.y0 + 1.0
+    gaps = ((xs.min() - box.x0) / w, (ys.min() - box.y0) / h, (box.x1 - xs.max()) / w, (box.y1 - ys.max()) / h)
+    return float(min(gaps))
+
+
 def inside_box_flag(name: str, mask: np.ndarray, box) -> str | None:
     """The flag of a mask that stays well inside every side of the box the user drew (None otherwise).
 
@@ -434,14 +453,8 @@ def inside_box_flag(name: str, mask: np.ndarray, box) -> str | None:
         mask: the object's mask bool ``(rows, cols)``.
         box: the user's :class:`~promptonce.types.Box` (pixels, inclusive).
     """
-    m = np.asarray(mask, bool)
-    if box is None or not m.any():
-        return None
-    ys, xs = np.nonzero(m)
-    w, h = box.x1 - box.x0 + 1.0, box.y1 - box.y0 + 1.0
-    gaps = ((xs.min() - box.x0) / w, (ys.min() - box.y0) / h, (box.x1 - xs.max()) / w, (box.y1 - ys.max()) / h)
-    gap = min(gaps)
-    if gap < INSIDE_BOX_FRACTION:
+    gap = inside_box_gap(mask, box)
+    if gap is None or gap < INSIDE_BOX_FRACTION:
         return None
     return (f"{name}: stays inside its box on every side (by {gap:.0%} or more); if the box was drawn "
             "close around the object, the model took a part inside it (e.g. a cavity, not its wall)")

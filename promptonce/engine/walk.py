@@ -11,17 +11,19 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .config import PropagationConfig
     from .core import Engine
 
 import numpy as np
 
-from ..backends.base import Backend
+from ..backends.base import Backend, Embedding
 from ..errors import PromptError, check_cancel
 from ..preprocess import WindowSpec
 from ..prompts import box_from_mask, interior_point
 from ..registration import register, warp
 from ..types import Box, ObjectPrompt, Point, SlicePrompt, SliceResult, Volume
 from .predict import check_prompt_inside, margin, other_clicks, predict, predict_object
+from .walls import ready_cavity, wall_around, wall_depth, within_depth
 from .quality import (
     INSIDE_BOX_CONFIDENCE,
     MIN_NEIGHBOUR_AGREEMENT,
@@ -63,6 +65,8 @@ class ObjectState:
     lost_at: int | None = None  # slice where the object was lost mid-volume (flagged), if it was
     seed_doubted: bool = False  # the prompted slice's mask of this object was flagged
     seed_cap: float = 1.0  # the most confidence a slice carried from a flagged seed may have
+    cavity: np.ndarray | None = None  # a wall's cavity on the slice before (:mod:`.walls`), else None
+    wall_depth: float = 0.0  # how deep the prompted slice's wall reaches from its cavity (pixels)
 
     def copy(self) -> ObjectState:
         return replace(self)
@@ -116,6 +120,10 @@ def step(
     if prompt is None:
         return None, 0.0, []
     emb = eng.embedding(backend, volume, k, window)
+    if state.cavity is not None:
+        found = _wall_step(eng, volume, k, window, state, prompt, emb)
+        if found is not None:
+            return found
     pred = predict(eng, backend, emb, prompt)
     mask, score = pred.best, float(np.max(pred.scores))
     state.last_box = prompt.box
@@ -133,13 +141,49 @@ def step(
             break
         mask, score, prompt = new, float(np.max(trial.scores)), replace(prompt, box=grown)
         state.last_box = grown
+    return mask, score, _step_flags(cfg, state, prev_area, mask, score)
+
+
+def _step_flags(
+    cfg: PropagationConfig, state: ObjectState, prev_area: int, mask: np.ndarray, score: float
+) -> list[str]:
+    """A walked slice's own flags: an area jump from the slice before, a low model score."""
     flags: list[str] = []
     area = int(mask.sum())
     if prev_area and area and (area > cfg.jump_ratio * prev_area or area * cfg.jump_ratio < prev_area):
         flags.append(f"{state.name or f'object {state.object_id}'}: area jump x{area / prev_area:.2f}")
     if area and score < cfg.min_score:
         flags.append(f"{state.name or f'object {state.object_id}'}: low confidence {score:.2f}")
-    return mask, score, flags
+    return flags
+
+
+def _wall_step(
+    eng: Engine, volume: Volume, k: int, window: WindowSpec, state: ObjectState, prompt: ObjectPrompt,
+    emb: Embedding,
+) -> tuple[np.ndarray, float, list[str]] | None:
+    """A wall's next slice (:mod:`.walls`): its cavity is walked as an object of its own (the box
+    model, from the cavity on the slice before), then the wall around it is asked for inside the
+    wall's walked box. None when either is not found there: the wall has closed (the apex of a
+    ventricle) or ended, the slice is answered as any other and the walk goes on without a cavity.
+    """
+    backend = eng.backend
+    assert isinstance(backend, Backend)  # noqa: S101 - internal invariant
+    cavity_prompt = propagated_prompt(eng, state.cavity, state.object_id, backend)
+    found, box = None, None
+    if cavity_prompt is not None:
+        cavity = predict(eng, backend, emb, cavity_prompt).best
+        # the wall's box: around this slice's cavity by the wall's thickness and the walk's margin
+        # (from the wall on the slice before, a spill there would widen every box after it)
+        box = box_from_mask(cavity, margin=state.wall_depth + margin(eng, cavity), shape=cavity.shape)
+        if box is not None:
+            found = wall_around(eng, volume, k, window, box, cavity, tracked=True)
+    if found is None:
+        state.cavity = None
+        return None
+    state.cavity, state.last_box = cavity, box
+    mask, score = within_depth(found[0], cavity, state.wall_depth), found[1]
+    prev_area = int(state.mask.sum()) if state.mask is not None else 0
+    return mask, score, _step_flags(eng.config, state, prev_area, mask, score)
 
 
 def vanished(
@@ -255,16 +299,25 @@ def segment_volume(
         name = obj.name or f"object {obj.object_id}"
         check_prompt_inside(obj, shape, volume.name)
         given_seed = seed_masks is not None and obj.object_id in seed_masks
+        cavities: dict[int, np.ndarray] = {}
         if given_seed:
             given = seed_masks[obj.object_id]
             mask, score = (given[0], float(given[1])) if isinstance(given, tuple) else (given, 1.0)
             mask = np.asarray(mask, bool)
         else:
             refine = eng.config.transfer_refine if refine_seed else False
-            mask, score = predict_object(eng, volume, k0, obj, window, refine=refine, avoid=other_clicks(prompt, obj))
+            mask, score = predict_object(eng, volume, k0, obj, window, refine=refine, avoid=other_clicks(prompt, obj),
+                                         cavities=cavities)
         if not mask.any():
             flags.append(f"{name}: empty mask on the prompted slice")
         st = ObjectState(obj.object_id, mask, int(mask.sum()), score, bool(mask.any()), obj.name)
+        if given_seed:  # a preview shown in the app, a corrected slice: is it a wall?
+            if eng.config.box_walls and lo < hi and obj.box is not None and mask.any():
+                st.cavity = ready_cavity(eng, volume, k0, window, obj.box, mask)
+        else:
+            st.cavity = cavities.get(obj.object_id)
+        if st.cavity is not None:
+            st.wall_depth = wall_depth(mask, st.cavity)
         # a box drawn by the user (a transferred one is refined; the engine's own seeds come with the
         # mask's tight box) whose mask keeps away from all its sides: the seed and every slice walked
         # from it are doubtful

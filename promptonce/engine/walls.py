@@ -1,0 +1,185 @@
+"""A box drawn around a wall: when the box model answers with the cavity the wall encloses.
+
+A box drawn close around a ring (the LV myocardium around its blood pool) is answered by a box-only
+medical model (LiteMedSAM) with the bright cavity inside it: on the ACDC tuning volumes 90 of 96
+myocardium slices, Dice 0.03. Such an answer keeps away from every side of its box
+(:func:`.quality.inside_box_gap`). Then a model that takes points and boxes together (MobileSAM) is
+asked again with the same box and a background click deep inside that answer. If the part of its
+answer outside the cavity reaches the box and its median intensity differs from the cavity's (a
+wall of other tissue around it, not more of the same), the wall is the result, the cavity cut out.
+
+A box model that answers only the core of a small structure (the hippocampus) also keeps away from
+its box, but there the rest of the answer has the core's own intensity: the box model's answer is
+kept (:data:`WALL_MIN_CONTRAST`). Measured in benchmarks/README.md ("Thirtieth round").
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import ndimage
+
+if TYPE_CHECKING:
+    from .core import Engine
+
+from ..backends.base import Backend
+from ..preprocess import WindowSpec
+from ..prompts import interior_point
+from ..types import Box, Point, Volume
+from .quality import INSIDE_BOX_FRACTION, inside_box_gap
+
+__all__ = [
+    "WALL_MIN_CONTRAST",
+    "wall_model",
+    "wall_contrast",
+    "wall_around",
+    "of_wall_tissue",
+    "ready_cavity",
+    "wall_depth",
+    "within_depth",
+]
+
+#: The wall's and the cavity's median grey levels must differ by this many standard deviations of
+#: the wall's grey levels for the wall to be taken. Tuning slices (ACDC 1-10 myocardium, hippocampus
+#: 1-10; the reference box): 81 of 90 myocardium slices at 3 or more, every hippocampus slice below
+#: 2.6 (149 whose box model's answer kept inside its box).
+WALL_MIN_CONTRAST = 3.0
+#: ... on a walked slice, where the prompted slice has shown the object to be a wall, this many: the
+#: walked box holds more of the surroundings, whose spread lowers the contrast (ACDC tuning volumes:
+#: 2.0 on a slice next to a seed of 5.0); it only keeps a cavity that has drifted onto the wall's
+#: own tissue from being taken for one.
+WALL_TRACKED_CONTRAST = 1.0
+#: A wall smaller than this many pixels is not a wall.
+WALL_MIN_PX = 5
+#: A walked wall keeps within this many times the seed wall's depth of its cavity (:func:`within_depth`).
+WALL_DEPTH_SLACK = 1.5
+#: A wall reaches its box: it keeps inside it by less than this fraction of the cavity's distance
+#: from the box (a box drawn close around the wall: ~0; a walked box has a margin of a few pixels).
+REACH = 0.5
+
+
+def wall_model(eng: Engine) -> Backend | None:
+    """The engine's model that takes a box and clicks together (the backend, its click model or its
+    wall model), or None when it has none."""
+    for b in (eng.backend, eng.click_backend, getattr(eng, "wall_backend", None)):
+        if isinstance(b, Backend) and b.info.points and b.info.boxes:
+            return b
+    return None
+
+
+def wall_contrast(gray: np.ndarray, cavity: np.ndarray, wall: np.ndarray) -> float:
+    """How far apart the wall's and the cavity's median grey levels are, in standard deviations of the
+    wall's grey levels (at least one grey level)."""
+    g = np.asarray(gray, np.float32)
+    w = g[wall]
+    return abs(float(np.median(g[cavity])) - float(np.median(w))) / max(float(np.std(w)), 1.0)
+
+
+def _box_region(shape: tuple[int, ...], box: Box) -> np.ndarray:
+    """The pixels whose centres lie inside the box."""
+    region = np.zeros(shape, bool)
+    y0, x0 = max(int(np.ceil(box.y0)), 0), max(int(np.ceil(box.x0)), 0)
+    region[y0 : int(np.floor(box.y1)) + 1, x0 : int(np.floor(box.x1)) + 1] = True
+    return region
+
+
+def wall_around(
+    eng: Engine, volume: Volume, k: int, window: WindowSpec, box: Box, cavity: np.ndarray,
+    clicks: tuple[Point, ...] = (), tracked: bool = False,
+) -> tuple[np.ndarray, float] | None:
+    """The wall around ``cavity`` inside ``box`` on slice ``k``, or None when there is none to take.
+
+    Args:
+        box: the box the cavity came from.
+        cavity: the box model's answer, bool ``(rows, cols)``, kept away from every side of ``box``
+            (by ``INSIDE_BOX_FRACTION``; with ``tracked``, by anything: a walked slice's cavity,
+            followed from the slice before, inside the wall's walked box).
+        clicks: the user's positive clicks for this object; one inside the cavity says the cavity
+            was meant, and the answer is left as it is.
+
+    Returns:
+        ``(wall mask, score)``: the points model's answer to the box with a background click deep in
+        the cavity (of its three candidates, cut to the box, the best-scored that reaches the box,
+        :data:`REACH`), minus the cavity, of the wall's tissue (:func:`of_wall_tissue`).
+    """
+    model = wall_model(eng)
+    gap = inside_box_gap(cavity, box)
+    if model is None or gap is None or gap < (0.0 if tracked else INSIDE_BOX_FRACTION) or gap <= 0:
+        return None
+    positive = tuple(p for p in clicks if p.label == 1)
+    if any(cavity[int(round(p.y)), int(round(p.x))] for p in positive
+           if 0 <= round(p.y) < cavity.shape[0] and 0 <= round(p.x) < cavity.shape[1]):
+        return None
+    inside = interior_point(cavity, label=0)
+    if inside is None:
+        return None
+    pts = (inside, *positive)
+    emb = eng.embedding(model, volume, k, window)
+    pred = model.predict(
+        emb,
+        points=np.array([[p.x, p.y] for p in pts], np.float32),
+        point_labels=np.array([p.label for p in pts], np.int32),
+        box=box.as_array(),
+        multimask=len(pts) == 1,
+    )
+    inside_box = _box_region(cavity.shape, box)  # a box says the object lies inside it
+    masks = [m & inside_box for m in pred.masks]
+    reach = [i for i, m in enumerate(masks) if (g := inside_box_gap(m, box)) is not None and g < REACH * gap]
+    if not reach:
+        return None
+    best = max(reach, key=lambda i: float(pred.scores[i]))
+    wall = masks[best] & ~cavity
+    if int(wall.sum()) < WALL_MIN_PX:
+        return None
+    gray = eng.frames(volume, window).gray(k)
+    contrast = wall_contrast(gray, cavity, wall)
+    if contrast < (WALL_TRACKED_CONTRAST if tracked else WALL_MIN_CONTRAST):
+        return None
+    return of_wall_tissue(gray, cavity, wall), float(pred.scores[best])
+
+
+def of_wall_tissue(gray: np.ndarray, cavity: np.ndarray, wall: np.ndarray) -> np.ndarray:
+    """The wall's pixels whose grey level is nearer the wall's median than the cavity's: a wall is
+    of other tissue than what its cavity holds, and a points model's answer takes neighbouring
+    cavities too (the RV's blood beside the LV's septum)."""
+    g = np.asarray(gray, np.float32)
+    mc, mw = float(np.median(g[cavity])), float(np.median(g[wall]))
+    return wall & (np.abs(g - mw) <= np.abs(g - mc))
+
+
+def ready_cavity(
+    eng: Engine, volume: Volume, k: int, window: WindowSpec, box: Box, mask: np.ndarray
+) -> np.ndarray | None:
+    """The cavity of a ready mask for ``box`` that is a wall (a preview shown in the app, a corrected
+    slice), or None when the mask is no wall.
+
+    It is a wall when the box model answers ``box`` with a region kept away from every side of it
+    (the cavity), the mask reaches the box (:data:`REACH`), and it holds at most half of that region.
+    """
+    backend = eng.backend
+    m = np.asarray(mask, bool)
+    gap = inside_box_gap(m, box)
+    if wall_model(eng) is None or not isinstance(backend, Backend) or not backend.info.boxes or gap is None:
+        return None
+    answer = backend.predict(eng.embedding(backend, volume, k, window), box=box.as_array()).best
+    inner = inside_box_gap(answer, box)
+    if inner is None or inner < INSIDE_BOX_FRACTION or gap >= REACH * inner:
+        return None
+    return answer if int((m & answer).sum()) <= 0.5 * int(answer.sum()) else None
+
+
+def wall_depth(wall: np.ndarray, cavity: np.ndarray) -> float:
+    """How thick a wall is: twice its pixels' median distance to the cavity (a ring of even thickness
+    T has distances spread evenly over 0..T; a spill of a few pixels further out moves it little)."""
+    if not wall.any() or not cavity.any():
+        return 0.0
+    return 2.0 * float(np.median(ndimage.distance_transform_edt(~cavity)[wall]))
+
+
+def within_depth(wall: np.ndarray, cavity: np.ndarray, depth: float) -> np.ndarray:
+    """The part of a walked wall within ``WALL_DEPTH_SLACK`` times ``depth`` (the seed wall's) of its
+    cavity, plus a pixel: a wall keeps its thickness from slice to slice, and a points model asked
+    for it inside a walked box spills into what lies around it (ACDC tuning volumes: the walked
+    myocardium grew to 1.7-2.4 times the reference's area within five slices)."""
+    return wall & (ndimage.distance_transform_edt(~cavity) <= WALL_DEPTH_SLACK * depth + 1.0)

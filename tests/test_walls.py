@@ -1,0 +1,229 @@
+"""A box drawn around a wall whose cavity the box model takes (:mod:`promptonce.engine.walls`).
+
+Two stand-ins (not models) play the parts measured on ACDC: a box-only model that answers a box with
+the bright region inside it (LiteMedSAM on the myocardium takes the blood pool), and a model taking
+clicks and boxes that answers with the wall plus a rim of the cavity (MobileSAM with a background
+click in the cavity).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from promptonce.backends.base import BackendInfo, Embedding, Prediction
+from promptonce.engine import Engine, PropagationConfig, make_engine
+from promptonce.engine.walls import ready_cavity, wall_contrast
+from promptonce.types import Box, ObjectPrompt, Point, SlicePrompt, Volume
+
+SIZE, N = 64, 9
+
+
+def _box_region(shape, box) -> np.ndarray:
+    region = np.zeros(shape, bool)
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    region[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
+    return region
+
+
+class _Stub:
+    def __init__(self, name: str, points: bool) -> None:
+        self.info = BackendInfo(name=name, title=name, points=points, boxes=True, input_size=0)
+        self.calls = 0
+
+    def embed(self, frame):
+        return Embedding(frame[..., 0].astype(np.float32), frame.shape[:2], self.info.name)
+
+    @staticmethod
+    def _parts(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        bright = gray > 0.75 * gray.max()
+        return bright, (gray > 0.25 * gray.max()) & ~bright
+
+
+class _CavityModel(_Stub):
+    """Box only: the bright pixels inside the box (the cavity), or, without any, the core of the object."""
+
+    def __init__(self) -> None:
+        super().__init__("cavity", points=False)
+
+    def predict(self, embedding, points=None, point_labels=None, box=None, mask_logits=None, multimask=False):
+        self.calls += 1
+        gray = embedding.data
+        region = _box_region(gray.shape, box)
+        bright, mid = self._parts(gray)
+        mask = bright & region
+        if not mask.any():  # a uniform object: its core only
+            mask = ndi.binary_erosion(mid & region, iterations=6)
+        return Prediction(mask[None], np.array([0.9], np.float32))
+
+
+class _WallModel(_Stub):
+    """Clicks and boxes: the mid-grey pixels in the box with a 2-pixel rim of the cavity and a 2-pixel
+    band outside the box; three candidates (that, the rim alone, the wall alone) for one click, else the first."""
+
+    def __init__(self) -> None:
+        super().__init__("wall", points=True)
+
+    def predict(self, embedding, points=None, point_labels=None, box=None, mask_logits=None, multimask=False):
+        self.calls += 1
+        gray = embedding.data
+        region = _box_region(gray.shape, box)
+        bright, mid = self._parts(gray)
+        wall = mid & region
+        beyond = ndi.binary_dilation(region, iterations=2) & ~region  # spills past the box, cut off
+        leak = wall | (ndi.binary_dilation(wall, iterations=2) & bright & region) | beyond
+        if not multimask:
+            return Prediction(leak[None], np.array([0.8], np.float32))
+        rim = leak & ~wall  # the best-scored candidate keeps well inside the box: never taken
+        return Prediction(np.stack([leak, rim, wall]), np.array([0.8, 0.95, 0.6], np.float32))
+
+
+def _rings(uniform: bool = False) -> tuple[Volume, np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    walls = np.zeros((N, SIZE, SIZE), bool)
+    cavities = np.zeros((N, SIZE, SIZE), bool)
+    for k in range(1, N - 1):
+        r = 18 - abs(k - N // 2)
+        d2 = (xx - 32) ** 2 + (yy - 31) ** 2
+        walls[k] = (d2 <= r * r) & (d2 > (r - 6) ** 2)
+        cavities[k] = d2 <= (r - 6) ** 2
+    if uniform:  # one object of one grey level (the hippocampus' case): no cavity of its own
+        walls, cavities = walls | cavities, np.zeros_like(cavities)
+    arr = np.full((N, SIZE, SIZE), 20.0, np.float32)
+    arr[walls] = 110.0
+    arr[cavities] = 240.0
+    arr[:, :8, :8] = 240.0  # a bright corner on every slice: both phantoms are windowed alike
+    rng = np.random.default_rng(0)
+    arr += rng.normal(0, 2.0, arr.shape).astype(np.float32)
+    return Volume(arr, name="rings"), walls, cavities
+
+
+def _dice(a, b) -> float:
+    return 2.0 * float((a & b).sum()) / max(int(a.sum() + b.sum()), 1)
+
+
+def _engine(walls: bool = True, **kw) -> tuple[Engine, _CavityModel, _WallModel]:
+    box_model, wall_model = _CavityModel(), _WallModel()
+    eng = Engine(box_model, wall_backend=wall_model, config=PropagationConfig(box_walls=walls), **kw)
+    return eng, box_model, wall_model
+
+
+def _box(mask: np.ndarray) -> Box:
+    ys, xs = np.nonzero(mask)
+    return Box(float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
+
+
+def test_a_box_around_a_wall_gives_the_wall_not_its_cavity():
+    vol, walls, cavities = _rings()
+    k = N // 2
+    eng, _, wall_model = _engine()
+    mask, score = eng.predict_object(vol, k, ObjectPrompt(box=_box(walls[k])))
+    assert _dice(mask, walls[k]) == 1.0  # the rim of the cavity the wall model took is cut out
+    assert not (mask & cavities[k]).any()
+    assert score == pytest.approx(0.8)  # of the candidates that reach the box, the best-scored
+    assert wall_model.calls == 1
+    off, _, off_wall = _engine(walls=False)
+    mask, _ = off.predict_object(vol, k, ObjectPrompt(box=_box(walls[k])))
+    assert _dice(mask, cavities[k]) == 1.0 and off_wall.calls == 0  # as before: the cavity
+
+
+def test_a_click_inside_the_cavity_keeps_the_cavity_and_one_on_the_wall_goes_with_it():
+    vol, walls, cavities = _rings()
+    k = N // 2
+    eng, _, wall_model = _engine()
+    inside = ObjectPrompt(box=_box(walls[k]), points=(Point(32.0, 31.0),))
+    mask, _ = eng.predict_object(vol, k, inside)
+    assert _dice(mask, cavities[k]) == 1.0 and wall_model.calls == 0
+    ys, xs = np.nonzero(walls[k])
+    on_wall = ObjectPrompt(box=_box(walls[k]), points=(Point(float(xs[0]), float(ys[0])),))
+    mask, _ = eng.predict_object(vol, k, on_wall)
+    assert _dice(mask, walls[k]) == 1.0 and wall_model.calls == 1
+
+
+def test_the_core_of_a_uniform_object_is_not_taken_for_a_cavity():
+    vol, objects, _ = _rings(uniform=True)
+    k = N // 2
+    eng, _, wall_model = _engine()
+    mask, _ = eng.predict_object(vol, k, ObjectPrompt(box=_box(objects[k])))
+    assert wall_model.calls == 1  # asked, then refused: the rest has the core's own grey level
+    off, _, _ = _engine(walls=False)
+    core, _ = off.predict_object(vol, k, ObjectPrompt(box=_box(objects[k])))
+    assert core.sum() < 0.6 * objects[k].sum() and np.array_equal(mask, core)  # the box model's core, as before
+
+
+def test_the_walk_carries_the_wall_through_the_volume():
+    vol, walls, cavities = _rings()
+    k = N // 2
+    prompt = SlicePrompt((ObjectPrompt(box=_box(walls[k])),), slice_index=k)
+    eng, _, _ = _engine()
+    out = {r.slice_index: r.labels != 0 for r in eng.segment_volume(vol, prompt)}
+    for j in range(1, N - 1):
+        assert _dice(out[j], walls[j]) > 0.95, j
+    off, _, _ = _engine(walls=False)
+    out = {r.slice_index: r.labels != 0 for r in off.segment_volume(vol, prompt)}
+    assert max(_dice(out[j], walls[j]) for j in range(1, N - 1)) == 0.0  # the cavity, slice after slice
+
+
+def test_a_ready_wall_mask_is_walked_as_a_wall_and_a_ready_cavity_as_before():
+    vol, walls, cavities = _rings()
+    k = N // 2
+    prompt = SlicePrompt((ObjectPrompt(box=_box(walls[k])),), slice_index=k)
+    eng, _, _ = _engine()
+    assert np.array_equal(ready_cavity(eng, vol, k, None, _box(walls[k]), walls[k]), cavities[k])
+    assert ready_cavity(eng, vol, k, None, _box(walls[k]), walls[k] | cavities[k]) is None  # it holds the cavity
+    out = {r.slice_index: r.labels != 0 for r in eng.segment_volume(vol, prompt, seed_masks={1: walls[k]})}
+    assert all(_dice(out[j], walls[j]) > 0.95 for j in range(1, N - 1))
+    filled = walls[k] | cavities[k]  # a disc drawn by hand: the box model's answer touches its box
+    assert ready_cavity(eng, vol, k, None, _box(filled), filled) is None
+
+
+def test_wall_contrast_in_standard_deviations_of_the_wall():
+    gray = np.zeros((10, 10), np.float32)
+    gray[:5] = 100.0
+    gray[5:] = 120.0 + 4.0 * (np.arange(10, dtype=np.float32) % 2)  # median 122, standard deviation 2
+    cavity, wall = np.zeros((10, 10), bool), np.zeros((10, 10), bool)
+    cavity[:5], wall[5:] = True, True
+    assert wall_contrast(gray, cavity, wall) == pytest.approx(11.0)
+    gray[5:] = 120.0  # no spread: one grey level is the scale
+    assert wall_contrast(gray, cavity, wall) == pytest.approx(20.0)
+    assert wall_contrast(np.full((10, 10), 7.0), cavity, wall) == 0.0
+
+
+def test_make_engine_gives_a_box_only_model_a_wall_model_when_asked():
+    from promptonce.backends.registry import get_backend
+
+    box_prompt = SlicePrompt((ObjectPrompt(box=Box(1, 1, 9, 9)),), slice_index=0)
+    try:
+        mobilesam = get_backend("mobilesam")
+    except Exception as exc:  # pragma: no cover - the shipped weights are part of the install
+        pytest.skip(f"MobileSAM is not available here: {exc}")
+    eng = make_engine(box_prompt, backend=_CavityModel())
+    assert eng.click_backend is None and eng.wall_backend is mobilesam
+    off = PropagationConfig(box_walls=False)
+    assert make_engine(box_prompt, backend=_CavityModel(), config=off).wall_backend is None
+    assert make_engine(box_prompt, backend=_CavityModel(), click_backend=None).wall_backend is None
+    assert make_engine(box_prompt, backend=_WallModel()).wall_backend is None  # it takes clicks itself
+
+
+def test_a_wall_keeps_its_own_tissue_and_its_thickness():
+    from promptonce.engine.walls import WALL_DEPTH_SLACK, of_wall_tissue, wall_depth, within_depth
+
+    yy, xx = np.mgrid[0:40, 0:40]
+    d = np.hypot(xx - 20.0, yy - 20.0)
+    cavity = d <= 8
+    ring = (d > 8) & (d <= 12)  # 4 px thick
+    spill = (d > 12) & (d <= 16) & (xx > 28) & (abs(yy - 20) <= 4)  # a spill beyond it on one side
+    gray = np.where(cavity, 200.0, 60.0)
+    gray[spill & (yy < 20)] = 190.0  # part of the spill is a neighbouring cavity's bright blood
+    wall = ring | spill
+    kept = of_wall_tissue(gray, cavity, wall)
+    assert np.array_equal(kept, wall & ~(spill & (yy < 20)))
+    depth = wall_depth(ring, cavity)
+    assert 3.0 <= depth <= 5.0  # twice the median distance of an even ring: its thickness
+    assert wall_depth(wall, cavity) < 1.3 * depth  # a spill on one side moves it little
+    inside = within_depth(wall, cavity, depth)
+    assert (inside >= ring).all()  # the ring is kept whole
+    far = np.hypot(xx - 20.0, yy - 20.0) > 8 + WALL_DEPTH_SLACK * depth + 1.0
+    assert not (inside & far).any() and (wall & far).any()  # what lies further out is cut
+    assert wall_depth(ring, np.zeros_like(cavity)) == 0.0
