@@ -227,3 +227,17 @@ def test_a_wall_keeps_its_own_tissue_and_its_thickness():
     far = np.hypot(xx - 20.0, yy - 20.0) > 8 + WALL_DEPTH_SLACK * depth + 1.0
     assert not (inside & far).any() and (wall & far).any()  # what lies further out is cut
     assert wall_depth(ring, np.zeros_like(cavity)) == 0.0
+
+
+def test_a_loose_box_around_an_object_does_not_take_its_surroundings_for_a_wall():
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    blob = (xx - 32) ** 2 + (yy - 31) ** 2 <= 64
+    arr = np.full((3, SIZE, SIZE), 110.0, np.float32)  # mid-grey all around: the wall model answers it
+    arr[:, blob] = 240.0
+    arr[:, :8, :8] = 20.0
+    vol = Volume(arr + np.random.default_rng(1).normal(0, 2.0, arr.shape).astype(np.float32), name="blob")
+    eng, _, wall_model = _engine()
+    loose = Box(14.0, 13.0, 50.0, 49.0)  # 10 px around an object 17 px across
+    mask, _ = eng.predict_object(vol, 1, ObjectPrompt(box=loose))
+    assert wall_model.calls == 1  # asked: the answer keeps inside its box
+    assert _dice(mask, blob) == 1.0  # and refused: what it gave fills the box's corners

@@ -35,6 +35,8 @@ __all__ = [
     "wall_contrast",
     "wall_around",
     "of_wall_tissue",
+    "corner_share",
+    "surround_share",
     "ready_cavity",
     "wall_depth",
     "within_depth",
@@ -54,9 +56,22 @@ WALL_TRACKED_CONTRAST = 1.0
 WALL_MIN_PX = 5
 #: A walked wall keeps within this many times the seed wall's depth of its cavity (:func:`within_depth`).
 WALL_DEPTH_SLACK = 1.5
-#: A wall reaches its box: it keeps inside it by less than this fraction of the cavity's distance
-#: from the box (a box drawn close around the wall: ~0; a walked box has a margin of a few pixels).
+#: A wall drawn around leaves the corners of its box empty (a ring in its square); what fills them is
+#: the surroundings of an object inside a box drawn loosely around it (CT left kidney and stomach, a
+#: box 10-20% of the organ's size larger: taken for a wall without this, Dice 0.98 -> 0.0).
+WALL_MAX_CORNERS = 0.5
+#: A wall surrounds its cavity: it borders at least this share of the cavity's outline (a structure
+#: beside an object in a loosely drawn box borders one side of it).
+WALL_MIN_SURROUND = 0.5
+#: The side of each corner square, a fraction of the box's side.
+CORNER = 0.2
+#: A wall reaches a side of its box when it keeps inside it by less than this fraction of the cavity's
+#: distance from the box (a box drawn close around the wall: ~0; a walked box has a margin of a few
+#: pixels) ...
 REACH = 0.5
+#: ... and it reaches at least this many of the four (a thin ring around an object in a loosely drawn
+#: box reaches one, if any; MobileSAM's myocardium sometimes misses one side).
+WALL_MIN_SIDES = 3
 
 
 def wall_model(eng: Engine) -> Backend | None:
@@ -74,6 +89,16 @@ def wall_contrast(gray: np.ndarray, cavity: np.ndarray, wall: np.ndarray) -> flo
     g = np.asarray(gray, np.float32)
     w = g[wall]
     return abs(float(np.median(g[cavity])) - float(np.median(w))) / max(float(np.std(w)), 1.0)
+
+
+def _sides_reached(mask: np.ndarray, box: Box, within: float) -> int:
+    """How many sides of its box a mask comes within ``within`` (a fraction of the box's side) of."""
+    if not mask.any():
+        return 0
+    ys, xs = np.nonzero(mask)
+    w, h = box.x1 - box.x0 + 1.0, box.y1 - box.y0 + 1.0
+    gaps = ((xs.min() - box.x0) / w, (ys.min() - box.y0) / h, (box.x1 - xs.max()) / w, (box.y1 - ys.max()) / h)
+    return sum(g < within for g in gaps)
 
 
 def _box_region(shape: tuple[int, ...], box: Box) -> np.ndarray:
@@ -100,8 +125,9 @@ def wall_around(
 
     Returns:
         ``(wall mask, score)``: the points model's answer to the box with a background click deep in
-        the cavity (of its three candidates, cut to the box, the best-scored that reaches the box,
-        :data:`REACH`), minus the cavity, of the wall's tissue (:func:`of_wall_tissue`).
+        the cavity (of its three candidates, cut to the box, the best-scored that reaches three sides
+        of the box, :data:`REACH`), minus the cavity, of the wall's tissue (:func:`of_wall_tissue`),
+        when it surrounds the cavity and leaves the box's corners empty.
     """
     model = wall_model(eng)
     gap = inside_box_gap(cavity, box)
@@ -125,18 +151,42 @@ def wall_around(
     )
     inside_box = _box_region(cavity.shape, box)  # a box says the object lies inside it
     masks = [m & inside_box for m in pred.masks]
-    reach = [i for i, m in enumerate(masks) if (g := inside_box_gap(m, box)) is not None and g < REACH * gap]
+    reach = [i for i, m in enumerate(masks) if _sides_reached(m, box, REACH * gap) >= WALL_MIN_SIDES]
     if not reach:
         return None
     best = max(reach, key=lambda i: float(pred.scores[i]))
     wall = masks[best] & ~cavity
-    if int(wall.sum()) < WALL_MIN_PX:
+    if int(wall.sum()) < WALL_MIN_PX or corner_share(wall, box) > WALL_MAX_CORNERS:
+        return None
+    if surround_share(wall, cavity) < WALL_MIN_SURROUND:
         return None
     gray = eng.frames(volume, window).gray(k)
     contrast = wall_contrast(gray, cavity, wall)
     if contrast < (WALL_TRACKED_CONTRAST if tracked else WALL_MIN_CONTRAST):
         return None
     return of_wall_tissue(gray, cavity, wall), float(pred.scores[best])
+
+
+def surround_share(wall: np.ndarray, cavity: np.ndarray) -> float:
+    """The share of the pixels just outside the cavity's outline that the wall (grown by a pixel) holds."""
+    rim = ndimage.binary_dilation(cavity) & ~cavity
+    if not rim.any():
+        return 0.0
+    return float((rim & ndimage.binary_dilation(wall)).sum()) / float(rim.sum())
+
+
+def corner_share(mask: np.ndarray, box: Box) -> float:
+    """The share of the box's four corner squares (``CORNER`` of its sides) that ``mask`` covers."""
+    region = _box_region(mask.shape, box)
+    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+    if rows.size == 0 or cols.size == 0:
+        return 0.0
+    ch, cw = max(int(round(CORNER * rows.size)), 1), max(int(round(CORNER * cols.size)), 1)
+    corners = np.zeros(mask.shape, bool)
+    for r in (slice(rows[0], rows[0] + ch), slice(rows[-1] - ch + 1, rows[-1] + 1)):
+        for c in (slice(cols[0], cols[0] + cw), slice(cols[-1] - cw + 1, cols[-1] + 1)):
+            corners[r, c] = True
+    return float((mask & corners).sum()) / float(corners.sum())
 
 
 def of_wall_tissue(gray: np.ndarray, cavity: np.ndarray, wall: np.ndarray) -> np.ndarray:
