@@ -57,8 +57,8 @@ WALL_MIN_PX = 5
 #: A walked wall keeps within this many times the seed wall's depth of its cavity (:func:`within_depth`).
 WALL_DEPTH_SLACK = 1.5
 #: A wall drawn around leaves the corners of its box empty (a ring in its square); what fills them is
-#: the surroundings of an object inside a box drawn loosely around it (CT left kidney and stomach, a
-#: box 10-20% of the organ's size larger: taken for a wall without this, Dice 0.98 -> 0.0).
+#: the surroundings of an object inside a box drawn loosely around it (CT left kidney and stomach, with
+#: a margin of 10-20% of the organ's size: taken for walls before the checks here, Dice 0.98 -> 0.0).
 WALL_MAX_CORNERS = 0.5
 #: A wall surrounds its cavity: it borders at least this share of the cavity's outline (a structure
 #: beside an object in a loosely drawn box borders one side of it).
