@@ -55,6 +55,7 @@ __all__ = [
     "UNCERTAIN_END_FRACTION",
     "inside_box_flag",
     "inside_box_gap",
+    "box_gaps",
     "unsure_seed_flag",
     "SEED_FLAG_WORDS",
     "carried_doubt_flag",
@@ -420,10 +421,10 @@ def uncertain_end_flag(name: str, area_before: int, peak: int, why: str) -> str 
     return None
 
 
-def inside_box_gap(mask: np.ndarray, box) -> float | None:
-    """How far a mask keeps inside the nearest side of its box: a fraction of the box's width or height.
-
-    Negative where the mask reaches past a side; None without a box or for an empty mask.
+def box_gaps(mask: np.ndarray, box) -> tuple[float, float, float, float] | None:
+    """How far a mask keeps inside each side of its box (left, top, right, bottom), each a fraction of
+    the box's width or height; negative where it reaches past a side. None without a box or for an
+    empty mask.
 
     Args:
         mask: bool ``(rows, cols)``.
@@ -434,8 +435,14 @@ def inside_box_gap(mask: np.ndarray, box) -> float | None:
         return None
     ys, xs = np.nonzero(m)
     w, h = box.x1 - box.x0 + 1.0, box.y1 - box.y0 + 1.0
-    gaps = ((xs.min() - box.x0) / w, (ys.min() - box.y0) / h, (box.x1 - xs.max()) / w, (box.y1 - ys.max()) / h)
-    return float(min(gaps))
+    return (float((xs.min() - box.x0) / w), float((ys.min() - box.y0) / h),
+            float((box.x1 - xs.max()) / w), float((box.y1 - ys.max()) / h))
+
+
+def inside_box_gap(mask: np.ndarray, box) -> float | None:
+    """How far a mask keeps inside the nearest side of its box (:func:`box_gaps`' smallest), or None."""
+    gaps = box_gaps(mask, box)
+    return None if gaps is None else min(gaps)
 
 
 def inside_box_flag(name: str, mask: np.ndarray, box) -> str | None:

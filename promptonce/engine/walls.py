@@ -27,7 +27,7 @@ from ..backends.base import Backend
 from ..preprocess import WindowSpec
 from ..prompts import interior_point
 from ..types import Box, Point, Volume
-from .quality import INSIDE_BOX_FRACTION, inside_box_gap
+from .quality import INSIDE_BOX_FRACTION, box_gaps, inside_box_gap
 
 __all__ = [
     "WALL_MIN_CONTRAST",
@@ -93,12 +93,8 @@ def wall_contrast(gray: np.ndarray, cavity: np.ndarray, wall: np.ndarray) -> flo
 
 def _sides_reached(mask: np.ndarray, box: Box, within: float) -> int:
     """How many sides of its box a mask comes within ``within`` (a fraction of the box's side) of."""
-    if not mask.any():
-        return 0
-    ys, xs = np.nonzero(mask)
-    w, h = box.x1 - box.x0 + 1.0, box.y1 - box.y0 + 1.0
-    gaps = ((xs.min() - box.x0) / w, (ys.min() - box.y0) / h, (box.x1 - xs.max()) / w, (box.y1 - ys.max()) / h)
-    return sum(g < within for g in gaps)
+    gaps = box_gaps(mask, box)
+    return 0 if gaps is None else sum(g < within for g in gaps)
 
 
 def _box_region(shape: tuple[int, ...], box: Box) -> np.ndarray:
