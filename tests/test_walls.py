@@ -79,15 +79,16 @@ class _WallModel(_Stub):
         return Prediction(np.stack([leak, rim, wall]), np.array([0.8, 0.95, 0.6], np.float32))
 
 
-def _rings(uniform: bool = False) -> tuple[Volume, np.ndarray, np.ndarray]:
+def _rings(uniform: bool = False, thick: int = 6) -> tuple[Volume, np.ndarray, np.ndarray]:
     yy, xx = np.mgrid[0:SIZE, 0:SIZE]
     walls = np.zeros((N, SIZE, SIZE), bool)
     cavities = np.zeros((N, SIZE, SIZE), bool)
     for k in range(1, N - 1):
         r = 18 - abs(k - N // 2)
         d2 = (xx - 32) ** 2 + (yy - 31) ** 2
-        walls[k] = (d2 <= r * r) & (d2 > (r - 6) ** 2)
-        cavities[k] = d2 <= (r - 6) ** 2
+        walls[k] = (d2 <= r * r) & (d2 > (r - thick) ** 2)
+        cavities[k] = d2 <= (r - thick) ** 2
+    inner = cavities.copy()  # blood spreads more than muscle; so does the middle of the uniform object
     if uniform:  # one object of one grey level (the hippocampus' case): no cavity of its own
         walls, cavities = walls | cavities, np.zeros_like(cavities)
     arr = np.full((N, SIZE, SIZE), 20.0, np.float32)
@@ -96,6 +97,7 @@ def _rings(uniform: bool = False) -> tuple[Volume, np.ndarray, np.ndarray]:
     arr[:, :8, :8] = 240.0  # a bright corner on every slice: both phantoms are windowed alike
     rng = np.random.default_rng(0)
     arr += rng.normal(0, 2.0, arr.shape).astype(np.float32)
+    arr[inner] += rng.normal(0, 4.0, int(inner.sum())).astype(np.float32)
     return Volume(arr, name="rings"), walls, cavities
 
 
@@ -235,9 +237,38 @@ def test_a_loose_box_around_an_object_does_not_take_its_surroundings_for_a_wall(
     arr = np.full((3, SIZE, SIZE), 110.0, np.float32)  # mid-grey all around: the wall model answers it
     arr[:, blob] = 240.0
     arr[:, :8, :8] = 20.0
-    vol = Volume(arr + np.random.default_rng(1).normal(0, 2.0, arr.shape).astype(np.float32), name="blob")
+    rng = np.random.default_rng(1)
+    arr += rng.normal(0, 2.0, arr.shape).astype(np.float32)
+    arr[:, blob] += rng.normal(0, 4.0, (3, int(blob.sum()))).astype(np.float32)  # the surroundings are one tissue
+    vol = Volume(arr, name="blob")
     eng, _, wall_model = _engine()
     loose = Box(14.0, 13.0, 50.0, 49.0)  # 10 px around an object 17 px across
     mask, _ = eng.predict_object(vol, 1, ObjectPrompt(box=loose))
     assert wall_model.calls == 1  # asked: the answer keeps inside its box
     assert _dice(mask, blob) == 1.0  # and refused: what it gave fills the box's corners
+
+
+def test_a_box_drawn_a_pixel_inside_a_thin_wall_still_gives_the_wall():
+    vol, walls, cavities = _rings(thick=3)
+    k = N // 2
+    b = _box(walls[k])
+    tight = Box(b.x0 + 1, b.y0 + 1, b.x1 - 1, b.y1 - 1)  # the cavity keeps 2 px (6%) inside: a hand-drawn box
+    eng, _, wall_model = _engine()
+    mask, _ = eng.predict_object(vol, k, ObjectPrompt(box=tight))
+    assert wall_model.calls == 1 and not (mask & cavities[k]).any()
+    assert _dice(mask, walls[k]) > 0.9  # the wall, but for what lies outside the box
+
+
+def test_surroundings_of_two_tissues_are_no_wall():
+    vol, walls, cavities = _rings()
+    k = N // 2
+    arr = vol.array.copy()
+    left = np.zeros_like(walls)
+    left[:, :, :32] = True
+    arr[walls & left] -= 40.0  # 70 and 110 either side: the inner layer still differs from the cavity
+    two = Volume(arr, name="two tissues")
+    eng, _, wall_model = _engine()
+    mask, _ = eng.predict_object(two, k, ObjectPrompt(box=_box(walls[k])))
+    assert wall_model.calls == 1 and _dice(mask, cavities[k]) == 1.0  # asked, refused: the box model's answer
+    mask, _ = eng.predict_object(vol, k, ObjectPrompt(box=_box(walls[k])))
+    assert _dice(mask, walls[k]) == 1.0  # the same ring of one tissue is taken

@@ -1,0 +1,116 @@
+"""Issue 12: boxes drawn by hand around a wall, and loosely around an organ (:mod:`promptonce.engine.walls`).
+
+A user's box is not the reference's bounding box to the pixel. Two questions, on the prompted slice only
+(``Engine.predict_object``), with ``PropagationConfig.box_walls`` on and off in one process:
+
+- ``acdc``: the myocardium (label 2), every slice, with the reference box grown by each of ``--pads``
+  pixels (negative: tighter). Off, LiteMedSAM gives the blood pool (Dice ~0.04).
+- ``ct``: the CT example's liver, spleen, kidneys, stomach and aorta on 7 slices each (spread over the
+  organ), the reference box grown on each side by each of ``--margins`` (a fraction of the organ's size).
+  These are no walls: a wall taken here is a mistake, counted as ``changed``.
+
+Writes JSON: mean Dice per pad / margin, on and off, and per slice.
+
+    .venv/bin/python benchmarks/wall_boxes.py --set acdc --first 10 --count 30 \\
+        --out benchmarks/results/wall_boxes_acdc_held.json                    # ~15 min
+    .venv/bin/python benchmarks/wall_boxes.py --set ct --out benchmarks/results/wall_boxes_ct.json  # ~3 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from promptonce.engine import PropagationConfig, make_engine  # noqa: E402
+from promptonce.io.readers import load_dataset, load_reference  # noqa: E402
+from promptonce.types import Box, ObjectPrompt  # noqa: E402
+
+DATA = Path(os.environ.get("PROMPTONCE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+CT_LABELS = {"liver": 5, "spleen": 1, "kidney_right": 2, "kidney_left": 3, "stomach": 6, "aorta": 52}
+
+
+def objects(name: str, first: int, count: int):
+    """``(case, volume, reference mask, slices or None for all)`` of each object to prompt."""
+    if name == "ct":
+        d = DATA / "ct_totalseg_example"
+        vol = load_dataset(str(d / "image.nii.gz"))[0]
+        lab = load_reference(d / "labels.nii.gz", vol).array
+        for organ, v in CT_LABELS.items():
+            ref = lab == v
+            ks = np.flatnonzero(ref.sum(axis=(1, 2)) >= 20)
+            yield organ, vol, ref, set(ks[np.linspace(0, len(ks) - 1, 7).round().astype(int)].tolist())
+        return
+    files = sorted((DATA / "mri_acdc" / "images").glob("*.nii.gz"))[first : first + count]
+    for f in files:
+        vol = load_dataset(str(f))[0]
+        yield f.name, vol, load_reference(DATA / "mri_acdc" / "labels" / f.name, vol).array == 2, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", choices=["acdc", "ct"], default="acdc")
+    ap.add_argument("--first", type=int, default=0, help="ACDC: index of the first file (sorted)")
+    ap.add_argument("--count", type=int, default=10, help="ACDC: how many files")
+    ap.add_argument("--pads", default="-2,-1,0,2,4", help="ACDC: pixels added to each side of the box")
+    ap.add_argument("--margins", default="0,0.05,0.1,0.2,0.3", help="CT: fraction of the organ's size")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    if not DATA.is_dir():
+        print(f"no shared data at {DATA}; set PROMPTONCE_SHARED_DATA", file=sys.stderr)
+        return 2
+    grows = [float(v) for v in (args.margins if args.set == "ct" else args.pads).split(",")]
+    eng = make_engine(None, "auto", "auto", PropagationConfig())  # the box model, and its wall model
+    rows = []
+    for case, vol, ref, only in objects(args.set, args.first, args.count):
+        for k in range(ref.shape[0]):
+            if ref[k].sum() < 20 or (only is not None and k not in only):
+                continue
+            ys, xs = np.nonzero(ref[k])
+            size = max(int(np.ptp(xs)), int(np.ptp(ys)), 1)
+            for grow in grows:
+                g = grow * size if args.set == "ct" else grow
+                prompt = ObjectPrompt(box=Box(xs.min() - g, ys.min() - g, xs.max() + g, ys.max() + g))
+                row = {"case": case, "slice": int(k), "grow": grow}
+                masks = {}
+                for walls in (False, True):
+                    eng.config = PropagationConfig(box_walls=walls)
+                    m, _ = eng.predict_object(vol, k, prompt)
+                    masks[walls] = m
+                    row["walls" if walls else "off"] = float(2 * (m & ref[k]).sum() / (m.sum() + ref[k].sum()))
+                row["changed"] = not np.array_equal(masks[False], masks[True])
+                rows.append(row)
+        print(case, len(rows), flush=True)
+    table = {}
+    for grow in grows:
+        rs = [r for r in rows if r["grow"] == grow]
+        table[str(grow)] = {"slices": len(rs), "off": round(float(np.mean([r["off"] for r in rs])), 4),
+                            "walls": round(float(np.mean([r["walls"] for r in rs])), 4),
+                            "changed": sum(r["changed"] for r in rs)}
+    out = {
+        "command": "python benchmarks/wall_boxes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                 text=True).stdout.strip(),
+        "machine": platform.platform(),
+        "set": args.set, "grow": "pixels" if args.set == "acdc" else "fraction of the organ's size",
+        "dice_mean": table, "slices": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(json.dumps(table, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
