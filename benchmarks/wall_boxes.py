@@ -9,11 +9,16 @@ A user's box is not the reference's bounding box to the pixel. Two questions, on
   organ), the reference box grown on each side by each of ``--margins`` (a fraction of the organ's size).
   These are no walls: a wall taken here is a mistake, counted as ``changed``.
 
-Writes JSON: mean Dice per pad / margin, on and off, and per slice.
+- ``--walk``: the ACDC myocardium per volume (one reference box on the largest slice, scope volume; 3D
+  Dice) for each of ``--slacks`` (``walls.WALL_DEPTH_SLACK``, how far a walked wall may reach from its
+  cavity, in times the seed wall's depth).
+
+Writes JSON: mean Dice per pad / margin, on and off, and per slice; or per slack, per volume.
 
     .venv/bin/python benchmarks/wall_boxes.py --set acdc --first 10 --count 30 \\
         --out benchmarks/results/wall_boxes_acdc_held.json                    # ~15 min
     .venv/bin/python benchmarks/wall_boxes.py --set ct --out benchmarks/results/wall_boxes_ct.json  # ~3 min
+    .venv/bin/python benchmarks/wall_boxes.py --walk --first 10 --count 30 --slacks 1.5,0.75 --out OUT  # ~25 min
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from promptonce.engine import PropagationConfig, make_engine  # noqa: E402
+from promptonce.engine import PropagationConfig, make_engine, segment, walls  # noqa: E402
+from promptonce.evaluate import reference_prompt  # noqa: E402
 from promptonce.io.readers import load_dataset, load_reference  # noqa: E402
 from promptonce.types import Box, ObjectPrompt  # noqa: E402
 
@@ -57,6 +63,24 @@ def objects(name: str, first: int, count: int):
         yield f.name, vol, load_reference(DATA / "mri_acdc" / "labels" / f.name, vol).array == 2, None
 
 
+def walk(first: int, count: int, slacks: list[float]) -> dict:
+    """Per-volume 3D Dice of the myocardium for each slack (the walk's depth limit)."""
+    out: dict[str, dict[str, float]] = {}
+    for slack in slacks:
+        walls.WALL_DEPTH_SLACK = slack
+        dice = out.setdefault(str(slack), {})
+        for case, vol, ref, _ in objects("acdc", first, count):
+            k0 = int(np.argmax(ref.sum(axis=(1, 2))))
+            prompt = reference_prompt(ref[k0].astype(np.uint8), labels=[1], protocol="box", slice_index=k0)
+            mask = np.zeros_like(ref)
+            for r in segment(vol, prompt, engine=make_engine(prompt), scope="volume"):
+                mask[r.slice_index] = r.labels != 0
+            dice[case] = float(2 * (mask & ref).sum() / max(int(mask.sum() + ref.sum()), 1))
+            print(slack, case, round(dice[case], 3), flush=True)
+    return {k: {"mean": round(float(np.mean(list(v.values()))), 4), "median": round(float(np.median(list(v.values()))), 4),
+                "cases": v} for k, v in out.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", choices=["acdc", "ct"], default="acdc")
@@ -64,11 +88,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=10, help="ACDC: how many files")
     ap.add_argument("--pads", default="-2,-1,0,2,4", help="ACDC: pixels added to each side of the box")
     ap.add_argument("--margins", default="0,0.05,0.1,0.2,0.3", help="CT: fraction of the organ's size")
+    ap.add_argument("--walk", action="store_true", help="ACDC per volume for each of --slacks")
+    ap.add_argument("--slacks", default="1.5,0.75", help="--walk: values of walls.WALL_DEPTH_SLACK")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     if not DATA.is_dir():
         print(f"no shared data at {DATA}; set PROMPTONCE_SHARED_DATA", file=sys.stderr)
         return 2
+    header = {
+        "command": "python benchmarks/wall_boxes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                 text=True).stdout.strip(),
+        "machine": platform.platform(),
+    }
+    if args.walk:
+        table = walk(args.first, args.count, [float(v) for v in args.slacks.split(",")])
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({**header, "set": "acdc per volume", "dice": table}, indent=1))
+        print(json.dumps({k: v["mean"] for k, v in table.items()}))
+        return 0
     grows = [float(v) for v in (args.margins if args.set == "ct" else args.pads).split(",")]
     eng = make_engine(None, "auto", "auto", PropagationConfig())  # the box model, and its wall model
     rows = []
@@ -98,11 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                             "walls": round(float(np.mean([r["walls"] for r in rs])), 4),
                             "changed": sum(r["changed"] for r in rs)}
     out = {
-        "command": "python benchmarks/wall_boxes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                 text=True).stdout.strip(),
-        "machine": platform.platform(),
+        **header,
         "set": args.set, "grow": "pixels" if args.set == "acdc" else "fraction of the organ's size",
         "dice_mean": table, "slices": rows,
     }

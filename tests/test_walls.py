@@ -228,6 +228,7 @@ def test_a_wall_keeps_its_own_tissue_and_its_thickness():
     assert (inside >= ring).all()  # the ring is kept whole
     far = np.hypot(xx - 20.0, yy - 20.0) > 8 + WALL_DEPTH_SLACK * depth + 1.0
     assert not (inside & far).any() and (wall & far).any()  # what lies further out is cut
+    assert not (inside & (d > 13.5)).any()  # the spill keeps no more than about a pixel beyond the ring
     assert wall_depth(ring, np.zeros_like(cavity)) == 0.0
 
 
