@@ -159,11 +159,16 @@ def test_the_walk_carries_the_wall_through_the_volume():
     k = N // 2
     prompt = SlicePrompt((ObjectPrompt(box=_box(walls[k])),), slice_index=k)
     eng, _, _ = _engine()
-    out = {r.slice_index: r.labels != 0 for r in eng.segment_volume(vol, prompt)}
+    results = list(eng.segment_volume(vol, prompt))
+    out = {r.slice_index: r.labels != 0 for r in results}
     for j in range(1, N - 1):
         assert _dice(out[j], walls[j]) > 0.95, j
+    seed = next(r for r in results if r.prompted)
+    assert any("taken as the wall around a cavity" in f for f in seed.flags)  # a guess: the user is told
     off, _, _ = _engine(walls=False)
-    out = {r.slice_index: r.labels != 0 for r in off.segment_volume(vol, prompt)}
+    results = list(off.segment_volume(vol, prompt))
+    assert not any("taken as the wall" in f for r in results for f in r.flags)
+    out = {r.slice_index: r.labels != 0 for r in results}
     assert max(_dice(out[j], walls[j]) for j in range(1, N - 1)) == 0.0  # the cavity, slice after slice
 
 
@@ -174,8 +179,10 @@ def test_a_ready_wall_mask_is_walked_as_a_wall_and_a_ready_cavity_as_before():
     eng, _, _ = _engine()
     assert np.array_equal(ready_cavity(eng, vol, k, None, _box(walls[k]), walls[k]), cavities[k])
     assert ready_cavity(eng, vol, k, None, _box(walls[k]), walls[k] | cavities[k]) is None  # it holds the cavity
-    out = {r.slice_index: r.labels != 0 for r in eng.segment_volume(vol, prompt, seed_masks={1: walls[k]})}
+    results = list(eng.segment_volume(vol, prompt, seed_masks={1: walls[k]}))
+    out = {r.slice_index: r.labels != 0 for r in results}
     assert all(_dice(out[j], walls[j]) > 0.95 for j in range(1, N - 1))
+    assert any("taken as the wall" in f for f in next(r for r in results if r.prompted).flags)
     filled = walls[k] | cavities[k]  # a disc drawn by hand: the box model's answer touches its box
     assert ready_cavity(eng, vol, k, None, _box(filled), filled) is None
 

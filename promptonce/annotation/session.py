@@ -525,12 +525,13 @@ class AnnotationSession:
         prompt = d.prompt(obj)
         t0 = time.perf_counter()
         box = result_box
+        cavities: dict[int, np.ndarray] = {}  # filled when the box is taken for a box around a wall
         if box is not None and all(box.x0 <= p.x <= box.x1 and box.y0 <= p.y <= box.y1 for p in d.points if p.label == 1):
             corr = ObjectPrompt(points=prompt.points, box=box, object_id=oid, name=obj.name)
             mask, score = self._point_engine(model, eng).predict_object(vol, k, corr, window)
         else:
             others = tuple(p for o, od in self.drafts[(case, k)].items() if o != oid for p in od.points if p.label == 1)
-            mask, score = eng.predict_object(vol, k, prompt, window, avoid=others)
+            mask, score = eng.predict_object(vol, k, prompt, window, avoid=others, cavities=cavities)
         d.mask, d.score = _without_background(np.asarray(mask, bool), d.points), float(score)
         secs = time.perf_counter() - t0
         area = int(d.mask.sum())
@@ -541,6 +542,10 @@ class AnnotationSession:
             from ..engine.quality import inside_box_flag, unsure_seed_flag
 
             doubt = inside_box_flag(obj.name, d.mask, d.box) or unsure_seed_flag(obj.name, d.score)
+            if cavities:
+                from ..engine.walls import wall_flag
+
+                doubt = wall_flag(obj.name) if doubt is None else f"{doubt}. {wall_flag(obj.name)}"
             if doubt is not None:
                 msg += f" {doubt}."
         return Preview(case, k, oid, d.mask, d.score, secs, msg)

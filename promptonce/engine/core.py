@@ -103,10 +103,11 @@ class Engine:
     # ------------------------------------------------------------------ work
     def predict_object(
         self, volume: Volume, k: int, obj: ObjectPrompt, window: WindowSpec = None, refine: bool | int = False,
-        avoid: Sequence[Point] = (),
+        avoid: Sequence[Point] = (), cavities: dict[int, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, float]:
-        """Segments one object on slice ``k`` (see :func:`.predict.predict_object`)."""
-        return _predict_mod.predict_object(self, volume, k, obj, window, refine, avoid)
+        """Segments one object on slice ``k`` (see :func:`.predict.predict_object`; ``cavities`` gets the
+        cavity of a box taken for a box around a wall)."""
+        return _predict_mod.predict_object(self, volume, k, obj, window, refine, avoid, cavities=cavities)
 
     def segment_volume(self, volume: Volume, prompt: SlicePrompt, **kwargs) -> Iterator[SliceResult]:
         """Propagates one prompt through one volume (see :func:`.walk.segment_volume` for the arguments)."""

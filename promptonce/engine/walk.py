@@ -23,7 +23,7 @@ from ..prompts import box_from_mask, interior_point
 from ..registration import register, warp
 from ..types import Box, ObjectPrompt, Point, SlicePrompt, SliceResult, Volume
 from .predict import check_prompt_inside, margin, other_clicks, predict, predict_object
-from .walls import ready_cavity, wall_around, wall_depth, within_depth
+from .walls import ready_cavity, wall_around, wall_depth, wall_flag, within_depth
 from .quality import (
     INSIDE_BOX_CONFIDENCE,
     MIN_NEIGHBOUR_AGREEMENT,
@@ -318,6 +318,7 @@ def segment_volume(
             st.cavity = cavities.get(obj.object_id)
         if st.cavity is not None:
             st.wall_depth = wall_depth(mask, st.cavity)
+            flags.append(wall_flag(name))
         # a box drawn by the user (a transferred one is refined; the engine's own seeds come with the
         # mask's tight box) whose mask keeps away from all its sides: the seed and every slice walked
         # from it are doubtful

@@ -37,6 +37,7 @@ __all__ = [
     "WALL_MIN_GAP",
     "wall_model",
     "wall_contrast",
+    "wall_flag",
     "one_tissue",
     "wall_around",
     "of_wall_tissue",
@@ -114,6 +115,14 @@ def wall_model(eng: Engine) -> Backend | None:
         if isinstance(b, Backend) and b.info.points and b.info.boxes:
             return b
     return None
+
+
+def wall_flag(name: str) -> str:
+    """The flag of a prompted slice whose box was taken for a box around a wall: the reading is a guess
+    (a box drawn loosely around a cavity looks the same, and the ACDC LV with its box 4 px loose was
+    read as its myocardium on about half of the slices), so the user is told and given the remedy."""
+    return (f"{name}: taken as the wall around a cavity (the box model gave the inside); "
+            "if the inside was meant, click inside it")
 
 
 def wall_contrast(gray: np.ndarray, cavity: np.ndarray, wall: np.ndarray) -> float:
