@@ -3,8 +3,9 @@
 A user's box is not the reference's bounding box to the pixel. Two questions, on the prompted slice only
 (``Engine.predict_object``), with ``PropagationConfig.box_walls`` on and off in one process:
 
-- ``acdc``: the myocardium (label 2), every slice, with the reference box grown by each of ``--pads``
-  pixels (negative: tighter). Off, LiteMedSAM gives the blood pool (Dice ~0.04).
+- ``acdc``: the myocardium (label 2; ``--label 3``: the LV blood pool, no wall), every slice, with the
+  reference box grown by each of ``--pads`` pixels (negative: tighter). Off, LiteMedSAM gives the
+  myocardium's blood pool (Dice ~0.04).
 - ``ct``: the CT example's liver, spleen, kidneys, stomach and aorta on 7 slices each (spread over the
   organ), the reference box grown on each side by each of ``--margins`` (a fraction of the organ's size).
   These are no walls: a wall taken here is a mistake, counted as ``changed``.
@@ -46,7 +47,7 @@ DATA = Path(os.environ.get("PROMPTONCE_SHARED_DATA", ROOT.parent / "shared" / "d
 CT_LABELS = {"liver": 5, "spleen": 1, "kidney_right": 2, "kidney_left": 3, "stomach": 6, "aorta": 52}
 
 
-def objects(name: str, first: int, count: int):
+def objects(name: str, first: int, count: int, label: int = 2):
     """``(case, volume, reference mask, slices or None for all)`` of each object to prompt."""
     if name == "ct":
         d = DATA / "ct_totalseg_example"
@@ -60,7 +61,7 @@ def objects(name: str, first: int, count: int):
     files = sorted((DATA / "mri_acdc" / "images").glob("*.nii.gz"))[first : first + count]
     for f in files:
         vol = load_dataset(str(f))[0]
-        yield f.name, vol, load_reference(DATA / "mri_acdc" / "labels" / f.name, vol).array == 2, None
+        yield f.name, vol, load_reference(DATA / "mri_acdc" / "labels" / f.name, vol).array == label, None
 
 
 def walk(first: int, count: int, slacks: list[float]) -> dict:
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first", type=int, default=0, help="ACDC: index of the first file (sorted)")
     ap.add_argument("--count", type=int, default=10, help="ACDC: how many files")
     ap.add_argument("--pads", default="-2,-1,0,2,4", help="ACDC: pixels added to each side of the box")
+    ap.add_argument("--label", type=int, default=2,
+                    help="ACDC: 2 the myocardium (a wall); 3 the LV blood pool (a cavity: a wall taken is a mistake)")
     ap.add_argument("--margins", default="0,0.05,0.1,0.2,0.3", help="CT: fraction of the organ's size")
     ap.add_argument("--walk", action="store_true", help="ACDC per volume for each of --slacks")
     ap.add_argument("--slacks", default="1.5,0.75", help="--walk: values of walls.WALL_DEPTH_SLACK")
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     grows = [float(v) for v in (args.margins if args.set == "ct" else args.pads).split(",")]
     eng = make_engine(None, "auto", "auto", PropagationConfig())  # the box model, and its wall model
     rows = []
-    for case, vol, ref, only in objects(args.set, args.first, args.count):
+    for case, vol, ref, only in objects(args.set, args.first, args.count, args.label):
         for k in range(ref.shape[0]):
             if ref[k].sum() < 20 or (only is not None and k not in only):
                 continue
