@@ -279,3 +279,17 @@ def test_surroundings_of_two_tissues_are_no_wall():
     assert wall_model.calls == 1 and _dice(mask, cavities[k]) == 1.0  # asked, refused: the box model's answer
     mask, _ = eng.predict_object(vol, k, ObjectPrompt(box=_box(walls[k])))
     assert _dice(mask, walls[k]) == 1.0  # the same ring of one tissue is taken
+
+
+def test_the_app_preview_says_when_a_box_is_taken_for_a_wall():
+    from promptonce.annotation import AnnotationSession
+
+    vol, walls, cavities = _rings()
+    k = N // 2
+    s = AnnotationSession(vol, model="fake")
+    s.engines["fake"], _, _ = _engine()
+    p = s.add_box(0, k, _box(walls[k]))
+    assert _dice(p.mask, walls[k]) == 1.0 and "taken as the wall around a cavity" in p.message, p.message
+    s.engines["fake"], _, _ = _engine(walls=False)
+    p = s.add_box(0, k, _box(walls[k]))
+    assert _dice(p.mask, cavities[k]) == 1.0 and "taken as the wall" not in p.message, p.message
