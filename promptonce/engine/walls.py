@@ -55,7 +55,7 @@ __all__ = [
 #: there is wrong. The two are the same picture; only the distance tells them apart, and not
 #: always. ACDC tuning slices (1-10): at 2%, myocardium boxes 1-2 px tight were taken (mean over
 #: boxes -2..+4 px 0.625 against 0.544 at 6%), but so were 34 of 96 LV slices with a box 2 px loose
-#: (3 at 6%); with 4 px, 70 and 54 of 96 (the rule as it was before the checks below: 51).
+#: (3 at 6%); with 4 px, 70 and 54 of 96 (the thirtieth round's rule: 51).
 WALL_MIN_GAP = 0.06
 #: The wall's inner layer (:data:`WALL_INNER` px next to the cavity) and the cavity must differ in
 #: median grey level by this many standard deviations of that layer's grey levels for the wall to be
