@@ -293,3 +293,17 @@ def test_the_app_preview_says_when_a_box_is_taken_for_a_wall():
     s.engines["fake"], _, _ = _engine(walls=False)
     p = s.add_box(0, k, _box(walls[k]))
     assert _dice(p.mask, cavities[k]) == 1.0 and "taken as the wall" not in p.message, p.message
+
+
+def test_a_background_click_in_the_cavity_asks_for_the_wall_however_close_the_box():
+    vol, walls, cavities = _rings(thick=3)
+    k = N // 2
+    b = _box(walls[k])
+    tight = Box(b.x0 + 1, b.y0 + 1, b.x1 - 1, b.y1 - 1)  # drawn a pixel inside a thin wall: the cavity 6% in
+    eng, _, wall_model = _engine()
+    mask, _ = eng.predict_object(vol, k, ObjectPrompt(box=tight))
+    assert wall_model.calls == 0 and _dice(mask, cavities[k]) == 1.0  # as close as a cavity's loose box: kept
+    not_this = ObjectPrompt(box=tight, points=(Point(32.0, 31.0, 0),))
+    mask, _ = eng.predict_object(vol, k, not_this)
+    assert wall_model.calls == 1 and not (mask & cavities[k]).any()
+    assert _dice(mask, walls[k]) > 0.9  # the wall, but for what lies outside the box

@@ -158,8 +158,10 @@ def wall_around(
         cavity: the box model's answer, bool ``(rows, cols)``, kept away from every side of ``box``
             (by ``WALL_MIN_GAP``; with ``tracked``, by anything: a walked slice's cavity,
             followed from the slice before, inside the wall's walked box).
-        clicks: the user's positive clicks for this object; one inside the cavity says the cavity
-            was meant, and the answer is left as it is.
+        clicks: the user's clicks for this object. A positive one inside the cavity says the cavity
+            was meant, and the answer is left as it is; a background one inside it says the wall
+            was, and the wall is asked for however close the cavity comes to the box (the gap of a box
+            drawn a pixel inside a wall is that of a box drawn loosely around a cavity).
 
     Returns:
         ``(wall mask, score)``: the points model's answer to the box with a background click deep in
@@ -169,11 +171,11 @@ def wall_around(
     """
     model = wall_model(eng)
     gap = inside_box_gap(cavity, box)
-    if model is None or gap is None or gap < (0.0 if tracked else WALL_MIN_GAP) or gap <= 0:
-        return None
     positive = tuple(p for p in clicks if p.label == 1)
-    if any(cavity[int(round(p.y)), int(round(p.x))] for p in positive
-           if 0 <= round(p.y) < cavity.shape[0] and 0 <= round(p.x) < cavity.shape[1]):
+    asked = _lands_in(cavity, tuple(p for p in clicks if p.label == 0))  # "not this": the ring was meant
+    if model is None or gap is None or gap < (0.0 if tracked or asked else WALL_MIN_GAP) or gap <= 0:
+        return None
+    if _lands_in(cavity, positive):
         return None
     inside = interior_point(cavity, label=0)
     if inside is None:
@@ -216,6 +218,12 @@ def one_tissue(gray: np.ndarray, cavity: np.ndarray, wall: np.ndarray) -> bool:
     if int(inner.sum()) < WALL_MIN_PX or wall_contrast(g, cavity, inner) < WALL_MIN_CONTRAST:
         return False
     return float(np.std(g[wall])) <= WALL_MAX_SPREAD * max(float(np.std(g[cavity])), 1.0)
+
+
+def _lands_in(mask: np.ndarray, points: tuple[Point, ...]) -> bool:
+    """Whether any of ``points`` lies on ``mask``."""
+    return any(mask[int(round(p.y)), int(round(p.x))] for p in points
+               if 0 <= round(p.y) < mask.shape[0] and 0 <= round(p.x) < mask.shape[1])
 
 
 def surround_share(wall: np.ndarray, cavity: np.ndarray) -> float:
