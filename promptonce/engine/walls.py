@@ -167,7 +167,8 @@ def wall_around(
         ``(wall mask, score)``: the points model's answer to the box with a background click deep in
         the cavity (of its three candidates, cut to the box, the best-scored that reaches three sides
         of the box, :data:`REACH`), minus the cavity, of the wall's tissue (:func:`of_wall_tissue`),
-        when it surrounds the cavity and leaves the box's corners empty.
+        when it surrounds the cavity, leaves the box's corners empty and is of one tissue
+        (:func:`one_tissue`; on a walked slice, a contrast of :data:`WALL_TRACKED_CONTRAST`).
     """
     model = wall_model(eng)
     gap = inside_box_gap(cavity, box)
