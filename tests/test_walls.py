@@ -307,3 +307,18 @@ def test_a_background_click_in_the_cavity_asks_for_the_wall_however_close_the_bo
     mask, _ = eng.predict_object(vol, k, not_this)
     assert wall_model.calls == 1 and not (mask & cavities[k]).any()
     assert _dice(mask, walls[k]) > 0.9  # the wall, but for what lies outside the box
+
+
+def test_the_app_preview_says_how_to_ask_for_the_ring_when_the_box_is_close():
+    from promptonce.annotation import AnnotationSession
+
+    vol, walls, cavities = _rings(thick=3)
+    k = N // 2
+    b = _box(walls[k])
+    tight = Box(b.x0 + 1, b.y0 + 1, b.x1 - 1, b.y1 - 1)  # the cavity 5.7% inside: no wall asked
+    s = AnnotationSession(vol, model="fake")
+    s.engines["fake"], _, _ = _engine()
+    p = s.add_box(0, k, tight)
+    assert _dice(p.mask, cavities[k]) == 1.0 and "add a background click inside it" in p.message, p.message
+    p = s.add_box(0, k, _box(cavities[k]))  # a box close around the cavity: nothing to say
+    assert "background click" not in p.message, p.message

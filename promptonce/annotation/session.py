@@ -542,10 +542,12 @@ class AnnotationSession:
             from ..engine.quality import inside_box_flag, unsure_seed_flag
 
             doubt = inside_box_flag(obj.name, d.mask, d.box) or unsure_seed_flag(obj.name, d.score)
-            if cavities:
-                from ..engine.walls import wall_flag
+            from ..engine.walls import ring_hint, wall_flag
 
+            if cavities:
                 doubt = wall_flag(obj.name) if doubt is None else f"{doubt}. {wall_flag(obj.name)}"
+            elif doubt is None and eng.config.box_walls:
+                doubt = ring_hint(obj.name, d.mask, d.box)
             if doubt is not None:
                 msg += f" {doubt}."
         return Preview(case, k, oid, d.mask, d.score, secs, msg)

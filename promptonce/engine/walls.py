@@ -38,6 +38,7 @@ __all__ = [
     "wall_model",
     "wall_contrast",
     "wall_flag",
+    "ring_hint",
     "one_tissue",
     "wall_around",
     "of_wall_tissue",
@@ -57,6 +58,10 @@ __all__ = [
 #: boxes -2..+4 px 0.625 against 0.544 at 6%), but so were 34 of 96 LV slices with a box 2 px loose
 #: (3 at 6%); with 4 px, 70 and 54 of 96 (the thirtieth round's rule: 51).
 WALL_MIN_GAP = 0.06
+#: An answer kept at least this far inside every side of its box, but less than :data:`WALL_MIN_GAP`,
+#: may be a cavity whose wall was meant: the app's preview says how to ask for the wall
+#: (:func:`ring_hint`). The myocardium's dragged box in the app left its cavity 2-6% inside.
+WALL_HINT_GAP = 0.02
 #: The wall's inner layer (:data:`WALL_INNER` px next to the cavity) and the cavity must differ in
 #: median grey level by this many standard deviations of that layer's grey levels for the wall to be
 #: taken. Tuning slices (ACDC 1-10 myocardium with boxes -2..+4 px around the reference; hippocampus
@@ -123,6 +128,15 @@ def wall_flag(name: str) -> str:
     as its myocardium on 54 of 96 tuning slices), so the user is told and given the remedy."""
     return (f"{name}: taken as the wall around a cavity (the box model gave the inside); "
             "if the inside was meant, click inside it")
+
+
+def ring_hint(name: str, mask: np.ndarray, box: Box | None) -> str | None:
+    """The preview's hint for an answer kept 2-6% inside its box (:data:`WALL_HINT_GAP`): a background
+    click inside it asks for the ring around it (:func:`wall_around`); None otherwise."""
+    gap = inside_box_gap(mask, box)
+    if gap is None or not WALL_HINT_GAP <= gap < WALL_MIN_GAP:
+        return None
+    return f"{name}: if the ring around it was meant (a wall, like the myocardium), add a background click inside it"
 
 
 def wall_contrast(gray: np.ndarray, cavity: np.ndarray, wall: np.ndarray) -> float:
