@@ -78,8 +78,8 @@ def walk(first: int, count: int, slacks: list[float]) -> dict:
                 mask[r.slice_index] = r.labels != 0
             dice[case] = float(2 * (mask & ref).sum() / max(int(mask.sum() + ref.sum()), 1))
             print(slack, case, round(dice[case], 3), flush=True)
-    return {k: {"mean": round(float(np.mean(list(v.values()))), 4), "median": round(float(np.median(list(v.values()))), 4),
-                "cases": v} for k, v in out.items()}
+    return {k: {"mean": round(float(np.mean(list(v.values()))), 4),
+                "median": round(float(np.median(list(v.values()))), 4), "cases": v} for k, v in out.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -540,10 +540,9 @@ class AnnotationSession:
         else:
             msg = f"{obj.name}: preview {area} px, confidence {score:.2f} ({secs * 1000:.0f} ms)."
             from ..engine.quality import inside_box_flag, unsure_seed_flag
-
-            doubt = inside_box_flag(obj.name, d.mask, d.box) or unsure_seed_flag(obj.name, d.score)
             from ..engine.walls import ring_hint, wall_flag
 
+            doubt = inside_box_flag(obj.name, d.mask, d.box) or unsure_seed_flag(obj.name, d.score)
             if cavities:
                 doubt = wall_flag(obj.name) if doubt is None else f"{doubt}. {wall_flag(obj.name)}"
             elif doubt is None and eng.config.box_walls:

@@ -30,6 +30,7 @@ from ..backends.base import Backend
 from ..preprocess import WindowSpec
 from ..prompts import interior_point
 from ..types import Box, Point, Volume
+from .clicks import contains_any
 from .quality import box_gaps, inside_box_gap
 
 __all__ = [
@@ -187,10 +188,10 @@ def wall_around(
     model = wall_model(eng)
     gap = inside_box_gap(cavity, box)
     positive = tuple(p for p in clicks if p.label == 1)
-    asked = _lands_in(cavity, tuple(p for p in clicks if p.label == 0))  # "not this": the ring was meant
+    asked = contains_any(cavity, tuple(p for p in clicks if p.label == 0))  # "not this": the ring was meant
     if model is None or gap is None or gap < (0.0 if tracked or asked else WALL_MIN_GAP) or gap <= 0:
         return None
-    if _lands_in(cavity, positive):
+    if contains_any(cavity, positive):
         return None
     inside = interior_point(cavity, label=0)
     if inside is None:
@@ -233,12 +234,6 @@ def one_tissue(gray: np.ndarray, cavity: np.ndarray, wall: np.ndarray) -> bool:
     if int(inner.sum()) < WALL_MIN_PX or wall_contrast(g, cavity, inner) < WALL_MIN_CONTRAST:
         return False
     return float(np.std(g[wall])) <= WALL_MAX_SPREAD * max(float(np.std(g[cavity])), 1.0)
-
-
-def _lands_in(mask: np.ndarray, points: tuple[Point, ...]) -> bool:
-    """Whether any of ``points`` lies on ``mask``."""
-    return any(mask[int(round(p.y)), int(round(p.x))] for p in points
-               if 0 <= round(p.y) < mask.shape[0] and 0 <= round(p.x) < mask.shape[1])
 
 
 def surround_share(wall: np.ndarray, cavity: np.ndarray) -> float:
