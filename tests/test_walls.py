@@ -124,7 +124,7 @@ def test_a_box_around_a_wall_gives_the_wall_not_its_cavity():
     assert _dice(mask, walls[k]) == 1.0  # the rim of the cavity the wall model took is cut out
     assert not (mask & cavities[k]).any()
     assert score == pytest.approx(0.8)  # of the candidates that reach the box, the best-scored
-    assert wall_model.calls == 1
+    assert wall_model.calls == 2  # asked, then asked again with a click on each side of the wall
     off, _, off_wall = _engine(walls=False)
     mask, _ = off.predict_object(vol, k, ObjectPrompt(box=_box(walls[k])))
     assert _dice(mask, cavities[k]) == 1.0 and off_wall.calls == 0  # as before: the cavity
@@ -140,7 +140,7 @@ def test_a_click_inside_the_cavity_keeps_the_cavity_and_one_on_the_wall_goes_wit
     ys, xs = np.nonzero(walls[k])
     on_wall = ObjectPrompt(box=_box(walls[k]), points=(Point(float(xs[0]), float(ys[0])),))
     mask, _ = eng.predict_object(vol, k, on_wall)
-    assert _dice(mask, walls[k]) == 1.0 and wall_model.calls == 1
+    assert _dice(mask, walls[k]) == 1.0 and wall_model.calls == 2
 
 
 def test_the_core_of_a_uniform_object_is_not_taken_for_a_cavity():
@@ -305,7 +305,7 @@ def test_a_background_click_in_the_cavity_asks_for_the_wall_however_close_the_bo
     assert wall_model.calls == 0 and _dice(mask, cavities[k]) == 1.0  # as close as a cavity's loose box: kept
     not_this = ObjectPrompt(box=tight, points=(Point(32.0, 31.0, 0),))
     mask, _ = eng.predict_object(vol, k, not_this)
-    assert wall_model.calls == 1 and not (mask & cavities[k]).any()
+    assert wall_model.calls == 2 and not (mask & cavities[k]).any()
     assert _dice(mask, walls[k]) > 0.9  # the wall, but for what lies outside the box
 
 
@@ -322,3 +322,63 @@ def test_the_app_preview_says_how_to_ask_for_the_ring_when_the_box_is_close():
     assert _dice(p.mask, cavities[k]) == 1.0 and "add a background click inside it" in p.message, p.message
     p = s.add_box(0, k, _box(cavities[k]))  # a box close around the cavity: nothing to say
     assert "background click" not in p.message, p.message
+
+
+def test_band_clicks_lie_halfway_between_the_cavity_and_its_box():
+    from promptonce.engine.walls import band_clicks
+
+    cavity = np.zeros((40, 40), bool)
+    cavity[15:26, 10:21] = True  # rows 15-25, columns 10-20: centre (20, 15)
+    pts = band_clicks(cavity, Box(4.0, 9.0, 21.0, 31.0))  # 6 px left, 6 above, 5 below, 1 right
+    assert [(p.x, p.y, p.label) for p in pts] == [(7.0, 20.0, 1), (15.0, 12.0, 1), (15.0, 28.0, 1)]
+    assert band_clicks(np.zeros((40, 40), bool), Box(4.0, 9.0, 21.0, 31.0)) == ()
+
+
+class _OpenWallModel(_WallModel):
+    """Asked with one click, it leaves the wall's right side open; asked with clicks on every side
+    (and no choice of candidates), it gives the whole wall: MobileSAM's thin or open sides."""
+
+    def predict(self, embedding, points=None, point_labels=None, box=None, mask_logits=None, multimask=False):
+        pred = super().predict(embedding, points, point_labels, box, mask_logits, multimask)
+        if multimask:
+            cut = np.zeros(pred.masks.shape[1:], bool)
+            cut[24:40, 42:] = True
+            return Prediction(pred.masks & ~cut, pred.scores)
+        return pred
+
+
+def test_a_wall_left_open_on_one_side_is_closed_by_a_click_on_each_side(monkeypatch):
+    import promptonce.engine.walls as walls_module
+
+    vol, walls, cavities = _rings()
+    k = N // 2
+    box_model, wall_model = _CavityModel(), _OpenWallModel()
+    eng = Engine(box_model, wall_backend=wall_model, config=PropagationConfig(box_walls=True))
+    mask, _ = eng.predict_object(vol, k, ObjectPrompt(box=_box(walls[k])))
+    assert _dice(mask, walls[k]) == 1.0 and wall_model.calls == 2
+    monkeypatch.setattr(walls_module, "WALL_BAND_CLICKS", False)
+    mask, _ = eng.predict_object(vol, k, ObjectPrompt(box=_box(walls[k])))
+    assert wall_model.calls == 3 and 0.5 < _dice(mask, walls[k]) < 0.95  # taken, but open on the right
+
+
+def test_one_tissue_judges_the_inner_layer_and_allows_the_whole_wall_a_little_more():
+    from promptonce.engine.walls import WALL_MAX_SPREAD_WHOLE, one_tissue
+
+    yy, xx = np.mgrid[0:60, 0:60]
+    d = np.hypot(xx - 30.0, yy - 30.0)
+    cavity, inner, outer = d <= 10, (d > 10) & (d <= 13), (d > 13) & (d <= 20)
+    rng = np.random.default_rng(2)
+    gray = np.where(cavity, 200.0 + rng.normal(0, 4.0, d.shape), 100.0 + rng.normal(0, 2.0, d.shape))
+    assert one_tissue(gray, cavity, inner | outer)  # one tissue throughout
+    spill = gray.copy()  # a loose box: what lies beyond the wall spreads more, the wall's layer does not
+    spill[outer] = 100.0 + rng.normal(0, 6.0, int(outer.sum()))
+    s_cavity, s_whole = float(np.std(spill[cavity])), float(np.std(spill[inner | outer]))
+    assert s_cavity < s_whole <= WALL_MAX_SPREAD_WHOLE * s_cavity
+    assert one_tissue(spill, cavity, inner | outer)
+    mixed = gray.copy()  # surroundings of several tissues
+    mixed[outer] = np.where(xx[outer] < 30, 60.0, 140.0)
+    assert not one_tissue(mixed, cavity, inner | outer)
+    layered = gray.copy()  # the layer next to the cavity spreads more than the cavity, the whole wall less
+    layered[inner] = 100.0 + rng.normal(0, 7.0, int(inner.sum()))
+    assert float(np.std(layered[inner | outer])) <= WALL_MAX_SPREAD_WHOLE * float(np.std(layered[cavity]))
+    assert not one_tissue(layered, cavity, inner | outer)
