@@ -8,8 +8,11 @@ A user's box is not the reference's bounding box to the pixel. Two questions, on
   myocardium's blood pool (Dice ~0.04).
 - ``ct``: the CT example's liver, spleen, kidneys, stomach and aorta on 7 slices each (spread over the
   organ), the reference box grown on each side by each of ``--margins`` (a fraction of the organ's size).
-  These are no walls: a wall taken here is a mistake, counted as ``changed``.
+  These are no walls: a wall taken here is a mistake, counted as ``changed``. ``ct-other``: the same
+  for eight structures the rule was not tuned on (gallbladder, pancreas, bladder, a vertebra, the IVC,
+  a hip bone and two back muscles).
 
+- ``--thickness``: no model; how far the myocardium reaches beyond the LV blood pool's box on each side.
 - ``--walk``: the ACDC myocardium per volume (one reference box on the largest slice, scope volume; 3D
   Dice) for each of ``--slacks`` (``walls.WALL_DEPTH_SLACK``, how far a walked wall may reach from its
   cavity, in times the seed wall's depth).
@@ -20,6 +23,8 @@ Writes JSON: mean Dice per pad / margin, on and off, and per slice; or per slack
         --out benchmarks/results/wall_boxes_acdc_held.json                    # ~15 min
     .venv/bin/python benchmarks/wall_boxes.py --set ct --out benchmarks/results/wall_boxes_ct.json  # ~3 min
     .venv/bin/python benchmarks/wall_boxes.py --walk --first 10 --count 30 --slacks 1.5,0.75 --out OUT  # ~25 min
+    .venv/bin/python benchmarks/wall_boxes.py --thickness --first 10 --count 30 \\
+        --out benchmarks/results/wall_thickness_acdc_held.json                # seconds
 """
 
 from __future__ import annotations
@@ -45,15 +50,18 @@ from promptonce.types import Box, ObjectPrompt  # noqa: E402
 
 DATA = Path(os.environ.get("PROMPTONCE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 CT_LABELS = {"liver": 5, "spleen": 1, "kidney_right": 2, "kidney_left": 3, "stomach": 6, "aorta": 52}
+#: ``--set ct-other``: structures no wall rule was tuned on (TotalSegmentator "total" classes, v2 numbering)
+CT_OTHER = {"gallbladder": 4, "pancreas": 7, "urinary_bladder": 21, "vertebra_L5": 27, "inferior_vena_cava": 63,
+            "hip_left": 77, "autochthon_left": 86, "iliopsoas_left": 88}
 
 
 def objects(name: str, first: int, count: int, label: int = 2):
     """``(case, volume, reference mask, slices or None for all)`` of each object to prompt."""
-    if name == "ct":
+    if name.startswith("ct"):
         d = DATA / "ct_totalseg_example"
         vol = load_dataset(str(d / "image.nii.gz"))[0]
         lab = load_reference(d / "labels.nii.gz", vol).array
-        for organ, v in CT_LABELS.items():
+        for organ, v in (CT_OTHER if name == "ct-other" else CT_LABELS).items():
             ref = lab == v
             ks = np.flatnonzero(ref.sum(axis=(1, 2)) >= 20)
             yield organ, vol, ref, set(ks[np.linspace(0, len(ks) - 1, 7).round().astype(int)].tolist())
@@ -62,6 +70,24 @@ def objects(name: str, first: int, count: int, label: int = 2):
     for f in files:
         vol = load_dataset(str(f))[0]
         yield f.name, vol, load_reference(DATA / "mri_acdc" / "labels" / f.name, vol).array == label, None
+
+
+def thickness(first: int, count: int) -> dict:
+    """How far the myocardium reaches beyond the LV blood pool's bounding box on each side (pixels), on
+    every slice holding both: a box that loose around the LV is the myocardium's own box."""
+    sides = []
+    for f in sorted((DATA / "mri_acdc" / "images").glob("*.nii.gz"))[first : first + count]:
+        vol = load_dataset(str(f))[0]
+        lab = load_reference(DATA / "mri_acdc" / "labels" / f.name, vol).array
+        for k in range(lab.shape[0]):
+            lv, ring = lab[k] == 3, (lab[k] == 2) | (lab[k] == 3)
+            if lv.sum() < 20 or (lab[k] == 2).sum() < 20:
+                continue
+            (ly, lx), (ry, rx) = np.nonzero(lv), np.nonzero(ring)
+            sides.append([lx.min() - rx.min(), ly.min() - ry.min(), rx.max() - lx.max(), ry.max() - ly.max()])
+    a = np.asarray(sides, float)
+    return {"slices": len(a), "percentiles_10_25_50_75_90": np.percentile(a, [10, 25, 50, 75, 90]).tolist(),
+            "share_lv_box_4px_inside_ring_on_3_sides": round(float((((a - 4) >= 1).sum(axis=1) >= 3).mean()), 3)}
 
 
 def walk(first: int, count: int, slacks: list[float]) -> dict:
@@ -84,7 +110,7 @@ def walk(first: int, count: int, slacks: list[float]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--set", choices=["acdc", "ct"], default="acdc")
+    ap.add_argument("--set", choices=["acdc", "ct", "ct-other"], default="acdc")
     ap.add_argument("--first", type=int, default=0, help="ACDC: index of the first file (sorted)")
     ap.add_argument("--count", type=int, default=10, help="ACDC: how many files")
     ap.add_argument("--pads", default="-2,-1,0,2,4", help="ACDC: pixels added to each side of the box")
@@ -93,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--margins", default="0,0.05,0.1,0.2,0.3", help="CT: fraction of the organ's size")
     ap.add_argument("--walk", action="store_true", help="ACDC per volume for each of --slacks")
     ap.add_argument("--slacks", default="1.5,0.75", help="--walk: values of walls.WALL_DEPTH_SLACK")
+    ap.add_argument("--thickness", action="store_true",
+                    help="ACDC: how far the myocardium reaches beyond the LV's box, per side (no model)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     if not DATA.is_dir():
@@ -105,13 +133,19 @@ def main(argv: list[str] | None = None) -> int:
                                  text=True).stdout.strip(),
         "machine": platform.platform(),
     }
+    if args.thickness:
+        table = thickness(args.first, args.count)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({**header, "set": "acdc myocardium beyond the LV", **table}, indent=1))
+        print(json.dumps(table))
+        return 0
     if args.walk:
         table = walk(args.first, args.count, [float(v) for v in args.slacks.split(",")])
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({**header, "set": "acdc per volume", "dice": table}, indent=1))
         print(json.dumps({k: v["mean"] for k, v in table.items()}))
         return 0
-    grows = [float(v) for v in (args.margins if args.set == "ct" else args.pads).split(",")]
+    grows = [float(v) for v in (args.margins if args.set.startswith("ct") else args.pads).split(",")]
     eng = make_engine(None, "auto", "auto", PropagationConfig())  # the box model, and its wall model
     rows = []
     for case, vol, ref, only in objects(args.set, args.first, args.count, args.label):
@@ -121,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             ys, xs = np.nonzero(ref[k])
             size = max(int(np.ptp(xs)), int(np.ptp(ys)), 1)
             for grow in grows:
-                g = grow * size if args.set == "ct" else grow
+                g = grow * size if args.set.startswith("ct") else grow
                 prompt = ObjectPrompt(box=Box(xs.min() - g, ys.min() - g, xs.max() + g, ys.max() + g))
                 row = {"case": case, "slice": int(k), "grow": grow}
                 masks = {}
