@@ -332,6 +332,8 @@ def test_band_clicks_lie_halfway_between_the_cavity_and_its_box():
     pts = band_clicks(cavity, Box(4.0, 9.0, 21.0, 31.0))  # 6 px left, 6 above, 5 below, 1 right
     assert [(p.x, p.y, p.label) for p in pts] == [(7.0, 20.0, 1), (15.0, 12.0, 1), (15.0, 28.0, 1)]
     assert band_clicks(np.zeros((40, 40), bool), Box(4.0, 9.0, 21.0, 31.0)) == ()
+    pts = band_clicks(cavity, Box(-16.0, 9.0, 21.0, 45.0))  # a box past the image's left and bottom edges
+    assert [(p.x, p.y) for p in pts] == [(5.0, 20.0), (15.0, 12.0), (15.0, 32.0)]  # halfway to the edge
 
 
 class _OpenWallModel(_WallModel):

@@ -153,19 +153,21 @@ def ring_hint(name: str, mask: np.ndarray, box: Box | None) -> str | None:
 
 def band_clicks(cavity: np.ndarray, box: Box) -> tuple[Point, ...]:
     """Positive clicks on a wall between ``cavity`` and its ``box``: on the row and the column through the
-    cavity's centre, halfway from the cavity's edge to the box's side, where that is 2 px or more."""
+    cavity's centre, halfway from the cavity's edge to the box's side (the side taken at the image's
+    edge where the box runs past it), where that is 2 px or more."""
     ys, xs = np.nonzero(cavity)
     if ys.size == 0:
         return ()
+    rows, cols = cavity.shape
     cy, cx = int(round(float(ys.mean()))), int(round(float(xs.mean())))
     row, col = np.flatnonzero(cavity[cy]), np.flatnonzero(cavity[:, cx])
     pts: list[Point] = []
     if row.size:
-        for edge, side in ((row[0], box.x0), (row[-1], box.x1)):
+        for edge, side in ((row[0], max(box.x0, 0.0)), (row[-1], min(box.x1, cols - 1.0))):
             if abs(float(edge) - side) >= 2:
                 pts.append(Point((float(edge) + side) / 2.0, float(cy)))
     if col.size:
-        for edge, side in ((col[0], box.y0), (col[-1], box.y1)):
+        for edge, side in ((col[0], max(box.y0, 0.0)), (col[-1], min(box.y1, rows - 1.0))):
             if abs(float(edge) - side) >= 2:
                 pts.append(Point(float(cx), (float(edge) + side) / 2.0))
     return tuple(pts)
