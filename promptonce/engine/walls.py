@@ -26,10 +26,10 @@ from scipy import ndimage
 if TYPE_CHECKING:
     from .core import Engine
 
-from ..backends.base import Backend, Embedding
+from ..backends.base import Backend, Embedding, Prediction
 from ..preprocess import WindowSpec
 from ..prompts import interior_point
-from ..types import Box, Point, Volume
+from ..types import Box, ObjectPrompt, Point, Volume
 from .clicks import contains_any
 from .quality import box_gaps, inside_box_gap
 
@@ -233,13 +233,7 @@ def wall_around(
         return None
     pts = (inside, *positive)
     emb = eng.embedding(model, volume, k, window)
-    pred = model.predict(
-        emb,
-        points=np.array([[p.x, p.y] for p in pts], np.float32),
-        point_labels=np.array([p.label for p in pts], np.int32),
-        box=box.as_array(),
-        multimask=len(pts) == 1,
-    )
+    pred = _ask(model, emb, box, pts, multimask=len(pts) == 1)
     inside_box = _box_region(cavity.shape, box)  # a box says the object lies inside it
     masks = [m & inside_box for m in pred.masks]
     reach = [i for i, m in enumerate(masks) if _sides_reached(m, box, REACH * gap) >= WALL_MIN_SIDES]
@@ -247,9 +241,7 @@ def wall_around(
         return None
     best = max(reach, key=lambda i: float(pred.scores[i]))
     wall = masks[best] & ~cavity
-    if int(wall.sum()) < WALL_MIN_PX or corner_share(wall, box) > WALL_MAX_CORNERS:
-        return None
-    if surround_share(wall, cavity) < WALL_MIN_SURROUND:
+    if not _encloses(wall, cavity, box):
         return None
     gray = eng.frames(volume, window).gray(k)
     if tracked:
@@ -272,20 +264,24 @@ def _with_band_clicks(
     band = band_clicks(cavity, box)
     if not band:
         return wall, score
-    pts = (*pts, *band)
-    pred = model.predict(
-        emb,
-        points=np.array([[p.x, p.y] for p in pts], np.float32),
-        point_labels=np.array([p.label for p in pts], np.int32),
-        box=box.as_array(),
-        multimask=False,
-    )
+    pred = _ask(model, emb, box, (*pts, *band), multimask=False)
     again = pred.best & inside_box & ~cavity
-    if int(again.sum()) < WALL_MIN_PX or corner_share(again, box) > WALL_MAX_CORNERS:
-        return wall, score
-    if surround_share(again, cavity) < WALL_MIN_SURROUND:
-        return wall, score
-    return again, float(np.max(pred.scores))
+    return (again, float(np.max(pred.scores))) if _encloses(again, cavity, box) else (wall, score)
+
+
+def _ask(model: Backend, emb: Embedding, box: Box, pts: tuple[Point, ...], multimask: bool) -> Prediction:
+    """The points model's answer to ``box`` with the clicks ``pts``."""
+    coords, labels = ObjectPrompt(points=pts, box=box).point_arrays()
+    return model.predict(emb, points=coords, point_labels=labels, box=box.as_array(), multimask=multimask)
+
+
+def _encloses(wall: np.ndarray, cavity: np.ndarray, box: Box) -> bool:
+    """Whether ``wall`` has the shape of a wall around ``cavity`` in ``box``: big enough
+    (:data:`WALL_MIN_PX`), leaving the box's corners empty (:data:`WALL_MAX_CORNERS`) and bordering most
+    of the cavity (:data:`WALL_MIN_SURROUND`)."""
+    if int(wall.sum()) < WALL_MIN_PX or corner_share(wall, box) > WALL_MAX_CORNERS:
+        return False
+    return surround_share(wall, cavity) >= WALL_MIN_SURROUND
 
 
 def one_tissue(gray: np.ndarray, cavity: np.ndarray, wall: np.ndarray) -> bool:
