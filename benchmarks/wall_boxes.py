@@ -108,6 +108,11 @@ def walk(first: int, count: int, slacks: list[float]) -> dict:
                 "median": round(float(np.median(list(v.values()))), 4), "cases": v} for k, v in out.items()}
 
 
+def _write(path: str, data: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", choices=["acdc", "ct", "ct-other"], default="acdc")
@@ -135,14 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.thickness:
         table = thickness(args.first, args.count)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({**header, "set": "acdc myocardium beyond the LV", **table}, indent=1))
+        _write(args.out, {**header, "set": "acdc myocardium beyond the LV", **table})
         print(json.dumps(table))
         return 0
     if args.walk:
         table = walk(args.first, args.count, [float(v) for v in args.slacks.split(",")])
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({**header, "set": "acdc per volume", "dice": table}, indent=1))
+        _write(args.out, {**header, "set": "acdc per volume", "dice": table})
         print(json.dumps({k: v["mean"] for k, v in table.items()}))
         return 0
     grows = [float(v) for v in (args.margins if args.set.startswith("ct") else args.pads).split(",")]
@@ -178,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "set": args.set, "grow": "pixels" if args.set == "acdc" else "fraction of the organ's size",
         "dice_mean": table, "slices": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    _write(args.out, out)
     print(json.dumps(table, indent=1))
     return 0
 
