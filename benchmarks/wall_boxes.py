@@ -12,6 +12,9 @@ A user's box is not the reference's bounding box to the pixel. Two questions, on
   for eight structures the rule was not tuned on (gallbladder, pancreas, bladder, a vertebra, the IVC,
   a hip bone and two back muscles).
 
+- ``--dataset``: ``promptonce evaluate`` on the ACDC files at volume scope and at dataset scope (one
+  reference box on the first file's largest slice for every file; ``--seeds K``: a seed sweep), per-case
+  Dice and the dataset scope's share of the per-volume figure (issue 12's target: 95%).
 - ``--thickness``: no model; how far the myocardium reaches beyond the LV blood pool's box on each side.
 - ``--walk``: the ACDC myocardium per volume (one reference box on the largest slice, scope volume; 3D
   Dice) for each of ``--slacks`` (``walls.WALL_DEPTH_SLACK``, how far a walked wall may reach from its
@@ -23,6 +26,7 @@ Writes JSON: mean Dice per pad / margin, on and off, and per slice; or per slack
         --out benchmarks/results/wall_boxes_acdc_held.json                    # ~15 min
     .venv/bin/python benchmarks/wall_boxes.py --set ct --out benchmarks/results/wall_boxes_ct.json  # ~3 min
     .venv/bin/python benchmarks/wall_boxes.py --walk --first 10 --count 30 --slacks 1.5,0.75 --out OUT  # ~25 min
+    .venv/bin/python benchmarks/wall_boxes.py --dataset --first 10 --count 30 --out OUT      # ~20 min
     .venv/bin/python benchmarks/wall_boxes.py --thickness --first 10 --count 30 \\
         --out benchmarks/results/wall_thickness_acdc_held.json                # seconds
 """
@@ -36,6 +40,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +113,34 @@ def walk(first: int, count: int, slacks: list[float]) -> dict:
                 "median": round(float(np.median(list(v.values()))), 4), "cases": v} for k, v in out.items()}
 
 
+def dataset(first: int, count: int, label: int, seeds: int, work: Path) -> dict:
+    """``promptonce evaluate --scope volume`` and ``--scope dataset`` (one box for all the files, on the
+    first file's largest slice; with ``seeds`` > 1, ``--seed-sweep``) on ACDC files, as a user runs them:
+    per-case Dice of each scope, and the dataset scope's mean over the per-volume mean."""
+    files = sorted((DATA / "mri_acdc" / "images").glob("*.nii.gz"))[first : first + count]
+    refs = [DATA / "mri_acdc" / "labels" / f.name for f in files]
+    out: dict[str, dict] = {}
+    for scope in ("volume", "dataset"):
+        dest = work / scope
+        cmd = [sys.executable, "-m", "promptonce", "evaluate", "--images", *map(str, files), "--references",
+               *map(str, refs), "--labels", str(label), "--scope", scope, "--protocol", "oneclick", "--out",
+               str(dest), "--no-masks", "--quiet"]
+        if scope == "dataset" and seeds > 1:
+            cmd += ["--seed-sweep", str(seeds)]
+        subprocess.run(cmd, cwd=ROOT, check=True)
+        m = json.loads((dest / "metrics.json").read_text())
+        s = m["summary"]
+        out[scope] = {"dice_mean": round(s["dice_mean"], 4), "seconds": s.get("seconds"),
+                      "flags_case_recall_precision": [s.get("flag_recall_case"), s.get("flag_precision_case")],
+                      "cases": {c["name"]: round(c["dice"], 3) for c in m.get("cases", [])},
+                      **{k: s[k] for k in ("dice_worst", "dice_spread", "seed_names") if k in s}}
+        if "seeds" in m:  # a sweep: each seed's dataset Dice (``cases`` holds each case's mean over the seeds)
+            out[scope]["per_seed"] = {r["seed_name"]: r["dice_mean"] for r in m["seeds"]}
+        print(scope, out[scope]["dice_mean"], flush=True)
+    out["dataset_vs_volume_pct"] = round(100 * out["dataset"]["dice_mean"] / max(out["volume"]["dice_mean"], 1e-9), 1)
+    return out
+
+
 def _write(path: str, data: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(data, indent=1))
@@ -126,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slacks", default="1.5,0.75", help="--walk: values of walls.WALL_DEPTH_SLACK")
     ap.add_argument("--thickness", action="store_true",
                     help="ACDC: how far the myocardium reaches beyond the LV's box, per side (no model)")
+    ap.add_argument("--dataset", action="store_true",
+                    help="ACDC: `promptonce evaluate` at volume and dataset scope (one box for every file)")
+    ap.add_argument("--seeds", type=int, default=1, help="--dataset: --seed-sweep K at dataset scope (1: case 0)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     if not DATA.is_dir():
@@ -142,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         table = thickness(args.first, args.count)
         _write(args.out, {**header, "set": "acdc myocardium beyond the LV", **table})
         print(json.dumps(table))
+        return 0
+    if args.dataset:
+        with tempfile.TemporaryDirectory() as work:
+            table = dataset(args.first, args.count, args.label, args.seeds, Path(work))
+        _write(args.out, {**header, "set": f"acdc label {args.label}, volume and dataset scope", **table})
+        print(json.dumps({k: v["dice_mean"] if isinstance(v, dict) else v for k, v in table.items()}))
         return 0
     if args.walk:
         table = walk(args.first, args.count, [float(v) for v in args.slacks.split(",")])

@@ -13,9 +13,9 @@ import pytest
 from scipy import ndimage as ndi
 
 from promptonce.backends.base import BackendInfo, Embedding, Prediction
-from promptonce.engine import Engine, PropagationConfig, make_engine
+from promptonce.engine import Engine, PropagationConfig, make_engine, segment
 from promptonce.engine.walls import ready_cavity, wall_contrast
-from promptonce.types import Box, ObjectPrompt, Point, SlicePrompt, Volume
+from promptonce.types import Box, Dataset, ObjectPrompt, Point, SlicePrompt, Volume
 
 SIZE, N = 64, 9
 
@@ -384,3 +384,35 @@ def test_one_tissue_judges_the_inner_layer_and_allows_the_whole_wall_a_little_mo
     layered[inner] = 100.0 + rng.normal(0, 7.0, int(inner.sum()))
     assert float(np.std(layered[inner | outer])) <= WALL_MAX_SPREAD_WHOLE * float(np.std(layered[cavity]))
     assert not one_tissue(layered, cavity, inner | outer)
+
+
+def test_every_case_of_a_dataset_gets_the_wall_when_the_seed_case_did():
+    vol, walls, cavities = _rings()
+    k = N // 2
+    shift = (0, 3, -2)  # the other case: the same heart a few pixels away
+    other = Volume(np.roll(vol.array, shift, axis=(0, 1, 2)), name="other")
+    walls2, cavities2 = np.roll(walls, shift, axis=(0, 1, 2)), np.roll(cavities, shift, axis=(0, 1, 2))
+    prompt = SlicePrompt((ObjectPrompt(box=_box(walls[k])),), slice_index=k, volume_index=0)
+    eng, _, _ = _engine()
+    results = [r for r in segment(Dataset([vol, other]), prompt, scope="dataset", engine=eng) if r.volume_index == 1]
+    out = {r.slice_index: r.labels != 0 for r in results}
+    assert np.mean([_dice(out[j], walls2[j]) for j in range(2, N - 2)]) > 0.9
+    assert not any((out[j] & cavities2[j]).sum() > 0.2 * cavities2[j].sum() for j in range(2, N - 2))
+    assert not any("taken as the wall" in f for r in results for f in r.flags)  # said once, on the seed case
+    off, _, _ = _engine(walls=False)  # as before: the cavity on the other case too
+    results = [r for r in segment(Dataset([vol, other]), prompt, scope="dataset", engine=off) if r.volume_index == 1]
+    assert max(_dice(r.labels != 0, walls2[r.slice_index]) for r in results) < 0.1
+
+
+def test_a_ready_wall_with_its_cavity_is_walked_as_a_wall_without_asking_again(monkeypatch):
+    import promptonce.engine.walk as walk_module
+
+    vol, walls, cavities = _rings()
+    k = N // 2
+    prompt = SlicePrompt((ObjectPrompt(box=_box(walls[k])),), slice_index=k)
+    monkeypatch.setattr(walk_module, "ready_cavity", lambda *a, **kw: None)  # the box model no longer says so
+    eng, _, _ = _engine()
+    told = list(eng.segment_volume(vol, prompt, seed_masks={1: walls[k]}, seed_cavities={1: cavities[k]}))
+    assert all(_dice(r.labels != 0, walls[r.slice_index]) > 0.95 for r in told if 0 < r.slice_index < N - 1)
+    asked = list(eng.segment_volume(vol, prompt, seed_masks={1: walls[k]}))
+    assert max(_dice(r.labels != 0, walls[r.slice_index]) for r in asked if r.slice_index != k) < 0.1

@@ -36,6 +36,8 @@ from .quality import (
     with_stability,
 )
 from .set_check import evidence_scales
+from .wall_prior import ring_hole, wall_from_prior
+from .walls import ready_cavity, wall_depth, wall_flag
 
 __all__ = [
     "DatasetTransfer",
@@ -240,11 +242,25 @@ class DatasetTransfer:
         self.window = window
         self.seed_volume = seed_volume
         k0 = prompt.slice_index
+        #: object id -> the depth of the seed's wall (:mod:`.walls`), for its objects taken as walls around a
+        #: cavity: asked for as walls on every case (:mod:`.wall_prior`)
+        self.walls: dict[int, float] = {}
+        cavities: dict[int, np.ndarray] = {}
         if seed_labels is None:
             seed_labels = np.zeros(seed_volume.shape[1:], np.uint8)
             for obj in prompt.objects:
-                mask, _ = engine.predict_object(seed_volume, k0, obj, window, avoid=other_clicks(prompt, obj))
+                mask, _ = engine.predict_object(seed_volume, k0, obj, window, avoid=other_clicks(prompt, obj),
+                                                cavities=cavities)
                 seed_labels[mask & (seed_labels == 0)] = obj.object_id
+        elif engine.config.box_walls:  # the seed case was segmented already: were its boxes walls (rings)?
+            for obj in prompt.objects:
+                m = np.asarray(seed_labels) == obj.object_id
+                if obj.box is not None and ring_hole(m).any():
+                    cavity = ready_cavity(engine, seed_volume, k0, window, obj.box, m)
+                    if cavity is not None:
+                        cavities[obj.object_id] = cavity
+        for oid, cavity in cavities.items():
+            self.walls[oid] = wall_depth(np.asarray(seed_labels) == oid, cavity)
         self.seed = make_exemplar(
             seed_volume.name,
             engine.frames(seed_volume, window).gray(k0),
@@ -390,6 +406,7 @@ class DatasetTransfer:
         # the first pass (the seed alone) reaches as far past the warped seed mask as the user's box did
         reach = self.seed.reach if len(sources) == 1 and sources[0] is self.seed else {}
         seeds: dict[int, tuple[np.ndarray, float]] = {}
+        cavities: dict[int, np.ndarray] = {}  # of the objects carried as walls
         checks = {}
         objs = []
         base = relative_prompt(self.prompt, self.seed_volume, volume)
@@ -397,6 +414,11 @@ class DatasetTransfer:
             oid = obj_src.object_id
             mask, score, check = prior_guided_mask(eng, volume, k, priors.get(oid), obj_rel, self.names[oid], self.window,
                                                    reach=reach.get(oid), evidence_scale=scale.get(oid, 1.0), config=cfg)
+            if oid in self.walls and priors.get(oid) is not None:
+                walled = wall_from_prior(eng, volume, k, self.window, priors[oid], self.walls[oid], oid)
+                if walled is not None:
+                    mask, score, cavities[oid] = walled
+                    check = check_against_prior(mask, priors[oid], score, self.names[oid])
             seeds[oid] = (mask, score)
             checks[oid] = check
         if volume.n_slices == 1 and self.paired:
@@ -410,10 +432,13 @@ class DatasetTransfer:
         case_prompt = SlicePrompt(tuple(objs), slice_index=k, volume_index=0)
         results: list[SliceResult] = []
         case_flags: list[str] = []
+        said = {wall_flag(self.names[oid]) for oid in self.walls}
         for res in eng.segment_volume(volume, case_prompt, volume_index=volume_index, window=self.window,
-                                      cancel=cancel, seed_masks=seeds):
+                                      cancel=cancel, seed_masks=seeds, seed_cavities=cavities):
             res.prompted = False  # only the user's own slice counts as prompted
             if res.slice_index == k:
+                # the seed case's wall was said there; a case carried from it is no guess of its own
+                res.flags = [f for f in res.flags if f not in said]
                 res.confidence = min((c.confidence for c in checks.values()), default=None)
                 for c in checks.values():
                     res.flags.extend(c.flags)

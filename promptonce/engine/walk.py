@@ -258,6 +258,7 @@ def segment_volume(
     cancel: threading.Event | None = None,
     seed_masks: dict[int, np.ndarray | tuple[np.ndarray, float]] | None = None,
     refine_seed: bool = False,
+    seed_cavities: dict[int, np.ndarray] | None = None,
 ) -> Iterator[SliceResult]:
     """Propagates one prompt through one volume, yielding the seed slice first, then forward, then backward.
 
@@ -272,6 +273,9 @@ def segment_volume(
         seed_masks: optional ready masks for the seed slice per object id (skips its prediction):
             a bool mask, or ``(mask, model score)``.
         refine_seed: refine the seed prompt from its own mask (for prompts transferred from another case).
+        seed_cavities: for ready seed masks that are walls, their cavities per object id, when known (a wall
+            carried to another case, :mod:`.wall_prior`); without one, a ready mask is asked whether it
+            is a wall (:func:`.walls.ready_cavity`).
 
     Yields:
         One :class:`SliceResult` per covered slice (slices where every object ended get empty labels).
@@ -311,7 +315,9 @@ def segment_volume(
         if not mask.any():
             flags.append(f"{name}: empty mask on the prompted slice")
         st = ObjectState(obj.object_id, mask, int(mask.sum()), score, bool(mask.any()), obj.name)
-        if given_seed:  # a preview shown in the app, a corrected slice: is it a wall?
+        if given_seed and seed_cavities and obj.object_id in seed_cavities:
+            st.cavity = np.asarray(seed_cavities[obj.object_id], bool)
+        elif given_seed:  # a preview shown in the app, a corrected slice: is it a wall?
             if eng.config.box_walls and lo < hi and obj.box is not None and mask.any():
                 st.cavity = ready_cavity(eng, volume, k0, window, obj.box, mask)
         else:
