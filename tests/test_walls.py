@@ -416,3 +416,28 @@ def test_a_ready_wall_with_its_cavity_is_walked_as_a_wall_without_asking_again(m
     assert all(_dice(r.labels != 0, walls[r.slice_index]) > 0.95 for r in told if 0 < r.slice_index < N - 1)
     asked = list(eng.segment_volume(vol, prompt, seed_masks={1: walls[k]}))
     assert max(_dice(r.labels != 0, walls[r.slice_index]) for r in asked if r.slice_index != k) < 0.1
+
+
+def test_a_wall_not_found_from_the_rings_hole_is_asked_again_from_the_hole_grown_by_its_depth(monkeypatch):
+    import promptonce.engine.wall_prior as wall_prior
+
+    vol, walls, cavities = _rings()
+    k = N // 2
+    eng, _, _ = _engine()
+    prior = walls[k].astype(np.float32)
+    hole = wall_prior.ring_hole(prior)
+    assert np.array_equal(hole, cavities[k])
+    priors, answers = [], [None, (walls[k], 0.8)]  # the first wall asked for is not found, the second is
+    monkeypatch.setattr(wall_prior, "wall_around", lambda *a, **kw: answers.pop(0))
+    real = wall_prior.prior_guided_mask
+
+    def recorded(e, v, kk, p, *a, **kw):
+        priors.append(p > 0)
+        return real(e, v, kk, p, *a, **kw)
+
+    monkeypatch.setattr(wall_prior, "prior_guided_mask", recorded)
+    wall, score, cavity = wall_prior.wall_from_prior(eng, vol, k, None, prior, depth=4.0)
+    assert np.array_equal(priors[0], hole) and priors[1].sum() > hole.sum()
+    assert np.array_equal(priors[1], ndi.binary_dilation(hole, iterations=4))
+    assert score == 0.8 and np.array_equal(cavity, cavities[k]) and wall.any()
+    assert wall_prior.wall_from_prior(eng, vol, k, None, np.zeros_like(prior), depth=4.0) is None  # no ring: no hole
