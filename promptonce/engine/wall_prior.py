@@ -3,7 +3,7 @@
 The box model answers a box around a wall with the cavity inside it on every case, not only on the
 prompted one (ACDC tuning volumes 1-10, myocardium, one box for all: the nine other cases Dice
 0.01-0.05), and a box derived from the warped ring cuts into the wall wherever the registration is a
-few pixels off (eight of those nine: the answer touched its box, so no cavity was seen). So the
+few pixels off (seven of those nine: the answer touched its box, so no cavity was seen). So the
 cavity is found first, as an object of its own: the ring prior's hole is a prior like any other
 (:func:`.prior_mask.prior_guided_mask`: boxes of several sizes, the image choosing). The wall is then
 asked for around it as on a walked slice (:func:`.walls.wall_around`, ``tracked``): inside a box the
@@ -51,9 +51,9 @@ def wall_from_prior(
     """One case's wall on slice ``k`` from its ring ``prior`` (float ``(rows, cols)``).
 
     The wall found is taken whatever its agreement with the prior: across patients the ring is often
-    warped a few pixels off, onto the cavity more than onto the wall (ACDC tuning, seed patient001:
-    on 6 of 9 cases the cavity overlapped the ring's core more, Dice 0.17-0.45, than the wall did,
-    0.12-0.41, while the wall's Dice with the reference was 0.68-0.88 against the cavity's 0.01-0.05).
+    warped a few pixels off, onto the cavity (ACDC tuning, seed patient001: on 4 of 9 cases the cavity
+    overlapped the ring's core more, Dice 0.37-0.46, than the wall did, 0.12-0.36, while those walls' Dice
+    with the reference was 0.68-0.88 against the cavities' 0.01-0.05).
 
     Args:
         depth: the seed wall's depth beyond its cavity in pixels (:func:`.walls.wall_depth`).
