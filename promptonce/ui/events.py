@@ -567,6 +567,12 @@ class Events(PageUpdates):
         )  # fmt: skip
         p.stop_btn.click(g(self.on_stop), p.view_inputs, outputs, cancels=[run_ev, correct_ev], api_name="stop",
                          concurrency_limit=None, concurrency_id="stop", queue=True)  # fmt: skip
+        if p.review is not None:
+            # the review list follows the shown image's changes; a run that ends on the image it already showed
+            # (a dataset run showing its seed case) changes none, and the list kept the cases done by then
+            for ev in (run_ev, correct_ev):
+                ev.then(g(self.on_review_refresh), p.view_inputs, p.review_outputs, api_visibility="private",
+                        **self.nav_kw)  # fmt: skip
 
     # ------------------------------------------------------------------ summary API + lifecycle
     def on_summary(self, request: gr.Request) -> str:

@@ -300,3 +300,15 @@ def test_an_unexpected_load_error_is_generic_and_still_clears_the_uploads(app, c
     out = ev.guard(ev.on_load)([str(ct_small[0])], None, "auto", "auto", 400, 40, False, request=request("e"))
     assert "Something went wrong on the server" in out[p.load_msg] and "/srv/secret" not in out[p.load_msg]
     assert out[p.files] is None and out[p.refs] is None
+
+
+def test_a_run_ends_by_refreshing_the_review_list(app):
+    """The review list follows the shown image's change events. A run that ends on the image it already
+    showed (a dataset run showing its seed case) fires none, and the list kept only the cases done by
+    then (the app, four ACDC volumes at dataset scope: "2 slices in 1 case(s)"). Each run and
+    re-propagation is now followed by a refresh of the review components."""
+    fns = list(app.demo.fns.values())
+    for name in ("on_run", "on_correct"):
+        ev = next(bf for bf in fns if bf.name == name)
+        after = [bf for bf in fns if bf.trigger_after == ev._id]
+        assert any(bf.name == "on_review_refresh" and app.page.review in bf.outputs for bf in after), name
