@@ -427,8 +427,8 @@ def test_a_wall_not_found_from_the_rings_hole_is_asked_again_from_the_hole_grown
     prior = walls[k].astype(np.float32)
     hole = wall_prior.ring_hole(prior)
     assert np.array_equal(hole, cavities[k])
-    priors, answers = [], [None, (walls[k], 0.8)]  # the first wall asked for is not found, the second is
-    monkeypatch.setattr(wall_prior, "wall_around", lambda *a, **kw: answers.pop(0))
+    priors, answers = [], [None, (walls[k], 0.8, _box(walls[k]))]  # the first wall asked for is not found
+    monkeypatch.setattr(wall_prior, "wall_within_depth", lambda *a, **kw: answers.pop(0))
     real = wall_prior.prior_guided_mask
 
     def recorded(e, v, kk, p, *a, **kw):

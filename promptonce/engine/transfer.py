@@ -37,7 +37,7 @@ from .quality import (
 )
 from .set_check import evidence_scales
 from .wall_prior import ring_hole, wall_from_prior
-from .walls import ready_cavity, wall_depth, wall_flag
+from .walls import ready_cavity, wall_depth
 
 __all__ = [
     "DatasetTransfer",
@@ -432,13 +432,10 @@ class DatasetTransfer:
         case_prompt = SlicePrompt(tuple(objs), slice_index=k, volume_index=0)
         results: list[SliceResult] = []
         case_flags: list[str] = []
-        said = {wall_flag(self.names[oid]) for oid in self.walls}
         for res in eng.segment_volume(volume, case_prompt, volume_index=volume_index, window=self.window,
                                       cancel=cancel, seed_masks=seeds, seed_cavities=cavities):
             res.prompted = False  # only the user's own slice counts as prompted
             if res.slice_index == k:
-                # the seed case's wall was said there; a case carried from it is no guess of its own
-                res.flags = [f for f in res.flags if f not in said]
                 res.confidence = min((c.confidence for c in checks.values()), default=None)
                 for c in checks.values():
                     res.flags.extend(c.flags)

@@ -23,7 +23,7 @@ from ..prompts import box_from_mask, interior_point
 from ..registration import register, warp
 from ..types import Box, ObjectPrompt, Point, SlicePrompt, SliceResult, Volume
 from .predict import check_prompt_inside, margin, other_clicks, predict, predict_object
-from .walls import ready_cavity, wall_around, wall_depth, wall_flag, within_depth
+from .walls import ready_cavity, wall_depth, wall_flag, wall_within_depth
 from .quality import (
     INSIDE_BOX_CONFIDENCE,
     MIN_NEIGHBOUR_AGREEMENT,
@@ -169,19 +169,17 @@ def _wall_step(
     backend = eng.backend
     assert isinstance(backend, Backend)  # noqa: S101 - internal invariant
     cavity_prompt = propagated_prompt(eng, state.cavity, state.object_id, backend)
-    found, box = None, None
+    found = None
     if cavity_prompt is not None:
         cavity = predict(eng, backend, emb, cavity_prompt).best
         # the wall's box: around this slice's cavity by the wall's thickness and the walk's margin
         # (from the wall on the slice before, a spill there would widen every box after it)
-        box = box_from_mask(cavity, margin=state.wall_depth + margin(eng, cavity), shape=cavity.shape)
-        if box is not None:
-            found = wall_around(eng, volume, k, window, box, cavity, tracked=True)
+        found = wall_within_depth(eng, volume, k, window, cavity, state.wall_depth, margin(eng, cavity))
     if found is None:
         state.cavity = None
         return None
-    state.cavity, state.last_box = cavity, box
-    mask, score = within_depth(found[0], cavity, state.wall_depth), found[1]
+    mask, score, state.last_box = found
+    state.cavity = cavity
     prev_area = int(state.mask.sum()) if state.mask is not None else 0
     return mask, score, _step_flags(eng.config, state, prev_area, mask, score)
 
@@ -274,8 +272,8 @@ def segment_volume(
             a bool mask, or ``(mask, model score)``.
         refine_seed: refine the seed prompt from its own mask (for prompts transferred from another case).
         seed_cavities: for ready seed masks that are walls, their cavities per object id, when known (a wall
-            carried to another case, :mod:`.wall_prior`); without one, a ready mask is asked whether it
-            is a wall (:func:`.walls.ready_cavity`).
+            carried to another case, :mod:`.wall_prior`; not flagged as a guess, its seed case was);
+            without one, a ready mask is asked whether it is a wall (:func:`.walls.ready_cavity`).
 
     Yields:
         One :class:`SliceResult` per covered slice (slices where every object ended get empty labels).
@@ -315,7 +313,8 @@ def segment_volume(
         if not mask.any():
             flags.append(f"{name}: empty mask on the prompted slice")
         st = ObjectState(obj.object_id, mask, int(mask.sum()), score, bool(mask.any()), obj.name)
-        if given_seed and seed_cavities and obj.object_id in seed_cavities:
+        handed = given_seed and seed_cavities is not None and obj.object_id in seed_cavities
+        if handed:  # a wall carried from another case, whose own seed said so: no guess here
             st.cavity = np.asarray(seed_cavities[obj.object_id], bool)
         elif given_seed:  # a preview shown in the app, a corrected slice: is it a wall?
             if eng.config.box_walls and lo < hi and obj.box is not None and mask.any():
@@ -324,7 +323,8 @@ def segment_volume(
             st.cavity = cavities.get(obj.object_id)
         if st.cavity is not None:
             st.wall_depth = wall_depth(mask, st.cavity)
-            flags.append(wall_flag(name))
+            if not handed:
+                flags.append(wall_flag(name))
         # a box drawn by the user (a transferred one is refined; the engine's own seeds come with the
         # mask's tight box) whose mask keeps away from all its sides: the seed and every slice walked
         # from it are doubtful

@@ -6,10 +6,10 @@ prompted one (ACDC tuning volumes 1-10, myocardium, one box for all: the nine ot
 few pixels off (seven of those nine: the answer touched its box, so no cavity was seen). So the
 cavity is found first, as an object of its own: the ring prior's hole is a prior like any other
 (:func:`.prior_mask.prior_guided_mask`: boxes of several sizes, the image choosing). The wall is then
-asked for around it as on a walked slice (:func:`.walls.wall_around`, ``tracked``): inside a box the
-seed wall's depth beyond the cavity, and kept within that depth (:func:`.walls.within_depth`). Where no
-wall is found so, the hole grown by that depth is tried as the cavity's prior (a ring warped off by its
-own thickness leaves the cavity half outside its hole).
+asked for around it as on a walked slice (:func:`.walls.wall_within_depth`): inside a box the seed
+wall's depth beyond the cavity, and kept within that depth. Where no wall is found so, the hole grown by
+that depth is tried as the cavity's prior (a ring warped off by its own thickness leaves the cavity half
+outside its hole).
 Measured in benchmarks/README.md ("Thirty-third round").
 """
 
@@ -28,7 +28,7 @@ from ..prompts import box_from_mask
 from ..types import ObjectPrompt, Volume
 from .predict import margin
 from .prior_mask import prior_guided_mask
-from .walls import wall_around, within_depth
+from .walls import wall_within_depth
 
 __all__ = ["RING_CLOSING", "ring_hole", "wall_from_prior"]
 
@@ -70,8 +70,7 @@ def wall_from_prior(
     for cavity_prior in (hole, ndimage.binary_dilation(hole, iterations=max(int(round(depth)), 1))):
         fallback = ObjectPrompt(box=box_from_mask(cavity_prior, shape=hole.shape), object_id=object_id)
         cavity, _, _ = prior_guided_mask(eng, volume, k, cavity_prior.astype(np.float32), fallback, "cavity", window)
-        around = box_from_mask(cavity, margin=depth + margin(eng, cavity), shape=cavity.shape)
-        found = wall_around(eng, volume, k, window, around, cavity, tracked=True) if around is not None else None
+        found = wall_within_depth(eng, volume, k, window, cavity, depth, margin(eng, cavity))
         if found is not None:
-            return within_depth(found[0], cavity, depth), found[1], cavity
+            return found[0], found[1], cavity
     return None

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 from ..backends.base import Backend, Embedding, Prediction
 from ..preprocess import WindowSpec
-from ..prompts import interior_point
+from ..prompts import box_from_mask, interior_point
 from ..types import Box, ObjectPrompt, Point, Volume
 from .clicks import contains_any
 from .quality import box_gaps, inside_box_gap
@@ -42,6 +42,7 @@ __all__ = [
     "ring_hint",
     "one_tissue",
     "wall_around",
+    "wall_within_depth",
     "band_clicks",
     "of_wall_tissue",
     "corner_share",
@@ -253,6 +254,24 @@ def wall_around(
     if not tracked and WALL_BAND_CLICKS:
         wall, score = _with_band_clicks(model, emb, box, cavity, pts, inside_box, wall, score)
     return of_wall_tissue(gray, cavity, wall), score
+
+
+def wall_within_depth(
+    eng: Engine, volume: Volume, k: int, window: WindowSpec, cavity: np.ndarray, depth: float, pad: float,
+) -> tuple[np.ndarray, float, Box] | None:
+    """The wall around a ``cavity`` found on slice ``k`` (walked from the slice before, or carried from
+    another case), when the object is known to be a wall: asked for inside the cavity's box grown by
+    ``depth`` (the seed wall's, :func:`wall_depth`) plus ``pad`` pixels, judged as on a walked slice
+    (:func:`wall_around`, ``tracked``), and kept within ``depth`` of the cavity (:func:`within_depth`).
+
+    Returns:
+        ``(wall, score, the box asked)``, or None when no wall is found there.
+    """
+    box = box_from_mask(cavity, margin=depth + pad, shape=cavity.shape)
+    if box is None:
+        return None
+    found = wall_around(eng, volume, k, window, box, cavity, tracked=True)
+    return None if found is None else (within_depth(found[0], cavity, depth), found[1], box)
 
 
 def _with_band_clicks(
