@@ -303,7 +303,8 @@ class RunStore:
             return
         meta = {"name": exemplar.name, "position": exemplar.position, "confidence": exemplar.confidence,
                 "key": exemplar.key, "objects": [int(o) for o in exemplar.masks],
-                "evidence": {str(int(o)): float(v) for o, v in exemplar.evidence.items()}}  # fmt: skip
+                "evidence": {str(int(o)): float(v) for o, v in exemplar.evidence.items()},
+                "walled": bool(getattr(exemplar, "walled", False))}  # fmt: skip
         arrays = {"image": np.asarray(exemplar.image, np.float32), "meta": np.array(json.dumps(meta))}
         arrays.update({f"mask_{int(o)}": np.asarray(m, bool) for o, m in exemplar.masks.items()})
         with atomic_path(self.exemplar_dir / f"{index}.npz") as tmp:
@@ -329,7 +330,8 @@ class RunStore:
                     masks = {int(o): np.asarray(z[f"mask_{int(o)}"], bool) for o in meta["objects"]}
                     evidence = {int(o): float(v) for o, v in meta.get("evidence", {}).items()}
                     ex = Exemplar(meta["name"], np.asarray(z["image"], np.float32), masks, float(meta["position"]),
-                                  float(meta["confidence"]), str(meta["key"]), evidence=evidence)  # fmt: skip
+                                  float(meta["confidence"]), str(meta["key"]), evidence=evidence,
+                                  walled=bool(meta.get("walled", False)))  # fmt: skip
                 yield int(p.stem), ex
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
                 log.warning("stored exemplar %s is unreadable (%s); not used", p.name, exc)

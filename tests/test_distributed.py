@@ -457,3 +457,8 @@ def test_a_stored_exemplar_keeps_its_outline_evidence(tmp_path):
     store.save_exemplar(4, ex)
     (index, back), = list(store.load_exemplars())
     assert index == 4 and back.evidence == {1: 0.17} and back.key == ex.key
+    assert back.walled is False
+    walled = Exemplar("wall", np.zeros((8, 8), np.float32), {1: np.ones((8, 8), bool)}, 0.5, 0.41, "wall:abc",
+                      walled=True)  # an atlas for cases without a wall, whatever its confidence
+    store.save_exemplar(5, walled)
+    assert {i: e.walled for i, e in store.load_exemplars()} == {4: False, 5: True}

@@ -8,6 +8,8 @@ click in the cavity).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -399,9 +401,59 @@ def test_every_case_of_a_dataset_gets_the_wall_when_the_seed_case_did():
     assert np.mean([_dice(out[j], walls2[j]) for j in range(2, N - 2)]) > 0.9
     assert not any((out[j] & cavities2[j]).sum() > 0.2 * cavities2[j].sum() for j in range(2, N - 2))
     assert not any("taken as the wall" in f for r in results for f in r.flags)  # said once, on the seed case
+    assert not any("no wall found" in f or "carried from" in f for r in results for f in r.flags)
     off, _, _ = _engine(walls=False)  # as before: the cavity on the other case too
     results = [r for r in segment(Dataset([vol, other]), prompt, scope="dataset", engine=off) if r.volume_index == 1]
     assert max(_dice(r.labels != 0, walls2[r.slice_index]) for r in results) < 0.1
+
+
+def test_a_case_on_which_no_wall_is_found_is_flagged_and_every_slice_walked_from_it_doubted(monkeypatch):
+    import promptonce.engine.transfer as transfer
+
+    vol, walls, cavities = _rings()
+    k = N // 2
+    other = Volume(np.roll(vol.array, (0, 3, -2), axis=(0, 1, 2)), name="other")
+    prompt = SlicePrompt((ObjectPrompt(box=_box(walls[k])),), slice_index=k, volume_index=0)
+    monkeypatch.setattr(transfer, "wall_from_prior", lambda *a, **kw: None)  # no wall around any cavity there
+    eng, _, _ = _engine()
+    results = [r for r in segment(Dataset([vol, other]), prompt, scope="dataset", engine=eng) if r.volume_index == 1]
+    key = next(r for r in results if r.slice_index == k)
+    assert any("no wall found around a cavity on this case" in f for f in key.flags)
+    walked = [r for r in results if r.slice_index != k and (r.labels != 0).any()]
+    assert walked and all(any(f"carried from slice {k}, whose mask was flagged" in f for f in r.flags) for r in walked)
+    assert all(r.confidence is not None and r.confidence <= 0.1 for r in [key, *walked])
+
+
+def test_a_case_without_a_wall_is_segmented_again_from_a_case_whose_wall_was_found(monkeypatch):
+    import promptonce.engine.transfer as transfer
+
+    vol, walls, cavities = _rings()
+    k = N // 2
+    shift_a, shift_b = (0, 3, -2), (0, -2, 3)
+    a = Volume(np.roll(vol.array, shift_a, axis=(0, 1, 2)), name="a")
+    b = Volume(np.roll(vol.array, shift_b, axis=(0, 1, 2)), name="b")
+    walls_b = np.roll(walls, shift_b, axis=(0, 1, 2))
+    prompt = SlicePrompt((ObjectPrompt(box=_box(walls[k])),), slice_index=k, volume_index=0)
+    real, missed = transfer.wall_from_prior, []
+
+    def not_from_the_seed_on_b(eng, volume, *args, **kw):  # on b, the seed's ring gives no wall
+        if volume.name == "b" and not missed:
+            missed.append(True)
+            return None
+        return real(eng, volume, *args, **kw)
+
+    monkeypatch.setattr(transfer, "wall_from_prior", not_from_the_seed_on_b)
+    eng, _, _ = _engine()
+    results = [r for r in segment(Dataset([vol, a, b]), prompt, scope="dataset", engine=eng) if r.volume_index == 2]
+    assert missed  # the first pass on b found no wall ...
+    out = {r.slice_index: r.labels != 0 for r in results}
+    assert np.mean([_dice(out[j], walls_b[j]) for j in range(2, N - 2)]) > 0.9  # ... a's wall gave it
+    assert not any("no wall found" in f or "carried from slice" in f for r in results for f in r.flags)
+    # a walled exemplar is kept whatever its confidence, and only the cases without a wall use it
+    ex = transfer.make_exemplar("w", walls[k].astype(np.float32), walls[k].astype(np.uint8), [1], 0.5, 0.4,
+                                walled=True)
+    assert transfer.DatasetTransfer.select_exemplars([ex]) == [ex]
+    assert transfer.DatasetTransfer.select_exemplars([replace(ex, walled=False)]) == []
 
 
 def test_a_ready_wall_with_its_cavity_is_walked_as_a_wall_without_asking_again(monkeypatch):

@@ -59,6 +59,8 @@ __all__ = [
     "unsure_seed_flag",
     "SEED_FLAG_WORDS",
     "carried_doubt_flag",
+    "wall_missing_flag",
+    "WALL_MISSING_CONFIDENCE",
     "flag_lines",
     "INSIDE_BOX_FRACTION",
     "INSIDE_BOX_CONFIDENCE",
@@ -103,7 +105,11 @@ INSIDE_BOX_CONFIDENCE = 0.5
 SEED_MIN_SCORE = 0.80
 #: Words of the flags a prompted slice's own mask gets (:func:`inside_box_flag`, :func:`unsure_seed_flag`):
 #: the slices walked from it say "check that slice first", so review lists show it first.
-SEED_FLAG_WORDS = ("stays inside its box on every side", "unsure of its outline on the prompted slice")
+SEED_FLAG_WORDS = ("stays inside its box on every side", "unsure of its outline on the prompted slice",
+                   "no wall found around a cavity on this case")
+#: The confidence at most of a carried case's slice where no wall was found (:func:`wall_missing_flag`), and of
+#: every slice walked from it.
+WALL_MISSING_CONFIDENCE = 0.1
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -484,7 +490,7 @@ def unsure_seed_flag(name: str, score: float) -> str | None:
     return None
 
 
-def carried_doubt_flag(name: str) -> str:
+def carried_doubt_flag(name: str, source: int | None = None) -> str:
     """The flag of a slice walked from a prompted slice whose mask was flagged (see :func:`inside_box_flag`,
     :func:`unsure_seed_flag`).
 
@@ -494,9 +500,25 @@ def carried_doubt_flag(name: str) -> str:
     1-10: Dice 0.00-0.09 on the 79 walked slices that carried no flag, at slice confidences
     0.85-0.98, median 0.97). Those slices get this flag and at most the seed's lowered confidence
     (:data:`INSIDE_BOX_CONFIDENCE`, or the unsure seed's score). The text names no slice number:
-    the run has one prompted slice.
+    the run has one prompted slice. A case of a dataset run carried from another case's prompt starts
+    from its ``source`` slice instead (:func:`wall_missing_flag`), which the text names.
     """
-    return f"{name}: carried from the prompted slice, whose mask was flagged; check that slice first"
+    where = "the prompted slice" if source is None else f"slice {source}"
+    return f"{name}: carried from {where}, whose mask was flagged; check that slice first"
+
+
+def wall_missing_flag(name: str) -> str:
+    """The flag of a case of a dataset run on which no wall was found, though the prompted case's object
+    was taken as a wall around a cavity (:mod:`.wall_prior`).
+
+    The mask kept there is the box model's answer to the warped ring, which is the cavity or a
+    neighbour, not a wall (ACDC tuning volumes 1-10, myocardium, five seeds: on the five carried slices
+    where no wall was found, Dice 0.00 with the reference). That slice and every slice walked from it get
+    at most :data:`WALL_MISSING_CONFIDENCE`, so the case comes first in "review these first", and the case
+    is tried again from the cases whose wall was found (:meth:`.transfer.DatasetTransfer.second_pass`).
+    """
+    return (f"{name}: no wall found around a cavity on this case, though the prompted case's object is a wall; "
+            "draw a box around the wall here")
 
 
 def flag_lines(slice_flags: Mapping[int, Sequence[str]], numbered: bool = True) -> list[str]:

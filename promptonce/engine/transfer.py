@@ -27,12 +27,14 @@ from .pairs import base_gap, is_pair, level_bases, shorter, uneven_bases_flag
 from .predict import other_clicks
 from .prior_mask import prior_guided_mask
 from .quality import (
+    WALL_MISSING_CONFIDENCE,
     ObjectCheck,
     SequenceMonitor,
     case_confidence,
     check_against_prior,
     extent,
     outline_evidence,
+    wall_missing_flag,
     with_stability,
 )
 from .set_check import evidence_scales
@@ -83,6 +85,9 @@ MAX_EXEMPLARS = 24
 #: missed part of the object there (:attr:`Exemplar.reach`); less is the usual slack of a mask in a
 #: tight box (0-4% on the tuning X-rays' seeds; 8% where the model left out a lung base).
 MIN_REACH = 0.05
+#: How many of its most similar walled exemplars a case on which no wall was found tries, one at a time
+#: (:meth:`DatasetTransfer.second_pass`).
+WALL_ATLAS_TRIES = 3
 #: Longer side of an exemplar's stored image and masks (pixels; registration works at 64).
 EXEMPLAR_SIZE = 256
 
@@ -104,6 +109,9 @@ class Exemplar:
         evidence: object id -> how sharply its outline follows the case's image edges
             (:func:`.quality.outline_evidence`, on the full-size slice): the exemplar set's evidence is
             the set's yardstick for weak edges (:func:`.set_check.evidence_scales`).
+        walled: a case on which every object carried as a wall (:mod:`.wall_prior`) got its wall: an
+            atlas for the cases on which none was found (:meth:`DatasetTransfer.second_pass`), whatever
+            its confidence (a carried wall's confidence is its agreement with a ring warped off).
     """
 
     name: str
@@ -114,6 +122,7 @@ class Exemplar:
     key: str
     reach: dict[int, tuple[float, float, float, float]] = field(default_factory=dict)
     evidence: dict[int, float] = field(default_factory=dict)
+    walled: bool = False
 
 
 @dataclass
@@ -129,6 +138,7 @@ class CaseOutcome:
         exemplar: the case as an :class:`Exemplar` when its confidence allows, else None.
         passes: 1 from the user's seed alone, 2 when re-segmented from exemplars.
         sources: names of the exemplars the case was segmented from.
+        missing_walls: ids of the objects carried as walls on which no wall was found (:mod:`.wall_prior`).
     """
 
     volume_index: int
@@ -139,6 +149,7 @@ class CaseOutcome:
     exemplar: Exemplar | None = None
     passes: int = 1
     sources: tuple[str, ...] = ()
+    missing_walls: tuple[int, ...] = ()
 
 
 def _relative_position(k: int, n: int) -> float:
@@ -170,13 +181,14 @@ def _shrink_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def make_exemplar(name: str, gray: np.ndarray, labels: np.ndarray, object_ids, position: float, confidence: float,
                   image: np.ndarray | None = None, boxes: dict[int, Box] | None = None,
-                  evidence: dict[int, float | None] | None = None) -> Exemplar:
+                  evidence: dict[int, float | None] | None = None, walled: bool = False) -> Exemplar:
     """An :class:`Exemplar` from a case's key slice (``gray`` ``(rows, cols)``) and its label map.
 
     ``image``: the slice's thumbnail when already computed (``thumbnail(gray, EXEMPLAR_SIZE)``).
     ``boxes``: object id -> the user's box on ``gray`` (pixels); where the mask stops short of a side
     of it, the shortfall is kept (:attr:`Exemplar.reach`): the user said the object goes that far.
     ``evidence``: object id -> the outline evidence its check measured (None values are dropped).
+    ``walled``: see :attr:`Exemplar.walled`.
     """
     if image is None:
         image = thumbnail(gray, EXEMPLAR_SIZE)
@@ -191,7 +203,8 @@ def make_exemplar(name: str, gray: np.ndarray, labels: np.ndarray, object_ids, p
         short = (xs.min() - b.x0, ys.min() - b.y0, b.x1 - xs.max(), b.y1 - ys.max())
         reach[int(oid)] = tuple(float(d) / size if d > MIN_REACH * size else 0.0 for d in short)
     ev = {int(o): float(v) for o, v in (evidence or {}).items() if v is not None}
-    return Exemplar(name, image, masks, float(position), float(confidence), exemplar_key(name, image), reach, ev)
+    return Exemplar(name, image, masks, float(position), float(confidence), exemplar_key(name, image), reach, ev,
+                    walled)
 
 
 def exemplar_key(name: str, image: np.ndarray) -> str:
@@ -210,13 +223,15 @@ class DatasetTransfer:
       images the lung base is placed on the image's edge (:func:`search_sides`), the confidence
       is the agreement with the prior (:mod:`.quality`), and inside a volume the chosen masks seed
       the slice walk.
-    * Exemplars: cases whose confidence reaches ``EXEMPLAR_MIN_CONFIDENCE`` (plus the seed).
+    * Exemplars: cases whose confidence reaches ``EXEMPLAR_MIN_CONFIDENCE`` (plus the seed), and cases
+      on which every object carried as a wall got its wall (:attr:`Exemplar.walled`).
     * Second pass (:meth:`second_pass`): a case below ``SECOND_PASS_BELOW`` is segmented again from
       its ``EXEMPLARS_PER_CASE`` most similar exemplars and the seed, their warped masks fused
       (weighted by how well each registered: multi-atlas label fusion); on a volume the more
       confident of the two passes is kept, on a single image the second (``SECOND_PASS_BELOW_IMAGE``),
       its weak edges judged against the exemplars' outlines (:func:`.set_check.evidence_scales`) and
-      its candidates those of :meth:`.config.PropagationConfig.for_exemplar_pass`.
+      its candidates those of :meth:`.config.PropagationConfig.for_exemplar_pass`. A case on which no
+      wall was found is tried from its most similar walled exemplars instead, one at a time (:meth:`_wall_atlas`).
 
     Each case depends only on the seed and on the exemplar *set* (chosen by confidence with an
     order-free tie-break), never on the order of the cases: the work can be spread over workers.
@@ -287,8 +302,9 @@ class DatasetTransfer:
 
     @staticmethod
     def select_exemplars(candidates: Iterable[Exemplar | None], limit: int = MAX_EXEMPLARS) -> list[Exemplar]:
-        """The exemplar set: the most confident candidates (ties broken by key), at most ``limit``."""
-        good = [e for e in candidates if e is not None and e.confidence >= EXEMPLAR_MIN_CONFIDENCE]
+        """The exemplar set: the most confident candidates (ties broken by key), at most ``limit``; a walled
+        one (:attr:`Exemplar.walled`) whatever its confidence."""
+        good = [e for e in candidates if e is not None and (e.confidence >= EXEMPLAR_MIN_CONFIDENCE or e.walled)]
         return sorted(good, key=lambda e: (-round(e.confidence, 6), e.key))[:limit]
 
     def second_pass(
@@ -310,7 +326,10 @@ class DatasetTransfer:
         "Sixteenth round")."""
         k = _slice_at(self.seed.position, volume.n_slices)
         gray = self.engine.frames(volume, self.window).gray(k)
-        pool = [e for e in exemplars if e.name != volume.name]
+        if first.missing_walls:
+            walled = [e for e in exemplars if e.walled and e.name != volume.name]
+            return self._wall_atlas(volume, volume_index, k, gray, rank_by_similarity(gray, walled), first, cancel)
+        pool = [e for e in exemplars if e.name != volume.name and e.confidence >= EXEMPLAR_MIN_CONFIDENCE]
         if not pool:
             return first
         ranked = rank_by_similarity(gray, pool)
@@ -329,6 +348,30 @@ class DatasetTransfer:
             log.info("%s: second pass from %s, confidence %.2f -> %.2f", volume.name,
                      ", ".join(second.sources), first.confidence or 0.0, second.confidence or 0.0)
             return second
+        return first
+
+    def _wall_atlas(self, volume: Volume, volume_index: int, k: int, gray: np.ndarray, ranked: Sequence[Exemplar],
+                    first: CaseOutcome, cancel: threading.Event | None) -> CaseOutcome:
+        """A case on which no wall was found, segmented again from the first of its most similar walled
+        exemplars (:data:`WALL_ATLAS_TRIES` at most) whose ring gives a wall on the case's key slice.
+
+        One atlas at a time, not fused: rings warped from several hearts blur into a band whose hole no
+        longer outlines a cavity (ACDC tuning volumes 1-10, myocardium, seeds 2 and 4: on the four cases
+        where the seed's ring gave no wall, the seed and three exemplars fused gave none either, and the
+        most similar exemplar alone gave the wall on all four, Dice 0.75-0.91 on the key slice).
+        ``first`` is returned when none does."""
+        thumb = thumbnail(gray, EXEMPLAR_SIZE)
+        for ex in ranked[:WALL_ATLAS_TRIES]:
+            check_cancel(cancel)
+            priors, _ = self.priors(gray, [ex], thumb)
+            if all(priors.get(o) is not None and wall_from_prior(self.engine, volume, k, self.window, priors[o],
+                                                                 self.walls[o], o) is not None
+                   for o in first.missing_walls):
+                second = self.segment_case(volume, volume_index, [ex], cancel, passes=2)
+                if not second.missing_walls:
+                    log.info("%s: no wall from the seed; from %s's wall, confidence %.2f", volume.name, ex.name,
+                             second.confidence or 0.0)
+                    return second
         return first
 
     def _choose_atlas(self, volume: Volume, volume_index: int, ranked: Sequence[Exemplar], fused: CaseOutcome,
@@ -407,6 +450,7 @@ class DatasetTransfer:
         reach = self.seed.reach if len(sources) == 1 and sources[0] is self.seed else {}
         seeds: dict[int, tuple[np.ndarray, float]] = {}
         cavities: dict[int, np.ndarray] = {}  # of the objects carried as walls
+        doubts: dict[int, float] = {}  # objects carried as walls on which no wall was found: their confidence cap
         checks = {}
         objs = []
         base = relative_prompt(self.prompt, self.seed_volume, volume)
@@ -414,11 +458,17 @@ class DatasetTransfer:
             oid = obj_src.object_id
             mask, score, check = prior_guided_mask(eng, volume, k, priors.get(oid), obj_rel, self.names[oid], self.window,
                                                    reach=reach.get(oid), evidence_scale=scale.get(oid, 1.0), config=cfg)
-            if oid in self.walls and priors.get(oid) is not None:
-                walled = wall_from_prior(eng, volume, k, self.window, priors[oid], self.walls[oid], oid)
+            if oid in self.walls:
+                walled = None if priors.get(oid) is None else \
+                    wall_from_prior(eng, volume, k, self.window, priors[oid], self.walls[oid], oid)
                 if walled is not None:
                     mask, score, cavities[oid] = walled
                     check = check_against_prior(mask, priors[oid], score, self.names[oid])
+                else:  # what is kept is the box model's answer to the ring: its cavity or a neighbour
+                    log.info("%s: no wall found around a cavity for %s", volume.name, self.names[oid])
+                    doubts[oid] = WALL_MISSING_CONFIDENCE
+                    check = replace(check, confidence=min(check.confidence, WALL_MISSING_CONFIDENCE),
+                                    flags=[*check.flags, wall_missing_flag(self.names[oid])])
             seeds[oid] = (mask, score)
             checks[oid] = check
         if volume.n_slices == 1 and self.paired:
@@ -433,7 +483,8 @@ class DatasetTransfer:
         results: list[SliceResult] = []
         case_flags: list[str] = []
         for res in eng.segment_volume(volume, case_prompt, volume_index=volume_index, window=self.window,
-                                      cancel=cancel, seed_masks=seeds, seed_cavities=cavities):
+                                      cancel=cancel, seed_masks=seeds, seed_cavities=cavities,
+                                      seed_doubts=doubts):
             res.prompted = False  # only the user's own slice counts as prompted
             if res.slice_index == k:
                 res.confidence = min((c.confidence for c in checks.values()), default=None)
@@ -446,11 +497,12 @@ class DatasetTransfer:
         conf = case_confidence(r.confidence for r in results)
         labels = next((r.labels for r in results if r.slice_index == k), None)
         exemplar = None
-        if labels is not None and conf is not None and conf >= EXEMPLAR_MIN_CONFIDENCE:
+        walled = bool(self.walls) and not doubts and all(o in cavities for o in self.walls)
+        if labels is not None and conf is not None and (conf >= EXEMPLAR_MIN_CONFIDENCE or walled):
             exemplar = make_exemplar(volume.name, gray, labels, list(self.names), sources[0].position, conf, thumb,
-                                     evidence={oid: c.evidence for oid, c in checks.items()})
+                                     evidence={oid: c.evidence for oid, c in checks.items()}, walled=walled)
         return CaseOutcome(volume_index, volume.name, results, conf, case_flags, exemplar, passes,
-                           tuple(s.name for s in sources))
+                           tuple(s.name for s in sources), tuple(sorted(doubts)))
 
 
     def _level_bases(self, volume: Volume, k: int, gray: np.ndarray, priors: dict[int, np.ndarray | None],

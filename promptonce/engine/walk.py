@@ -6,7 +6,7 @@ import functools
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -65,6 +65,7 @@ class ObjectState:
     lost_at: int | None = None  # slice where the object was lost mid-volume (flagged), if it was
     seed_doubted: bool = False  # the prompted slice's mask of this object was flagged
     seed_cap: float = 1.0  # the most confidence a slice carried from a flagged seed may have
+    doubt_source: int | None = None  # the flagged seed's slice, named in the carried flag of a carried case
     cavity: np.ndarray | None = None  # a wall's cavity on the slice before (:mod:`.walls`), else None
     wall_depth: float = 0.0  # how deep the prompted slice's wall reaches from its cavity (pixels)
 
@@ -257,6 +258,7 @@ def segment_volume(
     seed_masks: dict[int, np.ndarray | tuple[np.ndarray, float]] | None = None,
     refine_seed: bool = False,
     seed_cavities: dict[int, np.ndarray] | None = None,
+    seed_doubts: Mapping[int, float] | None = None,
 ) -> Iterator[SliceResult]:
     """Propagates one prompt through one volume, yielding the seed slice first, then forward, then backward.
 
@@ -274,6 +276,9 @@ def segment_volume(
         seed_cavities: for ready seed masks that are walls, their cavities per object id, when known (a wall
             carried to another case, :mod:`.wall_prior`; not flagged as a guess, its seed case was);
             without one, a ready mask is asked whether it is a wall (:func:`.walls.ready_cavity`).
+        seed_doubts: for ready seed masks flagged at their source (a carried case where no wall was found,
+            :func:`.quality.wall_missing_flag`), the most confidence per object id that the seed and each
+            slice walked from it may have; those slices get :func:`.quality.carried_doubt_flag`.
 
     Yields:
         One :class:`SliceResult` per covered slice (slices where every object ended get empty labels).
@@ -338,6 +343,9 @@ def segment_volume(
             if unsure is not None:
                 flags.append(unsure)
                 st.seed_doubted, st.seed_cap = True, score
+        if given_seed and seed_doubts is not None and obj.object_id in seed_doubts:
+            st.seed_doubted, st.seed_cap = True, min(score, float(seed_doubts[obj.object_id]))
+            st.doubt_source = k0
         st.peak = st.seed_area
         st.values = _robust_stats(volume.array[k0][mask], volume) if mask.any() else None
         st.last_median = st.values[0] if st.values is not None else None
@@ -439,7 +447,7 @@ def walk(
                     flags.append(f"{name}: disagrees with its neighbours (Dice {agree:.2f} with the slice before)")
                 conf = slice_confidence(score, agree)
                 if st.seed_doubted and mask.any():
-                    flags.append(carried_doubt_flag(name))
+                    flags.append(carried_doubt_flag(name, st.doubt_source))
                     conf = min(conf, st.seed_cap)
                 confidences.append(conf)
             st.mask, st.score = mask, score
