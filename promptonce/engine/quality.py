@@ -61,6 +61,7 @@ __all__ = [
     "carried_doubt_flag",
     "wall_missing_flag",
     "WALL_MISSING_CONFIDENCE",
+    "WALL_MISSING_WORDS",
     "flag_lines",
     "INSIDE_BOX_FRACTION",
     "INSIDE_BOX_CONFIDENCE",
@@ -105,8 +106,10 @@ INSIDE_BOX_CONFIDENCE = 0.5
 SEED_MIN_SCORE = 0.80
 #: Words of the flags a prompted slice's own mask gets (:func:`inside_box_flag`, :func:`unsure_seed_flag`):
 #: the slices walked from it say "check that slice first", so review lists show it first.
+#: Words of :func:`wall_missing_flag`.
+WALL_MISSING_WORDS = "no wall found around a cavity on this case"
 SEED_FLAG_WORDS = ("stays inside its box on every side", "unsure of its outline on the prompted slice",
-                   "no wall found around a cavity on this case")
+                   WALL_MISSING_WORDS)
 #: The confidence at most of a carried case's slice where no wall was found (:func:`wall_missing_flag`), and of
 #: every slice walked from it.
 WALL_MISSING_CONFIDENCE = 0.1
@@ -517,8 +520,7 @@ def wall_missing_flag(name: str) -> str:
     at most :data:`WALL_MISSING_CONFIDENCE`, so the case comes first in "review these first", and the case
     is tried again from the cases whose wall was found (:meth:`.transfer.DatasetTransfer.second_pass`).
     """
-    return (f"{name}: no wall found around a cavity on this case, though the prompted case's object is a wall; "
-            "draw a box around the wall here")
+    return f"{name}: {WALL_MISSING_WORDS}, though the prompted case's object is a wall; draw a box around the wall here"
 
 
 def flag_lines(slice_flags: Mapping[int, Sequence[str]], numbered: bool = True) -> list[str]:

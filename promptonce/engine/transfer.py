@@ -456,19 +456,22 @@ class DatasetTransfer:
         base = relative_prompt(self.prompt, self.seed_volume, volume)
         for obj_src, obj_rel in zip(self.prompt.objects, base.objects):
             oid = obj_src.object_id
-            mask, score, check = prior_guided_mask(eng, volume, k, priors.get(oid), obj_rel, self.names[oid], self.window,
-                                                   reach=reach.get(oid), evidence_scale=scale.get(oid, 1.0), config=cfg)
-            if oid in self.walls:
-                walled = None if priors.get(oid) is None else \
-                    wall_from_prior(eng, volume, k, self.window, priors[oid], self.walls[oid], oid)
-                if walled is not None:
-                    mask, score, cavities[oid] = walled
-                    check = check_against_prior(mask, priors[oid], score, self.names[oid])
-                else:  # what is kept is the box model's answer to the ring: its cavity or a neighbour
-                    log.info("%s: no wall found around a cavity for %s", volume.name, self.names[oid])
-                    doubts[oid] = WALL_MISSING_CONFIDENCE
-                    check = replace(check, confidence=min(check.confidence, WALL_MISSING_CONFIDENCE),
-                                    flags=[*check.flags, wall_missing_flag(self.names[oid])])
+            # an object carried as a wall is asked for as a wall first; the ring's own answer only when none is found
+            walled = None
+            if oid in self.walls and priors.get(oid) is not None:
+                walled = wall_from_prior(eng, volume, k, self.window, priors[oid], self.walls[oid], oid)
+            if walled is not None:
+                mask, score, cavities[oid] = walled
+                check = check_against_prior(mask, priors[oid], score, self.names[oid])
+            else:
+                mask, score, check = prior_guided_mask(eng, volume, k, priors.get(oid), obj_rel, self.names[oid],
+                                                       self.window, reach=reach.get(oid),
+                                                       evidence_scale=scale.get(oid, 1.0), config=cfg)
+            if oid in self.walls and walled is None:  # kept: the box model's answer to the ring, a cavity or neighbour
+                log.info("%s: no wall found around a cavity for %s", volume.name, self.names[oid])
+                doubts[oid] = WALL_MISSING_CONFIDENCE
+                check = replace(check, confidence=min(check.confidence, WALL_MISSING_CONFIDENCE),
+                                flags=[*check.flags, wall_missing_flag(self.names[oid])])
             seeds[oid] = (mask, score)
             checks[oid] = check
         if volume.n_slices == 1 and self.paired:
