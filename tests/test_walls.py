@@ -311,6 +311,27 @@ def test_a_background_click_in_the_cavity_asks_for_the_wall_however_close_the_bo
     assert _dice(mask, walls[k]) > 0.9  # the wall, but for what lies outside the box
 
 
+def test_a_background_click_in_the_cavity_of_a_box_cut_inside_the_wall_gets_the_wall_past_the_box(monkeypatch):
+    from promptonce.engine import walls as W
+
+    vol, walls, cavities = _rings(thick=6)
+    k = N // 2 - 1
+    b = _box(walls[k])
+    cut = Box(b.x0 + 3, b.y0 + 3, b.x1 - 3, b.y1 - 3)  # inside the wall's outer edge: the ring fills the corners
+    not_this = ObjectPrompt(box=cut, points=(Point(32.0, 31.0, 0),))
+    eng, _, _ = _engine()
+    mask, _ = eng.predict_object(vol, k, ObjectPrompt(box=cut))
+    assert _dice(mask, cavities[k]) == 1.0  # no click: the cavity, as for a box drawn loosely around it
+    mask, _ = eng.predict_object(vol, k, not_this)
+    assert _dice(mask, walls[k]) > 0.95 and not (mask & cavities[k]).any()  # with what lies past the box
+    assert mask[~_box_region(mask.shape, cut.as_array())].any()
+    eng, _, _ = _engine()
+    assert W.corner_share(walls[k], cut) > W.WALL_MAX_CORNERS  # why the box alone gives no wall
+    monkeypatch.setattr(W, "_wall_past_box", lambda *a: None)  # asked in the box itself only: no wall
+    mask, _ = eng.predict_object(vol, k, not_this)
+    assert not (mask & walls[k]).any()
+
+
 def test_the_app_preview_says_how_to_ask_for_the_ring_when_the_box_is_close():
     from promptonce.annotation import AnnotationSession
 
