@@ -15,6 +15,11 @@ A user's box is not the reference's bounding box to the pixel. Two questions, on
 - ``--dataset``: ``promptonce evaluate`` on the ACDC files at volume scope and at dataset scope (one
   reference box on the first file's largest slice for every file; ``--seeds K``: a seed sweep), per-case
   Dice and the dataset scope's share of the per-volume figure (issue 12's target: 95%).
+- ``--asked``: where the box alone gives no wall, a background click at the answer's interior point (what
+  the app's hint asks for: "add a background click inside it"); Dice with the wall asked for in the box grown
+  past the box (``walls._wall_past_box``) and without (the box itself only), one process. ACDC label 2 with
+  negative ``--pads`` (a box drawn inside the wall's outer edge); label 1 or 3, ``--set ct`` and ``--set hip``
+  (hippocampus, both labels, every third slice): objects that are no walls, ``changed`` counted.
 - ``--thickness``: no model; how far the myocardium reaches beyond the LV blood pool's box on each side.
 - ``--walk``: the ACDC myocardium per volume (one reference box on the largest slice, scope volume; 3D
   Dice) for each of ``--slacks`` (``walls.WALL_DEPTH_SLACK``, how far a walked wall may reach from its
@@ -27,6 +32,7 @@ Writes JSON: mean Dice per pad / margin, on and off, and per slice; or per slack
     .venv/bin/python benchmarks/wall_boxes.py --set ct --out benchmarks/results/wall_boxes_ct.json  # ~3 min
     .venv/bin/python benchmarks/wall_boxes.py --walk --first 10 --count 30 --slacks 1.5,0.75 --out OUT  # ~25 min
     .venv/bin/python benchmarks/wall_boxes.py --dataset --first 10 --count 30 --out OUT      # ~20 min
+    .venv/bin/python benchmarks/wall_boxes.py --asked --pads=-3,-2,-1 --first 10 --count 30 --out OUT  # ~20 min
     .venv/bin/python benchmarks/wall_boxes.py --thickness --first 10 --count 30 \\
         --out benchmarks/results/wall_thickness_acdc_held.json                # seconds
 """
@@ -51,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 from promptonce.engine import PropagationConfig, make_engine, segment, walls  # noqa: E402
 from promptonce.evaluate import reference_prompt  # noqa: E402
 from promptonce.io.readers import load_dataset, load_reference  # noqa: E402
+from promptonce.prompts import interior_point  # noqa: E402
 from promptonce.types import Box, ObjectPrompt  # noqa: E402
 
 DATA = Path(os.environ.get("PROMPTONCE_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -70,6 +77,14 @@ def objects(name: str, first: int, count: int, label: int = 2):
             ref = lab == v
             ks = np.flatnonzero(ref.sum(axis=(1, 2)) >= 20)
             yield organ, vol, ref, set(ks[np.linspace(0, len(ks) - 1, 7).round().astype(int)].tolist())
+        return
+    if name == "hip":
+        for f in sorted((DATA / "mri_hippocampus" / "images").glob("*.nii.gz"))[first : first + count]:
+            vol = load_dataset(str(f))[0]
+            lab = load_reference(DATA / "mri_hippocampus" / "labels" / f.name, vol).array
+            for v in (1, 2):
+                ks = np.flatnonzero((lab == v).sum(axis=(1, 2)) >= 10)
+                yield f"{f.name}:{v}", vol, lab == v, set(ks[::3].tolist())
         return
     files = sorted((DATA / "mri_acdc" / "images").glob("*.nii.gz"))[first : first + count]
     for f in files:
@@ -141,6 +156,55 @@ def dataset(first: int, count: int, label: int, seeds: int, work: Path) -> dict:
     return out
 
 
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(int(a.sum() + b.sum()), 1))
+
+
+def asked(name: str, first: int, count: int, label: int, grows: list[float]) -> dict:
+    """``--asked``: per slice (at least 30 px; 10 on the hippocampus) and box, the Dice of the box alone and,
+    where it gives no wall, after a background click at its answer's interior point, with the wall asked for
+    past the box (``grown``) and in the box only (``in_box``)."""
+    eng = make_engine(None, "auto", "auto", PropagationConfig())
+    past_box = walls._wall_past_box
+    rows = []
+    for case, vol, ref, only in objects(name, first, count, label):
+        for k in range(ref.shape[0]):
+            if ref[k].sum() < (10 if name == "hip" else 30) or (only is not None and k not in only):
+                continue
+            ys, xs = np.nonzero(ref[k])
+            size = max(int(np.ptp(xs)), int(np.ptp(ys)), 1)
+            for grow in grows:
+                g = grow * size if name.startswith("ct") else grow
+                box = Box(xs.min() - g, ys.min() - g, xs.max() + g, ys.max() + g)
+                cavities: dict = {}
+                m0, _ = eng.predict_object(vol, k, ObjectPrompt(box=box), cavities=cavities)
+                row = {"case": case, "slice": int(k), "grow": grow, "box_alone": _dice(m0, ref[k]),
+                       "wall": bool(cavities), "changed": False}
+                row["in_box"] = row["grown"] = row["box_alone"]
+                click = None if cavities else interior_point(m0, label=0)
+                if click is not None:
+                    prompt = ObjectPrompt(box=box, points=(click,))
+                    m1, _ = eng.predict_object(vol, k, prompt)
+                    walls._wall_past_box = lambda *a: None
+                    try:
+                        m2, _ = eng.predict_object(vol, k, prompt)
+                    finally:
+                        walls._wall_past_box = past_box
+                    row.update(grown=_dice(m1, ref[k]), in_box=_dice(m2, ref[k]), changed=not np.array_equal(m1, m2))
+                rows.append(row)
+        print(case, len(rows), flush=True)
+    table = {}
+    for grow in grows:
+        rs = [r for r in rows if r["grow"] == grow]
+        table[str(grow)] = {
+            "slices": len(rs), **{key: round(float(np.mean([r[key] for r in rs])), 4)
+                                  for key in ("box_alone", "in_box", "grown")},
+            "at_least_0.5": {key: sum(r[key] >= 0.5 for r in rs) for key in ("in_box", "grown")},
+            "worse_by_0.05": sum(r["grown"] < r["in_box"] - 0.05 for r in rs), "changed": sum(r["changed"] for r in rs),
+        }
+    return {"dice_mean": table, "slices": rows}
+
+
 def _write(path: str, data: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(data, indent=1))
@@ -148,7 +212,7 @@ def _write(path: str, data: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--set", choices=["acdc", "ct", "ct-other"], default="acdc")
+    ap.add_argument("--set", choices=["acdc", "ct", "ct-other", "hip"], default="acdc")
     ap.add_argument("--first", type=int, default=0, help="ACDC: index of the first file (sorted)")
     ap.add_argument("--count", type=int, default=10, help="ACDC: how many files")
     ap.add_argument("--pads", default="-2,-1,0,2,4", help="ACDC: pixels added to each side of the box")
@@ -162,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", action="store_true",
                     help="ACDC: `promptonce evaluate` at volume and dataset scope (one box for every file)")
     ap.add_argument("--seeds", type=int, default=1, help="--dataset: --seed-sweep K at dataset scope (1: case 0)")
+    ap.add_argument("--asked", action="store_true", help="a background click in the cavity where the box gives no wall;"
+                    " the wall asked past the box, or not")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     if not DATA.is_dir():
@@ -184,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
             table = dataset(args.first, args.count, args.label, args.seeds, Path(work))
         _write(args.out, {**header, "set": f"acdc label {args.label}, volume and dataset scope", **table})
         print(json.dumps({k: v["dice_mean"] if isinstance(v, dict) else v for k, v in table.items()}))
+        return 0
+    if args.asked:
+        grows = [float(v) for v in (args.margins if args.set.startswith("ct") else args.pads).split(",")]
+        table = asked(args.set, args.first, args.count, args.label, grows)
+        _write(args.out, {**header, "set": f"{args.set} label {args.label}, a background click in the cavity", **table})
+        print(json.dumps(table["dice_mean"], indent=1))
         return 0
     if args.walk:
         table = walk(args.first, args.count, [float(v) for v in args.slacks.split(",")])
