@@ -173,6 +173,25 @@ def test_image_scope_keeps_what_was_previewed(phantom):
     assert np.array_equal(np.asarray(s.results[0][6]) == 1, p6.mask)
 
 
+def test_a_run_on_some_slices_of_a_volume_is_scored_on_those_slices(phantom):
+    from promptonce.ui.messages import summary_markdown
+
+    s = session(phantom)
+    s.add_point(0, 4, 20, 30)
+    s.add_point(0, 6, 44, 30)
+    list(s.run("image"))
+    pred, ref = np.asarray(s.results[0]) > 0, phantom[1] > 0
+    out = s.score()
+    assert out["partly_segmented"] == 1
+    assert out["dice_mean"] == pytest.approx(dice(pred[[4, 6]], ref[[4, 6]]))  # not the other 6 reference slices
+    assert out["dice_mean"] > dice(pred, ref) + 0.3
+    assert [r["slice"] for r in out["per_slice"]] == [5, 7]
+    assert [r["dice"] for r in out["per_slice"]] == pytest.approx([dice(pred[k], ref[k]) for k in (4, 6)])
+    assert "on the slices segmented only" in summary_markdown(out)
+    list(s.run("volume"))
+    assert s.score()["partly_segmented"] == 0 and "segmented only" not in summary_markdown(s.score())
+
+
 def test_a_box_whose_preview_stays_inside_it_is_flagged_in_the_preview_and_the_result():
     """A box around a ring whose (fake) model takes the cavity: the preview says so, and the run flags the slice."""
     yy, xx = np.mgrid[0:64, 0:64]

@@ -23,15 +23,17 @@ def score(session: AnnotationSession) -> dict[str, Any]:
     """Figures of the current result, scored through :class:`~promptonce.metrics.MetricAccumulator`.
 
     Dice and Jaccard compare the union of all objects with the union of the reference labels
-    chosen (:meth:`AnnotationSession.set_reference_labels`), in 3D per case; the per-slice Dice lists slices with
-    foreground in either.
+    chosen (:meth:`AnnotationSession.set_reference_labels`), in 3D per case, over the slices segmented (a
+    run on one image of a volume, or a stopped run, is not scored against the slices it did not reach);
+    the per-slice Dice lists slices with foreground in either.
 
     Returns:
         ``{"cases": [{"case", "slices", "dice", "jaccard", "flags"}...], "per_slice": [{"case",
         "slice" (1-based), "dice"}...], "dice_mean", "jaccard_mean", "prompts" (what the person did:
         clicks and boxes, see :meth:`AnnotationSession.prompt_count`),
         "per_slice_prompts" (slices a per-slice workflow would prompt), "saved_percent", "seconds",
-        "slices", "has_reference", "model", "scope", "strategy", "cancelled", "reference_labels", "unit" (``images`` for an image set, else ``slices``)}``.
+        "slices", "has_reference", "model", "scope", "strategy", "cancelled", "reference_labels", "unit" (``images`` for an image set, else ``slices``),
+        "partly_segmented" (how many scored cases were segmented on only some of their slices)}``.
     """
     from ..metrics import MetricAccumulator
 
@@ -39,7 +41,7 @@ def score(session: AnnotationSession) -> dict[str, Any]:
     acc = MetricAccumulator(keep_slices=True)
     cases: list[dict[str, Any]] = []
     per_slice: list[dict[str, Any]] = []
-    needed = 0
+    needed = partial = 0
     for v in sorted(session.done):
         covered = session.done[v]
         if not covered.any():
@@ -55,13 +57,16 @@ def score(session: AnnotationSession) -> dict[str, Any]:
             "flags": sum(1 for (vv, _k), f in session.flags.items() if vv == v and f),
         }
         if ref is not None:
-            scored = acc.add(str(v), pred, ref)
+            done = np.flatnonzero(covered)  # a case segmented in part is scored on its segmented slices
+            partial += int(done.size < covered.size)
+            scored = acc.add(str(v), pred[done], ref[done])
             row["dice"], row["jaccard"] = float(scored["dice"]), float(scored["jaccard"])
             ps = acc.slice_dice[str(v)]
             present = ref.any(axis=(1, 2)) | pred.any(axis=(1, 2))
-            for k in np.flatnonzero(present & covered):
-                per_slice.append({"case": name, "slice": int(k) + 1, "dice": float(ps[k])})
-            needed += int(sum(1 for k in np.flatnonzero(covered) if ref[k].any()))
+            for j, k in enumerate(done):
+                if present[k]:
+                    per_slice.append({"case": name, "slice": int(k) + 1, "dice": float(ps[j])})
+            needed += int(sum(1 for k in done if ref[k].any()))
         else:
             needed += int(sum(1 for k in np.flatnonzero(covered) if pred[k].any()))
         cases.append(row)
@@ -84,6 +89,7 @@ def score(session: AnnotationSession) -> dict[str, Any]:
         "cancelled": bool(info.cancelled) if info else False,
         "reference_labels": list(session.ref_labels) if session.ref_labels else "all",
         "unit": unit_name([c.n_slices for c in session.cases]),
+        "partly_segmented": partial,
     }
 
 def export(

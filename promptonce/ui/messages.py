@@ -49,7 +49,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         which = "all reference labels" if labels == "all" else "reference label(s) " + ", ".join(map(str, labels))
         lines.append(
             f"**Dice {summary['dice_mean']:.3f}** · Jaccard {summary['jaccard_mean']:.3f} "
-            f"(mean over {sum(c['dice'] is not None for c in summary['cases'])} case(s); all objects vs {which})."
+            f"(mean over {sum(c['dice'] is not None for c in summary['cases'])} case(s); all objects vs {which}"
+            + ("; on the slices segmented only)." if summary.get("partly_segmented") else ").")
         )
     else:
         lines.append("Upload reference masks to see Dice and Jaccard.")
