@@ -32,8 +32,9 @@ def score(session: AnnotationSession) -> dict[str, Any]:
         "slice" (1-based), "dice"}...], "dice_mean", "jaccard_mean", "prompts" (what the person did:
         clicks and boxes, see :meth:`AnnotationSession.prompt_count`),
         "per_slice_prompts" (slices a per-slice workflow would prompt), "saved_percent", "seconds",
-        "slices", "has_reference", "model", "scope", "strategy", "cancelled", "reference_labels", "unit" (``images`` for an image set, else ``slices``),
-        "partly_segmented" (how many scored cases were segmented on only some of their slices)}``.
+        "slices", "has_reference", "model", "scope", "strategy", "cancelled", "reference_labels", "unit"
+        (``images`` for an image set, else ``slices``), "partly_segmented" (how many scored cases were
+        segmented on only some of their slices)}``.
     """
     from ..metrics import MetricAccumulator
 
