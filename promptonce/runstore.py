@@ -304,7 +304,7 @@ class RunStore:
         meta = {"name": exemplar.name, "position": exemplar.position, "confidence": exemplar.confidence,
                 "key": exemplar.key, "objects": [int(o) for o in exemplar.masks],
                 "evidence": {str(int(o)): float(v) for o, v in exemplar.evidence.items()},
-                "walled": bool(getattr(exemplar, "walled", False))}  # fmt: skip
+                "walled": bool(exemplar.walled)}  # fmt: skip
         arrays = {"image": np.asarray(exemplar.image, np.float32), "meta": np.array(json.dumps(meta))}
         arrays.update({f"mask_{int(o)}": np.asarray(m, bool) for o, m in exemplar.masks.items()})
         with atomic_path(self.exemplar_dir / f"{index}.npz") as tmp:

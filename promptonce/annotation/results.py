@@ -57,8 +57,8 @@ def score(session: AnnotationSession) -> dict[str, Any]:
             "jaccard": None,
             "flags": sum(1 for (vv, _k), f in session.flags.items() if vv == v and f),
         }
-        if ref is not None:
-            done = np.flatnonzero(covered)  # a case segmented in part is scored on its segmented slices
+        done = np.flatnonzero(covered)
+        if ref is not None:  # a case segmented in part is scored on its segmented slices
             partial += int(done.size < covered.size)
             scored = acc.add(str(v), pred[done], ref[done])
             row["dice"], row["jaccard"] = float(scored["dice"]), float(scored["jaccard"])
@@ -69,7 +69,7 @@ def score(session: AnnotationSession) -> dict[str, Any]:
                     per_slice.append({"case": name, "slice": int(k) + 1, "dice": float(ps[j])})
             needed += int(sum(1 for k in done if ref[k].any()))
         else:
-            needed += int(sum(1 for k in np.flatnonzero(covered) if pred[k].any()))
+            needed += int(sum(1 for k in done if pred[k].any()))
         cases.append(row)
     overall = acc.summary()
     prompts = session.prompt_count()

@@ -104,10 +104,11 @@ INSIDE_BOX_FRACTION = 0.06
 INSIDE_BOX_CONFIDENCE = 0.5
 #: Below this model score the mask on the prompted slice is flagged as unsure (see :func:`unsure_seed_flag`).
 SEED_MIN_SCORE = 0.80
-#: Words of the flags a prompted slice's own mask gets (:func:`inside_box_flag`, :func:`unsure_seed_flag`):
-#: the slices walked from it say "check that slice first", so review lists show it first.
 #: Words of :func:`wall_missing_flag`.
 WALL_MISSING_WORDS = "no wall found around a cavity on this case"
+#: Words of the flags a prompted slice's own mask gets (:func:`inside_box_flag`, :func:`unsure_seed_flag`,
+#: and a carried case's :func:`wall_missing_flag`): the slices walked from it say "check that slice first",
+#: so review lists show it first.
 SEED_FLAG_WORDS = ("stays inside its box on every side", "unsure of its outline on the prompted slice",
                    WALL_MISSING_WORDS)
 #: The confidence at most of a carried case's slice where no wall was found (:func:`wall_missing_flag`), and of

@@ -500,10 +500,10 @@ class DatasetTransfer:
         conf = case_confidence(r.confidence for r in results)
         labels = next((r.labels for r in results if r.slice_index == k), None)
         exemplar = None
-        walled = bool(self.walls) and not doubts and all(o in cavities for o in self.walls)
-        if labels is not None and conf is not None and (conf >= EXEMPLAR_MIN_CONFIDENCE or walled):
+        all_walled = bool(self.walls) and not doubts  # every object carried as a wall got its wall
+        if labels is not None and conf is not None and (conf >= EXEMPLAR_MIN_CONFIDENCE or all_walled):
             exemplar = make_exemplar(volume.name, gray, labels, list(self.names), sources[0].position, conf, thumb,
-                                     evidence={oid: c.evidence for oid, c in checks.items()}, walled=walled)
+                                     evidence={oid: c.evidence for oid, c in checks.items()}, walled=all_walled)
         return CaseOutcome(volume_index, volume.name, results, conf, case_flags, exemplar, passes,
                            tuple(s.name for s in sources), tuple(sorted(doubts)))
 

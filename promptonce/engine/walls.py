@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .core import Engine
 
 from ..backends.base import Backend, Embedding, Prediction
-from ..preprocess import WindowSpec
+from ..preprocess import FrameMaker, WindowSpec
 from ..prompts import box_from_mask, interior_point
 from ..types import Box, ObjectPrompt, Point, Volume
 from .clicks import contains_any
@@ -241,19 +241,19 @@ def wall_around(
         return None
     pts = (inside, *positive)
     emb = eng.embedding(model, volume, k, window)
-    gray = eng.frames(volume, window).gray(k)
-    found = _wall_in_box(model, emb, gray, box, cavity, gap, pts, tracked)
+    frames = eng.frames(volume, window)
+    found = _wall_in_box(model, emb, frames, k, box, cavity, gap, pts, tracked)
     if found is None and asked and not tracked:
-        found = _wall_past_box(model, emb, gray, box, cavity, gap, pts)
+        found = _wall_past_box(model, emb, frames, k, box, cavity, gap, pts)
     return found
 
 
 def _wall_in_box(
-    model: Backend, emb: Embedding, gray: np.ndarray, box: Box, cavity: np.ndarray, gap: float,
+    model: Backend, emb: Embedding, frames: FrameMaker, k: int, box: Box, cavity: np.ndarray, gap: float,
     pts: tuple[Point, ...], tracked: bool,
 ) -> tuple[np.ndarray, float] | None:
     """:func:`wall_around`'s question in the box itself (``pts``: the background click in the cavity, then
-    the user's positive clicks)."""
+    the user's positive clicks; ``frames``: the volume's, whose slice ``k`` is read only when needed)."""
     pred = _ask(model, emb, box, pts, multimask=len(pts) == 1)
     inside_box = _box_region(cavity.shape, box)  # a box says the object lies inside it
     masks = [m & inside_box for m in pred.masks]
@@ -264,6 +264,7 @@ def _wall_in_box(
     wall = masks[best] & ~cavity
     if not _encloses(wall, cavity, box):
         return None
+    gray = frames.gray(k)
     if tracked:
         if wall_contrast(gray, cavity, wall) < WALL_TRACKED_CONTRAST:
             return None
@@ -276,7 +277,7 @@ def _wall_in_box(
 
 
 def _wall_past_box(
-    model: Backend, emb: Embedding, gray: np.ndarray, box: Box, cavity: np.ndarray, gap: float,
+    model: Backend, emb: Embedding, frames: FrameMaker, k: int, box: Box, cavity: np.ndarray, gap: float,
     pts: tuple[Point, ...],
 ) -> tuple[np.ndarray, float] | None:
     """The wall around ``cavity`` asked for in ``box`` grown by :data:`WALL_GROW` of its side, when the user
@@ -289,10 +290,12 @@ def _wall_past_box(
     grown = Box(box.x0 - g, box.y0 - g, box.x1 + g, box.y1 + g)
     pred = _ask(model, emb, grown, pts, multimask=len(pts) == 1)
     in_grown, in_box = _box_region(cavity.shape, grown), _box_region(cavity.shape, box)
+    gray = None
     for i in np.argsort(-np.asarray(pred.scores, np.float64), kind="stable"):
         wall = pred.masks[i] & in_grown & ~cavity
         if not _encloses(wall, cavity, grown) or _sides_reached(wall & in_box, box, REACH * gap) < WALL_MIN_SIDES:
             continue
+        gray = frames.gray(k) if gray is None else gray
         if one_tissue(gray, cavity, wall):
             return of_wall_tissue(gray, cavity, wall), float(pred.scores[i])
     return None
