@@ -514,3 +514,39 @@ def test_a_wall_not_found_from_the_rings_hole_is_asked_again_from_the_hole_grown
     assert np.array_equal(priors[1], ndi.binary_dilation(hole, iterations=4))
     assert score == 0.8 and np.array_equal(cavity, cavities[k]) and wall.any()
     assert wall_prior.wall_from_prior(eng, vol, k, None, np.zeros_like(prior), depth=4.0) is None  # no ring: no hole
+
+
+def _thinning_rings() -> tuple[Volume, np.ndarray, np.ndarray]:
+    """Rings 6 px thick on the middle slice; on the others the cavity sits 4 px up and to the right, so
+    the wall is 2 px thick on those sides and 10 px on the other two (a wall thinner on a neighbour
+    slice, or on a case carried from another, than on the prompted slice)."""
+    vol, walls, cavities = _rings()
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    arr = np.asarray(vol.array).copy()
+    for j in range(1, N - 1):
+        if j == N // 2:
+            continue
+        r = 18 - abs(j - N // 2)
+        outer = (xx - 32) ** 2 + (yy - 31) ** 2 <= r * r
+        cavities[j] = (xx - 36) ** 2 + (yy - 27) ** 2 <= (r - 6) ** 2
+        walls[j] = outer & ~cavities[j]
+        arr[j][outer] = 110.0
+        arr[j][cavities[j]] = 240.0
+    return Volume(arr, name="thinning"), walls, cavities
+
+
+def test_a_walked_wall_thinner_than_the_prompted_slices_on_two_sides_is_still_taken(monkeypatch):
+    import promptonce.engine.walls as walls_module
+
+    vol, walls, cavities = _thinning_rings()
+    k = N // 2
+    prompt = SlicePrompt((ObjectPrompt(box=_box(walls[k])),), slice_index=k)
+    eng, _, _ = _engine()
+    out = {r.slice_index: r.labels != 0 for r in eng.segment_volume(vol, prompt)}
+    for j in (k - 1, k + 1):  # the thin sides keep inside the wall's walked box, the wall is taken all round
+        assert _dice(out[j], walls[j]) > 0.7, j
+        assert not (out[j] & cavities[j]).any()
+    monkeypatch.setattr(walls_module, "WALL_FOLLOWED_SURROUND", 2.0)  # only walls reaching three sides
+    eng, _, _ = _engine()
+    out = {r.slice_index: r.labels != 0 for r in eng.segment_volume(vol, prompt)}
+    assert max(_dice(out.get(j, np.zeros_like(walls[j])), walls[j]) for j in (k - 1, k + 1)) < 0.3

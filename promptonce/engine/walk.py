@@ -166,6 +166,8 @@ def _wall_step(
     model, from the cavity on the slice before), then the wall around it is asked for inside the
     wall's walked box. None when either is not found there: the wall has closed (the apex of a
     ventricle) or ended, the slice is answered as any other and the walk goes on without a cavity.
+    A wall thinner here than on the prompted slice is taken when it borders its cavity all round
+    (:data:`.walls.WALL_FOLLOWED_SURROUND`).
     """
     backend = eng.backend
     assert isinstance(backend, Backend)  # noqa: S101 - internal invariant
@@ -175,7 +177,8 @@ def _wall_step(
         cavity = predict(eng, backend, emb, cavity_prompt).best
         # the wall's box: around this slice's cavity by the wall's thickness and the walk's margin
         # (from the wall on the slice before, a spill there would widen every box after it)
-        found = wall_within_depth(eng, volume, k, window, cavity, state.wall_depth, margin(eng, cavity))
+        found = wall_within_depth(eng, volume, k, window, cavity, state.wall_depth, margin(eng, cavity),
+                                  followed=True)
     if found is None:
         state.cavity = None
         return None

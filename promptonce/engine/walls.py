@@ -104,6 +104,13 @@ WALL_BAND_CLICKS = True
 #: files 1-10, myocardium, boxes 3/2/1 px inside the reference's, the click given where the box alone gave
 #: no wall: slice Dice 0.320/0.540/0.645 -> 0.550/0.705/0.756 (benchmarks/wall_boxes.py --asked).
 WALL_GROW = 0.15
+#: On a walked slice, whose cavity was followed from the slice before, a wall that borders at least this
+#: share of its cavity's outline is taken though it reaches fewer than :data:`WALL_MIN_SIDES` sides of its
+#: box: that box is the cavity's grown by the seed wall's depth, and a wall thinner on this slice (or on
+#: this case, carried from another) keeps inside it on its thin sides. Not on a carried case's key
+#: slice, whose cavity is the warped ring's guess: there the sides keep a cavity that took in a
+#: neighbour's from being walled.
+WALL_FOLLOWED_SURROUND = 0.9
 #: A wall smaller than this many pixels is not a wall.
 WALL_MIN_PX = 5
 #: A walked wall keeps within this many times the seed wall's depth of its cavity, plus a pixel
@@ -204,7 +211,7 @@ def _box_region(shape: tuple[int, ...], box: Box) -> np.ndarray:
 
 def wall_around(
     eng: Engine, volume: Volume, k: int, window: WindowSpec, box: Box, cavity: np.ndarray,
-    clicks: tuple[Point, ...] = (), tracked: bool = False,
+    clicks: tuple[Point, ...] = (), tracked: bool = False, followed: bool = False,
 ) -> tuple[np.ndarray, float] | None:
     """The wall around ``cavity`` inside ``box`` on slice ``k``, or None when there is none to take.
 
@@ -218,6 +225,9 @@ def wall_around(
             was, and the wall is asked for however close the cavity comes to the box (the gap of a box
             drawn a pixel inside a wall is that of a box drawn loosely around a cavity) and, when the box
             itself gives none, in the box grown past the wall's cut edge (:func:`_wall_past_box`).
+        followed: ``tracked``, and the cavity was followed from the slice before (not a carried case's
+            guess): a wall around it that reaches fewer sides of the box is taken when it borders the
+            cavity all round (:data:`WALL_FOLLOWED_SURROUND`).
 
     Returns:
         ``(wall mask, score)``: the points model's answer to the box with a background click deep in
@@ -242,7 +252,7 @@ def wall_around(
     pts = (inside, *positive)
     emb = eng.embedding(model, volume, k, window)
     frames = eng.frames(volume, window)
-    found = _wall_in_box(model, emb, frames, k, box, cavity, gap, pts, tracked)
+    found = _wall_in_box(model, emb, frames, k, box, cavity, gap, pts, tracked, followed and tracked)
     if found is None and asked and not tracked:
         found = _wall_past_box(model, emb, frames, k, box, cavity, gap, pts)
     return found
@@ -250,14 +260,15 @@ def wall_around(
 
 def _wall_in_box(
     model: Backend, emb: Embedding, frames: FrameMaker, k: int, box: Box, cavity: np.ndarray, gap: float,
-    pts: tuple[Point, ...], tracked: bool,
+    pts: tuple[Point, ...], tracked: bool, followed: bool = False,
 ) -> tuple[np.ndarray, float] | None:
     """:func:`wall_around`'s question in the box itself (``pts``: the background click in the cavity, then
     the user's positive clicks; ``frames``: the volume's, whose slice ``k`` is read only when needed)."""
     pred = _ask(model, emb, box, pts, multimask=len(pts) == 1)
     inside_box = _box_region(cavity.shape, box)  # a box says the object lies inside it
     masks = [m & inside_box for m in pred.masks]
-    reach = [i for i, m in enumerate(masks) if _sides_reached(m, box, REACH * gap) >= WALL_MIN_SIDES]
+    reach = [i for i, m in enumerate(masks) if _sides_reached(m, box, REACH * gap) >= WALL_MIN_SIDES
+             or (followed and surround_share(m & ~cavity, cavity) >= WALL_FOLLOWED_SURROUND)]
     if not reach:
         return None
     best = max(reach, key=lambda i: float(pred.scores[i]))
@@ -303,11 +314,13 @@ def _wall_past_box(
 
 def wall_within_depth(
     eng: Engine, volume: Volume, k: int, window: WindowSpec, cavity: np.ndarray, depth: float, pad: float,
+    followed: bool = False,
 ) -> tuple[np.ndarray, float, Box] | None:
     """The wall around a ``cavity`` found on slice ``k`` (walked from the slice before, or carried from
     another case), when the object is known to be a wall: asked for inside the cavity's box grown by
     ``depth`` (the seed wall's, :func:`wall_depth`) plus ``pad`` pixels, judged as on a walked slice
-    (:func:`wall_around`, ``tracked``), and kept within ``depth`` of the cavity (:func:`within_depth`).
+    (:func:`wall_around`, ``tracked``; ``followed``: the cavity was walked from the slice before), and kept
+    within ``depth`` of the cavity (:func:`within_depth`).
 
     Returns:
         ``(wall, score, the box asked)``, or None when no wall is found there.
@@ -315,7 +328,7 @@ def wall_within_depth(
     box = box_from_mask(cavity, margin=depth + pad, shape=cavity.shape)
     if box is None:
         return None
-    found = wall_around(eng, volume, k, window, box, cavity, tracked=True)
+    found = wall_around(eng, volume, k, window, box, cavity, tracked=True, followed=followed)
     return None if found is None else (within_depth(found[0], cavity, depth), found[1], box)
 
 
