@@ -92,6 +92,19 @@ def objects(name: str, first: int, count: int, label: int = 2):
         yield f.name, vol, load_reference(DATA / "mri_acdc" / "labels" / f.name, vol).array == label, None
 
 
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(int(a.sum() + b.sum()), 1))
+
+
+def _grown_box(ref: np.ndarray, grow: float, name: str) -> Box:
+    """The box of a reference slice ``ref`` grown by ``grow`` on every side: pixels, or on the CT sets a
+    fraction of the object's size."""
+    ys, xs = np.nonzero(ref)
+    size = max(int(np.ptp(xs)), int(np.ptp(ys)), 1)
+    g = grow * size if name.startswith("ct") else grow
+    return Box(xs.min() - g, ys.min() - g, xs.max() + g, ys.max() + g)
+
+
 def thickness(first: int, count: int) -> dict:
     """How far the myocardium reaches beyond the LV blood pool's bounding box on each side (pixels), on
     every slice holding both: a box that loose around the LV is the myocardium's own box."""
@@ -122,7 +135,7 @@ def walk(first: int, count: int, slacks: list[float]) -> dict:
             mask = np.zeros_like(ref)
             for r in segment(vol, prompt, engine=make_engine(prompt), scope="volume"):
                 mask[r.slice_index] = r.labels != 0
-            dice[case] = float(2 * (mask & ref).sum() / max(int(mask.sum() + ref.sum()), 1))
+            dice[case] = _dice(mask, ref)
             print(slack, case, round(dice[case], 3), flush=True)
     return {k: {"mean": round(float(np.mean(list(v.values()))), 4),
                 "median": round(float(np.median(list(v.values()))), 4), "cases": v} for k, v in out.items()}
@@ -156,10 +169,6 @@ def dataset(first: int, count: int, label: int, seeds: int, work: Path) -> dict:
     return out
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(int(a.sum() + b.sum()), 1))
-
-
 def asked(name: str, first: int, count: int, label: int, grows: list[float]) -> dict:
     """``--asked``: per slice (at least 30 px; 10 on the hippocampus) and box, the Dice of the box alone and,
     where it gives no wall, after a background click at its answer's interior point, with the wall asked for
@@ -171,11 +180,8 @@ def asked(name: str, first: int, count: int, label: int, grows: list[float]) -> 
         for k in range(ref.shape[0]):
             if ref[k].sum() < (10 if name == "hip" else 30) or (only is not None and k not in only):
                 continue
-            ys, xs = np.nonzero(ref[k])
-            size = max(int(np.ptp(xs)), int(np.ptp(ys)), 1)
             for grow in grows:
-                g = grow * size if name.startswith("ct") else grow
-                box = Box(xs.min() - g, ys.min() - g, xs.max() + g, ys.max() + g)
+                box = _grown_box(ref[k], grow, name)
                 cavities: dict = {}
                 m0, _ = eng.predict_object(vol, k, ObjectPrompt(box=box), cavities=cavities)
                 row = {"case": case, "slice": int(k), "grow": grow, "box_alone": _dice(m0, ref[k]),
@@ -251,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         _write(args.out, {**header, "set": f"acdc label {args.label}, volume and dataset scope", **table})
         print(json.dumps({k: v["dice_mean"] if isinstance(v, dict) else v for k, v in table.items()}))
         return 0
+    grows = [float(v) for v in (args.margins if args.set.startswith("ct") else args.pads).split(",")]
     if args.asked:
-        grows = [float(v) for v in (args.margins if args.set.startswith("ct") else args.pads).split(",")]
         table = asked(args.set, args.first, args.count, args.label, grows)
         _write(args.out, {**header, "set": f"{args.set} label {args.label}, a background click in the cavity", **table})
         print(json.dumps(table["dice_mean"], indent=1))
@@ -262,25 +268,21 @@ def main(argv: list[str] | None = None) -> int:
         _write(args.out, {**header, "set": "acdc per volume", "dice": table})
         print(json.dumps({k: v["mean"] for k, v in table.items()}))
         return 0
-    grows = [float(v) for v in (args.margins if args.set.startswith("ct") else args.pads).split(",")]
     eng = make_engine(None, "auto", "auto", PropagationConfig())  # the box model, and its wall model
     rows = []
     for case, vol, ref, only in objects(args.set, args.first, args.count, args.label):
         for k in range(ref.shape[0]):
             if ref[k].sum() < 20 or (only is not None and k not in only):
                 continue
-            ys, xs = np.nonzero(ref[k])
-            size = max(int(np.ptp(xs)), int(np.ptp(ys)), 1)
             for grow in grows:
-                g = grow * size if args.set.startswith("ct") else grow
-                prompt = ObjectPrompt(box=Box(xs.min() - g, ys.min() - g, xs.max() + g, ys.max() + g))
+                prompt = ObjectPrompt(box=_grown_box(ref[k], grow, args.set))
                 row = {"case": case, "slice": int(k), "grow": grow}
                 masks = {}
                 for walls in (False, True):
                     eng.config = PropagationConfig(box_walls=walls)
                     m, _ = eng.predict_object(vol, k, prompt)
                     masks[walls] = m
-                    row["walls" if walls else "off"] = float(2 * (m & ref[k]).sum() / (m.sum() + ref[k].sum()))
+                    row["walls" if walls else "off"] = _dice(m, ref[k])
                 row["changed"] = not np.array_equal(masks[False], masks[True])
                 rows.append(row)
         print(case, len(rows), flush=True)

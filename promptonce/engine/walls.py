@@ -261,7 +261,7 @@ def wall_around(
 
 def _wall_in_box(
     model: Backend, emb: Embedding, frames: FrameMaker, k: int, box: Box, cavity: np.ndarray, gap: float,
-    pts: tuple[Point, ...], tracked: bool, followed: bool = False,
+    pts: tuple[Point, ...], tracked: bool, followed: bool,
 ) -> tuple[np.ndarray, float] | None:
     """:func:`wall_around`'s question in the box itself (``pts``: the background click in the cavity, then
     the user's positive clicks; ``frames``: the volume's, whose slice ``k`` is read only when needed)."""
