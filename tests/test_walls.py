@@ -477,6 +477,42 @@ def test_a_case_without_a_wall_is_segmented_again_from_a_case_whose_wall_was_fou
     assert transfer.DatasetTransfer.select_exemplars([replace(ex, walled=False)]) == []
 
 
+def test_a_case_whose_seed_ring_gave_a_weak_wall_takes_a_more_confident_one_from_a_walled_case(monkeypatch):
+    import promptonce.engine.transfer as transfer
+
+    vol, walls, cavities = _rings()
+    k = N // 2
+    shift_a, shift_b = (0, 3, -2), (0, -2, 3)
+    a = Volume(np.roll(vol.array, shift_a, axis=(0, 1, 2)), name="a")
+    b = Volume(np.roll(vol.array, shift_b, axis=(0, 1, 2)), name="b")
+    walls_b = np.roll(walls, shift_b, axis=(0, 1, 2))
+    prompt = SlicePrompt((ObjectPrompt(box=_box(walls[k])),), slice_index=k, volume_index=0)
+    real, asked = transfer.wall_from_prior, []
+
+    def misplaced_from_the_seed_on_b(eng, volume, *args, **kw):  # on b, the seed's ring gives a wall 9 px off
+        found = real(eng, volume, *args, **kw)
+        if volume.name == "b":
+            asked.append(found is not None)
+            if len(asked) == 1 and found is not None:
+                wall, score, cavity = found
+                return np.roll(wall, 9, axis=1), score, np.roll(cavity, 9, axis=1)
+        return found
+
+    monkeypatch.setattr(transfer, "wall_from_prior", misplaced_from_the_seed_on_b)
+    eng, _, _ = _engine()
+
+    def dice_on_b() -> float:
+        asked.clear()
+        results = [r for r in segment(Dataset([vol, a, b]), prompt, scope="dataset", engine=eng) if r.volume_index == 2]
+        key = next(r for r in results if r.slice_index == k)
+        return _dice(key.labels != 0, walls_b[k])
+
+    assert dice_on_b() > 0.9  # the weak wall from the seed was redone from a's
+    assert asked == [True, True]  # b's wall asked for once in each pass: the exemplar pass reuses its probe
+    monkeypatch.setattr(transfer, "WALL_ATLAS_WEAK_BELOW", 0.0)
+    assert dice_on_b() < 0.7  # as before: the misplaced wall kept
+
+
 def test_a_ready_wall_with_its_cavity_is_walked_as_a_wall_without_asking_again(monkeypatch):
     import promptonce.engine.walk as walk_module
 
