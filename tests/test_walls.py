@@ -445,16 +445,22 @@ def test_a_case_on_which_no_wall_is_found_is_flagged_and_every_slice_walked_from
     assert all(r.confidence is not None and r.confidence <= 0.1 for r in [key, *walked])
 
 
-def test_a_case_without_a_wall_is_segmented_again_from_a_case_whose_wall_was_found(monkeypatch):
-    import promptonce.engine.transfer as transfer
-
-    vol, walls, cavities = _rings()
+def _three_hearts() -> tuple[Volume, Volume, Volume, np.ndarray, np.ndarray, SlicePrompt]:
+    """The rings phantom and two cases of it a few pixels away ("a", "b"), prompted on the first's middle slice."""
+    vol, walls, _ = _rings()
     k = N // 2
     shift_a, shift_b = (0, 3, -2), (0, -2, 3)
     a = Volume(np.roll(vol.array, shift_a, axis=(0, 1, 2)), name="a")
     b = Volume(np.roll(vol.array, shift_b, axis=(0, 1, 2)), name="b")
-    walls_b = np.roll(walls, shift_b, axis=(0, 1, 2))
     prompt = SlicePrompt((ObjectPrompt(box=_box(walls[k])),), slice_index=k, volume_index=0)
+    return vol, a, b, walls, np.roll(walls, shift_b, axis=(0, 1, 2)), prompt
+
+
+def test_a_case_without_a_wall_is_segmented_again_from_a_case_whose_wall_was_found(monkeypatch):
+    import promptonce.engine.transfer as transfer
+
+    vol, a, b, walls, walls_b, prompt = _three_hearts()
+    k = N // 2
     real, missed = transfer.wall_from_prior, []
 
     def not_from_the_seed_on_b(eng, volume, *args, **kw):  # on b, the seed's ring gives no wall
@@ -480,13 +486,8 @@ def test_a_case_without_a_wall_is_segmented_again_from_a_case_whose_wall_was_fou
 def test_a_case_whose_seed_ring_gave_a_weak_wall_takes_a_more_confident_one_from_a_walled_case(monkeypatch):
     import promptonce.engine.transfer as transfer
 
-    vol, walls, cavities = _rings()
+    vol, a, b, walls, walls_b, prompt = _three_hearts()
     k = N // 2
-    shift_a, shift_b = (0, 3, -2), (0, -2, 3)
-    a = Volume(np.roll(vol.array, shift_a, axis=(0, 1, 2)), name="a")
-    b = Volume(np.roll(vol.array, shift_b, axis=(0, 1, 2)), name="b")
-    walls_b = np.roll(walls, shift_b, axis=(0, 1, 2))
-    prompt = SlicePrompt((ObjectPrompt(box=_box(walls[k])),), slice_index=k, volume_index=0)
     real, asked = transfer.wall_from_prior, []
 
     def misplaced_from_the_seed_on_b(eng, volume, *args, **kw):  # on b, the seed's ring gives a wall 9 px off
