@@ -378,23 +378,30 @@ class DatasetTransfer:
         for ex in ranked[:WALL_ATLAS_TRIES]:
             check_cancel(cancel)
             priors, notes = self.priors(gray, [ex], thumb)
-            found = {}
-            for o in wanted:
-                wall = None if priors.get(o) is None else wall_from_prior(self.engine, volume, k, self.window,
-                                                                          priors[o], self.walls[o], o)
-                if wall is None:
-                    break
-                found[o] = wall
-            else:
-                second = self.segment_case(volume, volume_index, [ex], cancel, passes=2,
-                                           prepared=(priors, notes, found))
-                if not second.missing_walls and (first.missing_walls
-                                                 or (second.confidence or 0.0) > (first.confidence or 0.0)):
-                    log.info("%s: %s; from %s's wall, confidence %.2f -> %.2f", volume.name,
-                             "no wall from the seed" if first.missing_walls else "a weak wall from the seed",
-                             ex.name, first.confidence or 0.0, second.confidence or 0.0)
-                    return second
+            found = self._key_walls(volume, k, priors, wanted)
+            if found is None:
+                continue
+            second = self.segment_case(volume, volume_index, [ex], cancel, passes=2, prepared=(priors, notes, found))
+            if not second.missing_walls and (first.missing_walls
+                                             or (second.confidence or 0.0) > (first.confidence or 0.0)):
+                log.info("%s: %s; from %s's wall, confidence %.2f -> %.2f", volume.name,
+                         "no wall from the seed" if first.missing_walls else "a weak wall from the seed",
+                         ex.name, first.confidence or 0.0, second.confidence or 0.0)
+                return second
         return first
+
+    def _key_walls(self, volume: Volume, k: int, priors: Mapping[int, np.ndarray | None],
+                   wanted: Iterable[int]) -> dict[int, tuple] | None:
+        """Each ``wanted`` object's wall on slice ``k`` from its ring prior (:func:`.wall_prior.wall_from_prior`),
+        or None as soon as one has no prior or gives no wall."""
+        found = {}
+        for o in wanted:
+            wall = None if priors.get(o) is None else wall_from_prior(self.engine, volume, k, self.window, priors[o],
+                                                                      self.walls[o], o)
+            if wall is None:
+                return None
+            found[o] = wall
+        return found
 
     def _choose_atlas(self, volume: Volume, volume_index: int, ranked: Sequence[Exemplar], fused: CaseOutcome,
                       cancel: threading.Event | None, scales: Mapping[int, float]) -> CaseOutcome:
