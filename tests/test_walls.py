@@ -470,6 +470,7 @@ def test_a_case_without_a_wall_is_segmented_again_from_a_case_whose_wall_was_fou
         return real(eng, volume, *args, **kw)
 
     monkeypatch.setattr(transfer, "wall_from_prior", not_from_the_seed_on_b)
+    monkeypatch.setattr(transfer, "WALL_KEY_SEARCH", 0)  # not from b's other slices (the test after next)
     eng, _, _ = _engine()
     results = [r for r in segment(Dataset([vol, a, b]), prompt, scope="dataset", engine=eng) if r.volume_index == 2]
     assert missed  # the first pass on b found no wall ...
@@ -509,9 +510,41 @@ def test_a_case_whose_seed_ring_gave_a_weak_wall_takes_a_more_confident_one_from
         return _dice(key.labels != 0, walls_b[k])
 
     assert dice_on_b() > 0.9  # the weak wall from the seed was redone from a's
-    assert asked == [True, True]  # b's wall asked for once in each pass: the exemplar pass reuses its probe
+    assert asked == [True, True]  # once in each pass (the exemplar pass reuses its probe); a weak wall: no search
     monkeypatch.setattr(transfer, "WALL_ATLAS_WEAK_BELOW", 0.0)
     assert dice_on_b() < 0.7  # as before: the misplaced wall kept
+
+
+def test_a_case_without_a_wall_on_its_key_slice_takes_the_neighbouring_slice_whose_wall_agrees(monkeypatch):
+    import promptonce.engine.transfer as transfer
+
+    vol, a, b, walls, walls_b, prompt = _three_hearts()
+    k = N // 2
+    real, asked = transfer.wall_from_prior, []
+
+    def none_on_b_key_slice(eng, volume, j, *args, **kw):  # on b's key slice the seed's ring gives no wall
+        asked.append((volume.name, j))
+        return None if volume.name == "b" and j == k else real(eng, volume, j, *args, **kw)
+
+    monkeypatch.setattr(transfer, "wall_from_prior", none_on_b_key_slice)
+    monkeypatch.setattr(transfer, "WALL_ATLAS_TRIES", 0)  # no other case's wall to fall back on
+
+    def run() -> list:
+        asked.clear()
+        eng, _, _ = _engine()
+        return [r for r in segment(Dataset([vol, a, b]), prompt, scope="dataset", engine=eng) if r.volume_index == 2]
+
+    results = run()
+    assert [j for name, j in asked if name == "b"] == [k, k - 1, k + 1, k - 2, k + 2]  # near slices first
+    assert [j for name, j in asked if name == "a"] == [k]  # a wall found on the key slice: no search
+    out = {r.slice_index: r.labels != 0 for r in results}
+    assert np.mean([_dice(out[j], walls_b[j]) for j in range(2, N - 2)]) > 0.9  # walked from a neighbour
+    assert not any("no wall found" in f for r in results for f in r.flags)
+    monkeypatch.setattr(transfer, "WALL_KEY_SEARCH", 0)
+    results = run()
+    assert [j for name, j in asked if name == "b"] == [k]
+    assert max(_dice(r.labels != 0, walls_b[r.slice_index]) for r in results) < 0.1  # as before: b's cavity
+    assert any("no wall found" in f for r in results for f in r.flags)
 
 
 def test_a_ready_wall_with_its_cavity_is_walked_as_a_wall_without_asking_again(monkeypatch):

@@ -96,6 +96,13 @@ WALL_ATLAS_TRIES = 3
 #: three seeds, 0.546 -> 0.598, 9 cases up by more than 0.10 and none down (benchmarks/README.md,
 #: "Thirty-seventh round").
 WALL_ATLAS_WEAK_BELOW = 0.5
+#: Where a case's ring gives no wall on its key slice (the seed's relative position), the slices this far
+#: either side are tried too and the one whose walls agree best with their ring becomes the key slice: hearts
+#: of other patients sit at other relative positions, and at the key slice the ring may meet the base's
+#: outflow or the apex. A wall found but weak is not searched for: the search also tried those first
+#: (benchmarks/README.md, "Thirty-eighth round") and moved some cases onto a wall-like ring outside the
+#: myocardium with a confident, wrong result.
+WALL_KEY_SEARCH = 2
 #: Longer side of an exemplar's stored image and masks (pixels; registration works at 64).
 EXEMPLAR_SIZE = 256
 
@@ -158,6 +165,21 @@ class CaseOutcome:
     passes: int = 1
     sources: tuple[str, ...] = ()
     missing_walls: tuple[int, ...] = ()
+
+
+@dataclass
+class _KeySlice:
+    """A case's key slice for a set of sources: its image, the sources' priors on it and, for the objects
+    carried as walls, the wall found from each ring (None: none found) and the least agreement of those walls
+    with their rings (-1 when one is missing)."""
+
+    k: int
+    gray: np.ndarray
+    thumb: np.ndarray
+    priors: dict[int, np.ndarray | None]
+    notes: list[str]
+    walls: dict[int, tuple | None]
+    agreement: float
 
 
 def _relative_position(k: int, n: int) -> float:
@@ -241,6 +263,9 @@ class DatasetTransfer:
       its candidates those of :meth:`.config.PropagationConfig.for_exemplar_pass`. A case on which no
       wall was found is tried from its most similar walled exemplars instead, one at a time (:meth:`_wall_atlas`);
       so is a walled case below ``WALL_ATLAS_WEAK_BELOW``, which keeps the more confident result.
+    * Key slice: where a ring gives no wall on a case's slice at the seed's relative position, the slices up
+      to ``WALL_KEY_SEARCH`` either side are tried and the best-agreeing becomes the case's key slice
+      (:meth:`_key_slice`), in both passes; an exemplar keeps its own key slice's position.
 
     Each case depends only on the seed and on the exemplar *set* (chosen by confidence with an
     order-free tie-break), never on the order of the cases: the work can be spread over workers.
@@ -337,7 +362,7 @@ class DatasetTransfer:
         gray = self.engine.frames(volume, self.window).gray(k)
         if first.missing_walls or (self.walls and (first.confidence or 0.0) < WALL_ATLAS_WEAK_BELOW):
             walled = [e for e in exemplars if e.walled and e.name != volume.name]
-            atlas = self._wall_atlas(volume, volume_index, k, gray, rank_by_similarity(gray, walled), first, cancel)
+            atlas = self._wall_atlas(volume, volume_index, rank_by_similarity(gray, walled), first, cancel)
             if atlas is not first or first.missing_walls:
                 return atlas
         pool = [e for e in exemplars if e.name != volume.name and e.confidence >= EXEMPLAR_MIN_CONFIDENCE]
@@ -361,8 +386,8 @@ class DatasetTransfer:
             return second
         return first
 
-    def _wall_atlas(self, volume: Volume, volume_index: int, k: int, gray: np.ndarray, ranked: Sequence[Exemplar],
-                    first: CaseOutcome, cancel: threading.Event | None) -> CaseOutcome:
+    def _wall_atlas(self, volume: Volume, volume_index: int, ranked: Sequence[Exemplar], first: CaseOutcome,
+                    cancel: threading.Event | None) -> CaseOutcome:
         """A weak case of objects carried as walls, segmented again from the first of its most similar walled
         exemplars (:data:`WALL_ATLAS_TRIES` at most) whose ring gives a wall on the case's key slice.
 
@@ -373,15 +398,13 @@ class DatasetTransfer:
         A case on which no wall was found takes that atlas's result; a case whose wall was found (around
         a cavity the seed's ring may have misplaced) takes it only when it is more confident, else tries
         the next. ``first`` is returned when none does."""
-        thumb = thumbnail(gray, EXEMPLAR_SIZE)
         wanted = first.missing_walls or tuple(self.walls)
         for ex in ranked[:WALL_ATLAS_TRIES]:
             check_cancel(cancel)
-            priors, notes = self.priors(gray, [ex], thumb)
-            found = self._key_walls(volume, k, priors, wanted)
-            if found is None:
+            key = self._key_slice(volume, [ex], wanted)
+            if key.agreement < 0:  # a wall missing on every slice tried
                 continue
-            second = self.segment_case(volume, volume_index, [ex], cancel, passes=2, prepared=(priors, notes, found))
+            second = self.segment_case(volume, volume_index, [ex], cancel, passes=2, key=key)
             if not second.missing_walls and (first.missing_walls
                                              or (second.confidence or 0.0) > (first.confidence or 0.0)):
                 log.info("%s: %s; from %s's wall, confidence %.2f -> %.2f", volume.name,
@@ -390,18 +413,47 @@ class DatasetTransfer:
                 return second
         return first
 
-    def _key_walls(self, volume: Volume, k: int, priors: Mapping[int, np.ndarray | None],
-                   wanted: Iterable[int]) -> dict[int, tuple] | None:
-        """Each ``wanted`` object's wall on slice ``k`` from its ring prior (:func:`.wall_prior.wall_from_prior`),
-        or None as soon as one has no prior or gives no wall."""
-        found = {}
-        for o in wanted:
-            wall = None if priors.get(o) is None else wall_from_prior(self.engine, volume, k, self.window, priors[o],
-                                                                      self.walls[o], o)
-            if wall is None:
-                return None
-            found[o] = wall
-        return found
+    def _key_slice(self, volume: Volume, sources: Sequence[Exemplar],
+                   wanted: Iterable[int] | None = None) -> _KeySlice:
+        """The case's key slice for ``sources``: the slice at the first source's relative position, with the
+        sources' priors on it and, for each ``wanted`` object carried as a wall (default: all), the wall its
+        ring gives (:func:`.wall_prior.wall_from_prior`).
+
+        Where a wall is missing there, the slices up to :data:`WALL_KEY_SEARCH` either side are tried too, and
+        the one whose walls agree best with their rings is taken (the nearest on ties)."""
+        wanted = tuple(self.walls) if wanted is None else tuple(wanted)
+        k0 = _slice_at(sources[0].position, volume.n_slices)
+        frames = self.engine.frames(volume, self.window)
+
+        def at(k: int) -> _KeySlice:
+            gray = frames.gray(k)
+            thumb = thumbnail(gray, EXEMPLAR_SIZE)
+            priors, notes = self.priors(gray, sources, thumb)
+            walls: dict[int, tuple | None] = {}
+            agreement = 1.0
+            for o in wanted:
+                prior = priors.get(o)
+                wall = None if prior is None else wall_from_prior(self.engine, volume, k, self.window, prior,
+                                                                  self.walls[o], o)
+                walls[o] = wall
+                agreement = min(agreement, -1.0 if wall is None else
+                                check_against_prior(wall[0], prior, wall[1], self.names[o]).confidence)
+            return _KeySlice(k, gray, thumb, priors, notes, walls, agreement)
+
+        best = at(k0)
+        if best.agreement >= 0:  # every wall found (or none asked for)
+            return best
+        on_k0 = best
+        for d in range(1, WALL_KEY_SEARCH + 1):
+            for k in (k0 - d, k0 + d):
+                if 0 <= k < volume.n_slices:
+                    cand = at(k)
+                    if cand.agreement > best.agreement:
+                        best = cand
+        if best is not on_k0:
+            log.info("%s: no wall on slice %d; taken on slice %d (agreement with the ring %.2f)", volume.name, k0,
+                     best.k, best.agreement)
+        return best
 
     def _choose_atlas(self, volume: Volume, volume_index: int, ranked: Sequence[Exemplar], fused: CaseOutcome,
                       cancel: threading.Event | None, scales: Mapping[int, float]) -> CaseOutcome:
@@ -461,22 +513,22 @@ class DatasetTransfer:
         cancel: threading.Event | None,
         passes: int,
         evidence_scale: Mapping[int, float] | None = None,
-        prepared: tuple[dict[int, np.ndarray | None], list[str], Mapping[int, tuple]] | None = None,
+        key: _KeySlice | None = None,
     ) -> CaseOutcome:
         """Segments one case from the fused priors of ``sources`` (the seed, exemplars, or a neighbour).
 
         ``evidence_scale``: object id -> the scale of its weak-edge threshold (:func:`.set_check.evidence_scales`;
         1 for objects not in it).
-        ``prepared``: ``(priors, notes, walls)`` already computed for these sources on this case's key slice
-        (:meth:`priors`; object id -> :func:`.wall_prior.wall_from_prior`'s answer for objects carried as walls),
-        so that they are not asked for twice."""
+        ``key``: the case's key slice for these sources when already found (:meth:`_key_slice`), so that its
+        walls are not asked for twice."""
         scale = dict(evidence_scale or {})
         eng = self.engine
         check_cancel(cancel)
-        k = _slice_at(sources[0].position, volume.n_slices)
-        gray = eng.frames(volume, self.window).gray(k)
-        thumb = thumbnail(gray, EXEMPLAR_SIZE)
-        priors, notes, known = prepared if prepared is not None else (*self.priors(gray, sources, thumb), {})
+        if key is None:
+            key = self._key_slice(volume, sources)
+        k, gray, thumb, priors, notes, known = key.k, key.gray, key.thumb, key.priors, key.notes, key.walls
+        k0 = _slice_at(sources[0].position, volume.n_slices)
+        position = sources[0].position if k == k0 else _relative_position(k, volume.n_slices)
         # a single image's exemplar pass may try its own (smaller) candidate set: a speed setting, off by default
         cfg = eng.config.for_exemplar_pass() if passes == 2 and volume.n_slices == 1 else eng.config
         # the first pass (the seed alone) reaches as far past the warped seed mask as the user's box did
@@ -537,7 +589,7 @@ class DatasetTransfer:
         exemplar = None
         all_walled = bool(self.walls) and not doubts  # every object carried as a wall got its wall
         if labels is not None and conf is not None and (conf >= EXEMPLAR_MIN_CONFIDENCE or all_walled):
-            exemplar = make_exemplar(volume.name, gray, labels, list(self.names), sources[0].position, conf, thumb,
+            exemplar = make_exemplar(volume.name, gray, labels, list(self.names), position, conf, thumb,
                                      evidence={oid: c.evidence for oid, c in checks.items()}, walled=all_walled)
         return CaseOutcome(volume_index, volume.name, results, conf, case_flags, exemplar, passes,
                            tuple(s.name for s in sources), tuple(sorted(doubts)))
