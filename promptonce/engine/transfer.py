@@ -170,11 +170,13 @@ class CaseOutcome:
 
 @dataclass
 class _KeySlice:
-    """A case's key slice for a set of sources: its image, the sources' priors on it and, for the objects
-    carried as walls, the wall found from each ring (None: none found) and the least agreement of those walls
-    with their rings (-1 when one is missing)."""
+    """A case's key slice for a set of sources: its index and relative position (the first source's unless
+    another slice was taken), its image, the sources' priors on it and, for the objects carried as walls, the
+    wall found from each ring (None: none found) and the least agreement of those walls with their rings (-1
+    when one is missing)."""
 
     k: int
+    position: float
     gray: np.ndarray
     thumb: np.ndarray
     priors: dict[int, np.ndarray | None]
@@ -439,7 +441,8 @@ class DatasetTransfer:
                 walls[o] = wall
                 agreement = min(agreement, -1.0 if wall is None else
                                 check_against_prior(wall[0], prior, wall[1], self.names[o]).confidence)
-            return _KeySlice(k, gray, thumb, priors, notes, walls, agreement)
+            position = sources[0].position if k == k0 else _relative_position(k, volume.n_slices)
+            return _KeySlice(k, position, gray, thumb, priors, notes, walls, agreement)
 
         best = at(k0)
         if best.agreement >= 0:  # every wall found (or none asked for)
@@ -528,8 +531,6 @@ class DatasetTransfer:
         if key is None:
             key = self._key_slice(volume, sources)
         k, gray, thumb, priors, notes, known = key.k, key.gray, key.thumb, key.priors, key.notes, key.walls
-        k0 = _slice_at(sources[0].position, volume.n_slices)
-        position = sources[0].position if k == k0 else _relative_position(k, volume.n_slices)
         # a single image's exemplar pass may try its own (smaller) candidate set: a speed setting, off by default
         cfg = eng.config.for_exemplar_pass() if passes == 2 and volume.n_slices == 1 else eng.config
         # the first pass (the seed alone) reaches as far past the warped seed mask as the user's box did
@@ -590,7 +591,7 @@ class DatasetTransfer:
         exemplar = None
         all_walled = bool(self.walls) and not doubts  # every object carried as a wall got its wall
         if labels is not None and conf is not None and (conf >= EXEMPLAR_MIN_CONFIDENCE or all_walled):
-            exemplar = make_exemplar(volume.name, gray, labels, list(self.names), position, conf, thumb,
+            exemplar = make_exemplar(volume.name, gray, labels, list(self.names), key.position, conf, thumb,
                                      evidence={oid: c.evidence for oid, c in checks.items()}, walled=all_walled)
         return CaseOutcome(volume_index, volume.name, results, conf, case_flags, exemplar, passes,
                            tuple(s.name for s in sources), tuple(sorted(doubts)))
